@@ -1,0 +1,236 @@
+"""Stage 1: an offline dataset as flat transition arrays with episode boundaries.
+
+Sources: a Minari dataset (local, or downloaded when a network exists) or a
+D4RL-format HDF5 file. Either way the result is an :class:`OfflineData` whose
+shapes have been checked against the environment.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+
+from o2o.config import EnvConfig
+from o2o.envs import flatten_observation
+
+
+class DatasetError(RuntimeError):
+    """The dataset is missing or does not fit the environment; the message says what to do."""
+
+
+@dataclass
+class OfflineData:
+    observations: np.ndarray  # (N, obs_dim) float32
+    actions: np.ndarray  # (N, act_dim) float32
+    rewards: np.ndarray  # (N,) float32, as recorded (before the reward transform)
+    next_observations: np.ndarray  # (N, obs_dim) float32
+    terminals: np.ndarray  # (N,) bool
+    timeouts: np.ndarray  # (N,) bool: episode cut without a terminal
+    success: Optional[np.ndarray] = None  # (N,) bool, task success after each step
+    ref_min_score: Optional[float] = None
+    ref_max_score: Optional[float] = None
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def episode_ends(self) -> np.ndarray:
+        """True at the last step of every episode (terminal, timeout or end of data)."""
+        ends = self.terminals | self.timeouts
+        if len(ends):
+            ends = ends.copy()
+            ends[-1] = True
+        return ends
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.episode_ends.sum())
+
+    def select(self, mask: np.ndarray) -> "OfflineData":
+        keep = lambda a: None if a is None else a[mask]  # noqa: E731
+        return replace(self, observations=self.observations[mask], actions=self.actions[mask],
+                       rewards=self.rewards[mask], next_observations=self.next_observations[mask],
+                       terminals=self.terminals[mask], timeouts=self.timeouts[mask], success=keep(self.success))
+
+
+def episode_slices(ends: np.ndarray) -> list[slice]:
+    stops = np.flatnonzero(ends) + 1
+    starts = np.concatenate([[0], stops[:-1]])
+    return [slice(int(a), int(b)) for a, b in zip(starts, stops)]
+
+
+def apply_binary_success(data: OfflineData) -> OfflineData:
+    """The Cal-QL authors' Adroit handling of offline data.
+
+    Reward -1 per step and 0 on success; success steps are terminal; each
+    episode is cut after its last success, so an episode that never succeeds
+    keeps no steps.
+    """
+    if data.success is None:
+        raise DatasetError(f"{data.source}: env.reward.binary_from_success needs per-step task success "
+                           "(infos/success in Minari, infos/goal_achieved in D4RL HDF5), and this dataset has none")
+    keep = np.zeros(len(data), dtype=bool)
+    for episode in episode_slices(data.episode_ends):
+        hits = np.flatnonzero(data.success[episode])
+        if len(hits):
+            keep[episode.start:episode.start + hits[-1] + 1] = True
+    binary = replace(data, rewards=np.where(data.success, 0.0, -1.0).astype(np.float32),
+                     terminals=data.terminals | data.success)
+    return binary.select(keep)
+
+
+# --------------------------------------------------------------------------- Minari
+
+
+def minari_root() -> str:
+    return os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
+
+
+def minari_is_local(dataset_id: str) -> bool:
+    return os.path.isdir(os.path.join(minari_root(), dataset_id, "data"))
+
+
+def _offline_network() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _missing_message(dataset_id: str, reason: str) -> str:
+    return (f"Minari dataset '{dataset_id}' is not available locally (looked in {os.path.join(minari_root(), dataset_id)}; "
+            f"set MINARI_DATASETS_PATH to look elsewhere) and {reason}. "
+            f"Download it on a machine with network (`minari download {dataset_id}`) and copy it there, "
+            "build a local one (`python scripts/build_datasets.py --help`), "
+            "or point env.dataset.path at a D4RL-format HDF5 file.")
+
+
+def fetch_minari(dataset_id: str, download: bool):
+    """Open a local Minari dataset, downloading it first if allowed and possible."""
+    import minari
+
+    if not minari_is_local(dataset_id):
+        if not download:
+            raise DatasetError(_missing_message(dataset_id, "env.dataset.download is false"))
+        if _offline_network():
+            raise DatasetError(_missing_message(dataset_id, "HF_HUB_OFFLINE=1 forbids a download"))
+        try:
+            minari.download_dataset(dataset_id)
+        except Exception as err:  # no network, unknown id, hub error
+            raise DatasetError(_missing_message(dataset_id, f"the download failed ({type(err).__name__}: {err})")) from err
+    return minari.load_dataset(dataset_id)
+
+
+def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True) -> OfflineData:
+    dataset = fetch_minari(dataset_id, download)
+    parts: dict[str, list] = {k: [] for k in ("obs", "next_obs", "act", "rew", "term", "trunc", "success")}
+    has_success = True
+    for episode in dataset.iterate_episodes():
+        obs = _flatten_batch(episode.observations, obs_keys)
+        parts["obs"].append(obs[:-1])
+        parts["next_obs"].append(obs[1:])
+        parts["act"].append(np.asarray(episode.actions, dtype=np.float32))
+        parts["rew"].append(np.asarray(episode.rewards, dtype=np.float32))
+        parts["term"].append(np.asarray(episode.terminations, dtype=bool))
+        trunc = np.asarray(episode.truncations, dtype=bool).copy()
+        trunc[-1] |= not episode.terminations[-1]  # every episode ends at its last step
+        parts["trunc"].append(trunc)
+        info_success = (episode.infos or {}).get("success")
+        has_success &= info_success is not None
+        if info_success is not None:
+            parts["success"].append(np.asarray(info_success, dtype=bool)[-len(episode.rewards):])
+    if not parts["rew"]:
+        raise DatasetError(f"Minari dataset '{dataset_id}' has no episodes")
+    meta = dict(dataset.storage.metadata)
+    return OfflineData(
+        observations=np.concatenate(parts["obs"]), actions=np.concatenate(parts["act"]),
+        rewards=np.concatenate(parts["rew"]), next_observations=np.concatenate(parts["next_obs"]),
+        terminals=np.concatenate(parts["term"]), timeouts=np.concatenate(parts["trunc"]),
+        success=np.concatenate(parts["success"]) if has_success else None,
+        ref_min_score=_float_or_none(meta.get("ref_min_score")), ref_max_score=_float_or_none(meta.get("ref_max_score")),
+        source=f"minari:{dataset_id}", metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
+    )
+
+
+def _flatten_batch(observations, keys: list[str]) -> np.ndarray:
+    if isinstance(observations, dict):
+        return np.concatenate([np.asarray(observations[k], dtype=np.float32).reshape(len(observations[k]), -1)
+                               for k in keys], axis=1)
+    return np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
+
+
+def _float_or_none(value) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+# --------------------------------------------------------------------------- D4RL HDF5
+
+
+def load_d4rl_hdf5(path: str) -> OfflineData:
+    """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
+
+    Without ``next_observations`` the next observation is the following row
+    and the last step of every episode is dropped, as ``d4rl.qlearning_dataset`` does.
+    """
+    import h5py
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"D4RL HDF5 file '{path}' does not exist: fix env.dataset.path "
+                           "or use a Minari id in env.dataset.id")
+    with h5py.File(path, "r") as f:
+        missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
+        if missing:
+            raise DatasetError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
+        obs = f["observations"][:].astype(np.float32)
+        n = len(obs)
+        terminals = f["terminals"][:].astype(bool)
+        timeouts = f["timeouts"][:].astype(bool) if "timeouts" in f else np.zeros(n, bool)
+        success = None
+        for key in ("infos/success", "infos/goal_achieved"):
+            if key in f:
+                success = f[key][:].astype(bool)
+        data = OfflineData(observations=obs, actions=f["actions"][:].astype(np.float32),
+                           rewards=f["rewards"][:].astype(np.float32), next_observations=obs,
+                           terminals=terminals, timeouts=timeouts, success=success, source=f"hdf5:{path}",
+                           ref_min_score=_float_or_none(f.attrs.get("ref_min_score")),
+                           ref_max_score=_float_or_none(f.attrs.get("ref_max_score")))
+        if "next_observations" in f:
+            return replace(data, next_observations=f["next_observations"][:].astype(np.float32))
+    next_obs = np.concatenate([obs[1:], obs[-1:]])
+    keep = ~data.timeouts
+    keep[-1] = bool(data.terminals[-1])
+    # the step before a dropped timeout step now ends its episode
+    timeouts_shifted = np.concatenate([data.timeouts[1:], [True]]) & ~data.terminals
+    return replace(data, next_observations=next_obs, timeouts=timeouts_shifted).select(keep)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> OfflineData:
+    """Load the configured dataset and check that it fits the env; build it first if a collector is set."""
+    if cfg.dataset.path:
+        data = load_d4rl_hdf5(cfg.dataset.path)
+    else:
+        if cfg.dataset.collector and not minari_is_local(cfg.dataset.id):
+            from o2o.data.collectors import collect_dataset
+
+            collect_dataset(cfg)
+        data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download)
+    check_matches_env(data, cfg, observation_shape, action_shape)
+    if cfg.reward.binary_from_success:
+        data = apply_binary_success(data)
+        if len(data) == 0:
+            raise DatasetError(f"{data.source}: no episode reaches task success, so the binary-reward data is empty")
+    return data
+
+
+def check_matches_env(data: OfflineData, cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> None:
+    got_obs, got_act = data.observations.shape[1:], data.actions.shape[1:]
+    if tuple(got_obs) != tuple(observation_shape) or tuple(got_act) != tuple(action_shape):
+        raise DatasetError(
+            f"dataset {data.source} does not match env {cfg.gym_id} (env={cfg.name}): dataset observations "
+            f"{tuple(got_obs)} and actions {tuple(got_act)}, env observations {tuple(observation_shape)} and "
+            f"actions {tuple(action_shape)}. Choose the dataset recorded in this env (env.dataset.id / "
+            "env.dataset.path) or fix env.obs_keys.")
