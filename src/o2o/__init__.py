@@ -1,0 +1,11 @@
+"""o2o: offline-to-online RL (Cal-QL, CQL) as a Hydra + MLflow experiment pipeline."""
+
+
+def run(*args, **kwargs):
+    """See :func:`o2o.cli.run`."""
+    from o2o.cli import run as _run
+
+    return _run(*args, **kwargs)
+
+
+__all__ = ["run"]

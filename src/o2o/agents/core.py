@@ -1,0 +1,131 @@
+"""The actor-critic core every agent builds on.
+
+It owns the networks, the target critic, the SAC entropy temperature, one
+optimizer over all parameter groups, the target update, acting, and the
+checkpoint format. An agent adds its losses in ``compute_losses``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from o2o.agents.networks import EnsembleCritic, TanhGaussianActor
+from o2o.config import AlgoConfig
+
+
+class Batch(NamedTuple):
+    obs: torch.Tensor  # (B, D)
+    actions: torch.Tensor  # (B, A)
+    rewards: torch.Tensor  # (B,) transformed
+    next_obs: torch.Tensor  # (B, D)
+    dones: torch.Tensor  # (B,) 1.0 at terminals
+    mc_returns: torch.Tensor  # (B,) reference return-to-go V_ref(s)
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device,
+                 precision: str = "fp32", ensemble_size: int = 2, layer_norm: bool = False):
+        super().__init__()
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.device = device
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, cfg.orthogonal_init)
+        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, ensemble_size, cfg.orthogonal_init, layer_norm)
+        self.critic_target = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, ensemble_size, cfg.orthogonal_init,
+                                            layer_norm)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log(), requires_grad=cfg.auto_entropy)
+        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.to(device)
+        self.grad_steps = 0
+
+    def build_optimizer(self, extra_groups: list[dict] | None = None) -> None:
+        """One Adam over every parameter group: one step, no per-network loops."""
+        groups = [
+            {"params": list(self.actor.parameters()), "lr": self.cfg.actor_lr},
+            {"params": list(self.critic.parameters()), "lr": self.cfg.critic_lr},
+        ]
+        if self.cfg.auto_entropy:
+            groups.append({"params": [self.log_alpha], "lr": self.cfg.actor_lr})
+        groups += extra_groups or []
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(groups, fused=fused, foreach=None if fused else True)
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    # ------------------------------------------------------------------ pieces the losses share
+
+    def critic_frozen_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q for the actor's loss: gradients reach the actions, not the critic weights."""
+        self.critic.requires_grad_(False)
+        try:
+            return self.critic(obs, actions)
+        finally:
+            self.critic.requires_grad_(True)
+
+    def actor_and_alpha_losses(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                               eps: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """SAC actor loss alpha * log pi - min_i Q_i, and the entropy-temperature loss."""
+        actions, log_pi = TanhGaussianActor.sample(mean, log_std, eps)  # (B, 1, A), (B, 1)
+        q_pi = self.critic_frozen_q(obs, actions).amin(0)  # (B, 1)
+        actor_loss = (self.alpha.detach() * log_pi - q_pi).mean()
+        loss = actor_loss
+        if self.cfg.auto_entropy:
+            alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
+            loss = loss + alpha_loss
+        return loss, {"actor_loss": actor_loss.detach(), "alpha": self.alpha.detach(),
+                      "entropy": -log_pi.detach().mean()}
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
+        self.grad_steps += 1
+
+    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def draw_noise(self, batch_size: int) -> dict:
+        raise NotImplementedError
+
+    def update(self, batch: Batch, calibrate: bool = False) -> dict:
+        """One gradient step on every network; returns metrics as tensors (no host sync)."""
+        loss, metrics = self.compute_losses(batch, self.draw_noise(batch.obs.shape[0]), calibrate)
+        self.step(loss)
+        return metrics
+
+    # ------------------------------------------------------------------ acting
+
+    @torch.no_grad()
+    def act(self, obs, deterministic: bool) -> "torch.Tensor":
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        with self.autocast():
+            mean, log_std = self.actor(obs_t)
+        if deterministic:
+            action = torch.tanh(mean)
+        else:
+            action, _ = TanhGaussianActor.sample(mean, log_std, torch.randn(1, 1, self.act_dim, device=self.device))
+        return action.reshape(-1).float().cpu().numpy()
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def checkpoint(self) -> dict:
+        return {"model": self.state_dict(), "optimizer": self.optimizer.state_dict(), "grad_steps": self.grad_steps}
+
+    def restore(self, state: dict) -> None:
+        self.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.grad_steps = int(state["grad_steps"])

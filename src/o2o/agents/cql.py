@@ -1,0 +1,105 @@
+"""CQL and Cal-QL: one agent, one switch.
+
+Cal-QL changes a single line of CQL: inside the conservative regulariser the
+Q-values of policy actions (sampled from pi(.|s) and pi(.|s'), both scored at
+s) are bounded below by the reference return V_ref(s) before the importance
+sampling correction. Random-action and dataset-action Q-values are untouched.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from o2o.agents.core import ActorCritic, Batch
+from o2o.agents.networks import TanhGaussianActor
+
+
+class CQL(ActorCritic):
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32"):
+        super().__init__(obs_dim, act_dim, cfg, device, precision)
+        extra = []
+        if cfg.lagrange:
+            self.log_alpha_prime = torch.nn.Parameter(torch.tensor(1.0, device=device))
+            extra.append({"params": [self.log_alpha_prime], "lr": cfg.critic_lr})
+        self.build_optimizer(extra)
+
+    @property
+    def n_backup(self) -> int:
+        return self.cfg.n_actions if self.cfg.max_target_backup else 1
+
+    def draw_noise(self, batch_size: int) -> dict:
+        n, a, dev = self.cfg.n_actions, self.act_dim, self.device
+        return {
+            "random_actions": torch.rand(batch_size, n, a, device=dev) * 2.0 - 1.0,
+            "eps_actor": torch.randn(batch_size, 1, a, device=dev),  # pi(.|s) for the actor loss
+            "eps_current": torch.randn(batch_size, n, a, device=dev),  # pi(.|s) for the regulariser
+            "eps_next": torch.randn(batch_size, n + self.n_backup, a, device=dev),  # pi(.|s'): regulariser + backup
+        }
+
+    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool) -> tuple[torch.Tensor, dict]:
+        cfg, n = self.cfg, self.cfg.n_actions
+        with self.autocast():
+            mean, log_std = self.actor(batch.obs)
+            with torch.no_grad():
+                next_mean, next_log_std = self.actor(batch.next_obs)
+                current_actions, current_log_pi = TanhGaussianActor.sample(
+                    mean.detach(), log_std.detach(), noise["eps_current"])
+                next_actions, next_log_pi = TanhGaussianActor.sample(next_mean, next_log_std, noise["eps_next"])
+                td_target = self._td_target(batch, next_actions[:, n:], next_log_pi[:, n:])
+
+            # Every Q(s, .) the critic loss needs, in one ensemble pass:
+            # [data action | n random | n from pi(.|s) | n from pi(.|s')]
+            actions = torch.cat([batch.actions.unsqueeze(1), noise["random_actions"], current_actions,
+                                 next_actions[:, :n]], dim=1)
+            q_all = self.critic(batch.obs, actions)  # (E, B, 1 + 3n)
+        q_data = q_all[..., 0]
+        q_random, q_current, q_next = q_all[..., 1:].split(n, dim=-1)
+
+        metrics = {}
+        if calibrate:
+            v_ref = batch.mc_returns.view(1, -1, 1)
+            lifted = torch.cat([q_current, q_next], dim=-1) < v_ref
+            metrics["calql_bound_rate"] = lifted.float().mean()
+            q_current = torch.maximum(q_current, v_ref)
+            q_next = torch.maximum(q_next, v_ref)
+
+        if cfg.importance_sampling:
+            random_log_density = self.act_dim * math.log(0.5)
+            candidates = [q_random - random_log_density, q_next - next_log_pi[:, :n], q_current - current_log_pi]
+        else:
+            candidates = [q_random, q_data.unsqueeze(-1), q_next, q_current]
+        q_ood = torch.logsumexp(torch.cat(candidates, dim=-1) / cfg.temperature, dim=-1) * cfg.temperature
+        cql_gap = (q_ood - q_data).mean(dim=1)  # (E,)
+        td_loss = (q_data - td_target).pow(2).mean(dim=1)  # (E,)
+
+        if cfg.lagrange:
+            alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
+            cql_loss = alpha_prime.detach() * cfg.cql_weight * (cql_gap - cfg.target_action_gap)
+            alpha_prime_loss = -(alpha_prime * cfg.cql_weight * (cql_gap.detach() - cfg.target_action_gap)).mean()
+            metrics["alpha_prime"] = alpha_prime.detach()
+        else:
+            cql_loss = cfg.cql_weight * cql_gap
+            alpha_prime_loss = 0.0
+        critic_loss = (td_loss + cql_loss).sum()
+
+        with self.autocast():
+            actor_loss, actor_metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
+
+        metrics.update(actor_metrics)
+        metrics.update({
+            "critic_loss": critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+            "cql_gap": cql_gap.detach().mean(), "q_data": q_data.detach().mean(),
+            "q_policy": q_current.detach().mean(), "q_random": q_random.detach().mean(),
+            "mc_return": batch.mc_returns.mean(), "td_target": td_target.mean(),
+            "q_data_minus_mc_return": (q_data.detach().mean(0) - batch.mc_returns).mean(),
+        })
+        return critic_loss + actor_loss + alpha_prime_loss, metrics
+
+    def _td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_pi: torch.Tensor) -> torch.Tensor:
+        """r + gamma (1 - done) Q_target(s', a'); with max-target backup the max over sampled a'."""
+        q_next = self.critic_target(batch.next_obs, next_actions).amin(0)  # (B, K)
+        if self.cfg.backup_entropy:
+            q_next = q_next - self.alpha.detach() * next_log_pi
+        q_next = q_next.amax(dim=1) if self.cfg.max_target_backup else q_next[:, 0]
+        return batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next

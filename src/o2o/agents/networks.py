@@ -1,0 +1,96 @@
+"""Networks shared by every agent: a tanh-Gaussian actor and an ensemble of Q-functions."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+LOG_STD_OFFSET = -1.0  # as in the Cal-QL authors' policy: the initial std is about e^-1
+
+
+def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
+    """Orthogonal init of a (in, out) matrix, as nn.init does for (out, in)."""
+    with torch.no_grad():
+        weight.copy_(nn.init.orthogonal_(torch.empty(weight.shape[::-1]), gain=gain).T)
+
+
+class TanhGaussianActor(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], orthogonal_init: bool = True):
+        super().__init__()
+        layers, width = [], obs_dim
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 2 * act_dim)
+        if orthogonal_init:
+            for module in self.trunk:
+                if isinstance(module, nn.Linear):
+                    nn.init.orthogonal_(module.weight, gain=math.sqrt(2.0))
+                    nn.init.zeros_(module.bias)
+            nn.init.orthogonal_(self.head.weight, gain=1e-2)
+            nn.init.zeros_(self.head.bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
+        log_std = (log_std + LOG_STD_OFFSET).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return mean.float(), log_std.float()
+
+    @staticmethod
+    def sample(mean: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised tanh-Gaussian samples and their log-probabilities.
+
+        ``mean``/``log_std`` are (B, A); ``eps`` is (B, K, A) standard normal
+        noise, so each state's distribution is computed once and sampled K times.
+        """
+        mean, log_std = mean.unsqueeze(1), log_std.unsqueeze(1)
+        pre_tanh = mean + log_std.exp() * eps
+        gaussian_log_prob = (-0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log(1 - tanh(u)^2), written stably
+        squash = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+        return torch.tanh(pre_tanh), gaussian_log_prob - squash
+
+
+class EnsembleCritic(nn.Module):
+    """E independent Q-networks evaluated together with batched matmuls.
+
+    ``forward(obs (B, D), actions (B, K, A)) -> (E, B, K)``. The first layer
+    is split into an observation part, computed once per state, and an action
+    part, computed per sampled action.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], ensemble_size: int = 2,
+                 orthogonal_init: bool = True, layer_norm: bool = False):
+        super().__init__()
+        self.ensemble_size, self.obs_dim = ensemble_size, obs_dim
+        widths = [obs_dim + act_dim, *hidden, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            self.weights.append(nn.Parameter(torch.empty(ensemble_size, fan_in, fan_out)))
+            self.biases.append(nn.Parameter(torch.zeros(ensemble_size, 1, fan_out)))
+        self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden) if layer_norm else None
+        last = len(self.weights) - 1
+        for i, weight in enumerate(self.weights):
+            for member in weight:
+                if orthogonal_init:
+                    _orthogonal_(member, gain=1e-2 if i == last else math.sqrt(2.0))
+                else:
+                    bound = 1.0 / math.sqrt(member.shape[0])
+                    nn.init.uniform_(member, -bound, bound)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        batch, k, _ = actions.shape
+        w0 = self.weights[0]
+        per_state = torch.matmul(obs, w0[:, : self.obs_dim])  # (E, B, H)
+        per_action = torch.matmul(actions.reshape(batch * k, -1), w0[:, self.obs_dim:])  # (E, B*K, H)
+        x = per_action.view(self.ensemble_size, batch, k, -1) + per_state.unsqueeze(2) + self.biases[0].unsqueeze(1)
+        x = x.reshape(self.ensemble_size, batch * k, -1)
+        for i in range(1, len(self.weights)):
+            if self.norms is not None:
+                x = self.norms[i - 1](x)
+            x = torch.baddbmm(self.biases[i], F.relu(x), self.weights[i])
+        return x.view(self.ensemble_size, batch, k).float()

@@ -1,0 +1,77 @@
+"""Transition storage on the training device, sampled with one ``index_select`` per draw.
+
+Each buffer keeps all fields of a transition side by side in one preallocated
+(capacity, width) tensor: [obs | action | reward | next_obs | done | mc_return].
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from o2o.agents.core import Batch
+
+
+class TransitionBuffer:
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+        self.obs_dim, self.act_dim, self.device = obs_dim, act_dim, device
+        self.width = 2 * obs_dim + act_dim + 3
+        self.storage = torch.zeros(capacity, self.width, dtype=torch.float32, device=device)
+        self.capacity, self.size, self._next = capacity, 0, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def add(self, obs, actions, rewards, next_obs, dones, mc_returns) -> None:
+        """Append a block of transitions (numpy arrays); the oldest are overwritten when full."""
+        rows = np.concatenate([
+            np.asarray(obs, np.float32).reshape(len(rewards), -1), np.asarray(actions, np.float32).reshape(len(rewards), -1),
+            np.asarray(rewards, np.float32)[:, None], np.asarray(next_obs, np.float32).reshape(len(rewards), -1),
+            np.asarray(dones, np.float32)[:, None], np.asarray(mc_returns, np.float32)[:, None]], axis=1)
+        rows = torch.as_tensor(rows[-self.capacity:], device=self.device)
+        idx = (self._next + torch.arange(len(rows), device=self.device)) % self.capacity
+        self.storage.index_copy_(0, idx, rows)
+        self._next = (self._next + len(rows)) % self.capacity
+        self.size = min(self.size + len(rows), self.capacity)
+
+    def sample_rows(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        idx = torch.randint(0, self.size, (n,), device=self.device, generator=generator)
+        return self.storage.index_select(0, idx)
+
+    def to_batch(self, rows: torch.Tensor) -> Batch:
+        o, a = self.obs_dim, self.act_dim
+        obs, actions, rewards, next_obs, dones, mc = rows.split([o, a, 1, o, 1, 1], dim=1)
+        return Batch(obs, actions, rewards.squeeze(1), next_obs, dones.squeeze(1), mc.squeeze(1))
+
+    def sample(self, n: int) -> Batch:
+        return self.to_batch(self.sample_rows(n))
+
+
+def offline_share(batch_size: int, mixing_ratio: float, offline_size: int, online_size: int) -> int:
+    """How many of a batch's samples come from the offline data.
+
+    ``mixing_ratio`` is the offline fraction; -1 means proportional to the
+    buffers' sizes. An empty online buffer leaves everything to the offline data.
+    """
+    if online_size == 0:
+        return batch_size
+    if offline_size == 0:
+        return 0
+    ratio = offline_size / (offline_size + online_size) if mixing_ratio < 0 else mixing_ratio
+    return int(round(batch_size * ratio))
+
+
+class MixedSampler:
+    """Batches drawn from the offline data and the online buffer by the mixing ratio."""
+
+    def __init__(self, offline: TransitionBuffer, online: TransitionBuffer, batch_size: int, mixing_ratio: float):
+        self.offline, self.online = offline, online
+        self.batch_size, self.mixing_ratio = batch_size, mixing_ratio
+
+    def sample(self) -> Batch:
+        n_off = offline_share(self.batch_size, self.mixing_ratio, len(self.offline), len(self.online))
+        parts = []
+        if n_off:
+            parts.append(self.offline.sample_rows(n_off))
+        if self.batch_size - n_off:
+            parts.append(self.online.sample_rows(self.batch_size - n_off))
+        return self.offline.to_batch(torch.cat(parts) if len(parts) > 1 else parts[0])

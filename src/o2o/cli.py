@@ -1,0 +1,60 @@
+"""Hydra entry point (``python src/main.py ...`` or the ``o2o`` console script) and the Python API."""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Sequence
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from o2o.config import ConfigError, register_schema, validate
+from o2o.data.dataset import DatasetError
+
+log = logging.getLogger("o2o")
+CONFIG_MODULE = "o2o_conf"
+
+register_schema()
+
+
+def _run(cfg: DictConfig, run_dir: str) -> dict[str, float]:
+    from o2o.pipeline import run_pipeline
+
+    config = validate(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return run_pipeline(config, run_dir, resolved)
+
+
+@hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        final = _run(cfg, HydraConfig.get().runtime.output_dir)
+    except (ConfigError, DatasetError) as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    score = final.get("online/normalized_score", final.get("offline/normalized_score"))
+    return score
+
+
+def main() -> None:
+    hydra_main()
+
+
+def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[str] = (),
+        run_dir: str | None = None) -> dict[str, float]:
+    """Run one job from Python, with the same config groups as the command line.
+
+    >>> run(env="pointmaze_umaze", algo="calql", overrides=["schedule=smoke", "seed=1"])
+    """
+    import time
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        cfg = compose("config", overrides=[f"env={env}", f"algo={algo}", *overrides])
+    if run_dir is None:
+        run_dir = str(Path("outputs/runs") / env / algo / f"seed{cfg.seed}" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return _run(cfg, run_dir)

@@ -1,0 +1,110 @@
+"""config -> dataset -> reference returns -> offline pre-training -> online fine-tuning -> evaluation."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from o2o.agents.cql import CQL
+from o2o.buffers import MixedSampler, TransitionBuffer
+from o2o.config import Config
+from o2o.data.dataset import load_offline_data
+from o2o.envs import make_env, transform_reward
+from o2o.returns import returns_to_go
+from o2o.stages.common import RunContext
+from o2o.stages.evaluate import Evaluator
+from o2o.stages.offline import pretrain
+from o2o.stages.online import finetune
+from o2o.tracking import Tracker
+
+log = logging.getLogger("o2o")
+
+AGENTS = {"cql": CQL, "calql": CQL}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def offline_buffer(data, cfg: Config, device: torch.device) -> TransitionBuffer:
+    """Stage 2 applied: transformed rewards and their returns-to-go, on the device."""
+    rewards = transform_reward(data.rewards, cfg.env)
+    fail_reward = float(transform_reward(cfg.env.fail_reward, cfg.env)) if cfg.env.sparse else None
+    mc_returns = returns_to_go(rewards, data.episode_ends, cfg.algo.gamma, fail_reward)
+    buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
+    buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns)
+    return buffer
+
+
+def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None) -> dict[str, float]:
+    """Run every stage of one job and log it to MLflow; returns the final metrics."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    resolved = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+    # Stage 1 before MLflow: a missing or mismatched dataset stops the job before anything is written.
+    probe_env = make_env(cfg.env, training=True)
+    obs_shape, act_shape = probe_env.observation_space.shape, probe_env.action_space.shape
+    probe_env.close()
+    data = load_offline_data(cfg.env, obs_shape, act_shape)
+    ref_min = data.ref_min_score if data.ref_min_score is not None else cfg.env.ref_min_score
+    ref_max = data.ref_max_score if data.ref_max_score is not None else cfg.env.ref_max_score
+
+    dataset_name = cfg.env.dataset.id or cfg.env.dataset.path
+    tracker = Tracker(cfg.experiment, cfg.run_name or f"{cfg.algo.name}-{cfg.env.name}-s{cfg.seed}", resolved, {
+        "env": cfg.env.name, "algo": cfg.algo.name, "dataset": dataset_name, "seed": str(cfg.seed),
+        "stage": "dataset", "device": str(device), "run_dir": str(run_dir)})
+    try:
+        config_path = run_dir / "resolved_config.yaml"
+        config_path.write_text(OmegaConf.to_yaml(resolved))
+        tracker.log_artifact(config_path)
+        tracker.log_params({"data.transitions": len(data), "data.episodes": data.num_episodes,
+                            "data.ref_min_score": ref_min, "data.ref_max_score": ref_max})
+        log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s",
+                 data.source, len(data), data.num_episodes, ref_min, ref_max)
+
+        offline = offline_buffer(data, cfg, device)
+        tracker.set_tags({"stage": "reference_returns"})
+        obs_dim, act_dim = obs_shape[0], act_shape[0]
+        agent = AGENTS[cfg.algo.name](obs_dim, act_dim, cfg.algo, device, cfg.precision)
+        ctx = RunContext(tracker, Evaluator(cfg.env, ref_min, ref_max, cfg.seed), cfg.schedule, run_dir, cfg.progress)
+
+        final: dict[str, float] = {}
+        if cfg.schedule.offline_steps:
+            tracker.set_tags({"stage": "offline"})
+            final.update(pretrain(agent, offline, cfg.buffer.batch_size, cfg.schedule.offline_steps,
+                                  cfg.algo.calibrated and cfg.algo.calibrate_offline, ctx))
+        if cfg.schedule.online_steps:
+            tracker.set_tags({"stage": "online"})
+            online = TransitionBuffer(cfg.buffer.online_capacity, obs_dim, act_dim, device)
+            sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.buffer.mixing_ratio)
+            final.update(finetune(agent, sampler, cfg, cfg.seed, ctx))
+
+        checkpoint = ctx.save_checkpoint(agent, "final", {"config": resolved})
+        tracker.log_artifact(checkpoint, "checkpoints")
+        tracker.log_metrics({f"final/{k.replace('/', '_')}": v for k, v in final.items()}, agent.grad_steps)
+        tracker.set_tags({"stage": "finished"})
+        tracker.end("FINISHED")
+        return final
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except Exception:
+        tracker.end("FAILED")
+        raise

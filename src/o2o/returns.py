@@ -1,0 +1,41 @@
+"""Stage 2: reference returns V_ref(s), the Monte-Carlo discounted return-to-go.
+
+Computed on transformed rewards, episode by episode (episodes split at
+terminals and timeouts). In sparse tasks an episode whose every reward is the
+failure reward gets ``fail_reward / (1 - gamma)`` at every step, as in the
+Cal-QL authors' code.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from scipy.signal import lfilter
+
+
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """G_t = sum_k gamma^k r_{t+k} over one episode."""
+    return lfilter([1.0], [1.0, -gamma], rewards[::-1].astype(np.float64))[::-1]
+
+
+def returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float,
+                  fail_reward: Optional[float] = None) -> np.ndarray:
+    """Returns-to-go for a flat array of transformed rewards.
+
+    ``episode_ends`` is True at the last step of each episode. ``fail_reward``
+    (already transformed) turns on the sparse failure rule.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    out = np.empty_like(rewards)
+    stops = np.flatnonzero(episode_ends) + 1
+    if len(rewards) and (len(stops) == 0 or stops[-1] != len(rewards)):
+        stops = np.append(stops, len(rewards))
+    start = 0
+    for stop in stops:
+        episode = rewards[start:stop]
+        if fail_reward is not None and np.allclose(episode, fail_reward):
+            out[start:stop] = fail_reward / (1.0 - gamma)
+        else:
+            out[start:stop] = discounted_returns(episode, gamma)
+        start = stop
+    return out.astype(np.float32)

@@ -1,0 +1,36 @@
+"""Stage 3: offline pre-training, N gradient steps on the offline data."""
+from __future__ import annotations
+
+import time
+
+from o2o.buffers import TransitionBuffer
+from o2o.stages.common import MetricAverager, RunContext, log
+
+
+def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, calibrate: bool,
+             ctx: RunContext) -> dict[str, float]:
+    """Train on offline batches; evaluate, log and checkpoint at the schedule's intervals."""
+    sched, averager = ctx.schedule, MetricAverager()
+    results: dict[str, float] = {}
+    started, last_time, last_step = time.perf_counter(), time.perf_counter(), 0
+    with ctx.progress_bar(steps, "offline pre-training") as bar:
+        for step in range(1, steps + 1):
+            averager.add(agent.update(data.sample(batch_size), calibrate=calibrate))
+            if step % sched.log_interval == 0 or step == steps:
+                now = time.perf_counter()
+                metrics = averager.pop_means()
+                metrics["updates_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
+                last_time, last_step = now, step
+                ctx.tracker.log_metrics({f"offline/train/{k}": v for k, v in metrics.items()}, step)
+                bar.update(step - bar.n)
+                bar.set_postfix(critic=f"{metrics['critic_loss']:.3g}", ups=f"{metrics['updates_per_second']:.1f}")
+                log.info("offline step %d/%d: critic_loss=%.4f q_data=%.3f mc_return=%.3f updates/s=%.1f", step, steps,
+                         metrics["critic_loss"], metrics["q_data"], metrics["mc_return"], metrics["updates_per_second"])
+            if (sched.eval_interval_offline and step % sched.eval_interval_offline == 0) or step == steps:
+                results = ctx.evaluate(agent)
+                ctx.log_eval("offline", step, results)
+            if sched.checkpoint_interval and step % sched.checkpoint_interval == 0:
+                ctx.save_checkpoint(agent, "offline")
+    elapsed = time.perf_counter() - started
+    return {**{f"offline/{k}": v for k, v in results.items()},
+            "offline/updates_per_second": steps / elapsed if elapsed else 0.0}

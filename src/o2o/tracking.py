@@ -1,0 +1,99 @@
+"""MLflow logging: one run per job, metrics sent in batches with explicit steps."""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+OUTPUTS_ENV = "O2O_OUTPUTS"
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def outputs_dir() -> Path:
+    return Path(os.environ.get(OUTPUTS_ENV, "outputs")).resolve()
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else a sqlite file at an absolute path under outputs/."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    outputs_dir().mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{outputs_dir() / 'mlflow.db'}"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class Tracker:
+    """A thin, batching wrapper around one MLflow run."""
+
+    def __init__(self, experiment: str, run_name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
+                 tracking_uri: str | None = None):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = tracking_uri or default_tracking_uri()
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            location = None
+            if self.uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
+                location = (outputs_dir() / "mlartifacts").as_uri()
+            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            experiment_id = found.experiment_id
+        self.run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
+        self.run_id = self.run.info.run_id
+        self._pending: list = []
+        self.log_params(params)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Queue metrics (NaN and inf are skipped); they are sent when the queue is full or on flush."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            value = float(value)
+            if math.isfinite(value):
+                self._pending.append(Metric(key, value, now, int(step)))
+        if len(self._pending) >= MAX_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._pending:
+            chunk, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.flush()
+        self.client.set_terminated(self.run_id, status=status)
