@@ -15,6 +15,12 @@ from o2o.agents.core import ActorCritic, Batch
 from o2o.agents.networks import TanhGaussianActor
 
 
+def calql_bound(q_current: torch.Tensor, q_next: torch.Tensor, v_ref: torch.Tensor):
+    """Cal-QL: policy-action Q-values become max(Q, V_ref(s)); also the fraction that was lifted."""
+    bound_rate = (torch.cat([q_current, q_next], dim=-1) < v_ref).float().mean()
+    return torch.maximum(q_current, v_ref), torch.maximum(q_next, v_ref), bound_rate
+
+
 class CQL(ActorCritic):
     def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32"):
         super().__init__(obs_dim, act_dim, cfg, device, precision)
@@ -58,11 +64,8 @@ class CQL(ActorCritic):
 
         metrics = {}
         if calibrate:
-            v_ref = batch.mc_returns.view(1, -1, 1)
-            lifted = torch.cat([q_current, q_next], dim=-1) < v_ref
-            metrics["calql_bound_rate"] = lifted.float().mean()
-            q_current = torch.maximum(q_current, v_ref)
-            q_next = torch.maximum(q_next, v_ref)
+            q_current, q_next, metrics["calql_bound_rate"] = calql_bound(q_current, q_next,
+                                                                         batch.mc_returns.view(1, -1, 1))
 
         if cfg.importance_sampling:
             random_log_density = self.act_dim * math.log(0.5)

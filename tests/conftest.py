@@ -1,0 +1,45 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory):
+    """No network, and datasets, MLflow store and outputs in a temporary folder."""
+    base = tmp_path_factory.mktemp("o2o")
+    saved = dict(os.environ)
+    os.environ.update({
+        "HF_HUB_OFFLINE": "1",
+        "MINARI_DATASETS_PATH": str(base / "minari"),
+        "O2O_OUTPUTS": str(base / "outputs"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'outputs' / 'mlflow.db'}",
+        "OMP_NUM_THREADS": "1",
+    })
+    (base / "outputs").mkdir()
+    yield base
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+SMOKE = ["schedule=smoke", "env.dataset.collect_steps=1500", "threads=1"]
+
+
+def compose(overrides=()):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from o2o.config import register_schema
+
+    register_schema()
+    with initialize_config_module("o2o_conf", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def main_py():
+    return [sys.executable, str(ROOT / "src" / "main.py")]
