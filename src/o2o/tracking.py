@@ -52,8 +52,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             location = None
-            if self.uri.startswith("sqlite:///") and "MLFLOW_TRACKING_URI" not in os.environ:
-                location = (outputs_dir() / "mlartifacts").as_uri()
+            if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in ./mlruns
+                location = (Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
             experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             experiment_id = found.experiment_id

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+
+from o2o.buffers import MixedSampler, TransitionBuffer, offline_share
+
+
+def filled(n, obs_value, capacity=None):
+    buf = TransitionBuffer(capacity or n, obs_dim=2, act_dim=1, device=torch.device("cpu"))
+    buf.add(np.full((n, 2), obs_value), np.zeros((n, 1)), np.arange(n), np.zeros((n, 2)), np.zeros(n), np.arange(n) * 2)
+    return buf
+
+
+@pytest.mark.parametrize("ratio, sizes, expected", [
+    (0.5, (100, 10), 128), (0.25, (100, 10), 64), (1.0, (100, 10), 256), (0.0, (100, 10), 0),
+    (-1, (300, 100), 192), (-1, (100, 0), 256), (0.5, (100, 0), 256),
+])
+def test_offline_share(ratio, sizes, expected):
+    assert offline_share(256, ratio, *sizes) == expected
+
+
+@pytest.mark.parametrize("ratio, offline_rows", [(0.5, 128), (0.25, 64), (-1, 192)])
+def test_mixed_batches_hold_the_ratio(ratio, offline_rows):
+    offline, online = filled(300, 1.0), filled(100, -1.0, capacity=1000)
+    batch = MixedSampler(offline, online, 256, ratio).sample()
+    assert batch.obs.shape == (256, 2)
+    assert int((batch.obs[:, 0] == 1.0).sum()) == offline_rows
+    assert int((batch.obs[:, 0] == -1.0).sum()) == 256 - offline_rows
+
+
+def test_fields_round_trip_and_ring_overwrites_oldest():
+    buf = filled(5, 0.0, capacity=4)
+    assert len(buf) == 4
+    rewards = sorted(buf.to_batch(buf.storage).rewards.tolist())
+    assert rewards == [1.0, 2.0, 3.0, 4.0]  # reward 0 was overwritten
+    batch = buf.to_batch(buf.storage)
+    torch.testing.assert_close(batch.mc_returns, batch.rewards * 2)

@@ -1,0 +1,105 @@
+import h5py
+import numpy as np
+import pytest
+
+from conftest import compose
+from o2o.config import validate
+from o2o.data.dataset import (DatasetError, OfflineData, apply_binary_success, check_matches_env, fetch_minari,
+                              load_d4rl_hdf5)
+
+
+def write_d4rl(path, n=6, with_next=False):
+    with h5py.File(path, "w") as f:
+        f["observations"] = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+        f["actions"] = np.zeros((n, 1), np.float32)
+        f["rewards"] = np.arange(n, dtype=np.float32)
+        f["terminals"] = np.array([0, 1, 0, 0, 0, 0][:n], bool)
+        f["timeouts"] = np.array([0, 0, 0, 1, 0, 0][:n], bool)
+        f["infos/goal_achieved"] = np.array([0, 1, 0, 0, 1, 0][:n], bool)
+        if with_next:
+            f["next_observations"] = f["observations"][:] + 100
+    return str(path)
+
+
+def test_d4rl_hdf5_without_next_observations_follows_qlearning_dataset(tmp_path):
+    data = load_d4rl_hdf5(write_d4rl(tmp_path / "d.hdf5"))
+    # the timeout step 3 and the final step 5 have no next observation and are dropped
+    np.testing.assert_array_equal(data.rewards, [0, 1, 2, 4])
+    np.testing.assert_array_equal(data.next_observations[:, 0], [2, 4, 6, 10])
+    np.testing.assert_array_equal(data.episode_ends, [False, True, True, True])
+    np.testing.assert_array_equal(data.success, [False, True, False, True])
+
+
+def test_d4rl_hdf5_with_next_observations_keeps_every_step(tmp_path):
+    data = load_d4rl_hdf5(write_d4rl(tmp_path / "d.hdf5", with_next=True))
+    assert len(data) == 6 and data.next_observations[0, 0] == 100
+
+
+def test_missing_hdf5_names_the_path(tmp_path):
+    with pytest.raises(DatasetError, match="nowhere.hdf5"):
+        load_d4rl_hdf5(str(tmp_path / "nowhere.hdf5"))
+
+
+def test_binary_success_truncates_after_last_success_and_drops_failures():
+    n = 7
+    data = OfflineData(observations=np.zeros((n, 1), np.float32), actions=np.zeros((n, 1), np.float32),
+                       rewards=np.full(n, 3.0, np.float32), next_observations=np.zeros((n, 1), np.float32),
+                       terminals=np.zeros(n, bool), timeouts=np.array([0, 0, 0, 1, 0, 0, 1], bool),
+                       success=np.array([0, 1, 0, 0, 0, 0, 0], bool))
+    out = apply_binary_success(data)
+    # episode 1 (steps 0-3) is cut after its success at step 1; episode 2 never succeeds and is dropped
+    np.testing.assert_array_equal(out.rewards, [-1.0, 0.0])
+    np.testing.assert_array_equal(out.terminals, [False, True])
+
+
+def test_missing_minari_dataset_offline_gives_one_clear_message(monkeypatch):
+    import minari
+
+    calls = []
+    monkeypatch.setattr(minari, "download_dataset", lambda *a, **k: calls.append(a))
+    with pytest.raises(DatasetError) as err:
+        fetch_minari("D4RL/door/cloned-v2", download=True)
+    text = str(err.value)
+    assert "D4RL/door/cloned-v2" in text and "HF_HUB_OFFLINE" in text and "minari download" in text
+    assert calls == []  # no download attempt, no retry loop
+
+
+def test_missing_minari_dataset_is_downloaded_when_network_is_allowed(monkeypatch):
+    import minari
+
+    calls = []
+
+    def fake_download(dataset_id, *args, **kwargs):
+        calls.append(dataset_id)
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(minari, "download_dataset", fake_download)
+    with pytest.raises(DatasetError, match="download failed"):
+        fetch_minari("D4RL/door/cloned-v2", download=True)
+    assert calls == ["D4RL/door/cloned-v2"]
+
+
+def test_dataset_that_does_not_match_the_env_is_refused():
+    cfg = validate(compose(["env=adroit_door"]))
+    data = OfflineData(np.zeros((3, 6), np.float32), np.zeros((3, 2), np.float32), np.zeros(3, np.float32),
+                       np.zeros((3, 6), np.float32), np.zeros(3, bool), np.zeros(3, bool), source="minari:x")
+    with pytest.raises(DatasetError, match="does not match env AdroitHandDoor-v1"):
+        check_matches_env(data, cfg.env, (39,), (28,))
+
+
+def test_pointmaze_dataset_is_collected_once_and_loads_with_env_shapes():
+    from o2o.data.dataset import load_offline_data
+    from o2o.envs import make_env
+
+    cfg = validate(compose(["env.dataset.collect_steps=1500"]))
+    env = make_env(cfg.env)
+    data = load_offline_data(cfg.env, env.observation_space.shape, env.action_space.shape)
+    assert len(data) >= 1500 and data.observations.shape[1] == 6
+    assert data.success is not None and data.success.any()
+    assert data.ref_min_score is not None and data.ref_max_score > data.ref_min_score
+    # within an episode next_obs is the following obs
+    ends = data.episode_ends
+    np.testing.assert_array_equal(data.next_observations[:-1][~ends[:-1]], data.observations[1:][~ends[:-1]])
+    again = load_offline_data(cfg.env, env.observation_space.shape, env.action_space.shape)
+    np.testing.assert_array_equal(again.observations, data.observations)
