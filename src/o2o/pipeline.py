@@ -32,6 +32,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16; without them CPU bf16 matmuls are emulated and far slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True  # cannot tell: do not warn
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -56,6 +66,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
+                    "than fp32 (measured 0.2 vs 7 updates/s at 3x256 on an AVX2 CPU); use precision=fp32 here")
     resolved = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
     # Stage 1 before MLflow: a missing or mismatched dataset stops the job before anything is written.

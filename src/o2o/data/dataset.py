@@ -6,6 +6,8 @@ shapes have been checked against the environment.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -102,7 +104,6 @@ def _missing_message(dataset_id: str, reason: str) -> str:
     return (f"Minari dataset '{dataset_id}' is not available locally (looked in {os.path.join(minari_root(), dataset_id)}; "
             f"set MINARI_DATASETS_PATH to look elsewhere) and {reason}. "
             f"Download it on a machine with network (`minari download {dataset_id}`) and copy it there, "
-            "build a local one (`python scripts/build_datasets.py --help`), "
             "or point env.dataset.path at a D4RL-format HDF5 file.")
 
 
@@ -120,6 +121,17 @@ def fetch_minari(dataset_id: str, download: bool):
         except Exception as err:  # no network, unknown id, hub error
             raise DatasetError(_missing_message(dataset_id, f"the download failed ({type(err).__name__}: {err})")) from err
     return minari.load_dataset(dataset_id)
+
+
+@contextlib.contextmanager
+def _collection_lock():
+    os.makedirs(minari_root(), exist_ok=True)
+    with open(os.path.join(minari_root(), ".o2o-collect.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True) -> OfflineData:
@@ -216,7 +228,9 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         if cfg.dataset.collector and not minari_is_local(cfg.dataset.id):
             from o2o.data.collectors import collect_dataset
 
-            collect_dataset(cfg)
+            with _collection_lock():  # parallel jobs: one collects, the others wait and load
+                if not minari_is_local(cfg.dataset.id):
+                    collect_dataset(cfg)
         data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download)
     check_matches_env(data, cfg, observation_shape, action_shape)
     if cfg.reward.binary_from_success:
