@@ -1,4 +1,5 @@
-"""``python src/main.py ... schedule=smoke`` runs every stage and leaves a complete MLflow run."""
+"""``python src/main.py -m algo=calql,cql,iql,sac,rlpd schedule=smoke`` runs every stage of every
+algorithm and leaves complete MLflow runs whose metric names and steps line up."""
 import os
 import subprocess
 
@@ -7,41 +8,64 @@ from mlflow.tracking import MlflowClient
 
 from conftest import SMOKE
 
+ALGOS = ["calql", "cql", "iql", "sac", "rlpd"]
+# what every algorithm logs, on the same axes: the compare view lines these up
+COMMON = ["online/train/critic_loss", "online/train/actor_loss", "online/train/q_data", "online/train/mc_return",
+          "online/train/q_data_minus_mc_return", "online/train/updates_per_second", "online/train/grad_steps",
+          "online/train/episode_return", "online/cumulative_regret", "online/eval/normalized_score",
+          "online/eval/success_rate", "online/eval/return"]
+OFFLINE = ["offline/train/critic_loss", "offline/train/q_data", "offline/train/mc_return",
+           "offline/train/updates_per_second", "offline/eval/normalized_score", "offline/eval/success_rate"]
 
-def runs_of(algo):
+
+@pytest.fixture(scope="module")
+def sweep(main_py_module, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    proc = subprocess.run(main_py_module + ["-m", f"algo={','.join(ALGOS)}", "experiment=o2o-e2e",
+                                            f"hydra.sweep.dir={out}", *SMOKE],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("o2o-e2e")
-    return client, client.search_runs([experiment.experiment_id], f"tags.algo = '{algo}'")
+    return client, {r.data.tags["algo"]: r for r in client.search_runs([experiment.experiment_id])}, out
 
 
-@pytest.mark.parametrize("algo", ["calql", "cql"])
-def test_smoke_run_logs_every_stage(main_py, algo, tmp_path):
-    proc = subprocess.run(main_py + [f"algo={algo}", "experiment=o2o-e2e", f"hydra.run.dir={tmp_path}/run", *SMOKE],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client, runs = runs_of(algo)
-    assert len(runs) == 1
-    run = runs[0]
+@pytest.fixture(scope="module")
+def main_py_module():
+    import sys
+
+    from conftest import ROOT
+
+    return [sys.executable, str(ROOT / "src" / "main.py")]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_sweep_run_logs_every_stage(sweep, algo):
+    client, runs, out = sweep
+    assert set(runs) == set(ALGOS)
+    run = runs[algo]
     assert run.info.status == "FINISHED"
-    assert run.data.tags["env"] == "pointmaze_umaze" and run.data.tags["stage"] == "finished"
-    assert run.data.tags["dataset"] == "o2o/pointmaze/umaze-waypoints-v0" and run.data.tags["seed"] == "0"
+    tags = run.data.tags
+    assert tags["env"] == "pointmaze_umaze" and tags["stage"] == "finished" and tags["seed"] == "0"
+    assert tags["dataset"] == "o2o/pointmaze/umaze-waypoints-v0"
     assert run.data.params["algo.name"] == algo and run.data.params["schedule.offline_steps"] == "40"
     metrics = run.data.metrics
-    for key in ("offline/train/critic_loss", "offline/train/cql_gap", "offline/train/q_data",
-                "offline/train/mc_return", "offline/train/updates_per_second", "offline/eval/normalized_score",
-                "offline/eval/success_rate", "online/train/critic_loss", "online/train/episode_return",
-                "online/cumulative_regret", "online/train/grad_steps", "online/eval/normalized_score",
-                "online/eval/success_rate"):
+    pretrains = algo in ("calql", "cql", "iql")
+    for key in COMMON + (OFFLINE if pretrains else []):
         assert key in metrics, key
+    assert not pretrains or "offline/train/actor_loss" in metrics
     assert ("offline/train/calql_bound_rate" in metrics) == (algo == "calql")
-    history = client.get_metric_history(run.info.run_id, "offline/train/critic_loss")
-    assert [m.step for m in history] == [10, 20, 30, 40]
+    assert ("online/train/calql_bound_rate" in metrics) == (algo == "calql")
+    if pretrains:
+        history = client.get_metric_history(run.info.run_id, "offline/train/critic_loss")
+        assert [m.step for m in history] == [10, 20, 30, 40]
+    else:
+        assert not any(k.startswith("offline/") for k in metrics)
     online_steps = [m.step for m in client.get_metric_history(run.info.run_id, "online/eval/success_rate")]
-    assert online_steps[-1] == 300
+    assert online_steps[-1] == 300 and online_steps == sorted(set(online_steps))  # evaluations end the budget
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "resolved_config.yaml" in artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/final.pt"]
-    assert (tmp_path / "run" / "checkpoints" / "final.pt").is_file()
 
 
 def test_python_api_returns_final_metrics(tmp_path):
@@ -52,3 +76,4 @@ def test_python_api_returns_final_metrics(tmp_path):
     assert {"offline/normalized_score", "online/normalized_score", "online/cumulative_regret"} <= set(final)
     assert final["online/env_steps"] == 100
     assert 0.0 <= final["online/cumulative_regret"] <= 1.0
+    assert (tmp_path / "checkpoints" / "final.pt").is_file()

@@ -61,17 +61,22 @@ def offline_share(batch_size: int, mixing_ratio: float, offline_size: int, onlin
 
 
 class MixedSampler:
-    """Batches drawn from the offline data and the online buffer by the mixing ratio."""
+    """Batches drawn from the offline data and the online buffer by the mixing ratio.
 
-    def __init__(self, offline: TransitionBuffer, online: TransitionBuffer, batch_size: int, mixing_ratio: float):
+    Without offline data (``offline=None``, online SAC) every sample is online.
+    """
+
+    def __init__(self, offline: TransitionBuffer | None, online: TransitionBuffer, batch_size: int,
+                 mixing_ratio: float):
         self.offline, self.online = offline, online
         self.batch_size, self.mixing_ratio = batch_size, mixing_ratio
 
     def sample(self) -> Batch:
-        n_off = offline_share(self.batch_size, self.mixing_ratio, len(self.offline), len(self.online))
+        offline_size = len(self.offline) if self.offline is not None else 0
+        n_off = offline_share(self.batch_size, self.mixing_ratio, offline_size, len(self.online))
         parts = []
         if n_off:
             parts.append(self.offline.sample_rows(n_off))
         if self.batch_size - n_off:
             parts.append(self.online.sample_rows(self.batch_size - n_off))
-        return self.offline.to_batch(torch.cat(parts) if len(parts) > 1 else parts[0])
+        return self.online.to_batch(torch.cat(parts) if len(parts) > 1 else parts[0])

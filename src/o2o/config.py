@@ -90,10 +90,25 @@ class EnvConfig:
                      f"env.ref_max_score ({self.ref_max_score}) must exceed env.ref_min_score ({self.ref_min_score})")
 
 
+ALGORITHMS = ("calql", "cql", "iql", "sac", "rlpd")
+
+
 @dataclass
 class AlgoConfig:
     name: str = "calql"
     gamma: float = 0.99
+    # Which stages and data the algorithm uses
+    pretrain: bool = True  # offline pre-training before fine-tuning
+    offline_data: bool = True  # offline data in the fine-tuning batches
+    mixing_ratio: Optional[float] = None  # overrides buffer.mixing_ratio (rlpd: 0.5)
+    utd_ratio: Optional[int] = None  # overrides schedule.utd_ratio (rlpd: 20)
+    random_steps: int = 0  # uniform random actions for the first online env steps
+    # Critic ensemble
+    ensemble_size: int = 2
+    target_subset: Optional[int] = None  # min over a random subset of target critics (rlpd: 2); null = all
+    layer_norm: bool = False
+    actor_q: str = "min"  # how the actor's loss reduces the ensemble: min | mean
+    actor_update_interval: int = 1  # actor and temperature step every N critic steps
     # Networks and optimisation
     actor_hidden: List[int] = field(default_factory=lambda: [256, 256])
     critic_hidden: List[int] = field(default_factory=lambda: [256, 256, 256])
@@ -117,9 +132,13 @@ class AlgoConfig:
     # Cal-QL: bound policy-action Q-values by the reference return, per phase
     calibrate_offline: bool = True
     calibrate_online: bool = True
+    # IQL
+    expectile: float = 0.7
+    awr_temperature: float = 3.0
+    awr_max_weight: float = 100.0
 
     def check(self) -> None:
-        _require(self.name in ("cql", "calql"), f"algo.name must be one of cql, calql, got {self.name!r}")
+        _require(self.name in ALGORITHMS, f"algo.name must be one of {', '.join(ALGORITHMS)}, got {self.name!r}")
         _require(0 < self.gamma < 1, f"algo.gamma must be in (0, 1), got {self.gamma}")
         _require(all(w > 0 for w in self.actor_hidden + self.critic_hidden) and self.critic_hidden and self.actor_hidden,
                  "algo.actor_hidden and algo.critic_hidden must be non-empty lists of positive widths")
@@ -128,6 +147,19 @@ class AlgoConfig:
         _require(0 < self.tau <= 1, f"algo.tau must be in (0, 1], got {self.tau}")
         _require(self.cql_weight >= 0, f"algo.cql_weight must be >= 0, got {self.cql_weight}")
         _require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
+        _require(self.ensemble_size >= 1, f"algo.ensemble_size must be >= 1, got {self.ensemble_size}")
+        _require(self.target_subset is None or 1 <= self.target_subset <= self.ensemble_size,
+                 f"algo.target_subset must be in [1, algo.ensemble_size={self.ensemble_size}], got {self.target_subset}")
+        _require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
+        _require(self.actor_update_interval >= 1,
+                 f"algo.actor_update_interval must be >= 1, got {self.actor_update_interval}")
+        _require(0 < self.expectile < 1, f"algo.expectile must be in (0, 1), got {self.expectile}")
+        _require(self.awr_temperature >= 0, f"algo.awr_temperature must be >= 0, got {self.awr_temperature}")
+        _require(self.random_steps >= 0, f"algo.random_steps must be >= 0, got {self.random_steps}")
+        _require(self.mixing_ratio is None or self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
+                 f"algo.mixing_ratio must be null, -1 or in [0, 1], got {self.mixing_ratio}")
+        _require(self.utd_ratio is None or self.utd_ratio >= 1, f"algo.utd_ratio must be >= 1, got {self.utd_ratio}")
+        _require(self.pretrain <= self.offline_data, "algo.pretrain needs algo.offline_data: true")
 
     @property
     def calibrated(self) -> bool:
@@ -194,6 +226,17 @@ class Config:
 
     def _evaluates(self) -> bool:
         return self.schedule.offline_steps > 0 or self.schedule.online_steps > 0
+
+    @property
+    def mixing_ratio(self) -> float:
+        """Offline share of fine-tuning batches: 0 without offline data, else the algo's or the buffer's."""
+        if not self.algo.offline_data:
+            return 0.0
+        return self.buffer.mixing_ratio if self.algo.mixing_ratio is None else self.algo.mixing_ratio
+
+    @property
+    def utd_ratio(self) -> int:
+        return self.schedule.utd_ratio if self.algo.utd_ratio is None else self.algo.utd_ratio
 
 
 def register_schema() -> None:

@@ -10,9 +10,11 @@ import torch
 from omegaconf import OmegaConf
 
 from o2o.agents.cql import CQL
+from o2o.agents.iql import IQL
+from o2o.agents.sac import SAC
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.config import Config
-from o2o.data.dataset import load_offline_data
+from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.envs import make_env, transform_reward
 from o2o.returns import returns_to_go
 from o2o.stages.common import RunContext
@@ -23,7 +25,7 @@ from o2o.tracking import Tracker
 
 log = logging.getLogger("o2o")
 
-AGENTS = {"cql": CQL, "calql": CQL}
+AGENTS = {"cql": CQL, "calql": CQL, "iql": IQL, "sac": SAC, "rlpd": SAC}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,9 +77,14 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None)
     probe_env = make_env(cfg.env, training=True)
     obs_shape, act_shape = probe_env.observation_space.shape, probe_env.action_space.shape
     probe_env.close()
-    data = load_offline_data(cfg.env, obs_shape, act_shape)
-    ref_min = data.ref_min_score if data.ref_min_score is not None else cfg.env.ref_min_score
-    ref_max = data.ref_max_score if data.ref_max_score is not None else cfg.env.ref_max_score
+    if cfg.algo.offline_data:
+        data = load_offline_data(cfg.env, obs_shape, act_shape)
+        data_min, data_max = data.ref_min_score, data.ref_max_score
+    else:  # online from scratch: the dataset is only asked for its reference scores
+        data = None
+        data_min, data_max = dataset_reference_scores(cfg.env)
+    ref_min = data_min if data_min is not None else cfg.env.ref_min_score
+    ref_max = data_max if data_max is not None else cfg.env.ref_max_score
 
     dataset_name = cfg.env.dataset.id or cfg.env.dataset.path
     tracker = Tracker(cfg.experiment, cfg.run_name or f"{cfg.algo.name}-{cfg.env.name}-s{cfg.seed}", resolved, {
@@ -87,26 +94,27 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None)
         config_path = run_dir / "resolved_config.yaml"
         config_path.write_text(OmegaConf.to_yaml(resolved))
         tracker.log_artifact(config_path)
-        tracker.log_params({"data.transitions": len(data), "data.episodes": data.num_episodes,
-                            "data.ref_min_score": ref_min, "data.ref_max_score": ref_max})
-        log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s",
-                 data.source, len(data), data.num_episodes, ref_min, ref_max)
-
-        offline = offline_buffer(data, cfg, device)
-        tracker.set_tags({"stage": "reference_returns"})
+        tracker.log_params({"data.ref_min_score": ref_min, "data.ref_max_score": ref_max})
+        offline = None
+        if data is not None:
+            tracker.log_params({"data.transitions": len(data), "data.episodes": data.num_episodes})
+            log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s",
+                     data.source, len(data), data.num_episodes, ref_min, ref_max)
+            offline = offline_buffer(data, cfg, device)
+            tracker.set_tags({"stage": "reference_returns"})
         obs_dim, act_dim = obs_shape[0], act_shape[0]
         agent = AGENTS[cfg.algo.name](obs_dim, act_dim, cfg.algo, device, cfg.precision)
         ctx = RunContext(tracker, Evaluator(cfg.env, ref_min, ref_max, cfg.seed), cfg.schedule, run_dir, cfg.progress)
 
         final: dict[str, float] = {}
-        if cfg.schedule.offline_steps:
+        if cfg.algo.pretrain and cfg.schedule.offline_steps:
             tracker.set_tags({"stage": "offline"})
             final.update(pretrain(agent, offline, cfg.buffer.batch_size, cfg.schedule.offline_steps,
                                   cfg.algo.calibrated and cfg.algo.calibrate_offline, ctx))
         if cfg.schedule.online_steps:
             tracker.set_tags({"stage": "online"})
             online = TransitionBuffer(cfg.buffer.online_capacity, obs_dim, act_dim, device)
-            sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.buffer.mixing_ratio)
+            sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.mixing_ratio)
             final.update(finetune(agent, sampler, cfg, cfg.seed, ctx))
 
         checkpoint = ctx.save_checkpoint(agent, "final", {"config": resolved})

@@ -26,15 +26,13 @@ class Batch(NamedTuple):
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device,
-                 precision: str = "fp32", ensemble_size: int = 2, layer_norm: bool = False):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device, precision: str = "fp32"):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.device = device
         self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, cfg.orthogonal_init)
-        self.critic = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, ensemble_size, cfg.orthogonal_init, layer_norm)
-        self.critic_target = EnsembleCritic(obs_dim, act_dim, cfg.critic_hidden, ensemble_size, cfg.orthogonal_init,
-                                            layer_norm)
+        self.critic = self.make_critic()
+        self.critic_target = self.make_critic()
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log(), requires_grad=cfg.auto_entropy)
@@ -42,6 +40,11 @@ class ActorCritic(nn.Module):
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.to(device)
         self.grad_steps = 0
+
+    def make_critic(self, act_dim: int | None = None, ensemble_size: int | None = None) -> EnsembleCritic:
+        cfg = self.cfg
+        return EnsembleCritic(self.obs_dim, self.act_dim if act_dim is None else act_dim, cfg.critic_hidden,
+                              ensemble_size or cfg.ensemble_size, cfg.orthogonal_init, cfg.layer_norm)
 
     def build_optimizer(self, extra_groups: list[dict] | None = None) -> None:
         """One Adam over every parameter group: one step, no per-network loops."""
@@ -66,6 +69,18 @@ class ActorCritic(nn.Module):
 
     # ------------------------------------------------------------------ pieces the losses share
 
+    def target_min(self, q: torch.Tensor) -> torch.Tensor:
+        """Min over the ensemble axis, or over a random subset of it (RLPD's ``target_subset``)."""
+        if self.cfg.target_subset is not None and self.cfg.target_subset < q.shape[0]:
+            q = q[torch.randperm(q.shape[0], device=q.device)[: self.cfg.target_subset]]
+        return q.amin(0)
+
+    def q_metrics(self, q_data: torch.Tensor, batch: Batch) -> dict:
+        """Q on dataset actions against the reference return: the calibration diagnostic every agent logs."""
+        q_mean = q_data.detach().mean(0)
+        return {"q_data": q_mean.mean(), "mc_return": batch.mc_returns.mean(),
+                "q_data_minus_mc_return": (q_mean - batch.mc_returns).mean()}
+
     def critic_frozen_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q for the actor's loss: gradients reach the actions, not the critic weights."""
         self.critic.requires_grad_(False)
@@ -78,7 +93,8 @@ class ActorCritic(nn.Module):
                                eps: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """SAC actor loss alpha * log pi - min_i Q_i, and the entropy-temperature loss."""
         actions, log_pi = TanhGaussianActor.sample(mean, log_std, eps)  # (B, 1, A), (B, 1)
-        q_pi = self.critic_frozen_q(obs, actions).amin(0)  # (B, 1)
+        q_all = self.critic_frozen_q(obs, actions)  # (E, B, 1)
+        q_pi = q_all.mean(0) if self.cfg.actor_q == "mean" else q_all.amin(0)
         actor_loss = (self.alpha.detach() * log_pi - q_pi).mean()
         loss = actor_loss
         if self.cfg.auto_entropy:
@@ -95,15 +111,20 @@ class ActorCritic(nn.Module):
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
         self.grad_steps += 1
 
-    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool) -> tuple[torch.Tensor, dict]:
+    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
+                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+        """The summed loss of every network this step trains, and metrics as tensors."""
         raise NotImplementedError
 
     def draw_noise(self, batch_size: int) -> dict:
-        raise NotImplementedError
+        """All random numbers of one update, drawn apart so tests can replay them."""
+        return {"eps_actor": torch.randn(batch_size, 1, self.act_dim, device=self.device),
+                "eps_next": torch.randn(batch_size, 1, self.act_dim, device=self.device)}
 
     def update(self, batch: Batch, calibrate: bool = False) -> dict:
-        """One gradient step on every network; returns metrics as tensors (no host sync)."""
-        loss, metrics = self.compute_losses(batch, self.draw_noise(batch.obs.shape[0]), calibrate)
+        """One gradient step; returns metrics as tensors (no host sync)."""
+        update_actor = self.grad_steps % self.cfg.actor_update_interval == 0
+        loss, metrics = self.compute_losses(batch, self.draw_noise(batch.obs.shape[0]), calibrate, update_actor)
         self.step(loss)
         return metrics
 

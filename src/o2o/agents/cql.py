@@ -43,7 +43,8 @@ class CQL(ActorCritic):
             "eps_next": torch.randn(batch_size, n + self.n_backup, a, device=dev),  # pi(.|s'): regulariser + backup
         }
 
-    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool) -> tuple[torch.Tensor, dict]:
+    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
+                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         cfg, n = self.cfg, self.cfg.n_actions
         with self.autocast():
             mean, log_std = self.actor(batch.obs)
@@ -86,22 +87,23 @@ class CQL(ActorCritic):
             alpha_prime_loss = 0.0
         critic_loss = (td_loss + cql_loss).sum()
 
-        with self.autocast():
-            actor_loss, actor_metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
-
-        metrics.update(actor_metrics)
+        loss = critic_loss + alpha_prime_loss
+        if update_actor:
+            with self.autocast():
+                actor_loss, actor_metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
+            loss = loss + actor_loss
+            metrics.update(actor_metrics)
+        metrics.update(self.q_metrics(q_data, batch))
         metrics.update({
             "critic_loss": critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-            "cql_gap": cql_gap.detach().mean(), "q_data": q_data.detach().mean(),
-            "q_policy": q_current.detach().mean(), "q_random": q_random.detach().mean(),
-            "mc_return": batch.mc_returns.mean(), "td_target": td_target.mean(),
-            "q_data_minus_mc_return": (q_data.detach().mean(0) - batch.mc_returns).mean(),
+            "cql_gap": cql_gap.detach().mean(), "q_policy": q_current.detach().mean(),
+            "q_random": q_random.detach().mean(), "td_target": td_target.mean(),
         })
-        return critic_loss + actor_loss + alpha_prime_loss, metrics
+        return loss, metrics
 
     def _td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_pi: torch.Tensor) -> torch.Tensor:
         """r + gamma (1 - done) Q_target(s', a'); with max-target backup the max over sampled a'."""
-        q_next = self.critic_target(batch.next_obs, next_actions).amin(0)  # (B, K)
+        q_next = self.target_min(self.critic_target(batch.next_obs, next_actions))  # (B, K)
         if self.cfg.backup_entropy:
             q_next = q_next - self.alpha.detach() * next_log_pi
         q_next = q_next.amax(dim=1) if self.cfg.max_target_backup else q_next[:, 0]

@@ -40,6 +40,15 @@ class TanhGaussianActor(nn.Module):
         return mean.float(), log_std.float()
 
     @staticmethod
+    def log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """log pi(a|s) of given actions (B, A), clipped just inside (-1, 1) so atanh stays finite."""
+        pre_tanh = torch.atanh(actions.clamp(-1.0 + eps, 1.0 - eps))
+        z = (pre_tanh - mean) / log_std.exp()
+        gaussian_log_prob = (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        squash = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+        return gaussian_log_prob - squash
+
+    @staticmethod
     def sample(mean: torch.Tensor, log_std: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised tanh-Gaussian samples and their log-probabilities.
 
@@ -72,7 +81,12 @@ class EnsembleCritic(nn.Module):
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
             self.weights.append(nn.Parameter(torch.empty(ensemble_size, fan_in, fan_out)))
             self.biases.append(nn.Parameter(torch.zeros(ensemble_size, 1, fan_out)))
-        self.norms = nn.ModuleList(nn.LayerNorm(h) for h in hidden) if layer_norm else None
+        # LayerNorm with a scale and shift of each member's own
+        self.norm_scales = nn.ParameterList(nn.Parameter(torch.ones(ensemble_size, 1, h)) for h in hidden)
+        self.norm_shifts = nn.ParameterList(nn.Parameter(torch.zeros(ensemble_size, 1, h)) for h in hidden)
+        self.layer_norm = layer_norm
+        if not layer_norm:
+            self.norm_scales, self.norm_shifts = nn.ParameterList(), nn.ParameterList()
         last = len(self.weights) - 1
         for i, weight in enumerate(self.weights):
             for member in weight:
@@ -90,7 +104,7 @@ class EnsembleCritic(nn.Module):
         x = per_action.view(self.ensemble_size, batch, k, -1) + per_state.unsqueeze(2) + self.biases[0].unsqueeze(1)
         x = x.reshape(self.ensemble_size, batch * k, -1)
         for i in range(1, len(self.weights)):
-            if self.norms is not None:
-                x = self.norms[i - 1](x)
+            if self.layer_norm:
+                x = F.layer_norm(x, x.shape[-1:]) * self.norm_scales[i - 1] + self.norm_shifts[i - 1]
             x = torch.baddbmm(self.biases[i], F.relu(x), self.weights[i])
         return x.view(self.ensemble_size, batch, k).float()

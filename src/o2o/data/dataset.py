@@ -225,12 +225,7 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
     if cfg.dataset.path:
         data = load_d4rl_hdf5(cfg.dataset.path)
     else:
-        if cfg.dataset.collector and not minari_is_local(cfg.dataset.id):
-            from o2o.data.collectors import collect_dataset
-
-            with _collection_lock():  # parallel jobs: one collects, the others wait and load
-                if not minari_is_local(cfg.dataset.id):
-                    collect_dataset(cfg)
+        _collect_if_missing(cfg)
         data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download)
     check_matches_env(data, cfg, observation_shape, action_shape)
     if cfg.reward.binary_from_success:
@@ -238,6 +233,37 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         if len(data) == 0:
             raise DatasetError(f"{data.source}: no episode reaches task success, so the binary-reward data is empty")
     return data
+
+
+def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[float]]:
+    """The dataset's reference scores from its metadata alone, without reading its transitions.
+
+    Used by algorithms that never touch the offline data, so that their
+    normalized scores use the same references as the offline algorithms'.
+    A remote dataset is not downloaded for this: (None, None) then.
+    """
+    if cfg.dataset.path:
+        import h5py
+
+        if not os.path.isfile(cfg.dataset.path):
+            return None, None
+        with h5py.File(cfg.dataset.path, "r") as f:
+            return _float_or_none(f.attrs.get("ref_min_score")), _float_or_none(f.attrs.get("ref_max_score"))
+    _collect_if_missing(cfg)
+    if not minari_is_local(cfg.dataset.id):
+        return None, None
+    meta = fetch_minari(cfg.dataset.id, download=False).storage.metadata
+    return _float_or_none(meta.get("ref_min_score")), _float_or_none(meta.get("ref_max_score"))
+
+
+def _collect_if_missing(cfg: EnvConfig) -> None:
+    """Datasets with a collector are built on first use; parallel jobs wait for the first one."""
+    if cfg.dataset.collector and not minari_is_local(cfg.dataset.id):
+        from o2o.data.collectors import collect_dataset
+
+        with _collection_lock():
+            if not minari_is_local(cfg.dataset.id):
+                collect_dataset(cfg)
 
 
 def check_matches_env(data: OfflineData, cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> None:

@@ -18,13 +18,19 @@ from o2o.returns import returns_to_go
 from o2o.stages.common import MetricAverager, RunContext, log
 
 
-def collect_episode(env, agent, max_steps: int) -> dict[str, np.ndarray]:
-    """One episode (or its first ``max_steps`` steps) with the stochastic policy."""
+def collect_episode(env, agent, max_steps: int, random_steps: int = 0) -> dict[str, np.ndarray]:
+    """One episode (or its first ``max_steps`` steps) with the stochastic policy.
+
+    The first ``random_steps`` actions are uniform random (SAC-style warm-up).
+    """
     obs, _ = env.reset()
     steps: dict[str, list] = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "terminals", "success")}
     done = False
     while not done and len(steps["rewards"]) < max_steps:
-        action = agent.act(obs, deterministic=False)
+        if len(steps["rewards"]) < random_steps:
+            action = env.action_space.sample()
+        else:
+            action = agent.act(obs, deterministic=False)
         next_obs, reward, terminated, truncated, info = env.step(action)
         for key, value in (("obs", obs), ("actions", action), ("rewards", reward), ("next_obs", next_obs),
                            ("terminals", terminated), ("success", bool(info.get("success", False)))):
@@ -36,6 +42,7 @@ def collect_episode(env, agent, max_steps: int) -> dict[str, np.ndarray]:
 def finetune(agent, sampler: MixedSampler, cfg: Config, seed: int, ctx: RunContext) -> dict[str, float]:
     sched, env_cfg = cfg.schedule, cfg.env
     env = make_env(env_cfg, training=True, seed=seed)
+    utd_ratio = cfg.utd_ratio
     fail_reward = float(transform_reward(env_cfg.fail_reward, env_cfg)) if env_cfg.sparse else None
     averager = MetricAverager()
     env_steps = episodes = failures = 0
@@ -44,7 +51,8 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, seed: int, ctx: RunConte
     last_log_step, last_time, updates_since_log = 0, time.perf_counter(), 0
     with ctx.progress_bar(sched.online_steps, "online fine-tuning") as bar:
         while env_steps < sched.online_steps:
-            episode = collect_episode(env, agent, sched.online_steps - env_steps)
+            episode = collect_episode(env, agent, sched.online_steps - env_steps,
+                                      max(cfg.algo.random_steps - env_steps, 0))
             n = len(episode["rewards"])
             rewards = transform_reward(episode["rewards"].astype(np.float32), env_cfg)
             ends = np.zeros(n, dtype=bool)
@@ -63,7 +71,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, seed: int, ctx: RunConte
                 "online/episodes": episodes,
             }, env_steps)
 
-            for _ in range(n * sched.utd_ratio):
+            for _ in range(n * utd_ratio):
                 averager.add(agent.update(sampler.sample(), calibrate=cfg.algo.calibrated and cfg.algo.calibrate_online))
                 updates_since_log += 1
             bar.update(n)
@@ -82,7 +90,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, seed: int, ctx: RunConte
                 ctx.log_eval("online", env_steps, results)
                 while next_eval <= env_steps:
                     next_eval += sched.eval_interval_online or sched.online_steps
-            if sched.checkpoint_interval and agent.grad_steps % sched.checkpoint_interval < n * sched.utd_ratio:
+            if sched.checkpoint_interval and agent.grad_steps % sched.checkpoint_interval < n * utd_ratio:
                 ctx.save_checkpoint(agent, "online")
     env.close()
     return {**{f"online/{k}": v for k, v in results.items()},

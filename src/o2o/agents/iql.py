@@ -1,0 +1,59 @@
+"""IQL (Kostrikov et al. 2022): expectile value regression, Q against V, advantage-weighted policy extraction."""
+from __future__ import annotations
+
+import torch
+
+from o2o.agents.core import ActorCritic, Batch
+from o2o.agents.networks import TanhGaussianActor
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean |tau - 1(diff < 0)| * diff^2, with diff = Q(s, a) - V(s)."""
+    weight = torch.where(diff < 0, 1.0 - expectile, expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def advantage_weights(advantage: torch.Tensor, temperature: float, max_weight: float) -> torch.Tensor:
+    """exp(temperature * A(s, a)), clipped at max_weight."""
+    return torch.exp(temperature * advantage).clamp(max=max_weight)
+
+
+class IQL(ActorCritic):
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32"):
+        super().__init__(obs_dim, act_dim, cfg, device, precision)
+        self.value = self.make_critic(act_dim=0, ensemble_size=1).to(device)  # V(s): a critic without actions
+        self._no_action = torch.zeros(1, 1, 0, device=device)
+        self.build_optimizer([{"params": list(self.value.parameters()), "lr": cfg.critic_lr}])
+
+    def v(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.value(obs, self._no_action.expand(obs.shape[0], 1, 0))[0, :, 0]
+
+    def draw_noise(self, batch_size: int) -> dict:
+        return {}
+
+    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
+                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        with self.autocast():
+            with torch.no_grad():
+                q_target = self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)))[:, 0]
+                td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * self.v(batch.next_obs)
+            v = self.v(batch.obs)
+            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
+        value_loss = expectile_loss(q_target - v, cfg.expectile)
+        td_loss = (q_data - td_target).pow(2).mean(dim=1)
+        critic_loss = td_loss.sum()
+        loss = critic_loss + value_loss
+        metrics = {}
+        if update_actor:
+            weights = advantage_weights(q_target - v.detach(), cfg.awr_temperature, cfg.awr_max_weight)
+            with self.autocast():
+                mean, log_std = self.actor(batch.obs)
+            log_pi = TanhGaussianActor.log_prob(mean, log_std, batch.actions)
+            actor_loss = -(weights * log_pi).mean()
+            loss = loss + actor_loss
+            metrics = {"actor_loss": actor_loss.detach(), "awr_weight": weights.mean(), "log_pi_data": log_pi.detach().mean()}
+        metrics.update(self.q_metrics(q_data, batch))
+        metrics.update({"critic_loss": critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+                        "value_loss": value_loss.detach(), "v": v.detach().mean(), "td_target": td_target.mean()})
+        return loss, metrics

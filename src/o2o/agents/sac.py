@@ -1,0 +1,42 @@
+"""SAC, and RLPD as SAC with a LayerNorm critic ensemble, a random-subset target and symmetric sampling.
+
+RLPD (Ball et al. 2023) is SAC plus settings, all in ``conf/algo/rlpd.yaml``:
+10 LayerNorm critics, the TD target's min over a random subset of 2, the
+actor on the ensemble mean, UTD 20 with one actor step per 20 critic steps,
+and every batch half offline, half online.
+"""
+from __future__ import annotations
+
+import torch
+
+from o2o.agents.core import ActorCritic, Batch
+from o2o.agents.networks import TanhGaussianActor
+
+
+class SAC(ActorCritic):
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32"):
+        super().__init__(obs_dim, act_dim, cfg, device, precision)
+        self.build_optimizer()
+
+    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
+                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+        with self.autocast():
+            with torch.no_grad():
+                next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), noise["eps_next"])
+                q_next = self.target_min(self.critic_target(batch.next_obs, next_actions))[:, 0]  # (B,)
+                if self.cfg.backup_entropy:
+                    q_next = q_next - self.alpha.detach() * next_log_pi[:, 0]
+                td_target = batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next
+            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
+        td_loss = (q_data - td_target).pow(2).mean(dim=1)
+        critic_loss = td_loss.sum()
+        loss, metrics = critic_loss, {}
+        if update_actor:
+            with self.autocast():
+                mean, log_std = self.actor(batch.obs)
+                actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
+            loss = loss + actor_loss
+        metrics.update(self.q_metrics(q_data, batch))
+        metrics.update({"critic_loss": critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+                        "td_target": td_target.mean()})
+        return loss, metrics

@@ -1,0 +1,115 @@
+"""IQL, SAC and RLPD: loss math on hand-built tensors and how each one uses the offline data."""
+import pytest
+import torch
+
+from conftest import SMOKE, compose
+from o2o.agents.core import Batch
+from o2o.agents.iql import IQL, advantage_weights, expectile_loss
+from o2o.agents.sac import SAC
+from o2o.config import AlgoConfig, validate
+
+
+def test_expectile_loss_weights_positive_and_negative_errors():
+    diff = torch.tensor([2.0, -1.0])
+    # 0.8 * 4 and 0.2 * 1, averaged
+    assert expectile_loss(diff, 0.8).item() == pytest.approx((0.8 * 4 + 0.2 * 1) / 2)
+    assert expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * (4 + 1) / 2)
+
+
+def test_advantage_weights_are_exponentiated_and_clipped():
+    w = advantage_weights(torch.tensor([0.0, 0.5, 10.0]), temperature=2.0, max_weight=100.0)
+    torch.testing.assert_close(w, torch.tensor([1.0, torch.e, 100.0]))
+
+
+def make(cls, **overrides):
+    torch.manual_seed(0)
+    cfg = AlgoConfig(actor_hidden=[8], critic_hidden=[8], **overrides)
+    return cls(3, 2, cfg, torch.device("cpu"))
+
+
+def test_target_is_min_over_a_random_subset_of_the_ensemble():
+    agent = make(SAC, name="rlpd", ensemble_size=5, target_subset=2)
+    q = torch.tensor([5.0, 1.0, 4.0, 3.0, 2.0]).view(5, 1)
+    seen = set()
+    for _ in range(200):
+        value = agent.target_min(q).item()
+        seen.add(value)
+    # the min of two distinct members: never the largest value, every other value possible
+    assert seen == {1.0, 2.0, 3.0, 4.0}
+    everything = make(SAC, name="sac", ensemble_size=5)
+    assert everything.target_min(q).item() == 1.0
+
+
+def test_iql_losses_on_hand_built_values():
+    agent = make(IQL, name="iql", expectile=0.9, awr_temperature=3.0, gamma=0.5)
+    batch = Batch(torch.randn(4, 3), torch.rand(4, 2) * 2 - 1, torch.ones(4), torch.randn(4, 3),
+                  torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.zeros(4))
+    with torch.no_grad():
+        _, m = agent.compute_losses(batch, {}, calibrate=False)
+        q_t = agent.critic_target(batch.obs, batch.actions.unsqueeze(1)).amin(0)[:, 0]
+        v = agent.v(batch.obs)
+        target = batch.rewards + 0.5 * (1 - batch.dones) * agent.v(batch.next_obs)
+        q = agent.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]
+    torch.testing.assert_close(m["value_loss"], expectile_loss(q_t - v, 0.9))
+    torch.testing.assert_close(m["critic_loss"], ((q - target) ** 2).mean(1).sum())
+    torch.testing.assert_close(m["awr_weight"], advantage_weights(q_t - v, 3.0, 100.0).mean())
+
+
+def test_sac_backup_includes_the_entropy_term():
+    agent = make(SAC, name="sac", backup_entropy=True, gamma=0.9)
+    batch = Batch(torch.randn(4, 3), torch.rand(4, 2) * 2 - 1, torch.ones(4), torch.randn(4, 3), torch.zeros(4),
+                  torch.zeros(4))
+    noise = agent.draw_noise(4)
+    with torch.no_grad():
+        _, m = agent.compute_losses(batch, noise, calibrate=False)
+        from o2o.agents.networks import TanhGaussianActor
+
+        a2, logp2 = TanhGaussianActor.sample(*agent.actor(batch.next_obs), noise["eps_next"])
+        q2 = agent.critic_target(batch.next_obs, a2).amin(0)[:, 0] - agent.alpha * logp2[:, 0]
+    torch.testing.assert_close(m["td_target"], (1 + 0.9 * q2).mean())
+
+
+@pytest.mark.parametrize("buffer_ratio", ["0.25", "-1"])
+def test_rlpd_batches_are_half_offline_whatever_the_buffer_says(buffer_ratio):
+    cfg = validate(compose(["algo=rlpd", f"buffer.mixing_ratio={buffer_ratio}"]))
+    assert cfg.mixing_ratio == 0.5 and cfg.utd_ratio == 20
+    assert cfg.algo.ensemble_size == 10 and cfg.algo.target_subset == 2 and cfg.algo.layer_norm
+    assert validate(compose(["algo=sac"])).mixing_ratio == 0.0
+
+
+def test_sac_never_reads_the_offline_data(monkeypatch, tmp_path):
+    import o2o.pipeline as pipeline
+    from o2o import run
+    from o2o.data import dataset
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("sac read the offline transitions")
+
+    monkeypatch.setattr(pipeline, "load_offline_data", forbidden)
+    monkeypatch.setattr(dataset, "load_minari", forbidden)
+    samplers = []
+    real = pipeline.MixedSampler
+    monkeypatch.setattr(pipeline, "MixedSampler", lambda offline, *a: samplers.append(offline) or real(offline, *a))
+    final = run(algo="sac", run_dir=str(tmp_path), overrides=[*SMOKE, "experiment=o2o-sac", "schedule.online_steps=120"])
+    assert samplers == [None]
+    assert "offline/normalized_score" not in final and final["online/env_steps"] == 120
+
+
+def test_rlpd_run_draws_half_of_every_batch_offline(monkeypatch, tmp_path):
+    from o2o import run
+    from o2o.buffers import TransitionBuffer
+
+    draws = []
+    real = TransitionBuffer.sample_rows
+
+    def spy(self, n, generator=None):
+        draws.append((self.capacity == 1_000_000, n))  # online buffer: the configured online capacity
+        return real(self, n, generator)
+
+    monkeypatch.setattr(TransitionBuffer, "sample_rows", spy)
+    run(algo="rlpd", run_dir=str(tmp_path),
+        overrides=[*SMOKE, "experiment=o2o-rlpd", "schedule.online_steps=60", "algo.utd_ratio=2"])
+    online = [n for is_online, n in draws if is_online]
+    offline = [n for is_online, n in draws if not is_online]
+    assert len(online) == len(offline) == 120  # 60 env steps x UTD 2, and no offline pre-training
+    assert set(online) == set(offline) == {16}  # batch 32, half and half
