@@ -48,10 +48,57 @@ class BinarySuccessReward(gym.Wrapper):
         return obs, (0.0 if success else -1.0), terminated, truncated, info
 
 
+class SuccessFromTasks(gym.Wrapper):
+    """Franka Kitchen reports the tasks left to do; success is none left."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["success"] = len(info.get("tasks_to_complete", [None])) == 0
+        return obs, reward, terminated, truncated, info
+
+
 def _register_robotics() -> None:
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
+    _fix_joint_type_checks()
+
+
+def _fix_joint_type_checks() -> None:
+    """FrankaKitchen-v1 fails at reset with newer mujoco (3.12+, 4.x).
+
+    gymnasium-robotics' joint helpers test ``joint_type in (mjJNT_HINGE, ...)``
+    with a numpy integer, which mujoco's enums no longer compare equal to. The
+    helpers are replaced, only when that comparison fails, by ones comparing ints.
+    """
+    import mujoco
+    from gymnasium_robotics.utils import mujoco_utils
+
+    if np.int32(int(mujoco.mjtJoint.mjJNT_HINGE)) in (mujoco.mjtJoint.mjJNT_HINGE,):
+        return
+    free, ball = int(mujoco.mjtJoint.mjJNT_FREE), int(mujoco.mjtJoint.mjJNT_BALL)
+    qpos_dims, qvel_dims = {free: 7, ball: 4}, {free: 6, ball: 3}
+
+    def joint_slice(model, name, address, dims):
+        joint_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
+        assert joint_id != -1, f"Joint with name '{name}' is not part of the model!"
+        start = int(getattr(model, address)[joint_id])
+        return slice(start, start + dims.get(int(model.jnt_type[joint_id]), 1))
+
+    def get_joint_qpos(model, data, name):
+        return data.qpos[joint_slice(model, name, "jnt_qposadr", qpos_dims)].copy()
+
+    def get_joint_qvel(model, data, name):
+        return data.qvel[joint_slice(model, name, "jnt_dofadr", qvel_dims)].copy()
+
+    def set_joint_qpos(model, data, name, value):
+        data.qpos[joint_slice(model, name, "jnt_qposadr", qpos_dims)] = value
+
+    def set_joint_qvel(model, data, name, value):
+        data.qvel[joint_slice(model, name, "jnt_dofadr", qvel_dims)] = value
+
+    for fn in (get_joint_qpos, get_joint_qvel, set_joint_qpos, set_joint_qvel):
+        setattr(mujoco_utils, fn.__name__, fn)
 
 
 def make_env(cfg: EnvConfig, *, training: bool = True, seed: int | None = None) -> gym.Env:
@@ -66,6 +113,8 @@ def make_env(cfg: EnvConfig, *, training: bool = True, seed: int | None = None) 
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     env = gym.make(cfg.gym_id, **kwargs)
     env = FlatObservation(env, cfg.obs_keys)
+    if cfg.gym_id.startswith("FrankaKitchen"):
+        env = SuccessFromTasks(env)
     if cfg.reward.binary_from_success:
         env = BinarySuccessReward(env, terminate_on_success=training)
     if seed is not None:

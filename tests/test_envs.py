@@ -1,0 +1,65 @@
+"""Every env option composes, builds its env, resets and steps, with its dataset's shapes."""
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, compose
+from o2o.config import validate
+from o2o.envs import make_env
+
+# (observation, action) sizes of each env's dataset, from the Minari / D4RL formats
+DATASET_SHAPES = {
+    "adroit_door": (39, 28), "adroit_pen": (45, 24), "adroit_relocate": (39, 30), "adroit_hammer": (46, 26),
+    **{f"antmaze_{m}": (29, 8) for m in ("umaze", "umaze_diverse", "medium_play", "medium_diverse",
+                                           "large_play", "large_diverse")},
+    "kitchen_partial": (59, 9), "kitchen_mixed": (59, 9), "kitchen_complete": (59, 9),
+    "halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6), "pointmaze_umaze": (6, 2),
+}
+ENVS = sorted(p.stem for p in (ROOT / "conf" / "env").glob("*.yaml"))
+
+
+def test_every_env_option_has_known_dataset_shapes():
+    assert {e.removesuffix("_dense") for e in ENVS} == set(DATASET_SHAPES)
+
+
+@pytest.mark.parametrize("env_name", ENVS)
+def test_env_option_builds_resets_and_steps(env_name):
+    cfg = validate(compose([f"env={env_name}"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env = make_env(cfg.env, training=True, seed=0)
+        obs, _ = env.reset(seed=0)
+        for _ in range(3):
+            obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    obs_dim, act_dim = DATASET_SHAPES[env_name.removesuffix("_dense")]
+    assert obs.shape == (obs_dim,) and obs.dtype == np.float32
+    assert env.action_space.shape == (act_dim,)
+    assert np.isfinite(reward)
+    assert ("success" in info) == (env_name not in ("halfcheetah", "hopper", "walker2d"))
+    assert cfg.env.ref_min_score is not None or cfg.env.dataset.collector
+    env.close()
+
+
+def test_binary_reward_on_the_adroit_env():
+    cfg = validate(compose(["env=adroit_door"]))
+    env = make_env(cfg.env, training=True, seed=0)
+    env.reset(seed=0)
+    _, reward, terminated, _, info = env.step(env.action_space.sample())
+    assert reward == -1.0 and not terminated and "task_reward" in info  # no success yet: -1, the dense reward kept
+
+
+def test_domain_presets():
+    ant = validate(compose(["env=antmaze_large_diverse"]))
+    assert ant.algo.lagrange and ant.algo.target_action_gap == 0.8 and ant.algo.critic_hidden == [256] * 4
+    assert (ant.env.reward.scale, ant.env.reward.bias) == (10.0, -5.0)
+    kitchen = validate(compose(["env=kitchen_mixed"]))
+    assert not kitchen.algo.importance_sampling and kitchen.buffer.mixing_ratio == 0.25
+    assert validate(compose(["env=adroit_pen"])).schedule.online_steps == 200_000
+    assert validate(compose(["env=adroit_door"])).schedule.online_steps == 1_000_000
+    iql = validate(compose(["env=antmaze_umaze", "algo=iql"]))
+    assert (iql.algo.expectile, iql.algo.awr_temperature) == (0.9, 10.0)
+    iql = validate(compose(["env=adroit_door", "algo=iql"]))
+    assert (iql.algo.expectile, iql.algo.awr_temperature) == (0.8, 3.0)
+    iql = validate(compose(["env=kitchen_partial", "algo=iql"]))
+    assert (iql.algo.expectile, iql.algo.awr_temperature) == (0.7, 0.5)
