@@ -1,0 +1,5 @@
+"""Build local Minari datasets from the DAPG assets: ``python scripts/build_datasets.py build-adroit --help``."""
+from o2o.data.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Adroit datasets built from the DAPG assets, the way D4RL made its Adroit data.
+
+- ``o2o/door/human-v0``: the 25 teleoperated door demonstrations as recorded.
+- ``o2o/<task>/expert-v0``: episodes of the DAPG expert policy with its own noise.
+- ``o2o/door/cloned-v0``: a behaviour-cloning policy trained on the demonstrations,
+  rolled out with noise, mixed with the demonstrations.
+
+Every dataset records per-step task success (``infos/success``) for the binary
+reward, and reference scores measured as Minari does: the mean return of a
+uniform random policy (min) and of the expert policy (max).
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from o2o.envs import _register_robotics
+
+log = logging.getLogger(__name__)
+
+TASKS = {"door": "AdroitHandDoor-v1", "pen": "AdroitHandPen-v1", "relocate": "AdroitHandRelocate-v1",
+         "hammer": "AdroitHandHammer-v1"}
+SUCCESS_STEPS = {"door": 25, "pen": 20, "relocate": 25, "hammer": 25}
+HORIZON = 200
+DOOR_HINGE_INDEX, DOOR_OPEN_ANGLE = 28, 1.35  # the env's success: hinge angle >= 1.35 rad
+D4RL_EXPERT_EPISODES = 5000  # D4RL's expert datasets: 5000 episodes of 200 steps (1M transitions)
+D4RL_CLONED_EPISODES = 2500
+
+
+class DapgPolicy:
+    """The DAPG expert: a tanh MLP Gaussian policy stored as plain arrays."""
+
+    def __init__(self, path: str | Path, rng: np.random.Generator):
+        params = np.load(path)
+        self.layers = [(params[f"W{i}"], params[f"b{i}"]) for i in range(3)]
+        self.in_shift, self.in_scale = params["in_shift"], params["in_scale"]
+        self.out_shift, self.out_scale = params["out_shift"], params["out_scale"]
+        self.std = np.exp(params["log_std"])
+        self.rng = rng
+
+    def mean(self, obs: np.ndarray) -> np.ndarray:
+        x = (obs - self.in_shift) / (self.in_scale + 1e-8)
+        for w, b in self.layers[:-1]:
+            x = np.tanh(w @ x + b)
+        w, b = self.layers[-1]
+        return (w @ x + b) * self.out_scale + self.out_shift
+
+    def __call__(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        action = self.mean(obs)
+        if not deterministic:
+            action = action + self.std * self.rng.standard_normal(action.shape)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+@dataclass
+class Episode:
+    observations: np.ndarray  # (T + 1, obs_dim)
+    actions: np.ndarray  # (T, act_dim)
+    rewards: np.ndarray  # (T,)
+    success: np.ndarray  # (T + 1,): the reset's, then after every step
+    terminated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def make_adroit(task: str) -> gym.Env:
+    _register_robotics()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gym.make(TASKS[task], max_episode_steps=HORIZON)
+
+
+def rollout(env: gym.Env, policy, seed: int) -> Episode:
+    obs, info = env.reset(seed=seed)
+    observations, actions, rewards, success = [obs], [], [], [bool(info.get("success", False))]
+    done = terminated = False
+    while not done:
+        action = policy(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(reward)
+        success.append(bool(info.get("success", False)))
+        done = terminated or truncated
+    return Episode(np.asarray(observations, np.float32), np.asarray(actions, np.float32),
+                   np.asarray(rewards, np.float32), np.asarray(success, bool), bool(terminated))
+
+
+def human_door_episodes(demos_path: str | Path) -> list[Episode]:
+    """The 25 demonstrations as recorded; the last step of each (no next observation) is dropped."""
+    demos = np.load(demos_path)
+    episodes, start = [], 0
+    for length in demos["episode_lengths"]:
+        stop = start + int(length)
+        obs = demos["observations"][start:stop].astype(np.float32)
+        episodes.append(Episode(observations=obs, actions=demos["actions"][start:stop - 1].astype(np.float32),
+                                rewards=demos["rewards"][start:stop - 1].astype(np.float32),
+                                success=obs[:, DOOR_HINGE_INDEX] >= DOOR_OPEN_ANGLE))
+        start = stop
+    return episodes
+
+
+def train_bc(episodes: list[Episode], steps: int, seed: int, hidden: int = 256) -> nn.Module:
+    """Behaviour cloning: an MLP regressing the demonstrated actions (tanh output, MSE)."""
+    torch.manual_seed(seed)
+    obs = torch.as_tensor(np.concatenate([e.observations[:-1] for e in episodes]))
+    act = torch.as_tensor(np.concatenate([e.actions for e in episodes]))
+    mean, std = obs.mean(0), obs.std(0) + 1e-6
+    net = nn.Sequential(nn.Linear(obs.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                        nn.Linear(hidden, act.shape[1]), nn.Tanh())
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(obs), (256,), generator=generator)
+        loss = (net((obs[idx] - mean) / std) - act[idx]).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.obs_mean, net.obs_std = mean, std
+    return net
+
+
+def bc_policy(net: nn.Module, noise: float, rng: np.random.Generator):
+    def act(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            action = net((torch.as_tensor(obs, dtype=torch.float32) - net.obs_mean) / net.obs_std).numpy()
+        return np.clip(action + noise * rng.standard_normal(action.shape), -1.0, 1.0).astype(np.float32)
+
+    return act
+
+
+def reference_scores(task: str, expert: DapgPolicy, episodes: int, seed: int) -> tuple[float, float]:
+    env = make_adroit(task)
+    env.action_space.seed(seed)
+    random_returns = [rollout(env, lambda o: env.action_space.sample(), seed + i).rewards.sum() for i in range(episodes)]
+    expert_returns = [rollout(env, expert, seed + i).rewards.sum() for i in range(episodes)]
+    env.close()
+    return float(np.mean(random_returns)), float(np.mean(expert_returns))
+
+
+def summarize(episodes: list[Episode], task: str) -> dict[str, float]:
+    return {"episodes": len(episodes), "transitions": int(sum(len(e) for e in episodes)),
+            "mean_return": float(np.mean([e.rewards.sum() for e in episodes])),
+            "success_rate": float(np.mean([e.success[1:].sum() >= SUCCESS_STEPS[task] for e in episodes]))}
+
+
+def write_minari(dataset_id: str, task: str, episodes: list[Episode], ref: tuple[float, float],
+                 description: str) -> None:
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    buffers = []
+    for i, e in enumerate(episodes):
+        truncations = [False] * len(e)
+        truncations[-1] = not e.terminated
+        terminations = [False] * len(e)
+        terminations[-1] = e.terminated
+        buffers.append(EpisodeBuffer(id=i, observations=e.observations, actions=e.actions, rewards=list(e.rewards),
+                                     terminations=terminations, truncations=truncations,
+                                     infos={"success": e.success}))
+    env = make_adroit(task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        minari.create_dataset_from_buffers(dataset_id=dataset_id, buffer=buffers, env=env.spec, eval_env=env.spec,
+                                           algorithm_name="o2o-adroit-builder", author="o2o",
+                                           ref_min_score=ref[0], ref_max_score=ref[1], description=description)
+    env.close()
+
+
+def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert_episodes: int = 50,
+          cloned_episodes: int = 50, bc_steps: int = 2000, bc_noise: float = 0.1, reference_episodes: int = 10,
+          seed: int = 0, overwrite: bool = False) -> dict[str, dict]:
+    """Build the datasets; returns a summary per dataset id."""
+    import minari
+
+    assets = Path(assets)
+    rng = np.random.default_rng(seed)
+    report: dict[str, dict] = {}
+
+    def save(dataset_id, task, episodes, ref, description):
+        if dataset_id in minari.list_local_datasets():
+            if not overwrite:
+                log.info("%s exists; skipped (--overwrite rebuilds it)", dataset_id)
+                report[dataset_id] = {"skipped": True}
+                return
+            minari.delete_dataset(dataset_id)
+        write_minari(dataset_id, task, episodes, ref, description)
+        report[dataset_id] = {**summarize(episodes, task), "ref_min_score": ref[0], "ref_max_score": ref[1]}
+
+    for task in tasks:
+        expert = DapgPolicy(assets / f"{task}-v0_expert_policy.npz", rng)
+        ref = reference_scores(task, expert, reference_episodes, seed=10_000 + seed)
+        env = make_adroit(task)
+        experts = [rollout(env, expert, seed * 100_000 + i)
+                   for i in tqdm(range(expert_episodes), desc=f"{task} expert", disable=None)]
+        env.close()
+        save(f"{namespace}/{task}/expert-v0", task, experts, ref,
+             f"{expert_episodes} episodes of the DAPG expert policy for {task} sampled with its own Gaussian noise "
+             f"in {TASKS[task]}, {HORIZON} steps each. ref scores: uniform random policy / sampled expert, "
+             f"{reference_episodes} episodes each. Built by o2o from the hand_dapg assets.")
+        if task != "door" or not (assets / "door-v0_human_demos.npz").exists():
+            continue
+        human = human_door_episodes(assets / "door-v0_human_demos.npz")
+        save(f"{namespace}/door/human-v0", task, human, ref,
+             "The 25 DAPG teleoperated door demonstrations (D4RL door-human) as recorded in the old door-v0 "
+             "(rewards as recorded; success = hinge angle >= 1.35 rad; the last step of each demonstration, "
+             "which has no next observation, dropped).")
+        net = train_bc(human, bc_steps, seed)
+        env = make_adroit(task)
+        policy = bc_policy(net, bc_noise, rng)
+        cloned = [rollout(env, policy, seed * 100_000 + 50_000 + i)
+                  for i in tqdm(range(cloned_episodes), desc="door cloned", disable=None)]
+        env.close()
+        save(f"{namespace}/door/cloned-v0", task, human + cloned, ref,
+             f"The 25 door demonstrations mixed with {cloned_episodes} episodes of a behaviour-cloning policy "
+             f"(MLP 256-256, {bc_steps} steps on the demonstrations) rolled out with Gaussian action noise "
+             f"std {bc_noise}, as D4RL made door-cloned.")
+    return report

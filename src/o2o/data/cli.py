@@ -1,0 +1,109 @@
+"""``o2o-data``: build local datasets from the DAPG assets and list the datasets a run can use.
+
+    o2o-data build-adroit --assets ../shared/data/hand_dapg
+    o2o-data list
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import yaml
+
+from o2o.data.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
+from o2o.data.dataset import minari_root
+
+
+
+def env_dataset_ids() -> dict[str, str]:
+    """The remote dataset id each env option uses by default."""
+    from importlib.resources import files
+
+    ids = {}
+    for entry in sorted(files("o2o_conf").joinpath("env").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            cfg = yaml.safe_load(entry.read_text()) or {}
+            dataset_id = (cfg.get("dataset") or {}).get("id")
+            if dataset_id:
+                ids.setdefault(dataset_id, entry.name[:-5])
+    return ids
+
+
+def list_datasets() -> list[dict]:
+    import minari
+
+    rows, local = [], minari.list_local_datasets()
+    for dataset_id, meta in sorted(local.items()):
+        spec = meta.get("env_spec")
+        env_id = getattr(spec, "id", None) or (spec.get("id") if isinstance(spec, dict) else None) or "?"
+        if isinstance(spec, str):
+            import json
+
+            env_id = json.loads(spec).get("id", "?")
+        rows.append({"id": dataset_id, "where": "local", "env": env_id, "episodes": meta.get("total_episodes"),
+                     "transitions": meta.get("total_steps"), "ref_min_score": meta.get("ref_min_score"),
+                     "ref_max_score": meta.get("ref_max_score")})
+    for dataset_id, env_option in env_dataset_ids().items():
+        if dataset_id not in local:
+            rows.append({"id": dataset_id, "where": "remote" if dataset_id.startswith(("D4RL/", "mujoco/")) else "built on first use",
+                         "env": f"env={env_option}", "episodes": None, "transitions": None,
+                         "ref_min_score": None, "ref_max_score": None})
+    return rows
+
+
+def _print_table(rows: list[dict]) -> None:
+    columns = ["id", "where", "env", "episodes", "transitions", "ref_min_score", "ref_max_score"]
+    text = [[("-" if r[c] is None else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])) for c in columns]
+            for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for t in text:
+        print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="o2o-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build-adroit", help="build Adroit datasets from the DAPG policies and demonstrations")
+    b.add_argument("--assets", default="../shared/data/hand_dapg", help="folder with the hand_dapg .npz files")
+    b.add_argument("--namespace", default="o2o", help="Minari namespace (never an official one such as D4RL)")
+    b.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    b.add_argument("--expert-episodes", type=int, default=50)
+    b.add_argument("--cloned-episodes", type=int, default=50, help="BC episodes mixed with the 25 demonstrations")
+    b.add_argument("--d4rl-size", action="store_true",
+                   help=f"D4RL's sizes: {D4RL_EXPERT_EPISODES} expert and {D4RL_CLONED_EPISODES} cloned episodes")
+    b.add_argument("--bc-steps", type=int, default=2000)
+    b.add_argument("--bc-noise", type=float, default=0.1)
+    b.add_argument("--reference-episodes", type=int, default=10)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--overwrite", action="store_true")
+    sub.add_parser("list", help="local datasets and the remote ids the env options use")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.command == "list":
+        print(f"local datasets: {minari_root()}")
+        _print_table(list_datasets())
+        return
+    if args.namespace.split("/")[0] in ("D4RL", "mujoco"):
+        parser.error(f"--namespace {args.namespace} is an official one; choose your own")
+    if not Path(args.assets).is_dir():
+        parser.error(f"--assets {args.assets} is not a folder (it should hold door-v0_expert_policy.npz, ...)")
+    expert, cloned = (D4RL_EXPERT_EPISODES, D4RL_CLONED_EPISODES) if args.d4rl_size else (
+        args.expert_episodes, args.cloned_episodes)
+    report = build(args.assets, args.namespace, args.tasks, expert, cloned, args.bc_steps, args.bc_noise,
+                   args.reference_episodes, args.seed, args.overwrite)
+    for dataset_id, summary in report.items():
+        if summary.get("skipped"):
+            print(f"{dataset_id}: exists, skipped")
+        else:
+            print(f"{dataset_id}: {summary['episodes']} episodes, {summary['transitions']} transitions, "
+                  f"mean return {summary['mean_return']:.1f}, success rate {summary['success_rate']:.2f}, "
+                  f"ref scores {summary['ref_min_score']:.1f} / {summary['ref_max_score']:.1f}")
+    print(f"written under {minari_root()}; use one with e.g. env=adroit_door env.dataset.id={args.namespace}/door/cloned-v0")
+
+
+if __name__ == "__main__":
+    main()
