@@ -33,6 +33,14 @@ class TransitionBuffer:
         self._next = (self._next + len(rows)) % self.capacity
         self.size = min(self.size + len(rows), self.capacity)
 
+    def state(self) -> dict:
+        return {"rows": self.storage[: self.size].cpu().clone(), "next": self._next}
+
+    def load_state(self, state: dict) -> None:
+        rows = state["rows"]
+        self.storage[: len(rows)] = rows.to(self.device)
+        self.size, self._next = len(rows), state["next"]
+
     def sample_rows(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         idx = torch.randint(0, self.size, (n,), device=self.device, generator=generator)
         return self.storage.index_select(0, idx)

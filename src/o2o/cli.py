@@ -18,18 +18,19 @@ CONFIG_MODULE = "o2o_conf"
 register_schema()
 
 
-def _run(cfg: DictConfig, run_dir: str) -> dict[str, float]:
+def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str]) -> dict[str, float]:
     from o2o.pipeline import run_pipeline
 
     config = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return run_pipeline(config, run_dir, resolved)
+    return run_pipeline(config, run_dir, resolved, tags={"overrides": " ".join(overrides) or "(defaults)"})
 
 
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     try:
-        final = _run(cfg, HydraConfig.get().runtime.output_dir)
+        hydra_cfg = HydraConfig.get()
+        final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
     except (ConfigError, DatasetError) as err:
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
@@ -53,8 +54,9 @@ def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[s
 
     from hydra import compose, initialize_config_module
 
+    overrides = [f"env={env}", f"algo={algo}", *overrides]
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("config", overrides=[f"env={env}", f"algo={algo}", *overrides])
+        cfg = compose("config", overrides=overrides)
     if run_dir is None:
         run_dir = str(Path("outputs/runs") / env / algo / f"seed{cfg.seed}" / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    return _run(cfg, run_dir)
+    return _run(cfg, run_dir, overrides)

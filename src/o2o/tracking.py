@@ -38,28 +38,50 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def ensure_experiment(client, name: str, uri: str) -> str:
+    """The experiment's id, creating it (artifacts beside a sqlite store, not in ./mlruns) if needed."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a parallel job
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
 class Tracker:
     """A thin, batching wrapper around one MLflow run."""
 
     def __init__(self, experiment: str, run_name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
-                 tracking_uri: str | None = None):
+                 tracking_uri: str | None = None, run_id: str | None = None, parent_run_id: str | None = None):
+        """Start a run, or continue ``run_id``: params are not logged again and metric points
+        at steps already logged are not sent twice."""
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            location = None
-            if self.uri.startswith("sqlite:///"):  # artifacts beside the database, not in ./mlruns
-                location = (Path(self.uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
-            experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            experiment_id = found.experiment_id
-        self.run = self.client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-        self.run_id = self.run.info.run_id
         self._pending: list = []
+        self._logged_up_to: dict[str, int] = {}
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+            self.set_tags(tags)
+            for key in self.client.get_run(run_id).data.metrics:
+                self._logged_up_to[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
+            return
+        experiment_id = ensure_experiment(self.client, experiment, self.uri)
+        tags = dict(tags)
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
         self.log_params(params)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -81,7 +103,7 @@ class Tracker:
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             value = float(value)
-            if math.isfinite(value):
+            if math.isfinite(value) and step > self._logged_up_to.get(key, -1):
                 self._pending.append(Metric(key, value, now, int(step)))
         if len(self._pending) >= MAX_BATCH:
             self.flush()

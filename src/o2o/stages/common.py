@@ -1,15 +1,14 @@
-"""What the training stages share: metric averaging, progress, checkpoints."""
+"""What the training stages share: metric averaging, progress, checkpoints and evaluation logging."""
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from o2o.checkpoints import Checkpoints, PreemptionGuard, capture_rng
 from o2o.config import ScheduleConfig
 from o2o.tracking import Tracker
 
@@ -19,9 +18,9 @@ log = logging.getLogger("o2o")
 class MetricAverager:
     """Sums metric tensors on the device; one host transfer per flush."""
 
-    def __init__(self):
-        self._sums: dict[str, torch.Tensor] = {}
-        self._count = 0
+    def __init__(self, state: dict | None = None):
+        self._sums: dict[str, torch.Tensor] = dict(state["sums"]) if state else {}
+        self._count = state["count"] if state else 0
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
@@ -37,30 +36,35 @@ class MetricAverager:
         self._sums, self._count = {}, 0
         return dict(zip(keys, values))
 
+    def state(self) -> dict:
+        return {"sums": {k: v.cpu() for k, v in self._sums.items()}, "count": self._count}
+
 
 @dataclass
 class RunContext:
     """Everything a stage needs besides the agent and its data."""
 
     tracker: Tracker
-    evaluate: Callable[[object], dict]
+    evaluator: Any  # o2o.stages.evaluate.Evaluator
     schedule: ScheduleConfig
-    run_dir: Path
+    checkpoints: Checkpoints
+    guard: PreemptionGuard = field(default_factory=PreemptionGuard)
     progress: bool = True
+    payload: dict = field(default_factory=dict)  # run-wide checkpoint entries: run id, config, earlier stages
 
-    def progress_bar(self, total: int, desc: str):
+    def progress_bar(self, total: int, desc: str, initial: int = 0):
         # disable=None: quiet when output is not a terminal
-        return tqdm(total=total, desc=desc, disable=None if self.progress else True, dynamic_ncols=True)
+        return tqdm(total=total, initial=initial, desc=desc, disable=None if self.progress else True,
+                    dynamic_ncols=True)
 
-    def save_checkpoint(self, agent, name: str, extra: dict | None = None) -> Path:
-        """Write atomically: a kill during the write leaves the previous file intact."""
-        path = self.run_dir / "checkpoints" / f"{name}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save({**agent.checkpoint(), **(extra or {})}, tmp)
-        os.replace(tmp, path)
-        return path
-
-    def log_eval(self, phase: str, step: int, results: dict[str, float]) -> None:
+    def evaluate(self, agent, phase: str, step: int) -> dict[str, float]:
+        results = self.evaluator(agent)
         self.tracker.log_metrics({f"{phase}/eval/{k}": v for k, v in results.items()}, step)
         log.info("%s eval @ %d: %s", phase, step, ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
+        return results
+
+    def save(self, agent, stage: str, state: dict, envs: list, rng: dict | None = None) -> None:
+        """Checkpoint the run as it stands; metrics logged so far are sent first."""
+        self.tracker.flush()
+        self.checkpoints.save({**self.payload, "stage": stage, stage: state, "agent": agent.checkpoint(),
+                               "rng": rng if rng is not None else capture_rng(envs)})

@@ -1,0 +1,122 @@
+"""Checkpoints that a killed or preempted job resumes from, exactly.
+
+A checkpoint holds everything the next step depends on: networks, optimizer
+(with the entropy and Lagrange multipliers), the online buffer, every random
+number generator (Python, NumPy, torch, each env's), step counters, the
+evaluation history and the MLflow run id. Files are written to a temporary
+name and renamed, so a kill during a write leaves the previous one usable.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("o2o")
+
+LATEST, FINAL = "latest.pt", "final.pt"
+
+
+def capture_rng(envs: list) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "envs": [(env.unwrapped.np_random.bit_generator.state, env.action_space.np_random.bit_generator.state)
+                      for env in envs]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict, envs: list) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for env, (env_state, space_state) in zip(envs, state["envs"]):
+        env.unwrapped.np_random.bit_generator.state = env_state
+        env.action_space.np_random.bit_generator.state = space_state
+
+
+def save_atomic(payload: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class Checkpoints:
+    """The checkpoint files of one run directory."""
+
+    def __init__(self, run_dir: Path):
+        self.folder = Path(run_dir) / "checkpoints"
+
+    def load(self) -> dict | None:
+        """The final checkpoint if the run finished, else the latest one, else None."""
+        for name in (FINAL, LATEST):
+            path = self.folder / name
+            if path.exists():
+                return torch.load(path, map_location="cpu", weights_only=False)
+        return None
+
+    def save(self, payload: dict, final: bool = False) -> Path:
+        path = save_atomic(payload, self.folder / (FINAL if final else LATEST))
+        progress = {"stage": payload.get("stage"), "grad_steps": payload.get("agent", {}).get("grad_steps"),
+                    "env_steps": payload.get("online", {}).get("env_steps", 0)}
+        tmp = self.folder / "progress.json.tmp"
+        tmp.write_text(json.dumps(progress))
+        os.replace(tmp, self.folder / "progress.json")
+        return path
+
+
+class PreemptionGuard:
+    """Turns the scheduler's preemption signal into a request the training loops honour at a safe point.
+
+    Under submitit the job already has a USR2 handler that requeues the job
+    and exits. This guard puts itself in front: the signal only sets
+    ``requested``; the loop saves a checkpoint and calls :meth:`finish`, which
+    hands over to the previous handler (requeue and exit), or exits.
+    """
+
+    SIGNALS = (signal.SIGUSR2,)
+
+    def __init__(self):
+        self.requested = False
+        self._signum = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "PreemptionGuard":
+        for signum in self.SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("received %s: saving a checkpoint at the next safe point", signal.Signals(signum).name)
+        self.requested, self._signum = True, signum
+
+    def finish(self) -> None:
+        """After the checkpoint: requeue through the previous handler, or exit."""
+        previous = self._previous.get(self._signum)
+        self.__exit__()
+        if callable(previous):
+            previous(self._signum, None)
+        sys.exit(128 + (self._signum or 0))
+
+
+class Preempted(Exception):
+    """Raised inside a stage after it saved its checkpoint because of a preemption request."""

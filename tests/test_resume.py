@@ -1,0 +1,102 @@
+"""Checkpoint and resume: kill -9 or a preemption signal mid-stage, rerun, and get the uninterrupted result."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, SMOKE
+
+RESUMABLE = [*SMOKE, "experiment=o2o-resume", "schedule.offline_steps=300", "schedule.online_steps=900",
+             "schedule.checkpoint_interval=50", "schedule.log_interval=10", "schedule.eval_interval_offline=100",
+             "schedule.eval_interval_online=300", "env.eval_episodes=1", "progress=false"]
+
+
+def command(run_dir):
+    return [os.sys.executable, str(ROOT / "src" / "main.py"), *RESUMABLE, f"hydra.run.dir={run_dir}"]
+
+
+def progress(run_dir):
+    try:
+        return json.loads((run_dir / "checkpoints" / "progress.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def interrupt(run_dir, stage, sig):
+    """Start a run and send ``sig`` once its first checkpoint of ``stage`` exists."""
+    proc = subprocess.Popen(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        p = progress(run_dir)
+        if p and p["stage"] == stage:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out
+
+
+def finish(run_dir):
+    proc = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)["final"]
+
+
+def comparable(final):
+    return {k: v for k, v in final.items() if "updates_per_second" not in k}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    return comparable(finish(tmp_path_factory.mktemp("uninterrupted")))
+
+
+def mlflow_run(run_dir):
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    return client, client.get_run((run_dir / "mlflow_run_id").read_text().strip())
+
+
+@pytest.mark.parametrize("stage", ["offline", "online"])
+def test_kill_9_mid_stage_then_rerun_equals_uninterrupted(stage, uninterrupted, tmp_path):
+    code, _ = interrupt(tmp_path, stage, signal.SIGKILL)
+    assert code == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "checkpoints" / "final.pt").exists()
+    assert progress(tmp_path)["stage"] == stage
+    assert comparable(finish(tmp_path)) == uninterrupted
+
+    client, run = mlflow_run(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "finished"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "offline/train/critic_loss")]
+    assert steps == list(range(10, 301, 10))  # continuous: nothing missing, nothing twice
+    online = [m.step for m in client.get_metric_history(run.info.run_id, "online/eval/success_rate")]
+    assert online == sorted(set(online)) and online[-1] == 900
+    runs = client.search_runs([run.info.experiment_id], f"tags.run_dir = '{tmp_path}'")
+    assert len(runs) == 1
+
+
+def test_preemption_signal_saves_and_the_rerun_resumes(uninterrupted, tmp_path):
+    code, err = interrupt(tmp_path, "online", signal.SIGUSR2)
+    assert code == 128 + signal.SIGUSR2, err[-2000:]
+    assert "preempted" in err
+    client, run = mlflow_run(tmp_path)
+    assert run.data.tags["stage"] == "preempted"
+    assert comparable(finish(tmp_path)) == uninterrupted
+
+
+def test_a_finished_run_is_not_redone(tmp_path):
+    finish(tmp_path)
+    before = (tmp_path / "checkpoints" / "final.pt").stat().st_mtime
+    proc = subprocess.run(command(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "already finished" in proc.stderr + proc.stdout
+    assert (tmp_path / "checkpoints" / "final.pt").stat().st_mtime == before
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    finish(tmp_path)
+    proc = subprocess.run(command(tmp_path) + ["seed=5"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "another config" in proc.stderr
