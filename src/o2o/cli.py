@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from typing import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from o2o.config import ConfigError, register_schema, validate
@@ -16,6 +18,8 @@ log = logging.getLogger("o2o")
 CONFIG_MODULE = "o2o_conf"
 
 register_schema()
+# conf/hydra/launcher/submitit_*.yaml keep the plugin's names and are checked against its schema on purpose
+warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name.*")
 
 
 def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str]) -> dict[str, float]:
@@ -28,11 +32,13 @@ def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str]) -> dict[str, f
 
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
     try:
-        hydra_cfg = HydraConfig.get()
         final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
     except (ConfigError, DatasetError) as err:
         log.error("%s", err)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise  # the sweep records this job as failed and goes on with the others
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     score = final.get("online/normalized_score", final.get("offline/normalized_score"))

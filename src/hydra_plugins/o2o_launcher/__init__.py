@@ -1,0 +1,27 @@
+"""submitit launchers that report every failed job with its overrides (Hydra needs launchers in ``hydra_plugins``).
+
+Selected by ``hydra/launcher=submitit_slurm`` / ``submitit_local`` (``conf/hydra/launcher/``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from hydra.core.utils import JobReturn
+from hydra_plugins.hydra_submitit_launcher import submitit_launcher
+
+from o2o.launchers import report_failures
+
+
+class _ReportingLauncher:
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        results = super().launch(job_overrides, initial_job_idx)
+        report_failures(job_overrides, results)
+        return results
+
+
+class SlurmLauncher(_ReportingLauncher, submitit_launcher.SlurmLauncher):
+    pass
+
+
+class LocalLauncher(_ReportingLauncher, submitit_launcher.LocalLauncher):
+    pass

@@ -1,0 +1,72 @@
+"""Sweeps: one MLflow parent run per sweep, and the report of failed jobs.
+
+The launchers themselves live in ``hydra_plugins.o2o_launcher`` (Hydra looks
+for launchers there) and are selected by ``hydra/launcher=submitit_slurm`` or
+``submitit_local``. A requeued or preempted job runs the same task again in the
+same run directory and resumes from its checkpoint (``o2o.checkpoints``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Sequence
+
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from o2o.pipeline import PARENT_RUN_ENV
+from o2o.tracking import default_tracking_uri, ensure_experiment
+
+log = logging.getLogger("o2o")
+
+
+def _parent_client():
+    from mlflow.tracking import MlflowClient
+
+    run_id = os.environ.get(PARENT_RUN_ENV)
+    return (MlflowClient(default_tracking_uri()), run_id) if run_id else (None, None)
+
+
+def report_failures(job_overrides: Sequence[Sequence[str]], results: Sequence[JobReturn]) -> None:
+    """Log every failed job with its overrides and mark the sweep's parent run failed."""
+    failed = [(overrides, r) for overrides, r in zip(job_overrides, results) if r.status == JobStatus.FAILED]
+    if not failed:
+        return
+    for overrides, r in failed:
+        log.error("job failed: %s -> %s: %s", " ".join(filter_overrides(overrides)),
+                  type(r._return_value).__name__, r._return_value)
+    log.error("%d of %d jobs failed; the other jobs' results are kept", len(failed), len(results))
+    client, parent = _parent_client()
+    if client is not None:
+        client.set_tag(parent, "failed_jobs", "; ".join(" ".join(filter_overrides(o)) for o, _ in failed)[:5000])
+        client.set_terminated(parent, status="FAILED")
+
+
+class MlflowSweepCallback(Callback):
+    """One parent MLflow run per sweep; every job's run becomes its child.
+
+    The head process creates the store and the parent run before any job
+    starts (concurrent first-time creation of a sqlite store races) and hands
+    the parent's id to the jobs through the environment, which local
+    processes and sbatch jobs inherit.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = default_tracking_uri()
+        client = MlflowClient(uri)
+        experiment_id = ensure_experiment(client, config.experiment, uri)
+        overrides = " ".join(config.hydra.overrides.task)
+        run = client.create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}",
+                                tags={"sweep": "true", "overrides": overrides or "(defaults)",
+                                      "sweep_dir": str(config.hydra.sweep.dir)})
+        os.environ[PARENT_RUN_ENV] = run.info.run_id
+        log.info("MLflow parent run %s for this sweep (store %s)", run.info.run_id, uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        client, parent = _parent_client()
+        if client is not None and client.get_run(parent).info.status == "RUNNING":
+            client.set_terminated(parent, status="FINISHED")

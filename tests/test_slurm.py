@@ -1,0 +1,95 @@
+"""Sweeps on a real single-node SLURM cluster (scripts/slurm_cluster.sh start) through submitit."""
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, SMOKE
+
+
+def cluster_reason():
+    if not shutil.which("sbatch"):
+        return "SLURM is not installed (scripts/slurm_cluster.sh install)"
+    if not os.environ.get("SLURM_CONF"):
+        return "no SLURM cluster: run scripts/slurm_cluster.sh start and export SLURM_CONF"
+    if subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode != 0:
+        return f"sinfo does not answer for SLURM_CONF={os.environ['SLURM_CONF']}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(cluster_reason() is not None, reason=str(cluster_reason()))
+SLURM = ["hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2"]
+
+
+def sweep(args, sweep_dir):
+    cmd = [os.sys.executable, str(ROOT / "src" / "main.py"), "-m", *SLURM, *args, f"hydra.sweep.dir={sweep_dir}"]
+    return cmd
+
+
+def runs_in(experiment):
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id])
+
+
+def test_sweep_of_two_algorithms_and_two_seeds(tmp_path):
+    proc = subprocess.run(sweep(["algo=calql,cql", "seed=0,1", *SMOKE, "experiment=o2o-slurm"], tmp_path / "sweep"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    client, runs = runs_in("o2o-slurm")
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {(r.data.tags["algo"], r.data.tags["seed"]) for r in children} == {
+        ("calql", "0"), ("calql", "1"), ("cql", "0"), ("cql", "1")}
+    for r in children:
+        assert r.info.status == "FINISHED" and "seed=" in r.data.tags["overrides"]
+        assert {"offline/train/critic_loss", "offline/eval/success_rate", "online/train/critic_loss",
+                "online/eval/success_rate", "online/cumulative_regret"} <= set(r.data.metrics)
+
+
+def test_preempted_job_is_requeued_and_finishes_in_one_run(tmp_path):
+    args = ["algo=calql", "seed=7", *SMOKE, "experiment=o2o-preempt", "schedule.offline_steps=300",
+            "schedule.online_steps=1500", "schedule.checkpoint_interval=50", "schedule.log_interval=10",
+            "env.eval_episodes=1", "progress=false"]
+    head = subprocess.Popen(sweep(args, tmp_path / "sweep"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline, job = time.time() + 300, None
+    while time.time() < deadline and head.poll() is None:
+        progress = list((tmp_path / "sweep").glob("*/checkpoints/progress.json"))
+        if progress and '"online"' in progress[0].read_text():
+            job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+            break
+        time.sleep(0.2)
+    assert job, "the job never reached online fine-tuning"
+    subprocess.run(["scancel", "--signal=USR2", job[0]], check=True)
+    out, _ = head.communicate(timeout=600)
+    assert head.returncode == 0, out[-4000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*.err"))
+    logs += "".join(p.read_text() for p in (tmp_path / "sweep" / ".submitit").rglob("*.out"))
+    assert "preempted" in logs and "resuming" in logs
+    client, runs = runs_in("o2o-preempt")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "online/train/episode_return")]
+    assert steps == sorted(set(steps)) and steps[-1] == 1500  # continuous, no step logged twice
+
+
+def test_failed_job_is_reported_and_the_others_kept(tmp_path):
+    proc = subprocess.run(sweep(["buffer.mixing_ratio=0.5,2", *SMOKE, "experiment=o2o-failing",
+                                 "schedule.online_steps=100"], tmp_path / "sweep"),
+                          capture_output=True, text=True, timeout=600)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "job failed: buffer.mixing_ratio=2" in output and "1 of 2 jobs failed" in output
+    client, runs = runs_in("o2o-failing")
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
+    assert parent.info.status == "FAILED" and "buffer.mixing_ratio=2" in parent.data.tags["failed_jobs"]
+    finished = [r for r in runs if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"]
+    assert len(finished) == 1 and finished[0].data.params["buffer.mixing_ratio"] == "0.5"
