@@ -27,7 +27,12 @@ def sweep(main_py_module, tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("o2o-e2e")
-    return client, {r.data.tags["algo"]: r for r in client.search_runs([experiment.experiment_id])}, out
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # one parent run for the sweep
+    children = {r.data.tags["algo"]: r for r in runs if "algo" in r.data.tags}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {parents[0].info.run_id}
+    return client, children, out
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,8 @@ def test_sweep_run_logs_every_stage(sweep, algo):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "resolved_config.yaml" in artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/final.pt"]
+    plots = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert set(plots) == {"plots/run_curves.png", "plots/run_qcal.png"} and min(plots.values()) > 10_000
 
 
 def test_python_api_returns_final_metrics(tmp_path):

@@ -18,6 +18,7 @@ from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import Config, ConfigError
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.envs import make_env, transform_reward
+from o2o.report import run_plot
 from o2o.returns import returns_to_go
 from o2o.stages.common import RunContext
 from o2o.stages.evaluate import Evaluator
@@ -153,6 +154,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         checkpoints.save({**ctx.payload, "stage": "final", "final": final, "agent": agent.checkpoint()}, final=True)
         tracker.log_artifact(checkpoints.folder / FINAL, "checkpoints")
         tracker.log_metrics({f"final/{k.replace('/', '_')}": v for k, v in final.items()}, agent.grad_steps)
+        tracker.flush()
+        tracker.log_artifact(run_plot(tracker.client, tracker.run_id, run_dir / "plots" / "run.png"), "plots")
         tracker.set_tags({"stage": "finished"})
         tracker.end("FINISHED")
         return final

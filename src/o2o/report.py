@@ -1,0 +1,324 @@
+"""The paper's view of a set of runs, read from MLflow: a results table, learning curves and Q-calibration plots.
+
+    o2o-report --experiment o2o [--env adroit_door] [--algo calql cql] [--parent RUN_ID]
+
+Writes ``table.md``, ``table.csv``, ``curves_<env>.png`` and ``qcal_<env>.png``
+under ``outputs/reports/<experiment>-<time>/`` and logs them as artifacts of a
+report run in the same experiment.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from o2o.tracking import default_tracking_uri, outputs_dir
+
+SCORE = {"offline": "offline/eval/normalized_score", "online": "online/eval/normalized_score"}
+REGRET = "online/cumulative_regret"
+Q_KEYS = ("q_data", "q_policy", "mc_return")
+HISTORY_KEYS = (*SCORE.values(), REGRET, *(f"{phase}/train/{k}" for phase in ("offline", "online") for k in Q_KEYS))
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    env: str
+    algo: str
+    seed: str
+    dataset: str
+    online_steps: float
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)] by step
+
+    def last(self, key: str) -> float:
+        points = self.history.get(key)
+        return points[-1][1] if points else math.nan
+
+    def dip(self, fraction: float) -> float:
+        """Lowest online score within the first ``fraction`` of fine-tuning (the first point if none falls there)."""
+        points = self.history.get(SCORE["online"])
+        if not points:
+            return math.nan
+        window = [v for s, v in points if s <= fraction * self.online_steps] or [points[0][1]]
+        return min(window)
+
+
+# --------------------------------------------------------------------------- reading MLflow
+
+
+def build_filter(env: str | None = None, algos: list[str] | None = None, dataset: str | None = None,
+                 parent: str | None = None, extra: str | None = None) -> str:
+    clauses = ["tags.algo != ''"]  # job runs only: no sweep parents, no report runs
+    if env:
+        clauses.append(f"tags.env = '{env}'")
+    if algos and len(algos) == 1:  # several: load_runs selects them (MLflow has no IN for tags)
+        clauses.append(f"tags.algo = '{algos[0]}'")
+    if dataset:
+        clauses.append(f"tags.dataset = '{dataset}'")
+    if parent:
+        clauses.append(f"tags.mlflow.parentRunId = '{parent}'")
+    if extra:
+        clauses.append(f"({extra})" if " or " in extra.lower() else extra)
+    return " and ".join(clauses)
+
+
+def load_runs(client, experiment: str, filter_string: str, finished_only: bool = True,
+              algos: list[str] | None = None) -> list[RunRecord]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise SystemExit(f"no MLflow experiment named {experiment!r} in {default_tracking_uri()}")
+    if finished_only:
+        filter_string += " and attributes.status = 'FINISHED'"
+    records = []
+    for run in client.search_runs([exp.experiment_id], filter_string, max_results=5000):
+        tags, params = run.data.tags, run.data.params
+        if algos and tags["algo"] not in algos:
+            continue
+        record = RunRecord(run.info.run_id, tags.get("env", "?"), tags["algo"], tags.get("seed", "?"),
+                           tags.get("dataset", "?"), float(params.get("schedule.online_steps", "nan")))
+        for key in HISTORY_KEYS:
+            if key in run.data.metrics:
+                points = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+                record.history[key] = points
+        records.append(record)
+    return records
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for one seed), ignoring NaN."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def results_table(records: list[RunRecord], dip_fraction: float = 0.25) -> list[dict]:
+    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+    for r in records:
+        groups[(r.env, r.algo)].append(r)
+    rows = []
+    for (env, algo), runs in sorted(groups.items()):
+        row = {"env": env, "algo": algo, "dataset": ",".join(sorted({r.dataset for r in runs})), "seeds": len(runs)}
+        for name, values in (("offline", [r.last(SCORE["offline"]) for r in runs]),
+                             ("final", [r.last(SCORE["online"]) for r in runs]),
+                             ("dip", [r.dip(dip_fraction) for r in runs]),
+                             ("regret", [r.last(REGRET) for r in runs])):
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
+        rows.append(row)
+    return rows
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def to_markdown(rows: list[dict], dip_fraction: float) -> str:
+    lines = [f"| env | algo | seeds | offline score | fine-tuned score | dip (first {dip_fraction:.0%}) | "
+             "cumulative regret |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['env']} | {r['algo']} | {r['seeds']} | {_pm(r['offline_mean'], r['offline_std'], 1)} | "
+                     f"{_pm(r['final_mean'], r['final_std'], 1)} | {_pm(r['dip_mean'], r['dip_std'], 1)} | "
+                     f"{_pm(r['regret_mean'], r['regret_std'], 3)} |")
+    return "\n".join(lines) + "\n\nScores are D4RL normalized scores (x100); mean ± sample std over seeds.\n"
+
+
+def to_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["env", "algo"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _band(runs_points: list[list[tuple[int, float]]], grid_size: int = 60):
+    """Mean and std over runs on a common step grid (each run interpolated within its own range)."""
+    runs_points = [p for p in runs_points if p]
+    if not runs_points:
+        return None
+    lo, hi = min(p[0][0] for p in runs_points), max(p[-1][0] for p in runs_points)
+    grid = np.linspace(lo, hi, grid_size) if hi > lo else np.array([lo], dtype=float)
+    values = np.full((len(runs_points), len(grid)), np.nan)
+    for i, points in enumerate(runs_points):
+        steps, vals = np.asarray(points, dtype=float).T
+        inside = (grid >= steps[0]) & (grid <= steps[-1])
+        values[i, inside] = np.interp(grid[inside], steps, vals)
+    with warnings.catch_warnings():  # grid points no run covers are NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return grid, np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+
+
+def _plot_phases(axes, groups: dict[str, list[RunRecord]], key_of_phase, label_of=lambda algo: algo, style=None):
+    colors = {}
+    for algo, runs in sorted(groups.items()):
+        for ax, phase in zip(axes, ("offline", "online")):
+            band = _band([r.history.get(key_of_phase(phase), []) for r in runs])
+            if band is None:
+                continue
+            grid, mean, std = band
+            style = dict(style or {})
+            style.setdefault("color", colors.get(algo))
+            line, = ax.plot(grid, mean, label=label_of(algo), **style)
+            colors[algo] = line.get_color()
+            ax.fill_between(grid, mean - std, mean + std, alpha=0.2, color=line.get_color())
+
+
+def curves_figure(records: list[RunRecord], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for r in records:
+        groups[r.algo].append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, gridspec_kw={"width_ratios": [1, 2]})
+    _plot_phases(axes, groups, lambda phase: SCORE[phase])
+    axes[0].set(title="offline pre-training", xlabel="gradient steps", ylabel="normalized score")
+    axes[1].set(title="online fine-tuning", xlabel="env steps")
+    axes[1].axvline(0, color="k", linestyle="--", linewidth=1)
+    axes[1].annotate("offline → online", xy=(0, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
+                     textcoords="offset points", fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    legend_axis = axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0]
+    if legend_axis.get_legend_handles_labels()[0]:
+        legend_axis.legend(loc="best", fontsize=8)
+    fig.suptitle(f"{title}: mean ± std over seeds")
+    fig.tight_layout()
+    return fig
+
+
+def qcal_figure(records: list[RunRecord], title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(list)
+    for r in records:
+        groups[r.algo].append(r)
+    algos = sorted(groups)
+    fig, axes = plt.subplots(len(algos), 2, figsize=(11, 2.8 * len(algos)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2]})
+    styles = {"q_data": ("Q(s, a) on dataset actions", "-", "C0"),
+              "q_policy": ("Q(s, a) on policy actions", "--", "C3"),
+              "mc_return": ("Monte-Carlo return", ":", "k")}
+    for row, algo in zip(axes, algos):
+        for key, (label, linestyle, color) in styles.items():
+            _plot_phases(row, {algo: groups[algo]}, lambda phase, key=key: f"{phase}/train/{key}",
+                         label_of=lambda _, label=label: label, style={"linestyle": linestyle, "color": color})
+        row[0].set_ylabel(algo)
+        row[1].axvline(0, color="k", linestyle="--", linewidth=1)
+        for ax in row:
+            ax.grid(alpha=0.3)
+        for ax in row[::-1]:
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, loc="best")
+                break
+    axes[0][0].set_title("offline pre-training")
+    axes[0][1].set_title("online fine-tuning")
+    axes[-1][0].set_xlabel("gradient steps")
+    axes[-1][1].set_xlabel("env steps")
+    fig.suptitle(f"{title}: Q-value calibration (learned Q vs. Monte-Carlo return of the batch)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip_fraction: float = 0.25,
+                 finished_only: bool = True, log_to_mlflow: bool = True, algos: list[str] | None = None) -> dict:
+    import matplotlib.pyplot as plt
+
+    records = load_runs(client, experiment, filter_string, finished_only, algos)
+    if not records:
+        raise SystemExit(f"no runs in experiment {experiment!r} match: {filter_string}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = results_table(records, dip_fraction)
+    (out_dir / "table.md").write_text(to_markdown(rows, dip_fraction))
+    to_csv(rows, out_dir / "table.csv")
+    files = [out_dir / "table.md", out_dir / "table.csv"]
+    for env in sorted({r.env for r in records}):
+        runs = [r for r in records if r.env == env]
+        for name, make in (("curves", curves_figure), ("qcal", qcal_figure)):
+            fig = make(runs, env)
+            path = out_dir / f"{name}_{env}.png"
+            fig.savefig(path, dpi=110)
+            files.append(path)
+            plt.close(fig)
+    report_run = None
+    if log_to_mlflow:
+        exp = client.get_experiment_by_name(experiment)
+        run = client.create_run(exp.experiment_id, run_name=f"report-{time.strftime('%Y-%m-%d_%H-%M-%S')}",
+                                tags={"report": "true", "report_filter": filter_string[:5000],
+                                      "report_runs": str(len(records))})
+        for path in files:
+            client.log_artifact(run.info.run_id, str(path), "report")
+        client.set_terminated(run.info.run_id)
+        report_run = run.info.run_id
+    return {"rows": rows, "files": files, "runs": len(records), "report_run": report_run}
+
+
+def run_plot(client, run_id: str, path: Path) -> Path:
+    """One run's own learning curve and Q-calibration, for its artifacts."""
+    import matplotlib.pyplot as plt
+
+    run = client.get_run(run_id)
+    record = RunRecord(run_id, run.data.tags.get("env", "?"), run.data.tags.get("algo", "?"),
+                       run.data.tags.get("seed", "?"), run.data.tags.get("dataset", "?"),
+                       float(run.data.params.get("schedule.online_steps", "nan")))
+    for key in HISTORY_KEYS:
+        if key in run.data.metrics:
+            record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{record.algo} on {record.env}, seed {record.seed}"
+    for suffix, make in (("curves", curves_figure), ("qcal", qcal_figure)):
+        fig = make([record], title)
+        fig.savefig(path.with_name(f"{path.stem}_{suffix}.png"), dpi=100)
+        plt.close(fig)
+    return path.parent
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="o2o-report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="o2o")
+    parser.add_argument("--env")
+    parser.add_argument("--algo", nargs="+")
+    parser.add_argument("--dataset")
+    parser.add_argument("--parent", help="only the children of this sweep's parent run")
+    parser.add_argument("--filter", help="an extra MLflow search filter, e.g. \"params.buffer.mixing_ratio = '0.5'\"")
+    parser.add_argument("--dip-fraction", type=float, default=0.25,
+                        help="the 'first part of fine-tuning' in which the lowest score is the dip")
+    parser.add_argument("--include-unfinished", action="store_true")
+    parser.add_argument("--out", help="output folder (default outputs/reports/<experiment>-<time>)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as an MLflow run")
+    args = parser.parse_args(argv)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(default_tracking_uri())
+    out = Path(args.out) if args.out else outputs_dir() / "reports" / f"{args.experiment}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    result = write_report(client, args.experiment, build_filter(args.env, args.algo, args.dataset, args.parent,
+                                                                args.filter),
+                          out, args.dip_fraction, not args.include_unfinished, not args.no_mlflow, args.algo)
+    print((out / "table.md").read_text())
+    print(f"{result['runs']} runs; report written to {out}" +
+          (f"; MLflow report run {result['report_run']}" if result["report_run"] else ""))
+
+
+if __name__ == "__main__":
+    main()

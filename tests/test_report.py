@@ -1,0 +1,120 @@
+"""The report's numbers against hand computation on a store filled with known metric values."""
+import math
+
+import numpy as np
+import pytest
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from o2o.report import build_filter, load_runs, main, write_report
+
+ONLINE_STEPS = 1000
+
+
+def fill(client, experiment, env, algo, seed, offline_scores, online_scores, regret, q_shift=0.0, parent=None,
+         status="FINISHED"):
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    tags = {"env": env, "algo": algo, "seed": str(seed), "dataset": f"{env}-data"}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(exp_id, tags=tags)
+    metrics = []
+    for step, v in offline_scores:
+        metrics.append(Metric("offline/eval/normalized_score", v, 0, step))
+    for step, v in online_scores:
+        metrics.append(Metric("online/eval/normalized_score", v, 0, step))
+    for step, v in regret:
+        metrics.append(Metric("online/cumulative_regret", v, 0, step))
+    for step in range(100, 1001, 100):
+        metrics += [Metric("offline/train/q_data", -50 + step / 100 + q_shift, 0, step),
+                    Metric("offline/train/mc_return", -40.0, 0, step),
+                    Metric("online/train/q_data", -45 + step / 200 + q_shift, 0, step),
+                    Metric("online/train/q_policy", -48 + q_shift, 0, step),
+                    Metric("online/train/mc_return", -38.0, 0, step)]
+    client.log_batch(run.info.run_id, metrics=metrics, params=[Param("schedule.online_steps", str(ONLINE_STEPS))])
+    client.set_terminated(run.info.run_id, status=status)
+    return run.info.run_id
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'report.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("O2O_OUTPUTS", str(tmp_path / "outputs"))
+    client = MlflowClient(uri)
+    exp = "paper"
+    # calql on door: two seeds
+    fill(client, exp, "door", "calql", 0, [(500, 40.0), (1000, 50.0)], [(100, 48.0), (200, 55.0), (600, 80.0), (1000, 90.0)],
+         [(100, 1.0), (1000, 0.4)])
+    fill(client, exp, "door", "calql", 1, [(500, 30.0), (1000, 30.0)], [(100, 35.0), (250, 20.0), (600, 70.0), (1000, 70.0)],
+         [(100, 1.0), (1000, 0.6)])
+    # cql on door: one seed with an unlearning dip, one unfinished run that is left out
+    fill(client, exp, "door", "cql", 0, [(1000, 45.0)], [(100, 10.0), (200, 5.0), (300, 60.0), (1000, 85.0)],
+         [(1000, 0.5)], q_shift=-20)
+    fill(client, exp, "door", "cql", 1, [(1000, 99.0)], [(1000, 99.0)], [(1000, 0.0)], status="RUNNING")
+    # another env
+    fill(client, exp, "pen", "calql", 0, [(1000, 60.0)], [(1000, 80.0)], [(1000, 0.2)])
+    return client, exp, tmp_path
+
+
+def test_table_numbers_equal_hand_computation(store):
+    client, exp, tmp = store
+    result = write_report(client, exp, build_filter(env="door"), tmp / "rep", dip_fraction=0.25)
+    rows = {(r["env"], r["algo"]): r for r in result["rows"]}
+    assert set(rows) == {("door", "calql"), ("door", "cql")}
+    calql = rows[("door", "calql")]
+    assert calql["seeds"] == 2
+    assert calql["offline_mean"] == pytest.approx(40.0) and calql["offline_std"] == pytest.approx(np.std([50, 30], ddof=1))
+    assert calql["final_mean"] == pytest.approx(80.0) and calql["final_std"] == pytest.approx(np.std([90, 70], ddof=1))
+    # dip: lowest online score at steps <= 250: min(48, 55) = 48 and min(35, 20) = 20
+    assert calql["dip_mean"] == pytest.approx(34.0) and calql["dip_std"] == pytest.approx(np.std([48, 20], ddof=1))
+    assert calql["regret_mean"] == pytest.approx(0.5) and calql["regret_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
+    cql = rows[("door", "cql")]
+    assert cql["seeds"] == 1 and cql["dip_mean"] == 5.0 and cql["dip_std"] == 0.0 and cql["final_mean"] == 85.0
+    md = (tmp / "rep" / "table.md").read_text()
+    assert "| door | calql | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | 34.0 ± 19.8 | 0.500 ± 0.141 |" in md
+    csv_text = (tmp / "rep" / "table.csv").read_text().splitlines()
+    assert csv_text[0].startswith("env,algo,dataset,seeds,offline_mean") and len(csv_text) == 3
+
+
+def test_plots_are_written_and_not_empty(store):
+    client, exp, tmp = store
+    result = write_report(client, exp, build_filter(), tmp / "rep")
+    for name in ("curves_door.png", "qcal_door.png", "curves_pen.png", "qcal_pen.png"):
+        path = tmp / "rep" / name
+        assert path.stat().st_size > 10_000
+        image = __import__("matplotlib.image", fromlist=["imread"]).imread(path)
+        assert image.std() > 0.01  # not a blank canvas
+    artifacts = [a.path for a in client.list_artifacts(result["report_run"], "report")]
+    assert "report/table.md" in artifacts and "report/curves_door.png" in artifacts
+    assert client.get_run(result["report_run"]).data.tags["report"] == "true"
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"env": "pen"}, {("pen", "calql")}),
+    ({"algos": ["cql"]}, {("door", "cql")}),
+    ({"algos": ["cql", "calql"], "env": "door"}, {("door", "cql"), ("door", "calql")}),
+    ({"dataset": "pen-data"}, {("pen", "calql")}),
+])
+def test_filters_select_the_right_runs(store, kwargs, expected):
+    client, exp, _ = store
+    records = load_runs(client, exp, build_filter(**kwargs), algos=kwargs.get("algos"))
+    assert {(r.env, r.algo) for r in records} == expected
+
+
+def test_parent_filter_and_report_runs_are_not_counted(store):
+    client, exp, tmp = store
+    parent = client.create_run(client.get_experiment_by_name(exp).experiment_id, tags={"sweep": "true"}).info.run_id
+    fill(client, exp, "hammer", "iql", 0, [(1000, 1.0)], [(1000, 2.0)], [(1000, 0.9)], parent=parent)
+    write_report(client, exp, build_filter(), tmp / "first")  # a report run in the same experiment
+    records = load_runs(client, exp, build_filter(parent=parent))
+    assert [(r.env, r.algo) for r in records] == [("hammer", "iql")]
+    assert len(load_runs(client, exp, build_filter())) == 5
+
+
+def test_command_line(store, capsys):
+    client, exp, tmp = store
+    main(["--experiment", exp, "--env", "pen", "--out", str(tmp / "cli"), "--no-mlflow"])
+    out = capsys.readouterr().out
+    assert "| pen | calql | 1 | 60.0 ± 0.0 | 80.0 ± 0.0 |" in out and (tmp / "cli" / "curves_pen.png").exists()
