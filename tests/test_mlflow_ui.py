@@ -1,0 +1,89 @@
+"""The MLflow UI shows the runs with their algo tags and a metric column, checked in headless Chromium."""
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from conftest import SMOKE
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright (pip install -e '.[test]') is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+METRIC = "online/eval/normalized_score"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def store_with_runs(tmp_path, monkeypatch):
+    from o2o import run
+
+    uri = f"sqlite:///{tmp_path / 'ui.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    for algo in ("calql", "cql"):
+        run(algo=algo, run_dir=str(tmp_path / algo), overrides=[*SMOKE, "experiment=o2o-ui", "schedule.online_steps=100"])
+    from mlflow.tracking import MlflowClient
+
+    return uri, MlflowClient(uri).get_experiment_by_name("o2o-ui").experiment_id
+
+
+@pytest.fixture
+def mlflow_server(store_with_runs, tmp_path):
+    uri, experiment_id = store_with_runs
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                              stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not answer: " + (tmp_path / "server.log").read_text()[-2000:])
+    yield base, experiment_id
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def show_column(page, name: str) -> None:
+    page.get_by_role("button", name="Columns").click()
+    selector = page.get_by_role("dialog")
+    selector.get_by_placeholder("Search columns").fill(name)
+    # a tree item whose whole title is the name (not "algo.tau" for "algo"); clicking its title ticks it
+    selector.locator("[title]").filter(has_text=re.compile(rf"^{re.escape(name)}$")).last.click()
+    page.keyboard.press("Escape")
+
+
+def test_runs_with_algo_tags_and_a_metric_column_appear(mlflow_server, tmp_path):
+    base, experiment_id = mlflow_server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 2400, "height": 900})
+        page.goto(f"{base}/#/experiments/{experiment_id}/runs")
+        page.get_by_text("calql-pointmaze_umaze-s0").wait_for(timeout=60_000)
+        page.get_by_text("cql-pointmaze_umaze-s0", exact=True).wait_for()
+        show_column(page, "algo")
+        show_column(page, METRIC)
+        page.get_by_role("columnheader", name=METRIC).first.wait_for(timeout=30_000)
+        page.get_by_role("columnheader", name="algo", exact=True).first.wait_for()
+        cells = page.get_by_role("gridcell").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "mlflow_runs.png"), full_page=True)
+        browser.close()
+    assert "calql" in cells and "cql" in cells, cells
+    assert (tmp_path / "mlflow_runs.png").stat().st_size > 20_000
