@@ -17,6 +17,7 @@ HOST=$(hostname -s)
 export SLURM_CONF=$DIR/etc/slurm.conf
 
 log() { echo "[slurm_cluster] $*" >&2; }
+trap 'log "failed at line $LINENO: $BASH_COMMAND (logs in $DIR/log)"; tail -n 5 "$DIR"/log/* 2>/dev/null >&2' ERR
 
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local limit=$1 what=$2; shift 2
@@ -38,6 +39,7 @@ install_packages() {
 
 write_configs() {
   mkdir -p "$DIR"/{etc,state,spool,log,run}
+  chmod 755 "$DIR"  # the mysql and munge users must reach their folders inside
   local cpus mem
   cpus=$(nproc)
   mem=$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 1024 ))
@@ -101,7 +103,8 @@ start_mariadb() {
   mkdir -p "$sock" && chown mysql:mysql "$sock"
   if [ ! -d "$db/mysql" ]; then
     mkdir -p "$db" && chown mysql:mysql "$db"
-    mariadb-install-db --no-defaults --datadir="$db" --user=mysql >"$DIR/log/mariadb-install.log" 2>&1
+    mariadb-install-db --no-defaults --datadir="$db" --user=mysql >"$DIR/log/mariadb-install.log" 2>&1 \
+      || { log "mariadb-install-db failed"; tail -n 20 "$DIR/log/mariadb-install.log" >&2; return 1; }
   fi
   /usr/sbin/mariadbd --no-defaults --datadir="$db" --user=mysql --socket="$sock/mysqld.sock" \
     --bind-address=127.0.0.1 --port="$DB_PORT" --pid-file="$sock/mysqld.pid" >"$DIR/log/mariadb.log" 2>&1 &

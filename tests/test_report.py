@@ -1,9 +1,8 @@
 """The report's numbers against hand computation on a store filled with known metric values."""
-import math
 
 import numpy as np
 import pytest
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from o2o.report import build_filter, load_runs, main, write_report

@@ -44,7 +44,8 @@ def interrupt(run_dir, stage, sig):
 def finish(run_dir):
     proc = subprocess.run(command(run_dir), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)["final"]
+    final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)
+    return {**final["final"], "eval_history": final["eval_history"]}
 
 
 def comparable(final):

@@ -3,7 +3,6 @@ import os
 import shutil
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient

@@ -135,7 +135,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         agent = AGENTS[cfg.algo.name](obs_dim, act_dim, cfg.algo, device, cfg.precision)
         evaluator = Evaluator(cfg.env, ref_min, ref_max, cfg.seed)
         ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, progress=cfg.progress,
-                         payload={"config": resolved, "run_id": tracker.run_id})
+                         payload={"config": resolved, "run_id": tracker.run_id,
+                                  "eval_history": list(resume.get("eval_history", [])) if resume else []})
         stage = resume["stage"] if resume else None
         if resume:
             agent.restore(resume["agent"])

@@ -15,7 +15,6 @@ from typing import Optional
 import numpy as np
 
 from o2o.config import EnvConfig
-from o2o.envs import flatten_observation
 
 
 class DatasetError(RuntimeError):

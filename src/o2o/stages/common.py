@@ -59,6 +59,7 @@ class RunContext:
 
     def evaluate(self, agent, phase: str, step: int) -> dict[str, float]:
         results = self.evaluator(agent)
+        self.payload.setdefault("eval_history", []).append({"phase": phase, "step": step, **results})
         self.tracker.log_metrics({f"{phase}/eval/{k}": v for k, v in results.items()}, step)
         log.info("%s eval @ %d: %s", phase, step, ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
         return results
