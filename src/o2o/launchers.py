@@ -17,7 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from o2o.pipeline import PARENT_RUN_ENV
-from o2o.tracking import default_tracking_uri, ensure_experiment
+from o2o.tracking import default_tracking_uri, ensure_experiment, store_lock
 
 log = logging.getLogger("o2o")
 
@@ -57,8 +57,9 @@ class MlflowSweepCallback(Callback):
         from mlflow.tracking import MlflowClient
 
         uri = default_tracking_uri()
-        client = MlflowClient(uri)
-        experiment_id = ensure_experiment(client, config.experiment, uri)
+        with store_lock(uri):
+            client = MlflowClient(uri)
+            experiment_id = ensure_experiment(client, config.experiment, uri)
         overrides = " ".join(config.hydra.overrides.task)
         run = client.create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}",
                                 tags={"sweep": "true", "overrides": overrides or "(defaults)",

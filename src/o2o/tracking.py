@@ -1,6 +1,8 @@
 """MLflow logging: one run per job, metrics sent in batches with explicit steps."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -25,6 +27,22 @@ def default_tracking_uri() -> str:
         return uri
     outputs_dir().mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{outputs_dir() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Serialise first-time creation of a sqlite store: parallel jobs' schema migrations race."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):]).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -67,7 +85,9 @@ class Tracker:
 
         self.uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        with store_lock(self.uri):  # the first client creates or migrates the store: one job at a time
+            self.client = MlflowClient(self.uri)
+            self.client.search_experiments(max_results=1)
         self._pending: list = []
         self._logged_up_to: dict[str, int] = {}
         if run_id is not None:

@@ -1,0 +1,41 @@
+"""MLflow store handling: parallel jobs on a new sqlite store, batching, resuming without duplicates."""
+import subprocess
+import sys
+
+from mlflow.tracking import MlflowClient
+
+from o2o.tracking import MAX_BATCH, Tracker, flatten
+
+START = ("import sys; from o2o.tracking import Tracker; "
+         "t = Tracker('race', None, {'a': 1}, {'algo': 'x'}, tracking_uri=sys.argv[1]); t.end()")
+
+
+def test_parallel_jobs_create_a_new_sqlite_store_safely(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'new.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", START, uri], stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    client = MlflowClient(uri)
+    assert len(client.search_runs([client.get_experiment_by_name("race").experiment_id])) == 3
+
+
+def test_metrics_are_batched_and_a_continued_run_skips_logged_steps(tmp_path):
+    uri = f"sqlite:///{tmp_path / 's.db'}"
+    tracker = Tracker("batch", "r", {"group": {"x": 1}}, {"algo": "a"}, tracking_uri=uri)
+    for step in range(MAX_BATCH + 5):  # the queue is sent once it holds MAX_BATCH points
+        tracker.log_metrics({"m": float(step), "bad": float("nan")}, step)
+    assert len(tracker._pending) == 5
+    tracker.flush()
+    continued = Tracker("batch", "r", {}, {"algo": "a"}, tracking_uri=uri, run_id=tracker.run_id)
+    continued.log_metrics({"m": -1.0}, 10)  # already logged: dropped
+    continued.log_metrics({"m": 7.0}, MAX_BATCH + 5)
+    continued.end()
+    history = MlflowClient(uri).get_metric_history(tracker.run_id, "m")
+    assert [m.step for m in history] == list(range(MAX_BATCH + 6))
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.data.params == {"group.x": "1"} and "bad" not in run.data.metrics
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
