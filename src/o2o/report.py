@@ -159,11 +159,12 @@ def _band(runs_points: list[list[tuple[int, float]]], grid_size: int = 60):
         return grid, np.nanmean(values, axis=0), np.nanstd(values, axis=0)
 
 
-def _plot_phases(axes, groups: dict[str, list[RunRecord]], key_of_phase, label_of=lambda algo: algo, style=None):
+def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lambda algo: algo, style=None):
+    """``series(record, phase)`` gives a run's [(step, value)] for the offline and the online panel."""
     colors = {}
     for algo, runs in sorted(groups.items()):
         for ax, phase in zip(axes, ("offline", "online")):
-            band = _band([r.history.get(key_of_phase(phase), []) for r in runs])
+            band = _band([series(r, phase) for r in runs])
             if band is None:
                 continue
             grid, mean, std = band
@@ -172,6 +173,15 @@ def _plot_phases(axes, groups: dict[str, list[RunRecord]], key_of_phase, label_o
             line, = ax.plot(grid, mean, label=label_of(algo), **style)
             colors[algo] = line.get_color()
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2, color=line.get_color())
+
+
+def score_series(record: RunRecord, phase: str) -> list[tuple[int, float]]:
+    """Evaluation scores; the online curve starts from the pre-trained policy's score at env step 0."""
+    points = record.history.get(SCORE[phase], [])
+    offline = record.history.get(SCORE["offline"])
+    if phase == "online" and offline and points and points[0][0] > 0:
+        points = [(0, offline[-1][1]), *points]
+    return points
 
 
 def curves_figure(records: list[RunRecord], title: str):
@@ -184,11 +194,11 @@ def curves_figure(records: list[RunRecord], title: str):
     for r in records:
         groups[r.algo].append(r)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, gridspec_kw={"width_ratios": [1, 2]})
-    _plot_phases(axes, groups, lambda phase: SCORE[phase])
+    _plot_phases(axes, groups, score_series)
     axes[0].set(title="offline pre-training", xlabel="gradient steps", ylabel="normalized score")
     axes[1].set(title="online fine-tuning", xlabel="env steps")
     axes[1].axvline(0, color="k", linestyle="--", linewidth=1)
-    axes[1].annotate("offline → online", xy=(0, 1), xycoords=("data", "axes fraction"), xytext=(4, -12),
+    axes[1].annotate("offline → online", xy=(0, 0), xycoords=("data", "axes fraction"), xytext=(4, 4),
                      textcoords="offset points", fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -217,7 +227,7 @@ def qcal_figure(records: list[RunRecord], title: str):
               "mc_return": ("Monte-Carlo return", ":", "k")}
     for row, algo in zip(axes, algos):
         for key, (label, linestyle, color) in styles.items():
-            _plot_phases(row, {algo: groups[algo]}, lambda phase, key=key: f"{phase}/train/{key}",
+            _plot_phases(row, {algo: groups[algo]}, lambda r, phase, key=key: r.history.get(f"{phase}/train/{key}", []),
                          label_of=lambda _, label=label: label, style={"linestyle": linestyle, "color": color})
         row[0].set_ylabel(algo)
         row[1].axvline(0, color="k", linestyle="--", linewidth=1)
