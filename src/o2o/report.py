@@ -78,17 +78,20 @@ def load_runs(client, experiment: str, filter_string: str, finished_only: bool =
         filter_string += " and attributes.status = 'FINISHED'"
     records = []
     for run in client.search_runs([exp.experiment_id], filter_string, max_results=5000):
-        tags, params = run.data.tags, run.data.params
-        if algos and tags["algo"] not in algos:
-            continue
-        record = RunRecord(run.info.run_id, tags.get("env", "?"), tags["algo"], tags.get("seed", "?"),
-                           tags.get("dataset", "?"), float(params.get("schedule.online_steps", "nan")))
-        for key in HISTORY_KEYS:
-            if key in run.data.metrics:
-                points = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-                record.history[key] = points
-        records.append(record)
+        if not algos or run.data.tags["algo"] in algos:
+            records.append(_record(client, run))
     return records
+
+
+def _record(client, run) -> RunRecord:
+    """A run's tags and the metric histories the report draws on."""
+    tags = run.data.tags
+    record = RunRecord(run.info.run_id, tags.get("env", "?"), tags.get("algo", "?"), tags.get("seed", "?"),
+                       tags.get("dataset", "?"), float(run.data.params.get("schedule.online_steps", "nan")))
+    for key in HISTORY_KEYS:
+        if key in run.data.metrics:
+            record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+    return record
 
 
 # --------------------------------------------------------------------------- the table
@@ -184,15 +187,24 @@ def score_series(record: RunRecord, phase: str) -> list[tuple[int, float]]:
     return points
 
 
-def curves_figure(records: list[RunRecord], title: str):
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _by_algo(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     groups = defaultdict(list)
     for r in records:
         groups[r.algo].append(r)
+    return groups
+
+
+def curves_figure(records: list[RunRecord], title: str):
+    plt, groups = _pyplot(), _by_algo(records)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, gridspec_kw={"width_ratios": [1, 2]})
     _plot_phases(axes, groups, score_series)
     axes[0].set(title="offline pre-training", xlabel="gradient steps", ylabel="normalized score")
@@ -211,14 +223,7 @@ def curves_figure(records: list[RunRecord], title: str):
 
 
 def qcal_figure(records: list[RunRecord], title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = defaultdict(list)
-    for r in records:
-        groups[r.algo].append(r)
+    plt, groups = _pyplot(), _by_algo(records)
     algos = sorted(groups)
     fig, axes = plt.subplots(len(algos), 2, figsize=(11, 2.8 * len(algos)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 2]})
@@ -251,8 +256,7 @@ def qcal_figure(records: list[RunRecord], title: str):
 
 def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip_fraction: float = 0.25,
                  finished_only: bool = True, log_to_mlflow: bool = True, algos: list[str] | None = None) -> dict:
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     records = load_runs(client, experiment, filter_string, finished_only, algos)
     if not records:
         raise SystemExit(f"no runs in experiment {experiment!r} match: {filter_string}")
@@ -284,15 +288,9 @@ def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip
 
 def run_plot(client, run_id: str, path: Path) -> Path:
     """One run's own learning curve and Q-calibration, for its artifacts."""
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
-    run = client.get_run(run_id)
-    record = RunRecord(run_id, run.data.tags.get("env", "?"), run.data.tags.get("algo", "?"),
-                       run.data.tags.get("seed", "?"), run.data.tags.get("dataset", "?"),
-                       float(run.data.params.get("schedule.online_steps", "nan")))
-    for key in HISTORY_KEYS:
-        if key in run.data.metrics:
-            record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    record = _record(client, client.get_run(run_id))
     path.parent.mkdir(parents=True, exist_ok=True)
     title = f"{record.algo} on {record.env}, seed {record.seed}"
     for suffix, make in (("curves", curves_figure), ("qcal", qcal_figure)):
