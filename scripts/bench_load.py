@@ -26,7 +26,7 @@ def main() -> None:
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from o2o.data.adroit import make_adroit
+    from o2o.data.build.adroit import make_adroit
     from o2o.data.dataset import episode_slices, load_minari
     from o2o.returns import returns_to_go
 

@@ -12,27 +12,30 @@ import torch
 
 from o2o.agents.cql import CQL
 from o2o.buffers import TransitionBuffer
-from o2o.config import AlgoConfig
+from o2o.cli import compose_config
+from o2o.config import validate
 
 
 def bench(args, precision: str) -> float:
     torch.manual_seed(0)
     device = torch.device(args.device)
-    cfg = AlgoConfig(name="calql", actor_hidden=[args.hidden] * 2, critic_hidden=[args.hidden] * args.layers,
-                     n_actions=args.n_actions)
+    cfg = validate(compose_config(["algo=calql", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
+                                   f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]",
+                                   f"algo.n_actions={args.n_actions}"])).algo
     agent = CQL(args.obs_dim, args.act_dim, cfg, device, precision)
+    agent.begin_phase("offline")
     n = 100_000
     rng = np.random.default_rng(0)
     buffer = TransitionBuffer(n, args.obs_dim, args.act_dim, device)
     buffer.add(rng.normal(size=(n, args.obs_dim)), rng.uniform(-1, 1, (n, args.act_dim)), rng.normal(size=n),
                rng.normal(size=(n, args.obs_dim)), rng.random(n) < 0.01, rng.normal(size=n))
     for _ in range(args.warmup):
-        agent.update(buffer.sample(args.batch_size), calibrate=True)
+        agent.update(buffer.sample(args.batch_size))
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     for _ in range(args.steps):
-        metrics = agent.update(buffer.sample(args.batch_size), calibrate=True)
+        metrics = agent.update(buffer.sample(args.batch_size))
     metrics["critic_loss"].item()  # one sync at the end
     return args.steps / (time.perf_counter() - start)
 

@@ -26,7 +26,8 @@ def isolated_environment(tmp_path_factory):
     os.environ.update(saved)
 
 
-SMOKE = ["schedule=smoke", "env.dataset.collect_steps=1500", "threads=1"]
+SMOKE_ANY_ENV = ["experiment=smoke", "threads=1"]
+SMOKE = [*SMOKE_ANY_ENV, "env.dataset.collector.steps=1500"]  # the PointMaze default collects a small dataset
 
 
 def compose(overrides=()):
@@ -38,6 +39,17 @@ def compose(overrides=()):
     register_schema()
     with initialize_config_module("o2o_conf", version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))
+
+
+def algo_config(algo: str, **fields):
+    """The validated config of ``algo=<algo>`` (pointmaze domain) with some fields replaced, for unit tests."""
+    from o2o.config import validate
+
+    cfg = validate(compose([f"algo={algo}"])).algo
+    for key, value in fields.items():
+        assert hasattr(cfg, key), f"{algo} has no field {key}"
+        setattr(cfg, key, value)
+    return cfg
 
 
 @pytest.fixture

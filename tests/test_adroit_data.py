@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 
-from conftest import SHARED, SMOKE, compose
+from conftest import SHARED, SMOKE_ANY_ENV, compose
 from o2o.config import validate
 from o2o.data.dataset import OfflineData, apply_binary_success
-from o2o.envs import transform_reward
-from o2o.returns import returns_to_go
+from o2o.returns import returns_to_go, transform_reward
 
 ASSETS = SHARED / "data" / "hand_dapg"
 needs_assets = pytest.mark.skipif(not (ASSETS / "door-v0_human_demos.npz").exists(),
@@ -14,7 +13,7 @@ needs_assets = pytest.mark.skipif(not (ASSETS / "door-v0_human_demos.npz").exist
 
 
 def test_binary_reward_and_failure_rule_on_a_synthetic_episode():
-    cfg = validate(compose(["env=adroit_door"])).env
+    cfg = validate(compose(["env=adroit_door"])).domain
     success = np.array([0, 0, 1, 1, 0, 0, 0, 0, 0], bool)  # episode 1: steps 0-5, episode 2: steps 6-8
     n = len(success)
     data = OfflineData(np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32), np.full(n, 7.0, np.float32),
@@ -34,7 +33,7 @@ def test_binary_reward_and_failure_rule_on_a_synthetic_episode():
 def built_door():
     if not (ASSETS / "door-v0_human_demos.npz").exists():
         pytest.skip(f"DAPG assets not found at {ASSETS} (../shared beside the checkout)")
-    from o2o.data.adroit import build
+    from o2o.data.build.adroit import build
 
     report = build(ASSETS, namespace="o2o-test", tasks=["door"], expert_episodes=2, cloned_episodes=2, bc_steps=50,
                    reference_episodes=1, seed=0)
@@ -56,7 +55,7 @@ def test_built_datasets_report_sizes_and_honest_metadata(built_door):
 
 @needs_assets
 def test_built_human_door_loads_back_with_the_same_arrays(built_door):
-    from o2o.data.adroit import human_door_episodes
+    from o2o.data.build.adroit import human_door_episodes
     from o2o.data.dataset import load_minari
 
     episodes = human_door_episodes(ASSETS / "door-v0_human_demos.npz")
@@ -74,14 +73,14 @@ def test_calql_smoke_run_on_the_built_door_data(built_door, tmp_path):
     from o2o import run
 
     final = run(env="adroit_door", algo="calql", run_dir=str(tmp_path),
-                overrides=[*SMOKE, "env.dataset.id=o2o-test/door/cloned-v0", "env.eval_episodes=1",
-                           "schedule.online_steps=200", "experiment=o2o-door"])
+                overrides=[*SMOKE_ANY_ENV, "env.dataset.id=o2o-test/door/cloned-v0", "domain.eval_episodes=1",
+                           "schedule.online_steps=200", "mlflow_experiment=o2o-door"])
     assert final["online/env_steps"] == 200 and np.isfinite(final["online/normalized_score"])
 
 
 @needs_assets
 def test_list_shows_local_and_remote_datasets(built_door, capsys):
-    from o2o.data.cli import main
+    from o2o.data.build.cli import main
 
     main(["list"])
     out = capsys.readouterr().out
@@ -90,7 +89,7 @@ def test_list_shows_local_and_remote_datasets(built_door, capsys):
 
 
 def test_official_namespace_is_refused():
-    from o2o.data.cli import main
+    from o2o.data.build.cli import main
 
     with pytest.raises(SystemExit):
         main(["build-adroit", "--namespace", "D4RL"])

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from conftest import SMOKE, compose
+from conftest import SMOKE, algo_config, compose
 from o2o.agents.core import Batch
 from o2o.agents.iql import IQL, advantage_weights, expectile_loss
 from o2o.agents.sac import SAC
-from o2o.config import AlgoConfig, validate
+from o2o.config import validate
 
 
 def test_expectile_loss_weights_positive_and_negative_errors():
@@ -21,9 +21,9 @@ def test_advantage_weights_are_exponentiated_and_clipped():
     torch.testing.assert_close(w, torch.tensor([1.0, torch.e, 100.0]))
 
 
-def make(cls, **overrides):
+def make(cls, name, **overrides):
     torch.manual_seed(0)
-    cfg = AlgoConfig(actor_hidden=[8], critic_hidden=[8], **overrides)
+    cfg = algo_config(name, actor_hidden=[8], critic_hidden=[8], **overrides)
     return cls(3, 2, cfg, torch.device("cpu"))
 
 
@@ -45,7 +45,7 @@ def test_iql_losses_on_hand_built_values():
     batch = Batch(torch.randn(4, 3), torch.rand(4, 2) * 2 - 1, torch.ones(4), torch.randn(4, 3),
                   torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.zeros(4))
     with torch.no_grad():
-        _, m = agent.compute_losses(batch, {}, calibrate=False)
+        _, m = agent.compute_losses(batch, {}, )
         q_t = agent.critic_target(batch.obs, batch.actions.unsqueeze(1)).amin(0)[:, 0]
         v = agent.v(batch.obs)
         target = batch.rewards + 0.5 * (1 - batch.dones) * agent.v(batch.next_obs)
@@ -61,7 +61,7 @@ def test_sac_backup_includes_the_entropy_term():
                   torch.zeros(4))
     noise = agent.draw_noise(4)
     with torch.no_grad():
-        _, m = agent.compute_losses(batch, noise, calibrate=False)
+        _, m = agent.compute_losses(batch, noise, )
         from o2o.agents.networks import TanhGaussianActor
 
         a2, logp2 = TanhGaussianActor.sample(*agent.actor(batch.next_obs), noise["eps_next"])
@@ -69,12 +69,14 @@ def test_sac_backup_includes_the_entropy_term():
     torch.testing.assert_close(m["td_target"], (1 + 0.9 * q2).mean())
 
 
-@pytest.mark.parametrize("buffer_ratio", ["0.25", "-1"])
-def test_rlpd_batches_are_half_offline_whatever_the_buffer_says(buffer_ratio):
-    cfg = validate(compose(["algo=rlpd", f"buffer.mixing_ratio={buffer_ratio}"]))
-    assert cfg.mixing_ratio == 0.5 and cfg.utd_ratio == 20
+@pytest.mark.parametrize("env", ["pointmaze_umaze", "kitchen_partial"])
+def test_each_algorithm_owns_its_mixing_and_utd_ratio(env):
+    cfg = validate(compose(["algo=rlpd", f"env={env}"]))
+    assert cfg.algo.mixing_ratio == 0.5 and cfg.algo.utd_ratio == 20
     assert cfg.algo.ensemble_size == 10 and cfg.algo.target_subset == 2 and cfg.algo.layer_norm
-    assert validate(compose(["algo=sac"])).mixing_ratio == 0.0
+    sac = validate(compose(["algo=sac", f"env={env}"])).algo
+    assert sac.mixing_ratio == 0.0 and not sac.uses_offline_data
+    assert not hasattr(cfg.buffer, "mixing_ratio") and not hasattr(cfg.schedule, "utd_ratio")
 
 
 def test_sac_never_reads_the_offline_data(monkeypatch, tmp_path):
@@ -90,7 +92,7 @@ def test_sac_never_reads_the_offline_data(monkeypatch, tmp_path):
     samplers = []
     real = pipeline.MixedSampler
     monkeypatch.setattr(pipeline, "MixedSampler", lambda offline, *a: samplers.append(offline) or real(offline, *a))
-    final = run(algo="sac", run_dir=str(tmp_path), overrides=[*SMOKE, "experiment=o2o-sac", "schedule.online_steps=120"])
+    final = run(algo="sac", run_dir=str(tmp_path), overrides=[*SMOKE, "mlflow_experiment=o2o-sac", "schedule.online_steps=120"])
     assert samplers == [None]
     assert "offline/normalized_score" not in final and final["online/env_steps"] == 120
 
@@ -108,7 +110,7 @@ def test_rlpd_run_draws_half_of_every_batch_offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(TransitionBuffer, "sample_rows", spy)
     run(algo="rlpd", run_dir=str(tmp_path),
-        overrides=[*SMOKE, "experiment=o2o-rlpd", "schedule.online_steps=60", "algo.utd_ratio=2"])
+        overrides=[*SMOKE, "mlflow_experiment=o2o-rlpd", "schedule.online_steps=60", "algo.utd_ratio=2"])
     online = [n for is_online, n in draws if is_online]
     offline = [n for is_online, n in draws if not is_online]
     assert len(online) == len(offline) == 120  # 60 env steps x UTD 2, and no offline pre-training

@@ -1,41 +1,150 @@
 import subprocess
+from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import compose
+from conftest import ROOT, compose
 from o2o.config import ConfigError, validate
 
+CONF = ROOT / "conf"
+ENVS = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
+ALGOS = sorted(p.stem for p in (CONF / "algo").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
-@pytest.mark.parametrize("env", ["pointmaze_umaze", "adroit_door"])
-@pytest.mark.parametrize("algo", ["calql", "cql"])
-def test_every_group_option_composes_and_validates(env, algo):
+
+@pytest.mark.parametrize("env", ENVS)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_env_and_algo_option_composes_and_validates(env, algo):
     cfg = validate(compose([f"env={env}", f"algo={algo}"]))
-    assert cfg.algo.calibrated == (algo == "calql")
+    assert cfg.env.name == env and cfg.algo.name == algo
+    if algo in ("calql", "cql"):
+        assert cfg.algo.calibrate_offline == cfg.algo.calibrate_online == (algo == "calql")
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_experiment_preset_composes_with_every_algo(experiment, algo):
+    validate(compose([f"experiment={experiment}", f"algo={algo}"]))
+
+
+def _keys(node, prefix=""):
+    """Dotted paths of the leaves a YAML mapping sets (a dict value that is empty counts as a leaf)."""
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _keys(value, path + ".")
+        else:
+            yield path
+
+
+def _writes(path: Path) -> tuple[str, set[str]]:
+    """(owner group, absolute key paths) of one config file under conf/."""
+    rel = path.relative_to(CONF)
+    text = path.read_text()
+    body = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "defaults"}
+    group = rel.parts[0] if len(rel.parts) > 1 else "(root)"
+    if "@package _global_" in text:
+        return group, set(_keys(body))
+    prefix = "" if group == "(root)" else group + "."
+    return group, {prefix + k for k in _keys(body)}
+
+
+def test_every_config_key_has_one_owner_and_one_default():
+    """A key is written by the files of one group only (experiment presets excepted, they exist to
+    combine groups), and a value is never both a schema default and a YAML value."""
+    from dataclasses import MISSING, fields, is_dataclass
+
+    from omegaconf import MISSING as OMEGA_MISSING
+
+    from o2o.config import ALGO_SCHEMAS, Config
+
+    owners: dict[str, set[str]] = {}
+    for path in CONF.rglob("*.yaml"):
+        group, keys = _writes(path)
+        if group in ("experiment", "hydra"):
+            continue
+        for key in keys:
+            owners.setdefault(key, set()).add(group)
+    shared = {k: g for k, g in owners.items() if len(g) > 1}
+    assert not shared, f"keys written by several groups: {shared}"
+    assert all(key.split(".")[0] == next(iter(g)) for key, g in owners.items() if next(iter(g)) != "(root)")
+
+    def schema_defaults(cls, prefix=""):
+        for f in fields(cls):
+            default = f.default
+            if f.default_factory is not MISSING:  # containers and nested schemas
+                value = f.default_factory()
+                if is_dataclass(value):
+                    yield from schema_defaults(type(value), f"{prefix}{f.name}.")
+                    continue
+                default = value
+            if default not in (OMEGA_MISSING, None) and default != {} and default != []:
+                yield f"{prefix}{f.name}"
+
+    defaulted = set(schema_defaults(Config))
+    for schema in ALGO_SCHEMAS.values():
+        defaulted |= set(schema_defaults(schema, "algo."))
+    assert not defaulted, f"schema fields with a real default (values belong in conf/): {sorted(defaulted)}"
+
+
+def test_a_per_domain_algo_file_never_repeats_its_algorithms_own_keys():
+    for algo in ALGOS:
+        chain, file = set(), CONF / "algo" / f"{algo}.yaml"
+        while file is not None:  # the option and the options it extends
+            data = yaml.safe_load(file.read_text()) or {}
+            chain |= set(_keys({k: v for k, v in data.items() if k != "defaults"}))
+            parents = [d for d in data.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+            file = CONF / "algo" / f"{parents[0]}.yaml" if parents else None
+        for domain_file in (CONF / "algo" / "per_domain" / algo).glob("*.yaml"):
+            cfg = validate(compose([f"algo={algo}", f"env={_an_env_of(domain_file.stem)}"]))
+            own = set(_keys(yaml.safe_load(domain_file.read_text()) or {})) - {"defaults"}
+            assert not own & chain, f"{domain_file} repeats {own & chain}"
+            assert cfg.domain.name == domain_file.stem
+
+
+def _an_env_of(domain: str) -> str:
+    for env in ENVS:
+        if f"domain: {domain} " in (CONF / "env" / f"{env}.yaml").read_text():
+            return env
+    return next(e for e in ENVS if e.endswith("_dense")) if domain == "adroit_dense" else ENVS[0]
 
 
 def test_paper_adroit_settings():
     cfg = validate(compose(["env=adroit_door"]))
     assert cfg.schedule.offline_steps == 20_000
     assert cfg.algo.critic_hidden == [512, 512, 512] and cfg.algo.actor_hidden == [512, 512]
-    assert cfg.algo.cql_weight == 1.0 and cfg.buffer.mixing_ratio == 0.5
-    assert (cfg.env.reward.scale, cfg.env.reward.bias, cfg.env.reward.binary_from_success) == (10.0, 5.0, True)
+    assert cfg.algo.cql_weight == 1.0 and cfg.algo.mixing_ratio == 0.5
+    assert (cfg.domain.reward.scale, cfg.domain.reward.bias, cfg.domain.reward.binary_from_success) == (10.0, 5.0, True)
     assert cfg.env.dataset.id == "D4RL/door/cloned-v2"
 
 
 def test_smoke_overrides_the_domain_preset():
-    cfg = validate(compose(["env=adroit_door", "schedule=smoke"]))
+    cfg = validate(compose(["env=adroit_door", "experiment=smoke"]))
     assert cfg.schedule.offline_steps < 100 and cfg.algo.critic_hidden == [32, 32]
 
 
+def test_the_values_a_run_uses_are_the_ones_logged():
+    """What MLflow logs is the resolved config: the algorithm's own mixing ratio, no second copy."""
+    from omegaconf import OmegaConf
+
+    from o2o.tracking import flatten
+
+    cfg = compose(["algo=sac"])
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    assert params["algo.mixing_ratio"] == 0.0 and "buffer.mixing_ratio" not in params
+    assert validate(cfg).algo.mixing_ratio == params["algo.mixing_ratio"]
+
+
 @pytest.mark.parametrize("override, message", [
-    ("buffer.mixing_ratio=1.5", "buffer.mixing_ratio"),
-    ("buffer.mixing_ratio=-0.5", "buffer.mixing_ratio"),
+    ("algo.mixing_ratio=1.5", "algo.mixing_ratio"),
+    ("algo.mixing_ratio=-0.5", "algo.mixing_ratio"),
     ("algo.gamma=1.0", "algo.gamma"),
     ("algo.gamma=0", "algo.gamma"),
     ("schedule.offline_steps=-5", "schedule.offline_steps"),
     ("schedule.online_steps=-1", "schedule.online_steps"),
-    ("env.eval_episodes=0", "env.eval_episodes"),
-    ("schedule.utd_ratio=0", "schedule.utd_ratio"),
+    ("domain.eval_episodes=0", "domain.eval_episodes"),
+    ("algo.utd_ratio=0", "algo.utd_ratio"),
     ("precision=fp8", "precision"),
     ("buffer.batch_size=0", "buffer.batch_size"),
 ])
@@ -53,9 +162,10 @@ def test_wrong_types_and_unknown_keys_fail_at_composition(override):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["buffer.mixing_ratio=2"], "buffer.mixing_ratio must be in [0, 1] or -1"),
+    (["algo.mixing_ratio=2"], "algo.mixing_ratio must be in [0, 1] or -1"),
     (["algo=nope"], "Could not find 'algo/nope'"),
     (["env.dataset.id=o2o/none/missing-v0", "env.dataset.collector=null"], "o2o/none/missing-v0"),
+    (["algo=iql", "algo.n_actions=3"], "n_actions"),
 ])
 def test_cli_stops_with_one_clear_message(main_py, args, fragment, tmp_path):
     proc = subprocess.run(main_py + args + [f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True,

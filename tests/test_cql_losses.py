@@ -6,14 +6,14 @@ import torch
 
 from o2o.agents.core import Batch
 from o2o.agents.cql import CQL, calql_bound
-from o2o.config import AlgoConfig
+from conftest import algo_config
 
 OBS, ACT, B, N = 3, 2, 5, 3
 
 
 def make_agent(name="calql", **overrides):
     torch.manual_seed(0)
-    cfg = AlgoConfig(name=name, actor_hidden=[8, 8], critic_hidden=[8, 8], n_actions=N, **overrides)
+    cfg = algo_config(name, actor_hidden=[8, 8], critic_hidden=[8, 8], n_actions=N, **overrides)
     return CQL(OBS, ACT, cfg, torch.device("cpu"))
 
 
@@ -81,7 +81,8 @@ def test_update_matches_plain_formulation(calibrate):
     batch = make_batch(mc_scale=0.05)
     noise = agent.draw_noise(B)
     with torch.no_grad():
-        _, metrics = agent.compute_losses(batch, noise, calibrate)
+        agent.calibrate = calibrate
+        _, metrics = agent.compute_losses(batch, noise)
         critic_loss, actor_loss = plain_losses(agent, batch, noise, calibrate)
     torch.testing.assert_close(metrics["critic_loss"], critic_loss.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(metrics["actor_loss"], actor_loss.float(), rtol=1e-5, atol=1e-5)
@@ -104,11 +105,14 @@ def test_calql_and_cql_differ_only_in_the_bound():
     low = batch._replace(mc_returns=torch.full((B,), -1e6))  # a bound nothing reaches
     high = batch._replace(mc_returns=torch.full((B,), 1e3))  # a bound that lifts every policy value
     cql, calql = make_agent("cql"), make_agent("calql")
+    for agent in (cql, calql):
+        agent.begin_phase("offline")  # each agent reads its own calibration switch
+    assert (cql.calibrate, calql.calibrate) == (False, True)
     noise = cql.draw_noise(B)
     with torch.no_grad():
-        loss_cql, m_cql = cql.compute_losses(low, noise, calibrate=False)
-        loss_low, m_low = calql.compute_losses(low, noise, calibrate=True)
-        loss_high, m_high = calql.compute_losses(high, noise, calibrate=True)
+        loss_cql, m_cql = cql.compute_losses(low, noise)
+        loss_low, m_low = calql.compute_losses(low, noise)
+        loss_high, m_high = calql.compute_losses(high, noise)
     torch.testing.assert_close(loss_cql, loss_low)
     assert m_low["calql_bound_rate"].item() == 0.0 and m_high["calql_bound_rate"].item() == 1.0
     # random-action and data Q-values are never bounded, and TD terms are unchanged
@@ -122,7 +126,8 @@ def test_lagrange_multiplier_and_update_step_run():
     agent = make_agent(lagrange=True, target_action_gap=0.8)
     batch = make_batch()
     before = [p.detach().clone() for p in agent.critic.parameters()]
-    metrics = agent.update(batch, calibrate=True)
+    agent.begin_phase("online")
+    metrics = agent.update(batch)
     assert "alpha_prime" in metrics and torch.isfinite(metrics["critic_loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.critic.parameters()))
     assert agent.log_alpha_prime.grad is not None
@@ -135,6 +140,20 @@ def test_bf16_precision_runs_close_to_fp32():
     bf16.autocast_dtype = torch.bfloat16
     noise = fp32.draw_noise(B)
     with torch.no_grad():
-        _, m32 = fp32.compute_losses(batch, noise, True)
-        _, m16 = bf16.compute_losses(batch, noise, True)
+        fp32.calibrate = bf16.calibrate = True
+        _, m32 = fp32.compute_losses(batch, noise)
+        _, m16 = bf16.compute_losses(batch, noise)
     torch.testing.assert_close(m16["critic_loss"], m32["critic_loss"], rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("algo, offline, online", [("calql", True, True), ("cql", False, False)])
+def test_the_agent_reads_its_calibration_switch_per_phase(algo, offline, online):
+    agent = make_agent(algo)
+    agent.begin_phase("offline")
+    assert agent.calibrate is offline
+    agent.begin_phase("online")
+    assert agent.calibrate is online
+    # CQL with the switch on is Cal-QL offline, and nothing else has to pass a flag
+    cql = make_agent("cql", calibrate_offline=True)
+    cql.begin_phase("offline")
+    assert cql.calibrate

@@ -92,7 +92,7 @@ def test_pointmaze_dataset_is_collected_once_and_loads_with_env_shapes():
     from o2o.data.dataset import load_offline_data
     from o2o.envs import make_env
 
-    cfg = validate(compose(["env.dataset.collect_steps=1500"]))
+    cfg = validate(compose(["env.dataset.collector.steps=1500"]))
     env = make_env(cfg.env)
     data = load_offline_data(cfg.env, env.observation_space.shape, env.action_space.shape)
     assert len(data) >= 1500 and data.observations.shape[1] == 6

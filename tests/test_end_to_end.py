@@ -1,4 +1,4 @@
-"""``python src/main.py -m algo=calql,cql,iql,sac,rlpd schedule=smoke`` runs every stage of every
+"""``python src/main.py -m algo=calql,cql,iql,sac,rlpd experiment=smoke`` runs every stage of every
 algorithm and leaves complete MLflow runs whose metric names and steps line up."""
 import os
 import subprocess
@@ -7,21 +7,21 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import SMOKE
+from o2o import metrics as M
 
 ALGOS = ["calql", "cql", "iql", "sac", "rlpd"]
 # what every algorithm logs, on the same axes: the compare view lines these up
-COMMON = ["online/train/critic_loss", "online/train/actor_loss", "online/train/q_data", "online/train/mc_return",
-          "online/train/q_data_minus_mc_return", "online/train/updates_per_second", "online/train/grad_steps",
-          "online/train/episode_return", "online/cumulative_regret", "online/eval/normalized_score",
-          "online/eval/success_rate", "online/eval/return"]
-OFFLINE = ["offline/train/critic_loss", "offline/train/q_data", "offline/train/mc_return",
-           "offline/train/updates_per_second", "offline/eval/normalized_score", "offline/eval/success_rate"]
+COMMON = [*(M.train(M.ONLINE, k) for k in (M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.MC_RETURN, M.Q_DATA_MINUS_MC_RETURN,
+                                          M.UPDATES_PER_SECOND, M.GRAD_STEPS, M.EPISODE_RETURN)),
+          M.CUMULATIVE_REGRET, *(M.evaluation(M.ONLINE, k) for k in (M.NORMALIZED_SCORE, M.SUCCESS_RATE, M.RETURN))]
+OFFLINE = [*(M.train(M.OFFLINE, k) for k in (M.CRITIC_LOSS, M.Q_DATA, M.MC_RETURN, M.UPDATES_PER_SECOND)),
+           *(M.evaluation(M.OFFLINE, k) for k in (M.NORMALIZED_SCORE, M.SUCCESS_RATE))]
 
 
 @pytest.fixture(scope="module")
 def sweep(main_py_module, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    proc = subprocess.run(main_py_module + ["-m", f"algo={','.join(ALGOS)}", "experiment=o2o-e2e",
+    proc = subprocess.run(main_py_module + ["-m", f"algo={','.join(ALGOS)}", "mlflow_experiment=o2o-e2e",
                                             f"hydra.sweep.dir={out}", *SMOKE],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -58,15 +58,15 @@ def test_sweep_run_logs_every_stage(sweep, algo):
     pretrains = algo in ("calql", "cql", "iql")
     for key in COMMON + (OFFLINE if pretrains else []):
         assert key in metrics, key
-    assert not pretrains or "offline/train/actor_loss" in metrics
-    assert ("offline/train/calql_bound_rate" in metrics) == (algo == "calql")
-    assert ("online/train/calql_bound_rate" in metrics) == (algo == "calql")
+    assert not pretrains or M.train(M.OFFLINE, M.ACTOR_LOSS) in metrics
+    for phase in M.PHASES:
+        assert (M.train(phase, M.CALQL_BOUND_RATE) in metrics) == (algo == "calql")
     if pretrains:
-        history = client.get_metric_history(run.info.run_id, "offline/train/critic_loss")
+        history = client.get_metric_history(run.info.run_id, M.train(M.OFFLINE, M.CRITIC_LOSS))
         assert [m.step for m in history] == [10, 20, 30, 40]
     else:
         assert not any(k.startswith("offline/") for k in metrics)
-    online_steps = [m.step for m in client.get_metric_history(run.info.run_id, "online/eval/success_rate")]
+    online_steps = [m.step for m in client.get_metric_history(run.info.run_id, M.evaluation(M.ONLINE, M.SUCCESS_RATE))]
     assert online_steps[-1] == 300 and online_steps == sorted(set(online_steps))  # evaluations end the budget
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "resolved_config.yaml" in artifacts
@@ -79,8 +79,9 @@ def test_python_api_returns_final_metrics(tmp_path):
     from o2o import run
 
     final = run(env="pointmaze_umaze", algo="calql", run_dir=str(tmp_path),
-                overrides=[*SMOKE, "experiment=o2o-api", "schedule.online_steps=100", "seed=3"])
-    assert {"offline/normalized_score", "online/normalized_score", "online/cumulative_regret"} <= set(final)
-    assert final["online/env_steps"] == 100
-    assert 0.0 <= final["online/cumulative_regret"] <= 1.0
+                overrides=[*SMOKE, "mlflow_experiment=o2o-api", "schedule.online_steps=100", "seed=3"])
+    assert {M.summary(M.OFFLINE, M.NORMALIZED_SCORE), M.summary(M.ONLINE, M.NORMALIZED_SCORE),
+            M.CUMULATIVE_REGRET} <= set(final)
+    assert final[M.ENV_STEPS] == 100
+    assert 0.0 <= final[M.CUMULATIVE_REGRET] <= 1.0
     assert (tmp_path / "checkpoints" / "final.pt").is_file()

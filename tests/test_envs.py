@@ -43,7 +43,7 @@ def test_env_option_builds_resets_and_steps(env_name):
 
 def test_binary_reward_on_the_adroit_env():
     cfg = validate(compose(["env=adroit_door"]))
-    env = make_env(cfg.env, training=True, seed=0)
+    env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, training=True, seed=0)
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step(env.action_space.sample())
     assert reward == -1.0 and not terminated and "task_reward" in info  # no success yet: -1, the dense reward kept
@@ -52,9 +52,9 @@ def test_binary_reward_on_the_adroit_env():
 def test_domain_presets():
     ant = validate(compose(["env=antmaze_large_diverse"]))
     assert ant.algo.lagrange and ant.algo.target_action_gap == 0.8 and ant.algo.critic_hidden == [256] * 4
-    assert (ant.env.reward.scale, ant.env.reward.bias) == (10.0, -5.0)
+    assert (ant.domain.reward.scale, ant.domain.reward.bias) == (10.0, -5.0)
     kitchen = validate(compose(["env=kitchen_mixed"]))
-    assert not kitchen.algo.importance_sampling and kitchen.buffer.mixing_ratio == 0.25
+    assert not kitchen.algo.importance_sampling and kitchen.algo.mixing_ratio == 0.25
     assert validate(compose(["env=adroit_pen"])).schedule.online_steps == 200_000
     assert validate(compose(["env=adroit_door"])).schedule.online_steps == 1_000_000
     iql = validate(compose(["env=antmaze_umaze", "algo=iql"]))

@@ -30,7 +30,7 @@ def store_with_runs(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'ui.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for algo in ("calql", "cql"):
-        run(algo=algo, run_dir=str(tmp_path / algo), overrides=[*SMOKE, "experiment=o2o-ui", "schedule.online_steps=100"])
+        run(algo=algo, run_dir=str(tmp_path / algo), overrides=[*SMOKE, "mlflow_experiment=o2o-ui", "schedule.online_steps=100"])
     from mlflow.tracking import MlflowClient
 
     return uri, MlflowClient(uri).get_experiment_by_name("o2o-ui").experiment_id

@@ -11,9 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SMOKE
 
-RESUMABLE = [*SMOKE, "experiment=o2o-resume", "schedule.offline_steps=300", "schedule.online_steps=900",
+RESUMABLE = [*SMOKE, "mlflow_experiment=o2o-resume", "schedule.offline_steps=300", "schedule.online_steps=900",
              "schedule.checkpoint_interval=50", "schedule.log_interval=10", "schedule.eval_interval_offline=100",
-             "schedule.eval_interval_online=300", "env.eval_episodes=1", "progress=false"]
+             "schedule.eval_interval_online=300", "domain.eval_episodes=1", "progress=false"]
 
 
 def command(run_dir):

@@ -36,7 +36,7 @@ def runs_in(experiment):
 
 
 def test_sweep_of_two_algorithms_and_two_seeds(tmp_path):
-    proc = subprocess.run(sweep(["algo=calql,cql", "seed=0,1", *SMOKE, "experiment=o2o-slurm"], tmp_path / "sweep"),
+    proc = subprocess.run(sweep(["algo=calql,cql", "seed=0,1", *SMOKE, "mlflow_experiment=o2o-slurm"], tmp_path / "sweep"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     client, runs = runs_in("o2o-slurm")
@@ -54,9 +54,9 @@ def test_sweep_of_two_algorithms_and_two_seeds(tmp_path):
 
 
 def test_preempted_job_is_requeued_and_finishes_in_one_run(tmp_path):
-    args = ["algo=calql", "seed=7", *SMOKE, "experiment=o2o-preempt", "schedule.offline_steps=300",
+    args = ["algo=calql", "seed=7", *SMOKE, "mlflow_experiment=o2o-preempt", "schedule.offline_steps=300",
             "schedule.online_steps=1500", "schedule.checkpoint_interval=50", "schedule.log_interval=10",
-            "env.eval_episodes=1", "progress=false"]
+            "domain.eval_episodes=1", "progress=false"]
     head = subprocess.Popen(sweep(args, tmp_path / "sweep"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     deadline, job = time.time() + 300, None
@@ -81,14 +81,14 @@ def test_preempted_job_is_requeued_and_finishes_in_one_run(tmp_path):
 
 
 def test_failed_job_is_reported_and_the_others_kept(tmp_path):
-    proc = subprocess.run(sweep(["buffer.mixing_ratio=0.5,2", *SMOKE, "experiment=o2o-failing",
+    proc = subprocess.run(sweep(["algo.mixing_ratio=0.5,2", *SMOKE, "mlflow_experiment=o2o-failing",
                                  "schedule.online_steps=100"], tmp_path / "sweep"),
                           capture_output=True, text=True, timeout=600)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "job failed: buffer.mixing_ratio=2" in output and "1 of 2 jobs failed" in output
+    assert "job failed: algo.mixing_ratio=2" in output and "1 of 2 jobs failed" in output
     client, runs = runs_in("o2o-failing")
     parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
-    assert parent.info.status == "FAILED" and "buffer.mixing_ratio=2" in parent.data.tags["failed_jobs"]
+    assert parent.info.status == "FAILED" and "algo.mixing_ratio=2" in parent.data.tags["failed_jobs"]
     finished = [r for r in runs if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"]
-    assert len(finished) == 1 and finished[0].data.params["buffer.mixing_ratio"] == "0.5"
+    assert len(finished) == 1 and finished[0].data.params["algo.mixing_ratio"] == "0.5"

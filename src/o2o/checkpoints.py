@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from o2o.run_state import RunState
+
 log = logging.getLogger("o2o")
 
 LATEST, FINAL = "latest.pt", "final.pt"
@@ -59,18 +61,18 @@ class Checkpoints:
     def __init__(self, run_dir: Path):
         self.folder = Path(run_dir) / "checkpoints"
 
-    def load(self) -> dict | None:
+    def load(self) -> RunState | None:
         """The final checkpoint if the run finished, else the latest one, else None."""
         for name in (FINAL, LATEST):
             path = self.folder / name
             if path.exists():
-                return torch.load(path, map_location="cpu", weights_only=False)
+                return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=False))
         return None
 
-    def save(self, payload: dict, final: bool = False) -> Path:
-        path = save_atomic(payload, self.folder / (FINAL if final else LATEST))
-        progress = {"stage": payload.get("stage"), "grad_steps": payload.get("agent", {}).get("grad_steps"),
-                    "env_steps": payload.get("online", {}).get("env_steps", 0)}
+    def save(self, state: RunState) -> Path:
+        path = save_atomic(state.to_dict(), self.folder / (FINAL if state.finished else LATEST))
+        progress = {"stage": state.stage, "grad_steps": (state.agent or {}).get("grad_steps"),
+                    "env_steps": state.online.env_steps if state.online else 0}
         tmp = self.folder / "progress.json.tmp"
         tmp.write_text(json.dumps(progress))
         os.replace(tmp, self.folder / "progress.json")

@@ -11,8 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from o2o.config import ConfigError, register_schema, validate
-from o2o.data.dataset import DatasetError
+from o2o import metrics as M
+from o2o.config import register_schema, validate
+from o2o.errors import UserError
 
 log = logging.getLogger("o2o")
 CONFIG_MODULE = "o2o_conf"
@@ -35,18 +36,26 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
         final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
-    except (ConfigError, DatasetError) as err:
+    except UserError as err:
         log.error("%s", err)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweep records this job as failed and goes on with the others
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    score = final.get("online/normalized_score", final.get("offline/normalized_score"))
+    score = final.get(M.summary(M.ONLINE, M.NORMALIZED_SCORE), final.get(M.summary(M.OFFLINE, M.NORMALIZED_SCORE)))
     return score
 
 
 def main() -> None:
     hydra_main()
+
+
+def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """The composed (unvalidated) config for command-line style overrides, without running anything."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[str] = (),
@@ -58,11 +67,8 @@ def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[s
     import time
     from pathlib import Path
 
-    from hydra import compose, initialize_config_module
-
     overrides = [f"env={env}", f"algo={algo}", *overrides]
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     if run_dir is None:
         run_dir = str(Path("outputs/runs") / env / algo / f"seed{cfg.seed}" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     return _run(cfg, run_dir, overrides)

@@ -101,11 +101,13 @@ def _fix_joint_type_checks() -> None:
         setattr(mujoco_utils, fn.__name__, fn)
 
 
-def make_env(cfg: EnvConfig, *, training: bool = True, seed: int | None = None) -> gym.Env:
+def make_env(cfg: EnvConfig, *, binary_reward: bool = False, training: bool = True,
+             seed: int | None = None) -> gym.Env:
     """Build the configured env with a flat float32 observation.
 
-    Training envs apply the binary reward and end on success when the config
-    asks for it; evaluation envs keep the full horizon so scores compare.
+    With ``binary_reward`` (the domain's rule) the reward becomes -1 / 0 on
+    success; training envs then end on success, evaluation envs keep the full
+    horizon so scores compare.
     """
     _register_robotics()
     kwargs = dict(cfg.gym_kwargs)
@@ -115,14 +117,10 @@ def make_env(cfg: EnvConfig, *, training: bool = True, seed: int | None = None) 
     env = FlatObservation(env, cfg.obs_keys)
     if cfg.gym_id.startswith("FrankaKitchen"):
         env = SuccessFromTasks(env)
-    if cfg.reward.binary_from_success:
+    if binary_reward:
         env = BinarySuccessReward(env, terminate_on_success=training)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
 
-
-def transform_reward(reward, cfg: EnvConfig):
-    """The reward the learner sees: ``r * scale + bias`` (arrays or scalars)."""
-    return reward * cfg.reward.scale + cfg.reward.bias

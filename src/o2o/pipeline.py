@@ -1,34 +1,109 @@
-"""config -> dataset -> reference returns -> offline pre-training -> online fine-tuning -> evaluation."""
+"""config -> dataset -> reference returns -> offline pre-training -> online fine-tuning -> evaluation.
+
+:func:`run_pipeline` reads as the list of those steps; each step is a small
+function below it.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from o2o import metrics as M
+from o2o.agents.core import ActorCritic
 from o2o.agents.cql import CQL
 from o2o.agents.iql import IQL
 from o2o.agents.sac import SAC
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
-from o2o.config import Config, ConfigError
-from o2o.data.dataset import dataset_reference_scores, load_offline_data
-from o2o.envs import make_env, transform_reward
+from o2o.config import CQLConfig, Config, IQLConfig, SACConfig
+from o2o.data.dataset import OfflineData, dataset_reference_scores, load_offline_data
+from o2o.envs import make_env
+from o2o.errors import ConfigError
 from o2o.report import run_plot
-from o2o.returns import returns_to_go
+from o2o.returns import label_rewards
+from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RunState
 from o2o.stages.common import RunContext
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
-from o2o.tracking import Tracker
+from o2o.tracking import PARENT_RUN_ENV, Tracker
 
 log = logging.getLogger("o2o")
 
-AGENTS = {"cql": CQL, "calql": CQL, "iql": IQL, "sac": SAC, "rlpd": SAC}
+AGENTS = {CQLConfig: CQL, IQLConfig: IQL, SACConfig: SAC}  # by the algorithm's schema
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
+                 tags: dict | None = None) -> dict[str, float]:
+    """Run every stage of one job and log it to MLflow; returns the final metrics.
+
+    A run directory that holds a checkpoint resumes from it, in the same
+    MLflow run; one that holds a finished run returns its final metrics.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    checkpoints = Checkpoints(run_dir)
+    resume = load_resume_state(checkpoints, resolved, run_dir)
+    if resume is not None and resume.finished:
+        log.info("%s already finished; nothing to do", run_dir)
+        return resume.final
+    device = setup_runtime(cfg)
+    data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
+    tracker = start_tracking(cfg, run_dir, resolved, data, device, tags)
+    try:
+        offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
+        tracker.set_tags({"stage": "reference_returns"})
+        agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
+        evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
+        state = resume or RunState(config=resolved, run_id=tracker.run_id)
+        ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress)
+        resume_rng = None
+        if resume is not None:
+            agent.restore(resume.agent)
+            if resume.stage == OFFLINE_STAGE:
+                restore_rng(resume.rng, [evaluator.env])
+            else:
+                resume_rng = resume.rng
+        with ctx.guard:
+            try:
+                final = run_stages(agent, offline, cfg, ctx, resume_rng)
+            except Preempted as stop:
+                log.warning("preempted at %s; checkpoint saved in %s", stop, checkpoints.folder)
+                tracker.set_tags({"stage": "preempted"})
+                tracker.flush()
+                ctx.guard.finish()
+        finish(agent, ctx, final, run_dir)
+        return final
+    except KeyboardInterrupt:
+        tracker.end("KILLED")
+        raise
+    except Exception:
+        tracker.end("FAILED")
+        raise
+
+
+def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -> Optional[RunState]:
+    """The run directory's checkpoint, if any; it must come from the same config."""
+    resume = checkpoints.load()
+    if resume is None:
+        return None
+    if resume.config != resolved:
+        raise ConfigError(f"{run_dir} holds a run with another config: resume it with the same overrides, "
+                          "or give this one its own run directory (hydra.run.dir=...)")
+    if not resume.finished:
+        log.info("resuming %s from its %s checkpoint (%d gradient steps)", run_dir, resume.stage,
+                 resume.agent["grad_steps"])
+    return resume
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,41 +128,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def offline_buffer(data, cfg: Config, device: torch.device) -> TransitionBuffer:
-    """Stage 2 applied: transformed rewards and their returns-to-go, on the device."""
-    rewards = transform_reward(data.rewards, cfg.env)
-    fail_reward = float(transform_reward(cfg.env.fail_reward, cfg.env)) if cfg.env.sparse else None
-    mc_returns = returns_to_go(rewards, data.episode_ends, cfg.algo.gamma, fail_reward)
-    buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
-    buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns)
-    return buffer
-
-
-RUN_ID_FILE = "mlflow_run_id"
-PARENT_RUN_ENV = "O2O_PARENT_RUN_ID"
-
-
-def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
-                 tags: dict | None = None) -> dict[str, float]:
-    """Run every stage of one job and log it to MLflow; returns the final metrics.
-
-    A run directory that holds a checkpoint resumes from it, in the same
-    MLflow run; one that holds a finished run returns its final metrics.
-    """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    checkpoints = Checkpoints(run_dir)
-    resume = checkpoints.load()
-    if resume is not None:
-        if resume.get("config") != resolved:
-            raise ConfigError(f"{run_dir} holds a run with another config: resume it with the same overrides, "
-                              "or give this one its own run directory (hydra.run.dir=...)")
-        if resume["stage"] == "final":
-            log.info("%s already finished; nothing to do", run_dir)
-            return resume["final"]
-        log.info("resuming %s from its %s checkpoint (%d gradient steps)", run_dir, resume["stage"],
-                 resume["agent"]["grad_steps"])
+def setup_runtime(cfg: Config) -> torch.device:
+    """Seeds, threads and the device."""
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -95,95 +137,97 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
                     "than fp32 (measured 0.2 vs 7 updates/s at 3x256 on an AVX2 CPU); use precision=fp32 here")
+    return device
 
-    # Stage 1 before MLflow: a missing or mismatched dataset stops the job before anything is written.
+
+@dataclass
+class RunData:
+    offline: Optional[OfflineData]  # None when the algorithm never reads the offline data
+    obs_dim: int
+    act_dim: int
+    ref_min: Optional[float]
+    ref_max: Optional[float]
+
+
+def load_data(cfg: Config) -> RunData:
+    """Stage 1: the env's shapes, the offline data (if the algorithm uses it) and the reference scores."""
     probe_env = make_env(cfg.env, training=True)
     obs_shape, act_shape = probe_env.observation_space.shape, probe_env.action_space.shape
     probe_env.close()
-    if cfg.algo.offline_data:
-        data = load_offline_data(cfg.env, obs_shape, act_shape)
+    if cfg.algo.uses_offline_data:
+        data = load_offline_data(cfg.env, obs_shape, act_shape, cfg.domain.reward.binary_from_success)
         data_min, data_max = data.ref_min_score, data.ref_max_score
     else:  # online from scratch: the dataset is only asked for its reference scores
         data = None
         data_min, data_max = dataset_reference_scores(cfg.env)
-    ref_min = data_min if data_min is not None else cfg.env.ref_min_score
-    ref_max = data_max if data_max is not None else cfg.env.ref_max_score
+    return RunData(data, obs_shape[0], act_shape[0],
+                   data_min if data_min is not None else cfg.env.ref_min_score,
+                   data_max if data_max is not None else cfg.env.ref_max_score)
 
+
+def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, device: torch.device,
+                   tags: dict | None) -> Tracker:
+    """The run's MLflow run (continued when the run dir has one), with its params and resolved config."""
     run_id_file = run_dir / RUN_ID_FILE
     run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
     run_tags = {"env": cfg.env.name, "algo": cfg.algo.name, "dataset": cfg.env.dataset.id or cfg.env.dataset.path,
                 "seed": str(cfg.seed), "stage": "dataset", "device": str(device), "run_dir": str(run_dir),
                 **(tags or {})}
-    tracker = Tracker(cfg.experiment, cfg.run_name or f"{cfg.algo.name}-{cfg.env.name}-s{cfg.seed}", resolved,
-                      run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV))
+    tracker = Tracker(cfg.mlflow_experiment, cfg.run_name or f"{cfg.algo.name}-{cfg.env.name}-s{cfg.seed}",
+                      resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV))
     run_id_file.write_text(tracker.run_id)
-    try:
-        if run_id is None:
-            config_path = run_dir / "resolved_config.yaml"
-            config_path.write_text(OmegaConf.to_yaml(resolved))
-            tracker.log_artifact(config_path)
-            tracker.log_params({"data.ref_min_score": ref_min, "data.ref_max_score": ref_max})
-            if data is not None:
-                tracker.log_params({"data.transitions": len(data), "data.episodes": data.num_episodes})
-        offline = None
-        if data is not None:
-            log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s",
-                     data.source, len(data), data.num_episodes, ref_min, ref_max)
-            offline = offline_buffer(data, cfg, device)
-            tracker.set_tags({"stage": "reference_returns"})
-        obs_dim, act_dim = obs_shape[0], act_shape[0]
-        agent = AGENTS[cfg.algo.name](obs_dim, act_dim, cfg.algo, device, cfg.precision)
-        evaluator = Evaluator(cfg.env, ref_min, ref_max, cfg.seed)
-        ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, progress=cfg.progress,
-                         payload={"config": resolved, "run_id": tracker.run_id,
-                                  "eval_history": list(resume.get("eval_history", [])) if resume else []})
-        stage = resume["stage"] if resume else None
-        if resume:
-            agent.restore(resume["agent"])
-            if stage == "offline":
-                restore_rng(resume["rng"], [evaluator.env])
-
-        with ctx.guard:
-            try:
-                final = run_stages(agent, offline, cfg, ctx, resume)
-            except Preempted as stop:
-                log.warning("preempted at %s; checkpoint saved in %s", stop, checkpoints.folder)
-                tracker.set_tags({"stage": "preempted"})
-                tracker.flush()
-                ctx.guard.finish()
-
-        checkpoints.save({**ctx.payload, "stage": "final", "final": final, "agent": agent.checkpoint()}, final=True)
-        tracker.log_artifact(checkpoints.folder / FINAL, "checkpoints")
-        tracker.log_metrics({f"final/{k.replace('/', '_')}": v for k, v in final.items()}, agent.grad_steps)
-        tracker.flush()
-        tracker.log_artifact(run_plot(tracker.client, tracker.run_id, run_dir / "plots" / "run.png"), "plots")
-        tracker.set_tags({"stage": "finished"})
-        tracker.end("FINISHED")
-        return final
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
-    except Exception:
-        tracker.end("FAILED")
-        raise
+    if run_id is None:
+        config_path = run_dir / "resolved_config.yaml"
+        config_path.write_text(OmegaConf.to_yaml(resolved))
+        tracker.log_artifact(config_path)
+        tracker.log_params({"data.ref_min_score": data.ref_min, "data.ref_max_score": data.ref_max})
+        if data.offline is not None:
+            tracker.log_params({"data.transitions": len(data.offline), "data.episodes": data.offline.num_episodes})
+    if data.offline is not None:
+        log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s", data.offline.source,
+                 len(data.offline), data.offline.num_episodes, data.ref_min, data.ref_max)
+    return tracker
 
 
-def run_stages(agent, offline, cfg: Config, ctx: RunContext, resume: dict | None) -> dict[str, float]:
+def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
+    """Stage 2 applied: labelled offline transitions (transformed rewards, returns-to-go), on the device."""
+    rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo.gamma)
+    buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
+    buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns)
+    return buffer
+
+
+def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device) -> ActorCritic:
+    return AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, cfg.precision)
+
+
+def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Config, ctx: RunContext,
+               resume_rng: Optional[dict]) -> dict[str, float]:
     """Offline pre-training, then online fine-tuning, each from its checkpoint when resuming."""
-    stage = resume["stage"] if resume else None
+    state = ctx.state
     final: dict[str, float] = {}
-    if cfg.algo.pretrain and cfg.schedule.offline_steps and stage in (None, "offline"):
+    if cfg.algo.pretrain and cfg.schedule.offline_steps and state.stage == OFFLINE_STAGE:
         ctx.tracker.set_tags({"stage": "offline"})
-        final.update(pretrain(agent, offline, cfg.buffer.batch_size, cfg.schedule.offline_steps,
-                              cfg.algo.calibrated and cfg.algo.calibrate_offline, ctx,
-                              resume["offline"] if stage == "offline" else None))
-    elif stage == "online":
-        final.update(resume["offline_final"])
+        final.update(pretrain(agent, offline, cfg.buffer.batch_size, cfg.schedule.offline_steps, ctx))
+    elif state.stage == ONLINE_STAGE:
+        final.update(state.offline_final)
     if cfg.schedule.online_steps:
         ctx.tracker.set_tags({"stage": "online"})
-        ctx.payload["offline_final"] = final.copy()
+        state.offline_final = final.copy()
         online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device)
-        sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.mixing_ratio)
-        final.update(finetune(agent, sampler, cfg, cfg.seed, ctx, resume["online"] if stage == "online" else None,
-                              resume["rng"] if stage == "online" else None))
+        sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.algo.mixing_ratio)
+        final.update(finetune(agent, sampler, cfg, ctx, resume_rng))
     return final
+
+
+def finish(agent: ActorCritic, ctx: RunContext, final: dict[str, float], run_dir: Path) -> None:
+    """The final checkpoint, final metrics, plots and the FINISHED status."""
+    tracker, state = ctx.tracker, ctx.state
+    state.stage, state.final, state.agent = FINAL_STAGE, final, agent.checkpoint()
+    ctx.checkpoints.save(state)
+    tracker.log_artifact(ctx.checkpoints.folder / FINAL, "checkpoints")
+    tracker.log_metrics({M.final(k): v for k, v in final.items()}, agent.grad_steps)
+    tracker.flush()
+    tracker.log_artifact(run_plot(tracker.client, tracker.run_id, run_dir / "plots" / "run.png"), "plots")
+    tracker.set_tags({"stage": "finished"})
+    tracker.end("FINISHED")

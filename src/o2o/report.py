@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from o2o import metrics as M
 from o2o.tracking import default_tracking_uri, outputs_dir
 
-SCORE = {"offline": "offline/eval/normalized_score", "online": "online/eval/normalized_score"}
-REGRET = "online/cumulative_regret"
-Q_KEYS = ("q_data", "q_policy", "mc_return")
-HISTORY_KEYS = (*SCORE.values(), REGRET, *(f"{phase}/train/{k}" for phase in ("offline", "online") for k in Q_KEYS))
+SCORE = {phase: M.evaluation(phase, M.NORMALIZED_SCORE) for phase in M.PHASES}
+REGRET = M.CUMULATIVE_REGRET
+Q_KEYS = (M.Q_DATA, M.Q_POLICY, M.MC_RETURN)
+HISTORY_KEYS = (*SCORE.values(), REGRET, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
 
 
 @dataclass
@@ -43,7 +44,7 @@ class RunRecord:
 
     def dip(self, fraction: float) -> float:
         """Lowest online score within the first ``fraction`` of fine-tuning (the first point if none falls there)."""
-        points = self.history.get(SCORE["online"])
+        points = self.history.get(SCORE[M.ONLINE])
         if not points:
             return math.nan
         window = [v for s, v in points if s <= fraction * self.online_steps] or [points[0][1]]
@@ -112,8 +113,8 @@ def results_table(records: list[RunRecord], dip_fraction: float = 0.25) -> list[
     rows = []
     for (env, algo), runs in sorted(groups.items()):
         row = {"env": env, "algo": algo, "dataset": ",".join(sorted({r.dataset for r in runs})), "seeds": len(runs)}
-        for name, values in (("offline", [r.last(SCORE["offline"]) for r in runs]),
-                             ("final", [r.last(SCORE["online"]) for r in runs]),
+        for name, values in (("offline", [r.last(SCORE[M.OFFLINE]) for r in runs]),
+                             ("final", [r.last(SCORE[M.ONLINE]) for r in runs]),
                              ("dip", [r.dip(dip_fraction) for r in runs]),
                              ("regret", [r.last(REGRET) for r in runs])):
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
@@ -166,7 +167,7 @@ def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lamb
     """``series(record, phase)`` gives a run's [(step, value)] for the offline and the online panel."""
     colors = {}
     for algo, runs in sorted(groups.items()):
-        for ax, phase in zip(axes, ("offline", "online")):
+        for ax, phase in zip(axes, M.PHASES):
             band = _band([series(r, phase) for r in runs])
             if band is None:
                 continue
@@ -181,8 +182,8 @@ def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lamb
 def score_series(record: RunRecord, phase: str) -> list[tuple[int, float]]:
     """Evaluation scores; the online curve starts from the pre-trained policy's score at env step 0."""
     points = record.history.get(SCORE[phase], [])
-    offline = record.history.get(SCORE["offline"])
-    if phase == "online" and offline and points and points[0][0] > 0:
+    offline = record.history.get(SCORE[M.OFFLINE])
+    if phase == M.ONLINE and offline and points and points[0][0] > 0:
         points = [(0, offline[-1][1]), *points]
     return points
 
@@ -227,12 +228,12 @@ def qcal_figure(records: list[RunRecord], title: str):
     algos = sorted(groups)
     fig, axes = plt.subplots(len(algos), 2, figsize=(11, 2.8 * len(algos)), squeeze=False,
                              gridspec_kw={"width_ratios": [1, 2]})
-    styles = {"q_data": ("Q(s, a) on dataset actions", "-", "C0"),
-              "q_policy": ("Q(s, a) on policy actions", "--", "C3"),
-              "mc_return": ("Monte-Carlo return", ":", "k")}
+    styles = {M.Q_DATA: ("Q(s, a) on dataset actions", "-", "C0"),
+              M.Q_POLICY: ("Q(s, a) on policy actions", "--", "C3"),
+              M.MC_RETURN: ("Monte-Carlo return", ":", "k")}
     for row, algo in zip(axes, algos):
         for key, (label, linestyle, color) in styles.items():
-            _plot_phases(row, {algo: groups[algo]}, lambda r, phase, key=key: r.history.get(f"{phase}/train/{key}", []),
+            _plot_phases(row, {algo: groups[algo]}, lambda r, phase, key=key: r.history.get(M.train(phase, key), []),
                          label_of=lambda _, label=label: label, style={"linestyle": linestyle, "color": color})
         row[0].set_ylabel(algo)
         row[1].axvline(0, color="k", linestyle="--", linewidth=1)
@@ -308,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--algo", nargs="+")
     parser.add_argument("--dataset")
     parser.add_argument("--parent", help="only the children of this sweep's parent run")
-    parser.add_argument("--filter", help="an extra MLflow search filter, e.g. \"params.buffer.mixing_ratio = '0.5'\"")
+    parser.add_argument("--filter", help="an extra MLflow search filter, e.g. \"params.algo.mixing_ratio = '0.5'\"")
     parser.add_argument("--dip-fraction", type=float, default=0.25,
                         help="the 'first part of fine-tuning' in which the lowest score is the dip")
     parser.add_argument("--include-unfinished", action="store_true")

@@ -73,6 +73,9 @@ def ensure_experiment(client, name: str, uri: str) -> str:
         return found.experiment_id
 
 
+PARENT_RUN_ENV = "O2O_PARENT_RUN_ID"  # a sweep's parent run id, handed to its jobs
+
+
 class Tracker:
     """A thin, batching wrapper around one MLflow run."""
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from o2o import metrics as M
 from o2o.agents.networks import EnsembleCritic, TanhGaussianActor
 from o2o.config import AlgoConfig
 
@@ -40,6 +41,7 @@ class ActorCritic(nn.Module):
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.to(device)
         self.grad_steps = 0
+        self.phase: str | None = None
 
     def make_critic(self, act_dim: int | None = None, ensemble_size: int | None = None) -> EnsembleCritic:
         cfg = self.cfg
@@ -78,8 +80,8 @@ class ActorCritic(nn.Module):
     def q_metrics(self, q_data: torch.Tensor, batch: Batch) -> dict:
         """Q on dataset actions against the reference return: the calibration diagnostic every agent logs."""
         q_mean = q_data.detach().mean(0)
-        return {"q_data": q_mean.mean(), "mc_return": batch.mc_returns.mean(),
-                "q_data_minus_mc_return": (q_mean - batch.mc_returns).mean()}
+        return {M.Q_DATA: q_mean.mean(), M.MC_RETURN: batch.mc_returns.mean(),
+                M.Q_DATA_MINUS_MC_RETURN: (q_mean - batch.mc_returns).mean()}
 
     def critic_frozen_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Q for the actor's loss: gradients reach the actions, not the critic weights."""
@@ -100,7 +102,7 @@ class ActorCritic(nn.Module):
         if self.cfg.auto_entropy:
             alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
             loss = loss + alpha_loss
-        return loss, {"actor_loss": actor_loss.detach(), "alpha": self.alpha.detach(),
+        return loss, {M.ACTOR_LOSS: actor_loss.detach(), "alpha": self.alpha.detach(),
                       "entropy": -log_pi.detach().mean()}
 
     def step(self, loss: torch.Tensor) -> None:
@@ -111,8 +113,14 @@ class ActorCritic(nn.Module):
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
         self.grad_steps += 1
 
-    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
-                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+    def begin_phase(self, phase: str) -> None:
+        """Called when offline pre-training (``metrics.OFFLINE``) or online fine-tuning (``metrics.ONLINE``) starts.
+
+        An agent whose losses differ by phase (Cal-QL's calibration) reads its own config here.
+        """
+        self.phase = phase
+
+    def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         """The summed loss of every network this step trains, and metrics as tensors."""
         raise NotImplementedError
 
@@ -121,10 +129,10 @@ class ActorCritic(nn.Module):
         return {"eps_actor": torch.randn(batch_size, 1, self.act_dim, device=self.device),
                 "eps_next": torch.randn(batch_size, 1, self.act_dim, device=self.device)}
 
-    def update(self, batch: Batch, calibrate: bool = False) -> dict:
+    def update(self, batch: Batch) -> dict:
         """One gradient step; returns metrics as tensors (no host sync)."""
         update_actor = self.grad_steps % self.cfg.actor_update_interval == 0
-        loss, metrics = self.compute_losses(batch, self.draw_noise(batch.obs.shape[0]), calibrate, update_actor)
+        loss, metrics = self.compute_losses(batch, self.draw_noise(batch.obs.shape[0]), update_actor)
         self.step(loss)
         return metrics
 

@@ -11,7 +11,9 @@ import math
 
 import torch
 
+from o2o import metrics as M
 from o2o.agents.core import ActorCritic, Batch
+from o2o.metrics import OFFLINE
 from o2o.agents.networks import TanhGaussianActor
 
 
@@ -29,6 +31,7 @@ class CQL(ActorCritic):
             self.log_alpha_prime = torch.nn.Parameter(torch.tensor(1.0, device=device))
             extra.append({"params": [self.log_alpha_prime], "lr": cfg.critic_lr})
         self.build_optimizer(extra)
+        self.calibrate = False  # set per phase by begin_phase
 
     @property
     def n_backup(self) -> int:
@@ -43,8 +46,12 @@ class CQL(ActorCritic):
             "eps_next": torch.randn(batch_size, n + self.n_backup, a, device=dev),  # pi(.|s'): regulariser + backup
         }
 
-    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
-                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+    def begin_phase(self, phase: str) -> None:
+        """Cal-QL's switch: calibrate offline and/or online as ``algo.calibrate_offline/online`` say."""
+        super().begin_phase(phase)
+        self.calibrate = self.cfg.calibrate_offline if phase == OFFLINE else self.cfg.calibrate_online
+
+    def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         cfg, n = self.cfg, self.cfg.n_actions
         with self.autocast():
             mean, log_std = self.actor(batch.obs)
@@ -64,8 +71,8 @@ class CQL(ActorCritic):
         q_random, q_current, q_next = q_all[..., 1:].split(n, dim=-1)
 
         metrics = {}
-        if calibrate:
-            q_current, q_next, metrics["calql_bound_rate"] = calql_bound(q_current, q_next,
+        if self.calibrate:
+            q_current, q_next, metrics[M.CALQL_BOUND_RATE] = calql_bound(q_current, q_next,
                                                                          batch.mc_returns.view(1, -1, 1))
 
         if cfg.importance_sampling:
@@ -95,8 +102,8 @@ class CQL(ActorCritic):
             metrics.update(actor_metrics)
         metrics.update(self.q_metrics(q_data, batch))
         metrics.update({
-            "critic_loss": critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-            "cql_gap": cql_gap.detach().mean(), "q_policy": q_current.detach().mean(),
+            M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+            "cql_gap": cql_gap.detach().mean(), M.Q_POLICY: q_current.detach().mean(),
             "q_random": q_random.detach().mean(), "td_target": td_target.mean(),
         })
         return loss, metrics

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from o2o import metrics as M
 from o2o.agents.core import ActorCritic, Batch
 from o2o.agents.networks import TanhGaussianActor
 
@@ -31,8 +32,7 @@ class IQL(ActorCritic):
     def draw_noise(self, batch_size: int) -> dict:
         return {}
 
-    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
-                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+    def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg
         with self.autocast():
             with torch.no_grad():
@@ -52,8 +52,8 @@ class IQL(ActorCritic):
             log_pi = TanhGaussianActor.log_prob(mean, log_std, batch.actions)
             actor_loss = -(weights * log_pi).mean()
             loss = loss + actor_loss
-            metrics = {"actor_loss": actor_loss.detach(), "awr_weight": weights.mean(), "log_pi_data": log_pi.detach().mean()}
+            metrics = {M.ACTOR_LOSS: actor_loss.detach(), "awr_weight": weights.mean(), "log_pi_data": log_pi.detach().mean()}
         metrics.update(self.q_metrics(q_data, batch))
-        metrics.update({"critic_loss": critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
                         "value_loss": value_loss.detach(), "v": v.detach().mean(), "td_target": td_target.mean()})
         return loss, metrics

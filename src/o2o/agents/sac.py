@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from o2o import metrics as M
 from o2o.agents.core import ActorCritic, Batch
 from o2o.agents.networks import TanhGaussianActor
 
@@ -18,8 +19,7 @@ class SAC(ActorCritic):
         super().__init__(obs_dim, act_dim, cfg, device, precision)
         self.build_optimizer()
 
-    def compute_losses(self, batch: Batch, noise: dict, calibrate: bool,
-                       update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+    def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         with self.autocast():
             with torch.no_grad():
                 next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), noise["eps_next"])
@@ -37,6 +37,6 @@ class SAC(ActorCritic):
                 actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
             loss = loss + actor_loss
         metrics.update(self.q_metrics(q_data, batch))
-        metrics.update({"critic_loss": critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
                         "td_target": td_target.mean()})
         return loss, metrics

@@ -15,10 +15,7 @@ from typing import Optional
 import numpy as np
 
 from o2o.config import EnvConfig
-
-
-class DatasetError(RuntimeError):
-    """The dataset is missing or does not fit the environment; the message says what to do."""
+from o2o.errors import DatasetError
 
 
 @dataclass
@@ -72,7 +69,7 @@ def apply_binary_success(data: OfflineData) -> OfflineData:
     keeps no steps.
     """
     if data.success is None:
-        raise DatasetError(f"{data.source}: env.reward.binary_from_success needs per-step task success "
+        raise DatasetError(f"{data.source}: domain.reward.binary_from_success needs per-step task success "
                            "(infos/success in Minari, infos/goal_achieved in D4RL HDF5), and this dataset has none")
     keep = np.zeros(len(data), dtype=bool)
     for episode in episode_slices(data.episode_ends):
@@ -219,15 +216,19 @@ def load_d4rl_hdf5(path: str) -> OfflineData:
 # --------------------------------------------------------------------------- entry point
 
 
-def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> OfflineData:
-    """Load the configured dataset and check that it fits the env; build it first if a collector is set."""
+def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tuple,
+                      binary_from_success: bool = False) -> OfflineData:
+    """Load the configured dataset and check that it fits the env; build it first if a collector is set.
+
+    ``binary_from_success`` (the domain's reward rule) turns it into the binary-reward data.
+    """
     if cfg.dataset.path:
         data = load_d4rl_hdf5(cfg.dataset.path)
     else:
         _collect_if_missing(cfg)
         data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download)
     check_matches_env(data, cfg, observation_shape, action_shape)
-    if cfg.reward.binary_from_success:
+    if binary_from_success:
         data = apply_binary_success(data)
         if len(data) == 0:
             raise DatasetError(f"{data.source}: no episode reaches task success, so the binary-reward data is empty")
@@ -257,8 +258,8 @@ def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[
 
 def _collect_if_missing(cfg: EnvConfig) -> None:
     """Datasets with a collector are built on first use; parallel jobs wait for the first one."""
-    if cfg.dataset.collector and not minari_is_local(cfg.dataset.id):
-        from o2o.data.collectors import collect_dataset
+    if cfg.dataset.collector is not None and not minari_is_local(cfg.dataset.id):
+        from o2o.data.build.collectors import collect_dataset
 
         with _collection_lock():
             if not minari_is_local(cfg.dataset.id):

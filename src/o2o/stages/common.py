@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from o2o import metrics as M
 from o2o.checkpoints import Checkpoints, PreemptionGuard, capture_rng
 from o2o.config import ScheduleConfig
+from o2o.run_state import RunState
 from o2o.tracking import Tracker
 
 log = logging.getLogger("o2o")
@@ -48,9 +50,9 @@ class RunContext:
     evaluator: Any  # o2o.stages.evaluate.Evaluator
     schedule: ScheduleConfig
     checkpoints: Checkpoints
+    state: RunState  # what a checkpoint holds; the stages keep their progress in it
     guard: PreemptionGuard = field(default_factory=PreemptionGuard)
     progress: bool = True
-    payload: dict = field(default_factory=dict)  # run-wide checkpoint entries: run id, config, earlier stages
 
     def progress_bar(self, total: int, desc: str, initial: int = 0):
         # disable=None: quiet when output is not a terminal
@@ -59,13 +61,14 @@ class RunContext:
 
     def evaluate(self, agent, phase: str, step: int) -> dict[str, float]:
         results = self.evaluator(agent)
-        self.payload.setdefault("eval_history", []).append({"phase": phase, "step": step, **results})
-        self.tracker.log_metrics({f"{phase}/eval/{k}": v for k, v in results.items()}, step)
+        self.state.eval_history.append({"phase": phase, "step": step, **results})
+        self.tracker.log_metrics({M.evaluation(phase, k): v for k, v in results.items()}, step)
         log.info("%s eval @ %d: %s", phase, step, ", ".join(f"{k}={v:.3f}" for k, v in results.items()))
         return results
 
-    def save(self, agent, stage: str, state: dict, envs: list, rng: dict | None = None) -> None:
+    def save(self, agent, stage: str, envs: list, rng: dict | None = None) -> None:
         """Checkpoint the run as it stands; metrics logged so far are sent first."""
         self.tracker.flush()
-        self.checkpoints.save({**self.payload, "stage": stage, stage: state, "agent": agent.checkpoint(),
-                               "rng": rng if rng is not None else capture_rng(envs)})
+        self.state.stage, self.state.agent = stage, agent.checkpoint()
+        self.state.rng = rng if rng is not None else capture_rng(envs)
+        self.checkpoints.save(self.state)

@@ -5,8 +5,10 @@ import math
 
 import numpy as np
 
-from o2o.config import EnvConfig
+from o2o import metrics as M
+from o2o.config import Config
 from o2o.envs import make_env
+from o2o.rollout import rollout
 
 
 def normalized_score(episode_return: float, ref_min: float | None, ref_max: float | None) -> float:
@@ -17,26 +19,17 @@ def normalized_score(episode_return: float, ref_min: float | None, ref_max: floa
 
 
 class Evaluator:
-    """Runs the policy's deterministic action tanh(mean) for the configured number of episodes."""
+    """Runs the policy's deterministic action tanh(mean) for the domain's number of episodes."""
 
-    def __init__(self, cfg: EnvConfig, ref_min: float | None, ref_max: float | None, seed: int):
-        self.cfg, self.ref_min, self.ref_max = cfg, ref_min, ref_max
-        self.env = make_env(cfg, training=False, seed=seed + 10_000)
+    def __init__(self, cfg: Config, ref_min: float | None, ref_max: float | None):
+        self.episodes, self.success_steps = cfg.domain.eval_episodes, cfg.env.success_steps
+        self.ref_min, self.ref_max = ref_min, ref_max
+        self.env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, training=False,
+                            seed=cfg.seed + 10_000)
 
     def __call__(self, agent) -> dict[str, float]:
-        returns, successes, lengths = [], [], []
-        for _ in range(self.cfg.eval_episodes):
-            obs, _ = self.env.reset()
-            done, total, success_steps, length = False, 0.0, 0, 0
-            while not done:
-                obs, reward, terminated, truncated, info = self.env.step(agent.act(obs, deterministic=True))
-                total += float(info.get("task_reward", reward))
-                success_steps += bool(info.get("success", False))
-                length += 1
-                done = terminated or truncated
-            returns.append(total)
-            successes.append(success_steps >= self.cfg.success_steps)
-            lengths.append(length)
-        mean_return = float(np.mean(returns))
-        return {"return": mean_return, "normalized_score": normalized_score(mean_return, self.ref_min, self.ref_max),
-                "success_rate": float(np.mean(successes)), "episode_length": float(np.mean(lengths))}
+        runs = [rollout(self.env, lambda obs: agent.act(obs, deterministic=True)) for _ in range(self.episodes)]
+        mean_return = float(np.mean([sum(run.task_rewards.tolist()) for run in runs]))
+        return {M.RETURN: mean_return, M.NORMALIZED_SCORE: normalized_score(mean_return, self.ref_min, self.ref_max),
+                M.SUCCESS_RATE: float(np.mean([run.success[1:].sum() >= self.success_steps for run in runs])),
+                M.EPISODE_LENGTH: float(np.mean([len(run) for run in runs]))}

@@ -3,47 +3,52 @@ from __future__ import annotations
 
 import time
 
+from o2o import metrics as M
 from o2o.buffers import TransitionBuffer
 from o2o.checkpoints import Preempted
+from o2o.run_state import OFFLINE_STAGE, OfflineProgress
 from o2o.stages.common import MetricAverager, RunContext, log
 
 
-def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, calibrate: bool, ctx: RunContext,
-             resume: dict | None = None) -> dict[str, float]:
+def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, ctx: RunContext) -> dict[str, float]:
     """Train on offline batches; evaluate, log and checkpoint at the schedule's intervals.
 
-    ``resume`` is this stage's entry of a checkpoint: training continues after its step.
+    Progress lives in ``ctx.state.offline``: a resumed run continues after its step.
     """
     sched = ctx.schedule
-    resume = resume or {"step": 0, "averager": None, "results": {}}
-    averager, results = MetricAverager(resume["averager"]), resume["results"]
+    progress = ctx.state.offline = ctx.state.offline or OfflineProgress()
+    averager = MetricAverager(progress.averager)
     envs = [ctx.evaluator.env]
-    start = resume["step"]
+    start = progress.step
     started, last_time, last_step = time.perf_counter(), time.perf_counter(), start
+    agent.begin_phase(M.OFFLINE)
 
     def checkpoint(step: int) -> None:
-        ctx.save(agent, "offline", {"step": step, "averager": averager.state(), "results": results}, envs)
+        progress.step, progress.averager = step, averager.state()
+        ctx.save(agent, OFFLINE_STAGE, envs)
 
     with ctx.progress_bar(steps, "offline pre-training", initial=start) as bar:
         for step in range(start + 1, steps + 1):
-            averager.add(agent.update(data.sample(batch_size), calibrate=calibrate))
+            averager.add(agent.update(data.sample(batch_size)))
             if step % sched.log_interval == 0 or step == steps:
                 now = time.perf_counter()
                 metrics = averager.pop_means()
-                metrics["updates_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
+                metrics[M.UPDATES_PER_SECOND] = (step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
-                ctx.tracker.log_metrics({f"offline/train/{k}": v for k, v in metrics.items()}, step)
+                ctx.tracker.log_metrics({M.train(M.OFFLINE, k): v for k, v in metrics.items()}, step)
                 bar.update(step - bar.n)
-                bar.set_postfix(critic=f"{metrics['critic_loss']:.3g}", ups=f"{metrics['updates_per_second']:.1f}")
+                bar.set_postfix(critic=f"{metrics[M.CRITIC_LOSS]:.3g}", ups=f"{metrics[M.UPDATES_PER_SECOND]:.1f}")
                 log.info("offline step %d/%d: critic_loss=%.4f q_data=%.3f mc_return=%.3f updates/s=%.1f", step, steps,
-                         metrics["critic_loss"], metrics["q_data"], metrics["mc_return"], metrics["updates_per_second"])
+                         metrics[M.CRITIC_LOSS], metrics[M.Q_DATA], metrics[M.MC_RETURN],
+                         metrics[M.UPDATES_PER_SECOND])
             if (sched.eval_interval_offline and step % sched.eval_interval_offline == 0) or step == steps:
-                results = ctx.evaluate(agent, "offline", step)
+                progress.results = ctx.evaluate(agent, M.OFFLINE, step)
             if sched.checkpoint_interval and step % sched.checkpoint_interval == 0 and step < steps:
                 checkpoint(step)
             if ctx.guard.requested:
                 checkpoint(step)
                 raise Preempted(f"offline step {step}")
+    progress.step = steps
     elapsed = time.perf_counter() - started
-    return {**{f"offline/{k}": v for k, v in results.items()},
-            "offline/updates_per_second": (steps - start) / elapsed if elapsed else 0.0}
+    return {**{M.summary(M.OFFLINE, k): v for k, v in progress.results.items()},
+            M.summary(M.OFFLINE, M.UPDATES_PER_SECOND): (steps - start) / elapsed if elapsed else 0.0}

@@ -16,6 +16,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from o2o.config import EnvConfig
+from o2o.errors import DatasetError
+from o2o.rollout import rollout
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +57,8 @@ class WaypointController:
         return np.clip(action, -1.0, 1.0).astype(np.float32)
 
 
-def _run_episode(env: gym.Env, policy, seed: int):
-    obs, info = env.reset(seed=seed)
-    observations = {k: [v] for k, v in obs.items()}
-    actions, rewards, terms, truncs, successes = [], [], [], [], [bool(info.get("success", False))]
-    done = False
-    while not done:
-        action = policy(obs)
-        obs, reward, terminated, truncated, info = env.step(action)
-        for k, v in obs.items():
-            observations[k].append(v)
-        actions.append(action)
-        rewards.append(float(reward))
-        terms.append(bool(terminated))
-        truncs.append(bool(truncated))
-        successes.append(bool(info.get("success", False)))
-        done = terminated or truncated
-    return observations, actions, rewards, terms, truncs, successes
-
-
 def _mean_return(env: gym.Env, policy, episodes: int, seed: int) -> float:
-    return float(np.mean([sum(_run_episode(env, policy, seed + i)[2]) for i in range(episodes)]))
+    return float(np.mean([rollout(env, policy, seed=seed + i).rewards.sum() for i in range(episodes)]))
 
 
 def collect_pointmaze_waypoints(cfg: EnvConfig, reference_episodes: int = 20) -> None:
@@ -88,33 +71,32 @@ def collect_pointmaze_waypoints(cfg: EnvConfig, reference_episodes: int = 20) ->
     kwargs = dict(cfg.gym_kwargs, max_episode_steps=cfg.max_episode_steps)
     env = gym.make(cfg.gym_id, **kwargs)
     controller = WaypointController(env.unwrapped.maze)
-    rng = np.random.default_rng(cfg.dataset.collect_seed)
+    rng = np.random.default_rng(cfg.dataset.collector.seed)
 
     def noisy(obs):
-        noise = rng.normal(0.0, cfg.dataset.collect_noise, size=env.action_space.shape)
+        noise = rng.normal(0.0, cfg.dataset.collector.noise, size=env.action_space.shape)
         return np.clip(controller(obs) + noise, -1.0, 1.0).astype(np.float32)
 
     buffers, steps, episode = [], 0, 0
-    with tqdm(total=cfg.dataset.collect_steps, desc=f"collect {cfg.dataset.id}", disable=None) as bar:
-        while steps < cfg.dataset.collect_steps:
-            seed = cfg.dataset.collect_seed * 1_000_003 + episode
-            observations, actions, rewards, terms, truncs, successes = _run_episode(env, noisy, seed)
+    with tqdm(total=cfg.dataset.collector.steps, desc=f"collect {cfg.dataset.id}", disable=None) as bar:
+        while steps < cfg.dataset.collector.steps:
+            seed = cfg.dataset.collector.seed * 1_000_003 + episode
+            run = rollout(env, noisy, seed=seed)
             buffers.append(EpisodeBuffer(
-                id=episode, seed=seed,
-                observations={k: np.asarray(v, dtype=np.float64) for k, v in observations.items()},
-                actions=np.asarray(actions, dtype=np.float32), rewards=rewards, terminations=terms,
-                truncations=truncs, infos={"success": np.asarray(successes, dtype=bool)}))
-            steps += len(rewards)
+                id=episode, seed=seed, observations=run.stacked_observations(np.float64), actions=run.actions,
+                rewards=run.rewards.tolist(), terminations=run.terminations.tolist(),
+                truncations=run.truncations.tolist(), infos={"success": run.success}))
+            steps += len(run)
             episode += 1
-            bar.update(len(rewards))
+            bar.update(len(run))
 
     random_policy = lambda obs: env.action_space.sample()  # noqa: E731
-    env.action_space.seed(cfg.dataset.collect_seed)
+    env.action_space.seed(cfg.dataset.collector.seed)
     ref_min = _mean_return(env, random_policy, reference_episodes, seed=10_000_000)
     ref_max = _mean_return(env, controller, reference_episodes, seed=10_000_000)
     success_rate = np.mean([any(b.infos["success"]) for b in buffers])
     description = (f"Collected by o2o's pointmaze_waypoints collector: BFS waypoints over maze cells, PD control, "
-                   f"Gaussian action noise std {cfg.dataset.collect_noise}, seed {cfg.dataset.collect_seed}, "
+                   f"Gaussian action noise std {cfg.dataset.collector.noise}, seed {cfg.dataset.collector.seed}, "
                    f"{steps} steps in {episode} episodes, success rate {success_rate:.3f}. "
                    f"ref_min_score: uniform random policy, ref_max_score: noiseless controller, "
                    f"{reference_episodes} episodes each.")
@@ -133,8 +115,7 @@ COLLECTORS = {"pointmaze_waypoints": collect_pointmaze_waypoints}
 
 
 def collect_dataset(cfg: EnvConfig) -> None:
-    if cfg.dataset.collector not in COLLECTORS:
-        from o2o.data.dataset import DatasetError
-
-        raise DatasetError(f"unknown env.dataset.collector {cfg.dataset.collector!r}; known: {', '.join(COLLECTORS)}")
-    COLLECTORS[cfg.dataset.collector](cfg)
+    name = cfg.dataset.collector.name
+    if name not in COLLECTORS:
+        raise DatasetError(f"unknown env.dataset.collector.name {name!r}; known: {', '.join(COLLECTORS)}")
+    COLLECTORS[name](cfg)

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from o2o.envs import _register_robotics
+from o2o.rollout import rollout
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,10 @@ def make_adroit(task: str) -> gym.Env:
         return gym.make(TASKS[task], max_episode_steps=HORIZON)
 
 
-def rollout(env: gym.Env, policy, seed: int) -> Episode:
-    obs, info = env.reset(seed=seed)
-    observations, actions, rewards, success = [obs], [], [], [bool(info.get("success", False))]
-    done = terminated = False
-    while not done:
-        action = policy(obs)
-        obs, reward, terminated, truncated, info = env.step(action)
-        observations.append(obs)
-        actions.append(action)
-        rewards.append(reward)
-        success.append(bool(info.get("success", False)))
-        done = terminated or truncated
-    return Episode(np.asarray(observations, np.float32), np.asarray(actions, np.float32),
-                   np.asarray(rewards, np.float32), np.asarray(success, bool), bool(terminated))
+def run_episode(env: gym.Env, policy, seed: int) -> Episode:
+    run = rollout(env, policy, seed=seed)
+    return Episode(run.stacked_observations(), run.actions, run.rewards.astype(np.float32), run.success,
+                   run.terminated)
 
 
 def human_door_episodes(demos_path: str | Path) -> list[Episode]:
@@ -141,8 +132,8 @@ def bc_policy(net: nn.Module, noise: float, rng: np.random.Generator):
 def reference_scores(task: str, expert: DapgPolicy, episodes: int, seed: int) -> tuple[float, float]:
     env = make_adroit(task)
     env.action_space.seed(seed)
-    random_returns = [rollout(env, lambda o: env.action_space.sample(), seed + i).rewards.sum() for i in range(episodes)]
-    expert_returns = [rollout(env, expert, seed + i).rewards.sum() for i in range(episodes)]
+    random_returns = [run_episode(env, lambda o: env.action_space.sample(), seed + i).rewards.sum() for i in range(episodes)]
+    expert_returns = [run_episode(env, expert, seed + i).rewards.sum() for i in range(episodes)]
     env.close()
     return float(np.mean(random_returns)), float(np.mean(expert_returns))
 
@@ -200,7 +191,7 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
         expert = DapgPolicy(assets / f"{task}-v0_expert_policy.npz", rng)
         ref = reference_scores(task, expert, reference_episodes, seed=10_000 + seed)
         env = make_adroit(task)
-        experts = [rollout(env, expert, seed * 100_000 + i)
+        experts = [run_episode(env, expert, seed * 100_000 + i)
                    for i in tqdm(range(expert_episodes), desc=f"{task} expert", disable=None)]
         env.close()
         save(f"{namespace}/{task}/expert-v0", task, experts, ref,
@@ -217,7 +208,7 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
         net = train_bc(human, bc_steps, seed)
         env = make_adroit(task)
         policy = bc_policy(net, bc_noise, rng)
-        cloned = [rollout(env, policy, seed * 100_000 + 50_000 + i)
+        cloned = [run_episode(env, policy, seed * 100_000 + 50_000 + i)
                   for i in tqdm(range(cloned_episodes), desc="door cloned", disable=None)]
         env.close()
         save(f"{namespace}/door/cloned-v0", task, human + cloned, ref,

@@ -1,0 +1,13 @@
+"""The errors a user can fix: each message says what is wrong and what to do. The CLI prints one line and exits 2."""
+
+
+class UserError(Exception):
+    """Bad input, caught before any work starts."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value that cannot work."""
+
+
+class DatasetError(UserError, RuntimeError):
+    """The dataset is missing or does not fit the environment."""

@@ -1,0 +1,64 @@
+"""The one episode loop: online collection, evaluation and the dataset builders all step envs through it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class Episode:
+    observations: list  # T + 1 observations as the env returned them (arrays or dicts)
+    actions: np.ndarray  # (T, A)
+    rewards: np.ndarray  # (T,) float64, as the env returned them
+    task_rewards: np.ndarray  # (T,) float64, the task's own reward (``info["task_reward"]`` under a reward wrapper)
+    terminations: np.ndarray  # (T,) bool
+    truncations: np.ndarray  # (T,) bool
+    success: np.ndarray  # (T + 1,) bool: the reset's ``info["success"]``, then after every step
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def terminated(self) -> bool:
+        return bool(len(self) and self.terminations[-1])
+
+    @property
+    def succeeded(self) -> bool:
+        return bool(self.success[1:].any())
+
+    def stacked_observations(self, dtype=np.float32) -> Any:
+        """(T + 1, D) for array observations, a dict of such arrays for dict observations."""
+        if isinstance(self.observations[0], dict):
+            return {k: np.asarray([o[k] for o in self.observations], dtype=dtype) for k in self.observations[0]}
+        return np.asarray(self.observations, dtype=dtype)
+
+
+def rollout(env, policy: Callable[[Any], np.ndarray], *, seed: Optional[int] = None,
+            max_steps: Optional[int] = None, stop: Callable[[], bool] = lambda: False) -> Optional[Episode]:
+    """Run ``policy`` (observation -> action) for one episode, or its first ``max_steps`` steps.
+
+    ``seed`` reseeds the env at reset (None keeps its stream). Returns None
+    when ``stop()`` turns true before a step: the caller saves and retries later.
+    """
+    obs, info = env.reset(seed=seed) if seed is not None else env.reset()
+    observations, actions, rewards, task_rewards, terms, truncs = [obs], [], [], [], [], []
+    success = [bool(info.get("success", False))]
+    done = False
+    while not done and (max_steps is None or len(rewards) < max_steps):
+        if stop():
+            return None
+        action = policy(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        actions.append(action)
+        rewards.append(float(reward))
+        task_rewards.append(float(info.get("task_reward", reward)))
+        terms.append(bool(terminated))
+        truncs.append(bool(truncated))
+        success.append(bool(info.get("success", False)))
+        done = terminated or truncated
+    return Episode(observations, np.asarray(actions, dtype=np.float32), np.asarray(rewards, dtype=np.float64),
+                   np.asarray(task_rewards, dtype=np.float64), np.asarray(terms, dtype=bool),
+                   np.asarray(truncs, dtype=bool), np.asarray(success, dtype=bool))

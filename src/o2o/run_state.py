@@ -1,0 +1,75 @@
+"""What a checkpoint holds, typed: the run's identity, the agent, and each stage's progress.
+
+Checkpoints store :meth:`RunState.to_dict` (plain dicts and tensors), so
+they load without these classes; :meth:`RunState.from_dict` reads them back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+OFFLINE_STAGE, ONLINE_STAGE, FINAL_STAGE = "offline", "online", "final"
+
+
+def _shallow_dict(obj) -> dict:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+@dataclass
+class OfflineProgress:
+    step: int = 0  # gradient steps taken
+    averager: Optional[dict] = None  # MetricAverager.state() since the last log
+    results: dict = field(default_factory=dict)  # the latest evaluation
+
+
+@dataclass
+class OnlineProgress:
+    env_steps: int = 0
+    episodes: int = 0
+    failures: int = 0  # training episodes without success (regret = failures / episodes)
+    pending_updates: int = 0  # gradient steps still owed to the collected env steps
+    last_log_step: int = 0
+    updates_since_log: int = 0
+    next_eval: int = 0
+    next_checkpoint: int = 0
+    results: dict = field(default_factory=dict)  # the latest evaluation
+    averager: Optional[dict] = None
+    buffer: Optional[dict] = None  # TransitionBuffer.state() of the online buffer
+
+    @property
+    def regret(self) -> float:
+        return self.failures / max(self.episodes, 1)
+
+
+@dataclass
+class RunState:
+    config: dict  # the resolved config the run was started with
+    run_id: str  # MLflow run id
+    stage: str = OFFLINE_STAGE  # the stage the checkpoint was taken in, or "final"
+    agent: Optional[dict] = None  # ActorCritic.checkpoint()
+    rng: Optional[dict] = None  # checkpoints.capture_rng()
+    eval_history: list = field(default_factory=list)
+    offline: Optional[OfflineProgress] = None
+    online: Optional[OnlineProgress] = None
+    offline_final: dict = field(default_factory=dict)  # the offline stage's summary, kept through fine-tuning
+    final: dict = field(default_factory=dict)  # the run's summary, once finished
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _shallow_dict(self)
+        for key in ("offline", "online"):
+            if out[key] is not None:
+                out[key] = _shallow_dict(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> "RunState":
+        state = cls(**{f.name: payload[f.name] for f in fields(cls) if f.name in payload})
+        if isinstance(state.offline, dict):
+            state.offline = OfflineProgress(**state.offline)
+        if isinstance(state.online, dict):
+            state.online = OnlineProgress(**state.online)
+        return state
+
+    @property
+    def finished(self) -> bool:
+        return self.stage == FINAL_STAGE
