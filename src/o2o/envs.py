@@ -49,11 +49,20 @@ class BinarySuccessReward(gym.Wrapper):
 
 
 class SuccessFromTasks(gym.Wrapper):
-    """Franka Kitchen reports the tasks left to do; success is none left."""
+    """Franka Kitchen: ``tasks_solved`` = fraction of the configured tasks completed so far in the episode;
+    success = all of them.
+
+    Read from ``episode_task_completions``, which counts every task once completed whether or not the env
+    removes completed tasks from ``tasks_to_complete`` (the D4RL data keeps them: remove_task_when_completed
+    false).
+    """
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        info["success"] = len(info.get("tasks_to_complete", [None])) == 0
+        goal = self.env.unwrapped.goal
+        done = [task for task in info.get("episode_task_completions", []) if task in goal]
+        info["tasks_solved"] = len(done) / len(goal)
+        info["success"] = len(done) == len(goal)
         return obs, reward, terminated, truncated, info
 
 

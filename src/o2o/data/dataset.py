@@ -130,8 +130,13 @@ def _collection_lock():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True) -> OfflineData:
+def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True,
+                env_cfg: Optional[EnvConfig] = None) -> OfflineData:
+    """A Minari dataset as flat transitions; with ``env_cfg``, first checked against the env it records."""
     dataset = fetch_minari(dataset_id, download)
+    recorded = recorded_env_spec(dict(dataset.storage.metadata))
+    if env_cfg is not None and recorded is not None:
+        check_recorded_env(recorded, env_cfg, f"Minari dataset '{dataset_id}'")
     parts: dict[str, list] = {k: [] for k in ("obs", "next_obs", "act", "rew", "term", "trunc", "success")}
     has_success = True
     for episode in dataset.iterate_episodes():
@@ -159,6 +164,76 @@ def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True) -> 
         ref_min_score=_float_or_none(meta.get("ref_min_score")), ref_max_score=_float_or_none(meta.get("ref_max_score")),
         source=f"minari:{dataset_id}", metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     )
+
+
+IGNORED_KWARGS = ("render_mode",)  # how an env is shown, not which task it is
+
+
+def recorded_env_spec(metadata: dict) -> Optional[dict]:
+    """The env a Minari dataset records for evaluation (``eval_env_spec``), else the one that generated it."""
+    import json
+
+    for key in ("eval_env_spec", "env_spec"):
+        raw = metadata.get(key)
+        if isinstance(raw, str) and raw:
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+def effective_env_kwargs(gym_id: str, gym_kwargs: dict, keys) -> dict:
+    """The kwargs the configured env really runs with, for ``keys``: the config's, else the registration's,
+    else the env constructor's defaults."""
+    import inspect
+
+    import gymnasium as gym
+
+    from o2o.envs import _register_robotics
+
+    _register_robotics()
+    spec = gym.spec(gym_id)
+    merged = {**spec.kwargs, **gym_kwargs}
+    missing = [k for k in keys if k not in merged]
+    if missing:
+        entry = spec.entry_point
+        if isinstance(entry, str):
+            module, _, name = entry.partition(":")
+            entry = getattr(__import__(module, fromlist=[name]), name)
+        for cls in getattr(entry, "__mro__", [entry]):
+            try:
+                params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
+            except (TypeError, ValueError):
+                continue
+            for k in missing:
+                if k in params and params[k].default is not inspect.Parameter.empty and k not in merged:
+                    merged[k] = params[k].default
+    return {k: merged[k] for k in keys if k in merged}
+
+
+def check_recorded_env(recorded: dict, cfg: EnvConfig, source: str) -> None:
+    """Stop with one line when the env option runs another task than the dataset records (id, horizon, kwargs)."""
+    import json
+
+    def same(a, b) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    fix = "set the env option to the dataset's value, or choose the dataset recorded in this env"
+    if recorded.get("id") and recorded["id"] != cfg.gym_id:
+        raise DatasetError(f"{source} records env id {recorded['id']!r}, env {cfg.name} runs {cfg.gym_id!r}: "
+                           f"set env.gym_id={recorded['id']} or {fix}")
+    steps = recorded.get("max_episode_steps")
+    if steps is not None and cfg.max_episode_steps is not None and int(steps) != int(cfg.max_episode_steps):
+        raise DatasetError(f"{source} records max_episode_steps {int(steps)}, env {cfg.name} runs "
+                           f"{cfg.max_episode_steps}: set env.max_episode_steps={int(steps)} or {fix}")
+    kwargs = {k: v for k, v in (recorded.get("kwargs") or {}).items() if k not in IGNORED_KWARGS}
+    ours = effective_env_kwargs(cfg.gym_id, dict(cfg.gym_kwargs), list(kwargs))
+    for key, value in kwargs.items():
+        if key in ours and not same(ours[key], value):
+            raise DatasetError(f"{source} records {key}={json.dumps(value, default=str)}, env {cfg.name} runs "
+                               f"{key}={json.dumps(ours[key], default=str)}: set env.gym_kwargs.{key} to the "
+                               f"recorded value or {fix}")
 
 
 def _flatten_batch(observations, keys: list[str]) -> np.ndarray:
@@ -226,7 +301,7 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         data = load_d4rl_hdf5(cfg.dataset.path)
     else:
         _collect_if_missing(cfg)
-        data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download)
+        data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download, env_cfg=cfg)
     check_matches_env(data, cfg, observation_shape, action_shape)
     if binary_from_success:
         data = apply_binary_success(data)

@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 TASKS = {"door": "AdroitHandDoor-v1", "pen": "AdroitHandPen-v1", "relocate": "AdroitHandRelocate-v1",
          "hammer": "AdroitHandHammer-v1"}
 SUCCESS_STEPS = {"door": 25, "pen": 20, "relocate": 25, "hammer": 25}
-HORIZON = 200
+HORIZON = {"door": 200, "pen": 100, "relocate": 200, "hammer": 200}  # D4RL's episode lengths
 DOOR_HINGE_INDEX, DOOR_OPEN_ANGLE = 28, 1.35  # the env's success: hinge angle >= 1.35 rad
-D4RL_EXPERT_EPISODES = 5000  # D4RL's expert datasets: 5000 episodes of 200 steps (1M transitions)
+D4RL_EXPERT_EPISODES = 5000  # D4RL's expert datasets: 5000 full-length episodes
 D4RL_CLONED_EPISODES = 2500
 
 
@@ -77,7 +77,7 @@ def make_adroit(task: str) -> gym.Env:
     _register_robotics()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return gym.make(TASKS[task], max_episode_steps=HORIZON)
+        return gym.make(TASKS[task], max_episode_steps=HORIZON[task])
 
 
 def run_episode(env: gym.Env, policy, seed: int) -> Episode:
@@ -196,7 +196,7 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
         env.close()
         save(f"{namespace}/{task}/expert-v0", task, experts, ref,
              f"{expert_episodes} episodes of the DAPG expert policy for {task} sampled with its own Gaussian noise "
-             f"in {TASKS[task]}, {HORIZON} steps each. ref scores: uniform random policy / sampled expert, "
+             f"in {TASKS[task]}, {HORIZON[task]} steps each. ref scores: uniform random policy / sampled expert, "
              f"{reference_episodes} episodes each. Built by o2o from the hand_dapg assets.")
         if task != "door" or not (assets / "door-v0_human_demos.npz").exists():
             continue
