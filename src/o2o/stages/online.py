@@ -50,28 +50,28 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
     env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, training=True, seed=cfg.seed)
     envs = [ctx.evaluator.env, env]
     resumed = ctx.state.online is not None
-    s = ctx.state.online = ctx.state.online or OnlineProgress(
+    progress = ctx.state.online = ctx.state.online or OnlineProgress(
         next_eval=sched.eval_interval_online or sched.online_steps, next_checkpoint=sched.checkpoint_interval)
-    averager = MetricAverager(s.averager)
+    averager = MetricAverager(progress.averager)
     if resumed:
-        sampler.online.load_state(s.buffer)
+        sampler.online.load_state(progress.buffer)
         restore_rng(resume_rng, envs)
     last_time = time.perf_counter()
     agent.begin_phase(M.ONLINE)
 
     def checkpoint(rng: dict | None = None) -> None:
-        s.averager, s.buffer = averager.state(), sampler.online.state()
+        progress.averager, progress.buffer = averager.state(), sampler.online.state()
         ctx.save(agent, ONLINE_STAGE, envs, rng)
 
-    with ctx.progress_bar(sched.online_steps, "online fine-tuning", initial=s.env_steps) as bar:
-        while s.env_steps < sched.online_steps or s.pending_updates:
-            if not s.pending_updates:
+    with ctx.progress_bar(sched.online_steps, "online fine-tuning", initial=progress.env_steps) as bar:
+        while progress.env_steps < sched.online_steps or progress.pending_updates:
+            if not progress.pending_updates:
                 episode_start_rng = capture_rng(envs)
-                episode = collect_episode(env, agent, sched.online_steps - s.env_steps,
-                                          max(cfg.algo.random_steps - s.env_steps, 0), stop=lambda: ctx.guard.requested)
+                episode = collect_episode(env, agent, sched.online_steps - progress.env_steps,
+                                          max(cfg.algo.random_steps - progress.env_steps, 0), stop=lambda: ctx.guard.requested)
                 if episode is None:
                     checkpoint(episode_start_rng)  # the episode is collected again on resume
-                    raise Preempted(f"online env step {s.env_steps}")
+                    raise Preempted(f"online env step {progress.env_steps}")
                 n = len(episode)
                 ends = np.zeros(n, dtype=bool)
                 ends[-1] = True
@@ -79,48 +79,48 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                 observations = episode.stacked_observations()
                 sampler.online.add(observations[:-1], episode.actions, rewards, observations[1:],
                                    episode.terminations, mc)
-                s.env_steps += n
-                s.episodes += 1
-                s.failures += int(not episode.succeeded)
-                s.pending_updates = n * cfg.algo.utd_ratio
+                progress.env_steps += n
+                progress.episodes += 1
+                progress.failures += int(not episode.succeeded)
+                progress.pending_updates = n * cfg.algo.utd_ratio
                 ctx.tracker.log_metrics({
                     M.train(M.ONLINE, M.EPISODE_RETURN): float(episode.rewards.sum()),
                     M.train(M.ONLINE, M.EPISODE_SUCCESS): float(episode.succeeded),
                     M.train(M.ONLINE, M.EPISODE_LENGTH): n,
-                    M.CUMULATIVE_REGRET: s.regret,
-                    M.EPISODES: s.episodes,
-                }, s.env_steps)
+                    M.CUMULATIVE_REGRET: progress.regret,
+                    M.EPISODES: progress.episodes,
+                }, progress.env_steps)
                 bar.update(n)
 
-            while s.pending_updates:
+            while progress.pending_updates:
                 averager.add(agent.update(sampler.sample()))
-                s.pending_updates -= 1
-                s.updates_since_log += 1
+                progress.pending_updates -= 1
+                progress.updates_since_log += 1
                 if ctx.guard.requested:
                     checkpoint()
-                    raise Preempted(f"online env step {s.env_steps}, {s.pending_updates} updates left")
+                    raise Preempted(f"online env step {progress.env_steps}, {progress.pending_updates} updates left")
 
-            finished = s.env_steps >= sched.online_steps
-            if s.env_steps - s.last_log_step >= sched.log_interval or finished:
+            finished = progress.env_steps >= sched.online_steps
+            if progress.env_steps - progress.last_log_step >= sched.log_interval or finished:
                 now = time.perf_counter()
                 metrics = averager.pop_means()
-                metrics[M.UPDATES_PER_SECOND] = s.updates_since_log / max(now - last_time, 1e-9)
+                metrics[M.UPDATES_PER_SECOND] = progress.updates_since_log / max(now - last_time, 1e-9)
                 metrics[M.GRAD_STEPS] = agent.grad_steps
-                ctx.tracker.log_metrics({M.train(M.ONLINE, k): v for k, v in metrics.items()}, s.env_steps)
-                log.info("online env step %d/%d: episodes=%d regret=%.3f updates/s=%.1f", s.env_steps,
-                         sched.online_steps, s.episodes, s.regret, metrics[M.UPDATES_PER_SECOND])
-                s.last_log_step, s.updates_since_log, last_time = s.env_steps, 0, now
-            if s.env_steps >= s.next_eval or finished:
-                s.results = ctx.evaluate(agent, M.ONLINE, s.env_steps)
-                while s.next_eval <= s.env_steps:
-                    s.next_eval += sched.eval_interval_online or sched.online_steps
-            if sched.checkpoint_interval and agent.grad_steps >= s.next_checkpoint and not finished:
-                while s.next_checkpoint <= agent.grad_steps:
-                    s.next_checkpoint += sched.checkpoint_interval
+                ctx.tracker.log_metrics({M.train(M.ONLINE, k): v for k, v in metrics.items()}, progress.env_steps)
+                log.info("online env step %d/%d: episodes=%d regret=%.3f updates/s=%.1f", progress.env_steps,
+                         sched.online_steps, progress.episodes, progress.regret, metrics[M.UPDATES_PER_SECOND])
+                progress.last_log_step, progress.updates_since_log, last_time = progress.env_steps, 0, now
+            if progress.env_steps >= progress.next_eval or finished:
+                progress.results = ctx.evaluate(agent, M.ONLINE, progress.env_steps)
+                while progress.next_eval <= progress.env_steps:
+                    progress.next_eval += sched.eval_interval_online or sched.online_steps
+            if sched.checkpoint_interval and agent.grad_steps >= progress.next_checkpoint and not finished:
+                while progress.next_checkpoint <= agent.grad_steps:
+                    progress.next_checkpoint += sched.checkpoint_interval
                 checkpoint()
             if ctx.guard.requested:
                 checkpoint()
-                raise Preempted(f"online env step {s.env_steps}")
+                raise Preempted(f"online env step {progress.env_steps}")
     env.close()
-    return {**{M.summary(M.ONLINE, k): v for k, v in s.results.items()},
-            M.CUMULATIVE_REGRET: s.regret, M.EPISODES: float(s.episodes), M.ENV_STEPS: float(s.env_steps)}
+    return {**{M.summary(M.ONLINE, k): v for k, v in progress.results.items()},
+            M.CUMULATIVE_REGRET: progress.regret, M.EPISODES: float(progress.episodes), M.ENV_STEPS: float(progress.env_steps)}
