@@ -104,10 +104,7 @@ def test_a_per_domain_algo_file_never_repeats_its_algorithms_own_keys():
 
 
 def _an_env_of(domain: str) -> str:
-    for env in ENVS:
-        if f"domain: {domain} " in (CONF / "env" / f"{env}.yaml").read_text():
-            return env
-    return next(e for e in ENVS if e.endswith("_dense")) if domain == "adroit_dense" else ENVS[0]
+    return next(env for env in ENVS if validate(compose([f"env={env}"])).domain.name == domain)
 
 
 def test_paper_adroit_settings():

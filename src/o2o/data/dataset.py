@@ -189,6 +189,7 @@ def effective_env_kwargs(gym_id: str, gym_kwargs: dict, keys) -> dict:
     import inspect
 
     import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
 
     from o2o.envs import _register_robotics
 
@@ -198,9 +199,7 @@ def effective_env_kwargs(gym_id: str, gym_kwargs: dict, keys) -> dict:
     missing = [k for k in keys if k not in merged]
     if missing:
         entry = spec.entry_point
-        if isinstance(entry, str):
-            module, _, name = entry.partition(":")
-            entry = getattr(__import__(module, fromlist=[name]), name)
+        entry = load_env_creator(entry) if isinstance(entry, str) else entry
         for cls in getattr(entry, "__mro__", [entry]):
             try:
                 params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
