@@ -94,7 +94,7 @@ def test_sac_never_reads_the_offline_data(monkeypatch, tmp_path):
     monkeypatch.setattr(pipeline, "MixedSampler", lambda offline, *a: samplers.append(offline) or real(offline, *a))
     final = run(algo="sac", run_dir=str(tmp_path), overrides=[*SMOKE, "mlflow_experiment=o2o-sac", "schedule.online_steps=120"])
     assert samplers == [None]
-    assert "offline/normalized_score" not in final and final["online/env_steps"] == 120
+    assert "offline/normalized_return" not in final and final["online/env_steps"] == 120
 
 
 def test_rlpd_run_draws_half_of_every_batch_offline(monkeypatch, tmp_path):

@@ -13,9 +13,9 @@ ALGOS = ["calql", "cql", "iql", "sac", "rlpd"]
 # what every algorithm logs, on the same axes: the compare view lines these up
 COMMON = [*(M.train(M.ONLINE, k) for k in (M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.MC_RETURN, M.Q_DATA_MINUS_MC_RETURN,
                                           M.UPDATES_PER_SECOND, M.GRAD_STEPS, M.EPISODE_RETURN)),
-          M.CUMULATIVE_REGRET, *(M.evaluation(M.ONLINE, k) for k in (M.NORMALIZED_SCORE, M.SUCCESS_RATE, M.RETURN))]
+          M.CUMULATIVE_REGRET, *(M.evaluation(M.ONLINE, k) for k in (M.NORMALIZED_RETURN, M.SUCCESS_RATE, M.RETURN))]
 OFFLINE = [*(M.train(M.OFFLINE, k) for k in (M.CRITIC_LOSS, M.Q_DATA, M.MC_RETURN, M.UPDATES_PER_SECOND)),
-           *(M.evaluation(M.OFFLINE, k) for k in (M.NORMALIZED_SCORE, M.SUCCESS_RATE))]
+           *(M.evaluation(M.OFFLINE, k) for k in (M.NORMALIZED_RETURN, M.SUCCESS_RATE))]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,10 @@ def test_sweep_run_logs_every_stage(sweep, algo):
         assert not any(k.startswith("offline/") for k in metrics)
     online_steps = [m.step for m in client.get_metric_history(run.info.run_id, M.evaluation(M.ONLINE, M.SUCCESS_RATE))]
     assert online_steps[-1] == 300 and online_steps == sorted(set(online_steps))  # evaluations end the budget
+    # every curve starts at the initial policy: gradient step 0, or env step 0 without pre-training
+    first_phase = M.OFFLINE if pretrains else M.ONLINE
+    assert client.get_metric_history(run.info.run_id, M.evaluation(first_phase, M.SUCCESS_RATE))[0].step == 0
+    assert (online_steps[0] == 0) == (not pretrains)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "resolved_config.yaml" in artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/final.pt"]
@@ -80,7 +84,7 @@ def test_python_api_returns_final_metrics(tmp_path):
 
     final = run(env="pointmaze_umaze", algo="calql", run_dir=str(tmp_path),
                 overrides=[*SMOKE, "mlflow_experiment=o2o-api", "schedule.online_steps=100", "seed=3"])
-    assert {M.summary(M.OFFLINE, M.NORMALIZED_SCORE), M.summary(M.ONLINE, M.NORMALIZED_SCORE),
+    assert {M.summary(M.OFFLINE, M.NORMALIZED_RETURN), M.summary(M.ONLINE, M.NORMALIZED_RETURN),
             M.CUMULATIVE_REGRET} <= set(final)
     assert final[M.ENV_STEPS] == 100
     assert 0.0 <= final[M.CUMULATIVE_REGRET] <= 1.0

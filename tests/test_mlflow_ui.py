@@ -14,7 +14,7 @@ from conftest import SMOKE
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright (pip install -e '.[test]') is not installed")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
-METRIC = "online/eval/normalized_score"
+METRIC = "online/eval/normalized_return"
 
 
 def free_port() -> int:

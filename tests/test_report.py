@@ -11,7 +11,7 @@ ONLINE_STEPS = 1000
 
 
 def fill(client, experiment, env, algo, seed, offline_scores, online_scores, regret, q_shift=0.0, parent=None,
-         status="FINISHED"):
+         status="FINISHED", metric="normalized_return"):
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     tags = {"env": env, "algo": algo, "seed": str(seed), "dataset": f"{env}-data"}
@@ -20,9 +20,10 @@ def fill(client, experiment, env, algo, seed, offline_scores, online_scores, reg
     run = client.create_run(exp_id, tags=tags)
     metrics = []
     for step, v in offline_scores:
-        metrics.append(Metric("offline/eval/normalized_score", v, 0, step))
+        metrics.append(Metric(f"offline/eval/{metric}", v, 0, step))
     for step, v in online_scores:
-        metrics.append(Metric("online/eval/normalized_score", v, 0, step))
+        metrics.append(Metric(f"online/eval/{metric}", v, 0, step))
+        metrics.append(Metric("online/eval/return", -1.0, 0, step))  # not a headline: never in the table
     for step, v in regret:
         metrics.append(Metric("online/cumulative_regret", v, 0, step))
     for step in range(100, 1001, 100):
@@ -31,7 +32,8 @@ def fill(client, experiment, env, algo, seed, offline_scores, online_scores, reg
                     Metric("online/train/q_data", -45 + step / 200 + q_shift, 0, step),
                     Metric("online/train/q_policy", -48 + q_shift, 0, step),
                     Metric("online/train/mc_return", -38.0, 0, step)]
-    client.log_batch(run.info.run_id, metrics=metrics, params=[Param("schedule.online_steps", str(ONLINE_STEPS))])
+    client.log_batch(run.info.run_id, metrics=metrics, params=[Param("schedule.online_steps", str(ONLINE_STEPS)),
+                                                                 Param("domain.metric", metric)])
     client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
 
@@ -72,9 +74,19 @@ def test_table_numbers_equal_hand_computation(store):
     cql = rows[("door", "cql")]
     assert cql["seeds"] == 1 and cql["dip_mean"] == 5.0 and cql["dip_std"] == 0.0 and cql["final_mean"] == 85.0
     md = (tmp / "rep" / "table.md").read_text()
-    assert "| door | calql | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | 34.0 ± 19.8 | 0.500 ± 0.141 |" in md
+    assert "| door | calql | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | 34.0 ± 19.8 | 0.500 ± 0.141 |" in md
     csv_text = (tmp / "rep" / "table.csv").read_text().splitlines()
-    assert csv_text[0].startswith("env,algo,dataset,seeds,offline_mean") and len(csv_text) == 3
+    assert csv_text[0].startswith("env,algo,dataset,metric,seeds,offline_mean") and len(csv_text) == 3
+
+
+def test_each_run_is_scored_by_its_domains_metric(store):
+    client, exp, tmp = store
+    fill(client, exp, "kitchen", "calql", 0, [(1000, 0.25)], [(500, 0.5), (1000, 0.75)], [(1000, 0.4)],
+         metric="tasks_solved")
+    result = write_report(client, exp, build_filter(env="kitchen"), tmp / "k", log_to_mlflow=False)
+    (row,) = result["rows"]
+    assert row["metric"] == "tasks_solved" and row["offline_mean"] == 0.25 and row["final_mean"] == 0.75
+    assert "| kitchen | calql | tasks_solved | 1 | 0.250 ± 0.000 | 0.750 ± 0.000 |" in (tmp / "k" / "table.md").read_text()
 
 
 def test_plots_are_written_and_not_empty(store):
@@ -116,4 +128,4 @@ def test_command_line(store, capsys):
     client, exp, tmp = store
     main(["--experiment", exp, "--env", "pen", "--out", str(tmp / "cli"), "--no-mlflow"])
     out = capsys.readouterr().out
-    assert "| pen | calql | 1 | 60.0 ± 0.0 | 80.0 ± 0.0 |" in out and (tmp / "cli" / "curves_pen.png").exists()
+    assert "| pen | calql | normalized_return | 1 | 60.0 ± 0.0 | 80.0 ± 0.0 |" in out and (tmp / "cli" / "curves_pen.png").exists()

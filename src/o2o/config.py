@@ -10,9 +10,10 @@ before any work.
 Who owns what:
 
 - ``env``: the task (Gymnasium id and kwargs, observation layout, horizon,
-  dataset, reference scores, success rule).
+  dataset, reference scores).
 - ``domain``: facts every algorithm reads for a family of tasks (reward
-  transform, sparse failure rule, evaluation episodes), chosen by the env.
+  transform, sparse failure rule, evaluation episodes, the paper's metric),
+  chosen by the env.
 - ``algo``: one schema per algorithm family (:class:`CQLConfig`,
   :class:`IQLConfig`, :class:`SACConfig`); per-domain values in
   ``conf/algo/per_domain/<algo>/<domain>.yaml``. It owns how fine-tuning
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from o2o import metrics as M
 from o2o.errors import ConfigError
 
 
@@ -76,14 +78,11 @@ class EnvConfig:
     obs_keys: List[str] = field(default_factory=list)
     max_episode_steps: Optional[int] = None
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    # D4RL reference scores for the normalized score; None = the dataset's metadata.
+    # D4RL reference scores for the normalized return; None = the dataset's metadata.
     ref_min_score: Optional[float] = None
     ref_max_score: Optional[float] = None
-    # An episode counts as a success when the env's ``success`` info was true for this many steps.
-    success_steps: int = MISSING
 
     def check(self) -> None:
-        _require(self.success_steps >= 1, f"env.success_steps must be >= 1, got {self.success_steps}")
         _require(self.max_episode_steps is None or self.max_episode_steps > 0,
                  f"env.max_episode_steps must be > 0, got {self.max_episode_steps}")
         if self.ref_min_score is not None and self.ref_max_score is not None:
@@ -111,9 +110,17 @@ class DomainConfig:
     sparse: bool = MISSING
     fail_reward: float = MISSING
     eval_episodes: int = MISSING
+    # The paper's score for this domain (one of o2o.metrics.HEADLINE_METRICS): the headline of the
+    # run's summary, the report and the sweep's objective. ``extra_metrics``: the others that mean
+    # something here, logged beside it.
+    metric: str = MISSING
+    extra_metrics: List[str] = field(default_factory=list)
 
     def check(self) -> None:
         _require(self.reward.scale != 0, "domain.reward.scale must be non-zero")
+        for name in (self.metric, *self.extra_metrics):
+            _require(name in M.HEADLINE_METRICS,
+                     f"domain metric {name!r} is not one of {', '.join(M.HEADLINE_METRICS)}")
         _require(self.eval_episodes >= 1, f"domain.eval_episodes must be >= 1, got {self.eval_episodes}")
 
 
@@ -140,6 +147,8 @@ class AlgoConfig:
     actor_hidden: List[int] = MISSING
     critic_hidden: List[int] = MISSING
     orthogonal_init: bool = MISSING
+    # Actor log-std = multiplier * head output + offset; train both with the actor (the Cal-QL authors')
+    trainable_log_std_transform: bool = MISSING
     actor_lr: float = MISSING
     critic_lr: float = MISSING
     tau: float = MISSING

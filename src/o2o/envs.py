@@ -30,22 +30,17 @@ class FlatObservation(gym.ObservationWrapper):
 
 
 class BinarySuccessReward(gym.Wrapper):
-    """The Cal-QL Adroit setting: reward 0 on success and -1 otherwise.
+    """The Cal-QL Adroit setting: reward 0 on success and -1 otherwise, and a success ends the episode.
 
-    The task's own reward stays in ``info["task_reward"]`` for scoring. With
-    ``terminate_on_success`` (training episodes) a success ends the episode.
+    As the authors' sampler (nakamotoo/Cal-QL, JaxCQL/sampler.py) does for training and evaluation
+    episodes alike. The task's own reward stays in ``info["task_reward"]``.
     """
-
-    def __init__(self, env: gym.Env, terminate_on_success: bool):
-        super().__init__(env)
-        self.terminate_on_success = terminate_on_success
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         success = bool(info.get("success", False))
         info["task_reward"] = float(reward)
-        terminated = terminated or (self.terminate_on_success and success)
-        return obs, (0.0 if success else -1.0), terminated, truncated, info
+        return obs, (0.0 if success else -1.0), terminated or success, truncated, info
 
 
 class SuccessFromTasks(gym.Wrapper):
@@ -110,13 +105,11 @@ def _fix_joint_type_checks() -> None:
         setattr(mujoco_utils, fn.__name__, fn)
 
 
-def make_env(cfg: EnvConfig, *, binary_reward: bool = False, training: bool = True,
-             seed: int | None = None) -> gym.Env:
+def make_env(cfg: EnvConfig, *, binary_reward: bool = False, seed: int | None = None) -> gym.Env:
     """Build the configured env with a flat float32 observation.
 
     With ``binary_reward`` (the domain's rule) the reward becomes -1 / 0 on
-    success; training envs then end on success, evaluation envs keep the full
-    horizon so scores compare.
+    success and episodes end at the first success.
     """
     _register_robotics()
     kwargs = dict(cfg.gym_kwargs)
@@ -127,7 +120,7 @@ def make_env(cfg: EnvConfig, *, binary_reward: bool = False, training: bool = Tr
     if cfg.gym_id.startswith("FrankaKitchen"):
         env = SuccessFromTasks(env)
     if binary_reward:
-        env = BinarySuccessReward(env, terminate_on_success=training)
+        env = BinarySuccessReward(env)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

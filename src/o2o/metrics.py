@@ -1,7 +1,7 @@
 """Every metric name the pipeline logs, defined once: the stages, the report and the tests use these.
 
 MLflow keys are ``<phase>/<kind>/<name>``: ``offline/train/q_data`` (gradient
-steps), ``online/eval/normalized_score`` (env steps). A run's final summary
+steps), ``online/eval/success_rate`` (env steps). A run's final summary
 uses ``<phase>/<name>`` and is logged again as ``final/<phase>_<name>``.
 """
 from __future__ import annotations
@@ -9,11 +9,14 @@ from __future__ import annotations
 OFFLINE, ONLINE = "offline", "online"
 PHASES = (OFFLINE, ONLINE)
 
-# Evaluation results (Evaluator)
-RETURN = "return"
-NORMALIZED_SCORE = "normalized_score"
-SUCCESS_RATE = "success_rate"
+# Evaluation results (Evaluator). A domain's headline (``domain.metric``, the paper's score) is one of
+# HEADLINE_METRICS; the others are logged where they exist.
+RETURN = "return"  # the task's own (untransformed) episode return
+NORMALIZED_RETURN = "normalized_return"  # D4RL's normalized return, x100
+SUCCESS_RATE = "success_rate"  # fraction of episodes that reach the goal at any step
+TASKS_SOLVED = "tasks_solved"  # Kitchen: mean fraction of the configured tasks completed in an episode
 EPISODE_LENGTH = "episode_length"
+HEADLINE_METRICS = (SUCCESS_RATE, TASKS_SOLVED, NORMALIZED_RETURN)
 
 # Training diagnostics every agent reports (ActorCritic.q_metrics and the losses)
 Q_DATA = "q_data"  # mean Q(s, a) on batch actions
@@ -31,7 +34,8 @@ EPISODE_RETURN = "episode_return"
 EPISODE_SUCCESS = "episode_success"
 
 # Online run-level series and totals
-CUMULATIVE_REGRET = "online/cumulative_regret"  # mean of (1 - success) over training episodes so far
+# mean over training episodes so far of 1 - (share of the goal reached): 1 - success, Kitchen 1 - tasks solved / 4
+CUMULATIVE_REGRET = "online/cumulative_regret"
 EPISODES = "online/episodes"
 ENV_STEPS = "online/env_steps"
 

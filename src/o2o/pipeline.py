@@ -26,7 +26,7 @@ from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import CQLConfig, Config, IQLConfig, SACConfig
 from o2o.data.dataset import OfflineData, dataset_reference_scores, load_offline_data
 from o2o.envs import make_env
-from o2o.errors import ConfigError
+from o2o.errors import ConfigError, DatasetError
 from o2o.report import run_plot
 from o2o.returns import label_rewards
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RunState
@@ -151,7 +151,7 @@ class RunData:
 
 def load_data(cfg: Config) -> RunData:
     """Stage 1: the env's shapes, the offline data (if the algorithm uses it) and the reference scores."""
-    probe_env = make_env(cfg.env, training=True)
+    probe_env = make_env(cfg.env)
     obs_shape, act_shape = probe_env.observation_space.shape, probe_env.action_space.shape
     probe_env.close()
     if cfg.algo.uses_offline_data:
@@ -160,9 +160,12 @@ def load_data(cfg: Config) -> RunData:
     else:  # online from scratch: the dataset is only asked for its reference scores
         data = None
         data_min, data_max = dataset_reference_scores(cfg.env)
-    return RunData(data, obs_shape[0], act_shape[0],
-                   data_min if data_min is not None else cfg.env.ref_min_score,
-                   data_max if data_max is not None else cfg.env.ref_max_score)
+    ref_min = data_min if data_min is not None else cfg.env.ref_min_score
+    ref_max = data_max if data_max is not None else cfg.env.ref_max_score
+    if cfg.domain.metric == M.NORMALIZED_RETURN and (ref_min is None or ref_max is None):
+        raise DatasetError(f"{cfg.env.name} is scored by D4RL's normalized return but neither its dataset nor the env "
+                           "option gives reference scores: set env.ref_min_score and env.ref_max_score")
+    return RunData(data, obs_shape[0], act_shape[0], ref_min, ref_max)
 
 
 def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, device: torch.device,

@@ -22,10 +22,11 @@ import numpy as np
 from o2o import metrics as M
 from o2o.tracking import default_tracking_uri, outputs_dir
 
-SCORE = {phase: M.evaluation(phase, M.NORMALIZED_SCORE) for phase in M.PHASES}
 REGRET = M.CUMULATIVE_REGRET
 Q_KEYS = (M.Q_DATA, M.Q_POLICY, M.MC_RETURN)
-HISTORY_KEYS = (*SCORE.values(), REGRET, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
+TRAIN_KEYS = (REGRET, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
+METRIC_PARAM = "domain.metric"  # each run's headline: the paper's score for its domain
+SCORE_DIGITS = {M.SUCCESS_RATE: 3, M.TASKS_SOLVED: 3, M.NORMALIZED_RETURN: 1}
 
 
 @dataclass
@@ -36,15 +37,19 @@ class RunRecord:
     seed: str
     dataset: str
     online_steps: float
+    metric: str  # the paper's score for the run's domain (o2o.metrics.HEADLINE_METRICS)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)] by step
 
     def last(self, key: str) -> float:
         points = self.history.get(key)
         return points[-1][1] if points else math.nan
 
+    def score_key(self, phase: str) -> str:
+        return M.evaluation(phase, self.metric)
+
     def dip(self, fraction: float) -> float:
         """Lowest online score within the first ``fraction`` of fine-tuning (the first point if none falls there)."""
-        points = self.history.get(SCORE[M.ONLINE])
+        points = self.history.get(self.score_key(M.ONLINE))
         if not points:
             return math.nan
         window = [v for s, v in points if s <= fraction * self.online_steps] or [points[0][1]]
@@ -87,9 +92,11 @@ def load_runs(client, experiment: str, filter_string: str, finished_only: bool =
 def _record(client, run) -> RunRecord:
     """A run's tags and the metric histories the report draws on."""
     tags = run.data.tags
+    params = run.data.params
     record = RunRecord(run.info.run_id, tags.get("env", "?"), tags.get("algo", "?"), tags.get("seed", "?"),
-                       tags.get("dataset", "?"), float(run.data.params.get("schedule.online_steps", "nan")))
-    for key in HISTORY_KEYS:
+                       tags.get("dataset", "?"), float(params.get("schedule.online_steps", "nan")),
+                       params.get(METRIC_PARAM, "?"))
+    for key in (*(record.score_key(phase) for phase in M.PHASES), *TRAIN_KEYS):
         if key in run.data.metrics:
             record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
     return record
@@ -112,9 +119,10 @@ def results_table(records: list[RunRecord], dip_fraction: float = 0.25) -> list[
         groups[(r.env, r.algo)].append(r)
     rows = []
     for (env, algo), runs in sorted(groups.items()):
-        row = {"env": env, "algo": algo, "dataset": ",".join(sorted({r.dataset for r in runs})), "seeds": len(runs)}
-        for name, values in (("offline", [r.last(SCORE[M.OFFLINE]) for r in runs]),
-                             ("final", [r.last(SCORE[M.ONLINE]) for r in runs]),
+        row = {"env": env, "algo": algo, "dataset": ",".join(sorted({r.dataset for r in runs})),
+               "metric": ",".join(sorted({r.metric for r in runs})), "seeds": len(runs)}
+        for name, values in (("offline", [r.last(r.score_key(M.OFFLINE)) for r in runs]),
+                             ("final", [r.last(r.score_key(M.ONLINE)) for r in runs]),
                              ("dip", [r.dip(dip_fraction) for r in runs]),
                              ("regret", [r.last(REGRET) for r in runs])):
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
@@ -127,13 +135,16 @@ def _pm(mean: float, std: float, digits: int) -> str:
 
 
 def to_markdown(rows: list[dict], dip_fraction: float) -> str:
-    lines = [f"| env | algo | seeds | offline score | fine-tuned score | dip (first {dip_fraction:.0%}) | "
-             "cumulative regret |", "|---|---|---|---|---|---|---|"]
+    lines = [f"| env | algo | metric | seeds | after pre-training | after fine-tuning | dip (first {dip_fraction:.0%}) | "
+             "cumulative regret |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['env']} | {r['algo']} | {r['seeds']} | {_pm(r['offline_mean'], r['offline_std'], 1)} | "
-                     f"{_pm(r['final_mean'], r['final_std'], 1)} | {_pm(r['dip_mean'], r['dip_std'], 1)} | "
-                     f"{_pm(r['regret_mean'], r['regret_std'], 3)} |")
-    return "\n".join(lines) + "\n\nScores are D4RL normalized scores (x100); mean ± sample std over seeds.\n"
+        digits = SCORE_DIGITS.get(r["metric"], 3)
+        lines.append(f"| {r['env']} | {r['algo']} | {r['metric']} | {r['seeds']} | "
+                     f"{_pm(r['offline_mean'], r['offline_std'], digits)} | {_pm(r['final_mean'], r['final_std'], digits)} | "
+                     f"{_pm(r['dip_mean'], r['dip_std'], digits)} | {_pm(r['regret_mean'], r['regret_std'], 3)} |")
+    return "\n".join(lines) + (
+        "\n\nScores are each domain's paper metric: success_rate (goal reached at any step) and tasks_solved "
+        "(Kitchen, tasks solved / 4) as fractions, normalized_return as D4RL's x100; mean ± sample std over seeds.\n")
 
 
 def to_csv(rows: list[dict], path: Path) -> None:
@@ -181,8 +192,8 @@ def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lamb
 
 def score_series(record: RunRecord, phase: str) -> list[tuple[int, float]]:
     """Evaluation scores; the online curve starts from the pre-trained policy's score at env step 0."""
-    points = record.history.get(SCORE[phase], [])
-    offline = record.history.get(SCORE[M.OFFLINE])
+    points = record.history.get(record.score_key(phase), [])
+    offline = record.history.get(record.score_key(M.OFFLINE))
     if phase == M.ONLINE and offline and points and points[0][0] > 0:
         points = [(0, offline[-1][1]), *points]
     return points
@@ -208,7 +219,8 @@ def curves_figure(records: list[RunRecord], title: str):
     plt, groups = _pyplot(), _by_algo(records)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, gridspec_kw={"width_ratios": [1, 2]})
     _plot_phases(axes, groups, score_series)
-    axes[0].set(title="offline pre-training", xlabel="gradient steps", ylabel="normalized score")
+    axes[0].set(title="offline pre-training", xlabel="gradient steps",
+                ylabel=" / ".join(sorted({r.metric for r in records})))
     axes[1].set(title="online fine-tuning", xlabel="env steps")
     axes[1].axvline(0, color="k", linestyle="--", linewidth=1)
     axes[1].annotate("offline → online", xy=(0, 0), xycoords=("data", "axes fraction"), xytext=(4, 4),

@@ -16,6 +16,9 @@ class Episode:
     terminations: np.ndarray  # (T,) bool
     truncations: np.ndarray  # (T,) bool
     success: np.ndarray  # (T + 1,) bool: the reset's ``info["success"]``, then after every step
+    # (T + 1,) share of the goal reached so far: ``info["tasks_solved"]`` where the env has sub-tasks
+    # (Kitchen), else 1.0 on success
+    goal_fraction: np.ndarray
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -26,7 +29,13 @@ class Episode:
 
     @property
     def succeeded(self) -> bool:
+        """The goal was reached at some step (the paper's goal-achieved criterion)."""
         return bool(self.success[1:].any())
+
+    @property
+    def goal_reached(self) -> float:
+        """The largest share of the goal reached at any step: 1 - this episode's regret."""
+        return float(self.goal_fraction[1:].max()) if len(self) else 0.0
 
     def stacked_observations(self, dtype=np.float32) -> Any:
         """(T + 1, D) for array observations, a dict of such arrays for dict observations."""
@@ -45,6 +54,7 @@ def rollout(env, policy: Callable[[Any], np.ndarray], *, seed: Optional[int] = N
     obs, info = env.reset(seed=seed) if seed is not None else env.reset()
     observations, actions, rewards, task_rewards, terms, truncs = [obs], [], [], [], [], []
     success = [bool(info.get("success", False))]
+    goal_fraction = [_goal_fraction(info)]
     done = False
     while not done and (max_steps is None or len(rewards) < max_steps):
         if stop():
@@ -58,7 +68,13 @@ def rollout(env, policy: Callable[[Any], np.ndarray], *, seed: Optional[int] = N
         terms.append(bool(terminated))
         truncs.append(bool(truncated))
         success.append(bool(info.get("success", False)))
+        goal_fraction.append(_goal_fraction(info))
         done = terminated or truncated
     return Episode(observations, np.asarray(actions, dtype=np.float32), np.asarray(rewards, dtype=np.float64),
                    np.asarray(task_rewards, dtype=np.float64), np.asarray(terms, dtype=bool),
-                   np.asarray(truncs, dtype=bool), np.asarray(success, dtype=bool))
+                   np.asarray(truncs, dtype=bool), np.asarray(success, dtype=bool),
+                   np.asarray(goal_fraction, dtype=np.float64))
+
+
+def _goal_fraction(info: dict) -> float:
+    return float(info.get("tasks_solved", float(bool(info.get("success", False)))))

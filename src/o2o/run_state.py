@@ -26,7 +26,7 @@ class OfflineProgress:
 class OnlineProgress:
     env_steps: int = 0
     episodes: int = 0
-    failures: int = 0  # training episodes without success (regret = failures / episodes)
+    regret_sum: float = 0.0  # sum over training episodes of 1 - Episode.goal_reached (regret = regret_sum / episodes)
     pending_updates: int = 0  # gradient steps still owed to the collected env steps
     last_log_step: int = 0
     updates_since_log: int = 0
@@ -38,7 +38,7 @@ class OnlineProgress:
 
     @property
     def regret(self) -> float:
-        return self.failures / max(self.episodes, 1)
+        return self.regret_sum / max(self.episodes, 1)
 
 
 @dataclass

@@ -31,7 +31,8 @@ class ActorCritic(nn.Module):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
         self.device = device
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, cfg.orthogonal_init)
+        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, cfg.orthogonal_init,
+                                       cfg.trainable_log_std_transform)
         self.critic = self.make_critic()
         self.critic_target = self.make_critic()
         self.critic_target.load_state_dict(self.critic.state_dict())

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-LOG_STD_OFFSET = -1.0  # as in the Cal-QL authors' policy: the initial std is about e^-1
+# The Cal-QL authors' policy (nakamotoo/Cal-QL, JaxCQL/model.py, TanhGaussianPolicy): log_std = multiplier *
+# head output + offset, multiplier 1 and offset -1 at the start (initial std about e^-1).
+LOG_STD_MULTIPLIER, LOG_STD_OFFSET = 1.0, -1.0
 
 
 def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
@@ -18,8 +20,18 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
 
 
 class TanhGaussianActor(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], orthogonal_init: bool = True):
+    """A state-dependent tanh-squashed Gaussian.
+
+    ``trainable_log_std_transform``: the log-std multiplier and offset are parameters trained with the
+    actor, as in the authors' code (their ``Scalar`` modules); otherwise they stay fixed at 1 and -1.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], orthogonal_init: bool = True,
+                 trainable_log_std_transform: bool = False):
         super().__init__()
+        self.log_std_multiplier = nn.Parameter(torch.tensor(LOG_STD_MULTIPLIER),
+                                               requires_grad=trainable_log_std_transform)
+        self.log_std_offset = nn.Parameter(torch.tensor(LOG_STD_OFFSET), requires_grad=trainable_log_std_transform)
         layers, width = [], obs_dim
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
@@ -36,7 +48,7 @@ class TanhGaussianActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_std = self.head(self.trunk(obs)).chunk(2, dim=-1)
-        log_std = (log_std + LOG_STD_OFFSET).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = (self.log_std_multiplier * log_std + self.log_std_offset).clamp(LOG_STD_MIN, LOG_STD_MAX)
         return mean.float(), log_std.float()
 
     @staticmethod

@@ -17,6 +17,10 @@ import numpy as np
 from o2o.config import EnvConfig
 from o2o.errors import DatasetError
 
+# Dataset actions are clipped to +-(1 - 1e-5) so a tanh policy's log-probability of them stays finite, as
+# every reference does: nakamotoo/Cal-QL (clip_action=0.99999), ikostrikov/rlpd and IQL (clip_to_eps, 1e-5).
+ACTION_CLIP = 1.0 - 1e-5
+
 
 @dataclass
 class OfflineData:
@@ -302,6 +306,7 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         _collect_if_missing(cfg)
         data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download, env_cfg=cfg)
     check_matches_env(data, cfg, observation_shape, action_shape)
+    data = replace(data, actions=np.clip(data.actions, -ACTION_CLIP, ACTION_CLIP))
     if binary_from_success:
         data = apply_binary_success(data)
         if len(data) == 0:

@@ -22,6 +22,8 @@ def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, ctx: Ru
     start = progress.step
     started, last_time, last_step = time.perf_counter(), time.perf_counter(), start
     agent.begin_phase(M.OFFLINE)
+    if start == 0:  # the initial policy, so the curve starts where training does (the authors evaluate at epoch 0)
+        progress.results = ctx.evaluate(agent, M.OFFLINE, 0)
 
     def checkpoint(step: int) -> None:
         progress.step, progress.averager = step, averager.state()

@@ -47,7 +47,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
              ) -> dict[str, float]:
     """Fine-tune from ``ctx.state.online`` (a fresh start when None, else a resumed one)."""
     sched = cfg.schedule
-    env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, training=True, seed=cfg.seed)
+    env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, seed=cfg.seed)
     envs = [ctx.evaluator.env, env]
     resumed = ctx.state.online is not None
     progress = ctx.state.online = ctx.state.online or OnlineProgress(
@@ -58,6 +58,8 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
         restore_rng(resume_rng, envs)
     last_time = time.perf_counter()
     agent.begin_phase(M.ONLINE)
+    if not resumed and not ctx.state.eval_history:  # no pre-training: score the initial policy at env step 0
+        progress.results = ctx.evaluate(agent, M.ONLINE, 0)
 
     def checkpoint(rng: dict | None = None) -> None:
         progress.averager, progress.buffer = averager.state(), sampler.online.state()
@@ -81,7 +83,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                                    episode.terminations, mc)
                 progress.env_steps += n
                 progress.episodes += 1
-                progress.failures += int(not episode.succeeded)
+                progress.regret_sum += 1.0 - episode.goal_reached
                 progress.pending_updates = n * cfg.algo.utd_ratio
                 ctx.tracker.log_metrics({
                     M.train(M.ONLINE, M.EPISODE_RETURN): float(episode.rewards.sum()),
