@@ -43,7 +43,7 @@ def test_env_option_builds_resets_and_steps(env_name):
 
 def test_binary_reward_on_the_adroit_env():
     cfg = validate(compose(["env=adroit_door"]))
-    env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, seed=0)
+    env = make_env(cfg.env, cfg.domain, seed=0)
     env.reset(seed=0)
     _, reward, terminated, _, info = env.step(env.action_space.sample())
     assert reward == -1.0 and not terminated and "task_reward" in info  # no success yet: -1, the dense reward kept

@@ -10,7 +10,7 @@ from o2o.agents.core import Batch
 from o2o.agents.cql import CQL
 from o2o.agents.sac import SAC
 from o2o.config import validate
-from o2o.envs import BinarySuccessReward, SuccessFromTasks
+from o2o.envs import BinarySuccessReward, EndOnSuccess, SuccessFromTasks
 from o2o.errors import ConfigError, DatasetError
 from o2o.rollout import rollout
 from o2o.stages.evaluate import score_episodes
@@ -43,16 +43,16 @@ def run(env):
 
 def test_adroit_success_at_a_single_step_counts_and_ends_the_evaluation_episode():
     script = [(1.0, {"success": False})] * 5 + [(10.0, {"success": True})] + [(1.0, {"success": False})] * 4
-    episode = run(BinarySuccessReward(Scripted(script)))
+    episode = run(EndOnSuccess(BinarySuccessReward(Scripted(script))))
     assert len(episode) == 6 and episode.terminated  # the authors' sampler: done at the first success
     assert episode.rewards.tolist() == [-1.0] * 5 + [0.0] and episode.task_rewards[-1] == 10.0
-    scores = score_episodes([episode, run(BinarySuccessReward(Scripted(script[:5])))], [M.SUCCESS_RATE])
+    scores = score_episodes([episode, run(EndOnSuccess(BinarySuccessReward(Scripted(script[:5]))))], [M.SUCCESS_RATE])
     assert scores[M.SUCCESS_RATE] == 0.5
 
 
-def test_success_at_any_step_without_a_binary_reward_counts_once():
+def test_success_at_any_step_counts_even_where_the_episode_goes_on():
     script = [(0.0, {"success": False}), (1.0, {"success": True}), (0.0, {"success": False})]
-    episode = run(Scripted(script))  # AntMaze-style: nothing ends the episode early here
+    episode = run(Scripted(script))  # a domain without end_on_success: the episode goes on after the goal
     assert len(episode) == 3 and episode.succeeded and episode.goal_reached == 1.0
     assert score_episodes([episode], [M.SUCCESS_RATE])[M.SUCCESS_RATE] == 1.0
 
@@ -72,6 +72,20 @@ def test_kitchen_three_of_four_tasks_score_075_and_regret_025():
 def test_normalized_return_is_d4rls():
     episode = run(Scripted([(30.0, {}), (20.0, {})]))
     assert score_episodes([episode], [M.NORMALIZED_RETURN], 0.0, 200.0)[M.NORMALIZED_RETURN] == 25.0
+
+
+@pytest.mark.parametrize("env, ends", [("adroit_door", True), ("adroit_door_dense", False), ("antmaze_umaze", True),
+                                       ("kitchen_partial", False), ("hopper", False), ("pointmaze_umaze", True)])
+def test_episodes_end_at_the_first_success_where_the_authors_do(env, ends):
+    from o2o.envs import make_env
+
+    cfg = validate(compose([f"env={env}"]))
+    wrapped, names = make_env(cfg.env, cfg.domain), []
+    while hasattr(wrapped, "env"):
+        names.append(type(wrapped).__name__)
+        wrapped = wrapped.env
+    assert ("EndOnSuccess" in names) == ends
+    assert ("BinarySuccessReward" in names) == (env == "adroit_door")
 
 
 @pytest.mark.parametrize("env, metric, extra", [

@@ -96,7 +96,7 @@ class RewardConfig:
     scale: float = MISSING
     bias: float = MISSING
     # Replace the env reward with -1 per step and 0 on task success (the
-    # paper's Adroit setting); success steps become terminal.
+    # paper's Adroit setting); offline, success steps become terminal.
     binary_from_success: bool = MISSING
 
 
@@ -109,6 +109,9 @@ class DomainConfig:
     # transform is applied to it).
     sparse: bool = MISSING
     fail_reward: float = MISSING
+    # The first success ends an episode, in training and evaluation (the authors' Adroit sampler;
+    # D4RL's AntMaze evaluation env), whatever the env itself does after it.
+    end_on_success: bool = MISSING
     eval_episodes: int = MISSING
     # The paper's score for this domain (one of o2o.metrics.HEADLINE_METRICS): the headline of the
     # run's summary, the report and the sweep's objective. ``extra_metrics``: the others that mean

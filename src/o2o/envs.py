@@ -6,7 +6,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from o2o.config import EnvConfig
+from o2o.config import DomainConfig, EnvConfig
 
 
 def flatten_observation(obs: Any, keys: list[str]) -> np.ndarray:
@@ -30,17 +30,22 @@ class FlatObservation(gym.ObservationWrapper):
 
 
 class BinarySuccessReward(gym.Wrapper):
-    """The Cal-QL Adroit setting: reward 0 on success and -1 otherwise, and a success ends the episode.
-
-    As the authors' sampler (nakamotoo/Cal-QL, JaxCQL/sampler.py) does for training and evaluation
-    episodes alike. The task's own reward stays in ``info["task_reward"]``.
-    """
+    """The Cal-QL Adroit setting: reward 0 on success and -1 otherwise; the task's own reward stays in
+    ``info["task_reward"]``."""
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
-        success = bool(info.get("success", False))
         info["task_reward"] = float(reward)
-        return obs, (0.0 if success else -1.0), terminated or success, truncated, info
+        return obs, (0.0 if info.get("success", False) else -1.0), terminated, truncated, info
+
+
+class EndOnSuccess(gym.Wrapper):
+    """The first success ends the episode (terminal): the authors' Adroit sampler (nakamotoo/Cal-QL,
+    JaxCQL/sampler.py) and D4RL's AntMaze evaluation env (``eval``: done within 0.5 of the goal)."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated or bool(info.get("success", False)), truncated, info
 
 
 class SuccessFromTasks(gym.Wrapper):
@@ -105,12 +110,9 @@ def _fix_joint_type_checks() -> None:
         setattr(mujoco_utils, fn.__name__, fn)
 
 
-def make_env(cfg: EnvConfig, *, binary_reward: bool = False, seed: int | None = None) -> gym.Env:
-    """Build the configured env with a flat float32 observation.
-
-    With ``binary_reward`` (the domain's rule) the reward becomes -1 / 0 on
-    success and episodes end at the first success.
-    """
+def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | None = None) -> gym.Env:
+    """Build the configured env with a flat float32 observation, under the domain's episode rules if given
+    (binary reward, end at success): training and evaluation envs alike."""
     _register_robotics()
     kwargs = dict(cfg.gym_kwargs)
     if cfg.max_episode_steps is not None:
@@ -119,10 +121,11 @@ def make_env(cfg: EnvConfig, *, binary_reward: bool = False, seed: int | None = 
     env = FlatObservation(env, cfg.obs_keys)
     if cfg.gym_id.startswith("FrankaKitchen"):
         env = SuccessFromTasks(env)
-    if binary_reward:
+    if domain is not None and domain.reward.binary_from_success:
         env = BinarySuccessReward(env)
+    if domain is not None and domain.end_on_success:
+        env = EndOnSuccess(env)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
-

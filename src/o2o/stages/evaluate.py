@@ -45,7 +45,7 @@ class Evaluator:
         self.episodes = cfg.domain.eval_episodes
         self.metrics = [cfg.domain.metric, *cfg.domain.extra_metrics]
         self.ref_min, self.ref_max = ref_min, ref_max
-        self.env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, seed=cfg.seed + 10_000)
+        self.env = make_env(cfg.env, cfg.domain, seed=cfg.seed + 10_000)
 
     def __call__(self, agent) -> dict[str, float]:
         runs = [rollout(self.env, lambda obs: agent.act(obs, deterministic=True)) for _ in range(self.episodes)]

@@ -47,7 +47,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
              ) -> dict[str, float]:
     """Fine-tune from ``ctx.state.online`` (a fresh start when None, else a resumed one)."""
     sched = cfg.schedule
-    env = make_env(cfg.env, binary_reward=cfg.domain.reward.binary_from_success, seed=cfg.seed)
+    env = make_env(cfg.env, cfg.domain, seed=cfg.seed)
     envs = [ctx.evaluator.env, env]
     resumed = ctx.state.online is not None
     progress = ctx.state.online = ctx.state.online or OnlineProgress(
