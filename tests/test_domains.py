@@ -15,9 +15,6 @@ from o2o.errors import DatasetError
 SPECS = {k: v for k, v in json.loads((ROOT / "tests" / "fixtures" / "minari_env_specs.json").read_text()).items()
          if not k.startswith("_")}
 ENVS = sorted(p.stem for p in (ROOT / "conf" / "env").glob("*.yaml"))
-# Minari's recorded kwargs for these are not documented where this project can read them (no download here):
-# their id, horizon and observation layout are checked by the shape tests and the x, y test below.
-UNVERIFIED = ("halfcheetah", "hopper", "walker2d")
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -34,8 +31,6 @@ def test_env_option_agrees_with_its_datasets_recorded_env(env):
         assert spec is not None and spec["id"] == cfg.gym_id
         check_recorded_env(spec, cfg, dataset)
         return
-    if env.startswith(UNVERIFIED):
-        pytest.skip(f"{dataset}: recorded kwargs not available offline (see tests/fixtures/minari_env_specs.json)")
     check_recorded_env(SPECS[dataset], cfg, dataset)  # raises on any disagreement
 
 
