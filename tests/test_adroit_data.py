@@ -13,16 +13,17 @@ needs_assets = pytest.mark.skipif(not (ASSETS / "door-v0_human_demos.npz").exist
 
 
 def test_binary_reward_and_failure_rule_on_a_synthetic_episode():
-    cfg = validate(compose(["env=adroit_door"])).domain
+    full = validate(compose(["env=adroit_door"]))
+    cfg, algo = full.domain, full.algo
     success = np.array([0, 0, 1, 1, 0, 0, 0, 0, 0], bool)  # episode 1: steps 0-5, episode 2: steps 6-8
     n = len(success)
     data = OfflineData(np.zeros((n, 1), np.float32), np.zeros((n, 1), np.float32), np.full(n, 7.0, np.float32),
                        np.zeros((n, 1), np.float32), np.zeros(n, bool), np.array([0, 0, 0, 0, 0, 1, 0, 0, 1], bool),
                        success=success)
     binary = apply_binary_success(data)
-    rewards = transform_reward(binary.rewards, cfg)
+    rewards = transform_reward(binary.rewards, algo)
     np.testing.assert_array_equal(rewards, [-5.0, -5.0, 5.0, 5.0])  # cut after the last success; episode 2 dropped
-    g = returns_to_go(rewards, binary.episode_ends, 0.99, fail_reward=transform_reward(cfg.fail_reward, cfg))
+    g = returns_to_go(rewards, binary.episode_ends, 0.99, fail_reward=transform_reward(cfg.fail_reward, algo))
     # success steps are terminal: each one ends its segment
     np.testing.assert_allclose(g, [-5 - 0.99 * 5 + 0.99**2 * 5, -5 + 0.99 * 5, 5.0, 5.0], rtol=1e-6)
     online_failure = returns_to_go(np.full(3, -5.0), np.array([0, 0, 1], bool), 0.99, fail_reward=-5.0)

@@ -112,7 +112,7 @@ def test_paper_adroit_settings():
     assert cfg.schedule.offline_steps == 20_000
     assert cfg.algo.critic_hidden == [512, 512, 512] and cfg.algo.actor_hidden == [512, 512]
     assert cfg.algo.cql_weight == 1.0 and cfg.algo.mixing_ratio == 0.5
-    assert (cfg.domain.reward.scale, cfg.domain.reward.bias, cfg.domain.reward.binary_from_success) == (10.0, 5.0, True)
+    assert (cfg.algo.reward_scale, cfg.algo.reward_bias, cfg.domain.binary_from_success) == (10.0, 5.0, True)
     assert cfg.env.dataset.id == "D4RL/door/cloned-v2"
 
 

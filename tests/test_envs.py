@@ -52,7 +52,7 @@ def test_binary_reward_on_the_adroit_env():
 def test_domain_presets():
     ant = validate(compose(["env=antmaze_large_diverse"]))
     assert ant.algo.lagrange and ant.algo.target_action_gap == 0.8 and ant.algo.critic_hidden == [256] * 4
-    assert (ant.domain.reward.scale, ant.domain.reward.bias) == (10.0, -5.0)
+    assert (ant.algo.reward_scale, ant.algo.reward_bias) == (10.0, -5.0)
     kitchen = validate(compose(["env=kitchen_mixed"]))
     assert not kitchen.algo.importance_sampling and kitchen.algo.mixing_ratio == 0.25
     assert validate(compose(["env=adroit_pen"])).schedule.online_steps == 200_000

@@ -31,10 +31,10 @@ def test_sparse_failure_rule_applies_only_to_all_failure_episodes():
 
 
 def test_reward_transform_comes_before_returns():
-    from o2o.config import DomainConfig, RewardConfig
+    from conftest import algo_config
     from o2o.returns import transform_reward
 
-    cfg = DomainConfig(reward=RewardConfig(scale=10.0, bias=-5.0))
+    cfg = algo_config("calql", reward_scale=10.0, reward_bias=-5.0)
     raw = np.array([0.0, 0.0, 1.0])
     g = returns_to_go(transform_reward(raw, cfg), np.array([False, False, True]), 0.5,
                       fail_reward=transform_reward(0.0, cfg))

@@ -92,21 +92,14 @@ class EnvConfig:
 
 
 @dataclass
-class RewardConfig:
-    scale: float = MISSING
-    bias: float = MISSING
+class DomainConfig:
+    name: str = MISSING
     # Replace the env reward with -1 per step and 0 on task success (the
     # paper's Adroit setting); offline, success steps become terminal.
     binary_from_success: bool = MISSING
-
-
-@dataclass
-class DomainConfig:
-    name: str = MISSING
-    reward: RewardConfig = field(default_factory=RewardConfig)  # r * scale + bias, before returns-to-go
     # Sparse task: an episode whose every reward is the failure reward gets
     # fail_reward / (1 - gamma) as its return-to-go (fail_reward is raw; the
-    # transform is applied to it).
+    # algorithm's reward transform is applied to it).
     sparse: bool = MISSING
     fail_reward: float = MISSING
     # The first success ends an episode, in training and evaluation (the authors' Adroit sampler;
@@ -120,7 +113,6 @@ class DomainConfig:
     extra_metrics: List[str] = field(default_factory=list)
 
     def check(self) -> None:
-        _require(self.reward.scale != 0, "domain.reward.scale must be non-zero")
         for name in (self.metric, *self.extra_metrics):
             _require(name in M.HEADLINE_METRICS,
                      f"domain metric {name!r} is not one of {', '.join(M.HEADLINE_METRICS)}")
@@ -140,6 +132,10 @@ class AlgoConfig:
     mixing_ratio: float = MISSING
     utd_ratio: int = MISSING  # gradient steps per collected env step
     random_steps: int = MISSING  # uniform random actions for the first online env steps
+    # The reward the learner sees, r * reward_scale + reward_bias, before returns-to-go: each
+    # algorithm's authors have their own per domain (per_domain/<algo>/<domain>.yaml)
+    reward_scale: float = MISSING
+    reward_bias: float = MISSING
     # Critic ensemble
     ensemble_size: int = MISSING
     target_subset: Optional[int] = None  # min over a random subset of target critics; None = all
@@ -172,6 +168,7 @@ class AlgoConfig:
         for key in ("actor_lr", "critic_lr", "init_alpha"):
             _require(getattr(self, key) > 0, f"algo.{key} must be > 0, got {getattr(self, key)}")
         _require(0 < self.tau <= 1, f"algo.tau must be in (0, 1], got {self.tau}")
+        _require(self.reward_scale != 0, "algo.reward_scale must be non-zero")
         _require(self.ensemble_size >= 1, f"algo.ensemble_size must be >= 1, got {self.ensemble_size}")
         _require(self.target_subset is None or 1 <= self.target_subset <= self.ensemble_size,
                  f"algo.target_subset must be in [1, algo.ensemble_size={self.ensemble_size}], got {self.target_subset}")

@@ -121,7 +121,7 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
     env = FlatObservation(env, cfg.obs_keys)
     if cfg.gym_id.startswith("FrankaKitchen"):
         env = SuccessFromTasks(env)
-    if domain is not None and domain.reward.binary_from_success:
+    if domain is not None and domain.binary_from_success:
         env = BinarySuccessReward(env)
     if domain is not None and domain.end_on_success:
         env = EndOnSuccess(env)

@@ -155,7 +155,7 @@ def load_data(cfg: Config) -> RunData:
     obs_shape, act_shape = probe_env.observation_space.shape, probe_env.action_space.shape
     probe_env.close()
     if cfg.algo.uses_offline_data:
-        data = load_offline_data(cfg.env, obs_shape, act_shape, cfg.domain.reward.binary_from_success)
+        data = load_offline_data(cfg.env, obs_shape, act_shape, cfg.domain.binary_from_success)
         data_min, data_max = data.ref_min_score, data.ref_max_score
     else:  # online from scratch: the dataset is only asked for its reference scores
         data = None
@@ -194,7 +194,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
 
 def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
     """Stage 2 applied: labelled offline transitions (transformed rewards, returns-to-go), on the device."""
-    rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo.gamma)
+    rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo)
     buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
     buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns)
     return buffer

@@ -1,7 +1,7 @@
 """Stage 2: labelling. Transformed rewards and reference returns V_ref(s), the Monte-Carlo return-to-go.
 
 One function, :func:`label_rewards`, labels offline data and online episodes
-alike: rewards become ``r * scale + bias`` (the domain's transform), then
+alike: rewards become ``r * scale + bias`` (the algorithm's transform), then
 discounted returns-to-go are computed episode by episode (episodes split at
 terminals and timeouts). In sparse tasks an episode whose every reward is the
 failure reward gets ``fail_reward / (1 - gamma)`` at every step, as in the
@@ -14,20 +14,20 @@ from typing import Optional
 import numpy as np
 from scipy.signal import lfilter
 
-from o2o.config import DomainConfig
+from o2o.config import AlgoConfig, DomainConfig
 
 
-def transform_reward(reward, domain: DomainConfig):
-    """The reward the learner sees: ``r * scale + bias`` (arrays or scalars)."""
-    return reward * domain.reward.scale + domain.reward.bias
+def transform_reward(reward, algo: AlgoConfig):
+    """The reward the learner sees: ``r * reward_scale + reward_bias`` (arrays or scalars)."""
+    return reward * algo.reward_scale + algo.reward_bias
 
 
 def label_rewards(raw_rewards: np.ndarray, episode_ends: np.ndarray, domain: DomainConfig,
-                  gamma: float) -> tuple[np.ndarray, np.ndarray]:
+                  algo: AlgoConfig) -> tuple[np.ndarray, np.ndarray]:
     """(transformed rewards, returns-to-go) for a flat array of recorded rewards, float32 both."""
-    rewards = transform_reward(np.asarray(raw_rewards, dtype=np.float32), domain)
-    fail_reward = float(transform_reward(domain.fail_reward, domain)) if domain.sparse else None
-    return rewards, returns_to_go(rewards, episode_ends, gamma, fail_reward)
+    rewards = transform_reward(np.asarray(raw_rewards, dtype=np.float32), algo)
+    fail_reward = float(transform_reward(domain.fail_reward, algo)) if domain.sparse else None
+    return rewards, returns_to_go(rewards, episode_ends, algo.gamma, fail_reward)
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:

@@ -73,7 +73,7 @@ def apply_binary_success(data: OfflineData) -> OfflineData:
     keeps no steps.
     """
     if data.success is None:
-        raise DatasetError(f"{data.source}: domain.reward.binary_from_success needs per-step task success "
+        raise DatasetError(f"{data.source}: domain.binary_from_success needs per-step task success "
                            "(infos/success in Minari, infos/goal_achieved in D4RL HDF5), and this dataset has none")
     keep = np.zeros(len(data), dtype=bool)
     for episode in episode_slices(data.episode_ends):

@@ -77,7 +77,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                 n = len(episode)
                 ends = np.zeros(n, dtype=bool)
                 ends[-1] = True
-                rewards, mc = label_rewards(episode.rewards, ends, cfg.domain, cfg.algo.gamma)
+                rewards, mc = label_rewards(episode.rewards, ends, cfg.domain, cfg.algo)
                 observations = episode.stacked_observations()
                 sampler.online.add(observations[:-1], episode.actions, rewards, observations[1:],
                                    episode.terminations, mc)
