@@ -109,9 +109,39 @@ def test_rlpd_run_draws_half_of_every_batch_offline(monkeypatch, tmp_path):
         return real(self, n, generator)
 
     monkeypatch.setattr(TransitionBuffer, "sample_rows", spy)
-    run(algo="rlpd", run_dir=str(tmp_path),
-        overrides=[*SMOKE, "mlflow_experiment=o2o-rlpd", "schedule.online_steps=60", "algo.utd_ratio=2"])
+    run(algo="rlpd", run_dir=str(tmp_path), overrides=[*SMOKE, "mlflow_experiment=o2o-rlpd", "schedule.online_steps=60",
+                                                       "algo.utd_ratio=2", "algo.warmup_steps=20"])
     online = [n for is_online, n in draws if is_online]
     offline = [n for is_online, n in draws if not is_online]
-    assert len(online) == len(offline) == 120  # 60 env steps x UTD 2, and no offline pre-training
+    assert len(online) == len(offline) == 80  # (60 - 20 warm-up) env steps x UTD 2, and no offline pre-training
     assert set(online) == set(offline) == {16}  # batch 32, half and half
+
+
+@pytest.mark.parametrize("algo, utd", [("sac", 3), ("rlpd", 2), ("iql", 1)])
+def test_step_schedule_takes_one_update_block_per_env_step_after_warm_up(monkeypatch, tmp_path, algo, utd):
+    """At every update the online buffer holds the env steps taken so far: none before the warm-up ends,
+    then exactly utd_ratio updates after each new step."""
+    from o2o import run
+    from o2o.agents.core import ActorCritic
+    from o2o.stages import online
+
+    seen = []
+    real_update, real_init = ActorCritic.update, online.StepLearner.__init__
+
+    def init(self, agent, sampler, *args):
+        real_init(self, agent, sampler, *args)
+        agent.online_buffer_for_test = sampler.online
+
+    def update(self, batch):
+        buffer = getattr(self, "online_buffer_for_test", None)
+        if buffer is not None:  # online updates only (IQL pre-trains first)
+            seen.append(len(buffer))
+        return real_update(self, batch)
+
+    monkeypatch.setattr(online.StepLearner, "__init__", init)
+    monkeypatch.setattr(ActorCritic, "update", update)
+    warmup, steps = 15, 50
+    run(algo=algo, run_dir=str(tmp_path), overrides=[*SMOKE, f"mlflow_experiment=o2o-{algo}-schedule",
+                                                     f"schedule.online_steps={steps}", f"algo.utd_ratio={utd}",
+                                                     f"algo.warmup_steps={warmup}"])
+    assert seen == [n for n in range(warmup + 1, steps + 1) for _ in range(utd)]

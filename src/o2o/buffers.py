@@ -21,8 +21,8 @@ class TransitionBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs, actions, rewards, next_obs, dones, mc_returns) -> None:
-        """Append a block of transitions (numpy arrays); the oldest are overwritten when full."""
+    def add(self, obs, actions, rewards, next_obs, dones, mc_returns) -> torch.Tensor:
+        """Append a block of transitions (numpy arrays); the oldest are overwritten when full. Returns their rows."""
         rows = np.concatenate([
             np.asarray(obs, np.float32).reshape(len(rewards), -1), np.asarray(actions, np.float32).reshape(len(rewards), -1),
             np.asarray(rewards, np.float32)[:, None], np.asarray(next_obs, np.float32).reshape(len(rewards), -1),
@@ -32,6 +32,12 @@ class TransitionBuffer:
         self.storage.index_copy_(0, idx, rows)
         self._next = (self._next + len(rows)) % self.capacity
         self.size = min(self.size + len(rows), self.capacity)
+        return idx
+
+    def set_mc_returns(self, idx: torch.Tensor, mc_returns: np.ndarray) -> None:
+        """Write the returns-to-go of rows added before their episode ended."""
+        values = torch.as_tensor(np.asarray(mc_returns, np.float32), device=self.device)
+        self.storage[idx, self.width - 1] = values
 
     def state(self) -> dict:
         return {"rows": self.storage[: self.size].cpu().clone(), "next": self._next}

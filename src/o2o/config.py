@@ -131,7 +131,10 @@ class AlgoConfig:
     # proportional to the two buffers' sizes.
     mixing_ratio: float = MISSING
     utd_ratio: int = MISSING  # gradient steps per collected env step
-    random_steps: int = MISSING  # uniform random actions for the first online env steps
+    # Fine-tuning schedule: ``episode`` = collect an episode, then len(episode) * utd_ratio updates (the
+    # Cal-QL authors'); ``step`` = an update block of utd_ratio updates after every env step (RLPD, SAC, IQL).
+    update_schedule: str = MISSING
+    warmup_steps: int = MISSING  # first online env steps: uniform random actions and no updates (RLPD's start_training)
     # The reward the learner sees, r * reward_scale + reward_bias, before returns-to-go: each
     # algorithm's authors have their own per domain (per_domain/<algo>/<domain>.yaml)
     reward_scale: float = MISSING
@@ -175,7 +178,9 @@ class AlgoConfig:
         _require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
         _require(self.actor_update_interval >= 1,
                  f"algo.actor_update_interval must be >= 1, got {self.actor_update_interval}")
-        _require(self.random_steps >= 0, f"algo.random_steps must be >= 0, got {self.random_steps}")
+        _require(self.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(self.update_schedule in ("episode", "step"),
+                 f"algo.update_schedule must be episode or step, got {self.update_schedule!r}")
         _require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
                  f"algo.mixing_ratio must be in [0, 1] or -1 (proportional), got {self.mixing_ratio}")
         _require(self.utd_ratio >= 1, f"algo.utd_ratio must be >= 1, got {self.utd_ratio}")

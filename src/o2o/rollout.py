@@ -45,11 +45,14 @@ class Episode:
 
 
 def rollout(env, policy: Callable[[Any], np.ndarray], *, seed: Optional[int] = None,
-            max_steps: Optional[int] = None, stop: Callable[[], bool] = lambda: False) -> Optional[Episode]:
+            max_steps: Optional[int] = None, stop: Callable[[], bool] = lambda: False,
+            after_step: Optional[Callable[..., None]] = None) -> Optional[Episode]:
     """Run ``policy`` (observation -> action) for one episode, or its first ``max_steps`` steps.
 
     ``seed`` reseeds the env at reset (None keeps its stream). Returns None
     when ``stop()`` turns true before a step: the caller saves and retries later.
+    ``after_step(obs, action, reward, next_obs, terminated)`` runs after every
+    step (learning while acting: the per-step fine-tuning schedule).
     """
     obs, info = env.reset(seed=seed) if seed is not None else env.reset()
     observations, actions, rewards, task_rewards, terms, truncs = [obs], [], [], [], [], []
@@ -60,7 +63,10 @@ def rollout(env, policy: Callable[[Any], np.ndarray], *, seed: Optional[int] = N
         if stop():
             return None
         action = policy(obs)
-        obs, reward, terminated, truncated, info = env.step(action)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        if after_step is not None:
+            after_step(obs, action, float(reward), next_obs, bool(terminated))
+        obs = next_obs
         observations.append(obs)
         actions.append(action)
         rewards.append(float(reward))

@@ -132,7 +132,8 @@ class ActorCritic(nn.Module):
 
     def update(self, batch: Batch) -> dict:
         """One gradient step; returns metrics as tensors (no host sync)."""
-        update_actor = self.grad_steps % self.cfg.actor_update_interval == 0
+        # the last critic step of each block of actor_update_interval (RLPD: the actor after its 20 critic steps)
+        update_actor = (self.grad_steps + 1) % self.cfg.actor_update_interval == 0
         loss, metrics = self.compute_losses(batch, self.draw_noise(batch.obs.shape[0]), update_actor)
         self.step(loss)
         return metrics

@@ -1,37 +1,47 @@
-"""Stage 4: online fine-tuning.
+"""Stage 4: online fine-tuning, on one of two schedules (``algo.update_schedule``).
 
-As in the Cal-QL authors' loop: collect one episode with the stochastic
-policy, label it (transformed rewards and returns-to-go, so calibration keeps
-working online), store it in the online buffer, then take
-``len(episode) * utd_ratio`` gradient steps on batches that mix offline and
-online data.
+- ``episode`` (the Cal-QL authors'): collect one episode with the stochastic
+  policy, label it (transformed rewards and returns-to-go, so calibration keeps
+  working online), store it, then take ``len(episode) * utd_ratio`` gradient
+  steps.
+- ``step`` (RLPD, SAC, IQL): every env step is stored at once and followed by
+  an update block of ``utd_ratio`` gradient steps; the episode's
+  returns-to-go are written when it ends.
 
-A preemption request is honoured between two gradient steps (the checkpoint
-records how many of the episode's updates remain) or during collection (the
-checkpoint holds the random state from the episode's start, and the episode is
-collected again on resume), so a resumed run continues exactly.
+Either way the first ``algo.warmup_steps`` env steps take uniform random
+actions and no updates, and batches mix offline and online data by the
+mixing ratio.
+
+A preemption request is honoured between two gradient steps or during
+collection. On the episode schedule the checkpoint records how many of the
+episode's updates remain, or the random state from the episode's start so the
+episode is collected again: a resumed run continues exactly. On the step
+schedule the agent has learnt from the partial episode, so its steps are kept
+as a truncated episode and the resumed run starts a new one.
 """
 from __future__ import annotations
 
 import time
 
 import numpy as np
+import torch
 
 from o2o import metrics as M
 from o2o.buffers import MixedSampler
 from o2o.checkpoints import Preempted, capture_rng, restore_rng
 from o2o.config import Config
 from o2o.envs import make_env
-from o2o.returns import label_rewards
+from o2o.returns import label_rewards, transform_reward
 from o2o.rollout import Episode, rollout
 from o2o.run_state import ONLINE_STAGE, OnlineProgress
 from o2o.stages.common import MetricAverager, RunContext, log
 
 
-def collect_episode(env, agent, max_steps: int, random_steps: int = 0, stop=lambda: False) -> Episode | None:
+def collect_episode(env, agent, max_steps: int, random_steps: int = 0, stop=lambda: False,
+                    after_step=None) -> Episode | None:
     """One episode (or its first ``max_steps`` steps) with the stochastic policy; None if ``stop()`` interrupts it.
 
-    The first ``random_steps`` actions are uniform random (SAC-style warm-up).
+    The first ``random_steps`` actions are uniform random (the warm-up).
     """
     taken = 0
 
@@ -40,7 +50,35 @@ def collect_episode(env, agent, max_steps: int, random_steps: int = 0, stop=lamb
         taken += 1
         return env.action_space.sample() if taken <= random_steps else agent.act(obs, deterministic=False)
 
-    return rollout(env, policy, max_steps=max_steps, stop=stop)
+    return rollout(env, policy, max_steps=max_steps, stop=stop, after_step=after_step)
+
+
+class StepLearner:
+    """The ``step`` schedule: store each transition as it happens, then take ``utd_ratio`` updates."""
+
+    def __init__(self, agent, sampler: MixedSampler, cfg: Config, progress: OnlineProgress, averager: MetricAverager):
+        self.agent, self.sampler, self.cfg, self.progress, self.averager = agent, sampler, cfg, progress, averager
+        self.rows: list[torch.Tensor] = []  # buffer rows of the episode so far
+        self.raw_rewards: list[float] = []
+
+    def __call__(self, obs, action, reward, next_obs, terminated) -> None:
+        self.raw_rewards.append(reward)
+        reward = transform_reward(np.float32(reward), self.cfg.algo)
+        self.rows.append(self.sampler.online.add(obs[None], action[None], [reward], next_obs[None], [terminated], [0.0]))
+        self.progress.env_steps += 1
+        if self.progress.env_steps > self.cfg.algo.warmup_steps:
+            for _ in range(self.cfg.algo.utd_ratio):
+                self.averager.add(self.agent.update(self.sampler.sample()))
+                self.progress.updates_since_log += 1
+
+    def end_episode(self) -> None:
+        """Write the returns-to-go of the episode's rows (a partial episode counts as truncated)."""
+        if self.rows:
+            ends = np.zeros(len(self.rows), dtype=bool)
+            ends[-1] = True
+            _, mc = label_rewards(np.asarray(self.raw_rewards), ends, self.cfg.domain, self.cfg.algo)
+            self.sampler.online.set_mc_returns(torch.cat(self.rows), mc)
+        self.rows, self.raw_rewards = [], []
 
 
 def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_rng: dict | None = None
@@ -61,6 +99,8 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
     if not resumed and not ctx.state.eval_history:  # no pre-training: score the initial policy at env step 0
         progress.results = ctx.evaluate(agent, M.ONLINE, 0)
 
+    step_learner = StepLearner(agent, sampler, cfg, progress, averager) if cfg.algo.update_schedule == "step" else None
+
     def checkpoint(rng: dict | None = None) -> None:
         progress.averager, progress.buffer = averager.state(), sampler.online.state()
         ctx.save(agent, ONLINE_STAGE, envs, rng)
@@ -68,23 +108,32 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
     with ctx.progress_bar(sched.online_steps, "online fine-tuning", initial=progress.env_steps) as bar:
         while progress.env_steps < sched.online_steps or progress.pending_updates:
             if not progress.pending_updates:
-                episode_start_rng = capture_rng(envs)
+                episode_start_rng, steps_before = capture_rng(envs), progress.env_steps
                 episode = collect_episode(env, agent, sched.online_steps - progress.env_steps,
-                                          max(cfg.algo.random_steps - progress.env_steps, 0), stop=lambda: ctx.guard.requested)
+                                          max(cfg.algo.warmup_steps - progress.env_steps, 0),
+                                          stop=lambda: ctx.guard.requested, after_step=step_learner)
                 if episode is None:
-                    checkpoint(episode_start_rng)  # the episode is collected again on resume
+                    if step_learner is None:
+                        checkpoint(episode_start_rng)  # the episode is collected again on resume
+                    else:
+                        step_learner.end_episode()  # learnt from already: kept, as a truncated episode
+                        checkpoint()
                     raise Preempted(f"online env step {progress.env_steps}")
                 n = len(episode)
-                ends = np.zeros(n, dtype=bool)
-                ends[-1] = True
-                rewards, mc = label_rewards(episode.rewards, ends, cfg.domain, cfg.algo)
-                observations = episode.stacked_observations()
-                sampler.online.add(observations[:-1], episode.actions, rewards, observations[1:],
-                                   episode.terminations, mc)
-                progress.env_steps += n
+                if step_learner is None:
+                    ends = np.zeros(n, dtype=bool)
+                    ends[-1] = True
+                    rewards, mc = label_rewards(episode.rewards, ends, cfg.domain, cfg.algo)
+                    observations = episode.stacked_observations()
+                    sampler.online.add(observations[:-1], episode.actions, rewards, observations[1:],
+                                       episode.terminations, mc)
+                    progress.env_steps += n
+                    learning_steps = progress.env_steps - max(cfg.algo.warmup_steps, steps_before)
+                    progress.pending_updates = max(learning_steps, 0) * cfg.algo.utd_ratio
+                else:
+                    step_learner.end_episode()
                 progress.episodes += 1
                 progress.regret_sum += 1.0 - episode.goal_reached
-                progress.pending_updates = n * cfg.algo.utd_ratio
                 ctx.tracker.log_metrics({
                     M.train(M.ONLINE, M.EPISODE_RETURN): float(episode.rewards.sum()),
                     M.train(M.ONLINE, M.EPISODE_SUCCESS): float(episode.succeeded),
