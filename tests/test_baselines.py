@@ -69,14 +69,38 @@ def test_sac_backup_includes_the_entropy_term():
     torch.testing.assert_close(m["td_target"], (1 + 0.9 * q2).mean())
 
 
-@pytest.mark.parametrize("env", ["pointmaze_umaze", "kitchen_partial"])
-def test_each_algorithm_owns_its_mixing_and_utd_ratio(env):
+@pytest.mark.parametrize("env, subset, backup, hidden", [
+    ("antmaze_umaze", 1, False, [256] * 3),  # ikostrikov/rlpd README, AntMaze command
+    ("adroit_pen", 2, False, [256] * 3),  # README, Adroit binary command
+    ("hopper", 2, True, [256] * 2),  # README, locomotion: the default config
+])
+def test_rlpd_as_its_authors_run_it(env, subset, backup, hidden):
     cfg = validate(compose(["algo=rlpd", f"env={env}"]))
-    assert cfg.algo.mixing_ratio == 0.5 and cfg.algo.utd_ratio == 20
-    assert cfg.algo.ensemble_size == 10 and cfg.algo.target_subset == 2 and cfg.algo.layer_norm
-    sac = validate(compose(["algo=sac", f"env={env}"])).algo
-    assert sac.mixing_ratio == 0.0 and not sac.uses_offline_data
+    algo = cfg.algo
+    assert (algo.mixing_ratio, algo.utd_ratio, algo.ensemble_size, algo.layer_norm, algo.actor_q) == (0.5, 20, 10, True, "mean")
+    assert (algo.target_subset, algo.backup_entropy, algo.actor_hidden, algo.critic_hidden) == (subset, backup, hidden, hidden)
+    assert (algo.target_entropy_scale, algo.log_std_offset, algo.warmup_steps, algo.update_schedule) == (0.5, 0.0, 5000, "step")
+    assert (algo.reward_scale, algo.reward_bias) == ((1.0, -1.0) if env.startswith("antmaze") else (1.0, 0.0))
     assert not hasattr(cfg.buffer, "mixing_ratio") and not hasattr(cfg.schedule, "utd_ratio")
+
+
+@pytest.mark.parametrize("env, dropout, schedule, expectile, temperature", [
+    ("antmaze_umaze", 0.0, "constant", 0.9, 10.0),  # antmaze_finetune_config.py
+    ("adroit_door", 0.1, "cosine", 0.7, 0.5),  # kitchen_config.py, which the README uses for Adroit
+    ("kitchen_partial", 0.1, "cosine", 0.7, 0.5),
+    ("hopper", 0.0, "cosine", 0.7, 3.0),  # mujoco_config.py
+])
+def test_iql_as_its_authors_run_it(env, dropout, schedule, expectile, temperature):
+    algo = validate(compose(["algo=iql", f"env={env}"])).algo
+    assert (algo.actor_dropout, algo.actor_lr_schedule, algo.expectile, algo.awr_temperature) == (
+        dropout, schedule, expectile, temperature)
+    assert (algo.mixing_ratio, algo.actor_hidden, algo.critic_hidden, algo.update_schedule) == (-1.0, [256] * 2, [256] * 2, "step")
+
+
+def test_sac_is_standard_sac_from_scratch():
+    algo = validate(compose(["algo=sac", "env=adroit_door"])).algo
+    assert algo.mixing_ratio == 0.0 and not algo.uses_offline_data and not algo.pretrain
+    assert (algo.actor_hidden, algo.target_entropy_scale, algo.backup_entropy, algo.warmup_steps) == ([256] * 2, 1.0, True, 5000)
 
 
 def test_sac_never_reads_the_offline_data(monkeypatch, tmp_path):

@@ -143,22 +143,14 @@ class AlgoConfig:
     ensemble_size: int = MISSING
     target_subset: Optional[int] = None  # min over a random subset of target critics; None = all
     layer_norm: bool = MISSING
-    actor_q: str = MISSING  # how the actor's loss reduces the ensemble: min | mean
     actor_update_interval: int = MISSING  # actor and temperature step every N critic steps
     # Networks and optimisation
     actor_hidden: List[int] = MISSING
     critic_hidden: List[int] = MISSING
     orthogonal_init: bool = MISSING
-    # Actor log-std = multiplier * head output + offset; train both with the actor (the Cal-QL authors')
-    trainable_log_std_transform: bool = MISSING
     actor_lr: float = MISSING
     critic_lr: float = MISSING
     tau: float = MISSING
-    # SAC entropy temperature
-    auto_entropy: bool = MISSING
-    init_alpha: float = MISSING
-    target_entropy: Optional[float] = None  # None = -|A|
-    backup_entropy: bool = MISSING
 
     @property
     def uses_offline_data(self) -> bool:
@@ -168,14 +160,13 @@ class AlgoConfig:
         _require(0 < self.gamma < 1, f"algo.gamma must be in (0, 1), got {self.gamma}")
         _require(all(w > 0 for w in self.actor_hidden + self.critic_hidden) and self.critic_hidden and self.actor_hidden,
                  "algo.actor_hidden and algo.critic_hidden must be non-empty lists of positive widths")
-        for key in ("actor_lr", "critic_lr", "init_alpha"):
+        for key in ("actor_lr", "critic_lr"):
             _require(getattr(self, key) > 0, f"algo.{key} must be > 0, got {getattr(self, key)}")
         _require(0 < self.tau <= 1, f"algo.tau must be in (0, 1], got {self.tau}")
         _require(self.reward_scale != 0, "algo.reward_scale must be non-zero")
         _require(self.ensemble_size >= 1, f"algo.ensemble_size must be >= 1, got {self.ensemble_size}")
         _require(self.target_subset is None or 1 <= self.target_subset <= self.ensemble_size,
                  f"algo.target_subset must be in [1, algo.ensemble_size={self.ensemble_size}], got {self.target_subset}")
-        _require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
         _require(self.actor_update_interval >= 1,
                  f"algo.actor_update_interval must be >= 1, got {self.actor_update_interval}")
         _require(self.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {self.warmup_steps}")
@@ -187,7 +178,27 @@ class AlgoConfig:
 
 
 @dataclass
-class CQLConfig(AlgoConfig):
+class SoftActorConfig(AlgoConfig):
+    """Algorithms with the SAC actor (CQL, Cal-QL, SAC, RLPD): a tanh-Gaussian policy and an entropy temperature."""
+
+    # log-std = multiplier (1) * head output + offset (log_std_offset); with trainable_log_std_transform
+    # both train with the actor (the Cal-QL authors')
+    trainable_log_std_transform: bool = MISSING
+    log_std_offset: float = MISSING
+    auto_entropy: bool = MISSING
+    init_alpha: float = MISSING
+    target_entropy_scale: float = MISSING  # target entropy = -scale * |A| (SAC: 1, RLPD: 1/2)
+    backup_entropy: bool = MISSING
+    actor_q: str = MISSING  # how the actor's loss reduces the ensemble: min | mean
+
+    def check(self) -> None:
+        super().check()
+        _require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
+        _require(self.init_alpha > 0, f"algo.init_alpha must be > 0, got {self.init_alpha}")
+
+
+@dataclass
+class CQLConfig(SoftActorConfig):
     """CQL, and Cal-QL as its calibration switch (``calibrate_offline`` / ``calibrate_online``)."""
 
     cql_weight: float = MISSING
@@ -213,15 +224,21 @@ class IQLConfig(AlgoConfig):
     expectile: float = MISSING
     awr_temperature: float = MISSING
     awr_max_weight: float = MISSING
+    actor_dropout: float = MISSING  # after each hidden layer of the policy (the authors': 0.1 on Adroit)
+    # the policy's learning rate over all updates (offline + online): constant, or cosine decay to 0
+    actor_lr_schedule: str = MISSING
 
     def check(self) -> None:
         super().check()
         _require(0 < self.expectile < 1, f"algo.expectile must be in (0, 1), got {self.expectile}")
         _require(self.awr_temperature >= 0, f"algo.awr_temperature must be >= 0, got {self.awr_temperature}")
+        _require(0 <= self.actor_dropout < 1, f"algo.actor_dropout must be in [0, 1), got {self.actor_dropout}")
+        _require(self.actor_lr_schedule in ("constant", "cosine"),
+                 f"algo.actor_lr_schedule must be constant or cosine, got {self.actor_lr_schedule!r}")
 
 
 @dataclass
-class SACConfig(AlgoConfig):
+class SACConfig(SoftActorConfig):
     """SAC and RLPD: the core's knobs are all they need."""
 
 

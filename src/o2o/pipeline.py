@@ -201,7 +201,13 @@ def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> Tran
 
 
 def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device) -> ActorCritic:
-    return AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, cfg.precision)
+    return AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, cfg.precision, planned_updates(cfg))
+
+
+def planned_updates(cfg: Config) -> int:
+    """The gradient steps the run will take: offline, then utd_ratio per online env step after the warm-up."""
+    offline = cfg.schedule.offline_steps if cfg.algo.pretrain else 0
+    return offline + max(cfg.schedule.online_steps - cfg.algo.warmup_steps, 0) * cfg.algo.utd_ratio
 
 
 def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Config, ctx: RunContext,

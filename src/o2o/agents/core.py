@@ -14,7 +14,7 @@ from torch import nn
 
 from o2o import metrics as M
 from o2o.agents.networks import EnsembleCritic, TanhGaussianActor
-from o2o.config import AlgoConfig
+from o2o.config import AlgoConfig, SoftActorConfig
 
 
 class Batch(NamedTuple):
@@ -27,22 +27,29 @@ class Batch(NamedTuple):
 
 
 class ActorCritic(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device, precision: str = "fp32"):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device, precision: str = "fp32",
+                 total_updates: int = 0):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
+        self.total_updates = total_updates  # the run's planned gradient steps, for learning-rate schedules
         self.device = device
-        self.actor = TanhGaussianActor(obs_dim, act_dim, cfg.actor_hidden, cfg.orthogonal_init,
-                                       cfg.trainable_log_std_transform)
+        self.actor = self.make_actor()
         self.critic = self.make_critic()
         self.critic_target = self.make_critic()
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log(), requires_grad=cfg.auto_entropy)
-        self.target_entropy = -float(act_dim) if cfg.target_entropy is None else float(cfg.target_entropy)
+        if isinstance(cfg, SoftActorConfig):  # the SAC entropy temperature
+            self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log(), requires_grad=cfg.auto_entropy)
+            self.target_entropy = -cfg.target_entropy_scale * act_dim
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.to(device)
         self.grad_steps = 0
         self.phase: str | None = None
+
+    def make_actor(self) -> nn.Module:
+        cfg = self.cfg
+        return TanhGaussianActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.orthogonal_init,
+                                 cfg.trainable_log_std_transform, cfg.log_std_offset)
 
     def make_critic(self, act_dim: int | None = None, ensemble_size: int | None = None) -> EnsembleCritic:
         cfg = self.cfg
@@ -55,7 +62,7 @@ class ActorCritic(nn.Module):
             {"params": list(self.actor.parameters()), "lr": self.cfg.actor_lr},
             {"params": list(self.critic.parameters()), "lr": self.cfg.critic_lr},
         ]
-        if self.cfg.auto_entropy:
+        if isinstance(self.cfg, SoftActorConfig) and self.cfg.auto_entropy:
             groups.append({"params": [self.log_alpha], "lr": self.cfg.actor_lr})
         groups += extra_groups or []
         fused = self.device.type == "cuda"
@@ -143,12 +150,10 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def act(self, obs, deterministic: bool) -> "torch.Tensor":
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        self.actor.eval()  # no dropout when acting
         with self.autocast():
-            mean, log_std = self.actor(obs_t)
-        if deterministic:
-            action = torch.tanh(mean)
-        else:
-            action, _ = TanhGaussianActor.sample(mean, log_std, torch.randn(1, 1, self.act_dim, device=self.device))
+            action = self.actor.act(obs_t, deterministic, torch.randn(1, 1, self.act_dim, device=self.device))
+        self.actor.train()
         return action.reshape(-1).float().cpu().numpy()
 
     # ------------------------------------------------------------------ checkpoint

@@ -24,8 +24,8 @@ def calql_bound(q_current: torch.Tensor, q_next: torch.Tensor, v_ref: torch.Tens
 
 
 class CQL(ActorCritic):
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32"):
-        super().__init__(obs_dim, act_dim, cfg, device, precision)
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32", total_updates: int = 0):
+        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates)
         extra = []
         if cfg.lagrange:
             self.log_alpha_prime = torch.nn.Parameter(torch.tensor(1.0, device=device))

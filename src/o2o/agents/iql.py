@@ -1,11 +1,20 @@
-"""IQL (Kostrikov et al. 2022): expectile value regression, Q against V, advantage-weighted policy extraction."""
+"""IQL (Kostrikov et al. 2022): expectile value regression, Q against V, advantage-weighted policy extraction.
+
+As the authors' code (ikostrikov/implicit_q_learning, learner.py, actor.py, critic.py, policy.py) and CORL's
+``algorithms/finetune/iql.py``: a Gaussian policy with a tanh mean and a state-independent log-std
+(``GaussianActor``), its learning rate on a cosine decay over all updates, twin Q-functions and a value
+function; V regresses min(Q_target) by the expectile, Q regresses r + gamma V(s'), the policy maximises
+exp(beta (Q_target - V)) (clipped at 100) times log pi(a|s).
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 
 from o2o import metrics as M
 from o2o.agents.core import ActorCritic, Batch
-from o2o.agents.networks import TanhGaussianActor
+from o2o.agents.networks import GaussianActor
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -20,11 +29,32 @@ def advantage_weights(advantage: torch.Tensor, temperature: float, max_weight: f
 
 
 class IQL(ActorCritic):
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32"):
-        super().__init__(obs_dim, act_dim, cfg, device, precision)
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32", total_updates: int = 0):
+        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates)
         self.value = self.make_critic(act_dim=0, ensemble_size=1).to(device)  # V(s): a critic without actions
         self._no_action = torch.zeros(1, 1, 0, device=device)
         self.build_optimizer([{"params": list(self.value.parameters()), "lr": cfg.critic_lr}])
+        horizon = max(total_updates, 1)
+        actor_factor = ((lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, horizon) / horizon)))
+                        if cfg.actor_lr_schedule == "cosine" else (lambda t: 1.0))
+        # the actor's group is the optimizer's first; the others keep their rate
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, [actor_factor] + [lambda t: 1.0] * (len(self.optimizer.param_groups) - 1))
+
+    def make_actor(self):
+        return GaussianActor(self.obs_dim, self.act_dim, self.cfg.actor_hidden, self.cfg.actor_dropout,
+                             self.cfg.orthogonal_init)
+
+    def step(self, loss: torch.Tensor) -> None:
+        super().step(loss)
+        self.scheduler.step()
+
+    def checkpoint(self) -> dict:
+        return {**super().checkpoint(), "scheduler": self.scheduler.state_dict()}
+
+    def restore(self, state: dict) -> None:
+        super().restore(state)
+        self.scheduler.load_state_dict(state["scheduler"])
 
     def v(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(obs, self._no_action.expand(obs.shape[0], 1, 0))[0, :, 0]
@@ -49,7 +79,7 @@ class IQL(ActorCritic):
             weights = advantage_weights(q_target - v.detach(), cfg.awr_temperature, cfg.awr_max_weight)
             with self.autocast():
                 mean, log_std = self.actor(batch.obs)
-            log_pi = TanhGaussianActor.log_prob(mean, log_std, batch.actions)
+            log_pi = GaussianActor.log_prob(mean, log_std, batch.actions)
             actor_loss = -(weights * log_pi).mean()
             loss = loss + actor_loss
             metrics = {M.ACTOR_LOSS: actor_loss.detach(), "awr_weight": weights.mean(), "log_pi_data": log_pi.detach().mean()}

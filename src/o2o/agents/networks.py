@@ -8,9 +8,16 @@ import torch.nn.functional as F
 from torch import nn
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
-# The Cal-QL authors' policy (nakamotoo/Cal-QL, JaxCQL/model.py, TanhGaussianPolicy): log_std = multiplier *
-# head output + offset, multiplier 1 and offset -1 at the start (initial std about e^-1).
-LOG_STD_MULTIPLIER, LOG_STD_OFFSET = 1.0, -1.0
+
+
+def _mlp(obs_dim: int, hidden: list[int], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
+    layers, width = [], obs_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    return nn.Sequential(*layers), width
 
 
 def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
@@ -20,23 +27,19 @@ def _orthogonal_(weight: torch.Tensor, gain: float) -> None:
 
 
 class TanhGaussianActor(nn.Module):
-    """A state-dependent tanh-squashed Gaussian.
+    """A state-dependent tanh-squashed Gaussian: log_std = multiplier * head output + offset, clipped.
 
-    ``trainable_log_std_transform``: the log-std multiplier and offset are parameters trained with the
-    actor, as in the authors' code (their ``Scalar`` modules); otherwise they stay fixed at 1 and -1.
+    The Cal-QL authors' policy (nakamotoo/Cal-QL, JaxCQL/model.py, TanhGaussianPolicy) starts with
+    multiplier 1 and offset -1 and, with ``trainable_log_std_transform``, trains both with the actor (their
+    ``Scalar`` modules); RLPD's TanhNormal is offset 0, fixed.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], orthogonal_init: bool = True,
-                 trainable_log_std_transform: bool = False):
+                 trainable_log_std_transform: bool = False, log_std_offset: float = 0.0):
         super().__init__()
-        self.log_std_multiplier = nn.Parameter(torch.tensor(LOG_STD_MULTIPLIER),
-                                               requires_grad=trainable_log_std_transform)
-        self.log_std_offset = nn.Parameter(torch.tensor(LOG_STD_OFFSET), requires_grad=trainable_log_std_transform)
-        layers, width = [], obs_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
-            width = h
-        self.trunk = nn.Sequential(*layers)
+        self.log_std_multiplier = nn.Parameter(torch.tensor(1.0), requires_grad=trainable_log_std_transform)
+        self.log_std_offset = nn.Parameter(torch.tensor(float(log_std_offset)), requires_grad=trainable_log_std_transform)
+        self.trunk, width = _mlp(obs_dim, hidden)
         self.head = nn.Linear(width, 2 * act_dim)
         if orthogonal_init:
             for module in self.trunk:
@@ -73,6 +76,45 @@ class TanhGaussianActor(nn.Module):
         # log(1 - tanh(u)^2), written stably
         squash = (2.0 * (math.log(2.0) - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
         return torch.tanh(pre_tanh), gaussian_log_prob - squash
+
+    def act(self, obs: torch.Tensor, deterministic: bool, eps: torch.Tensor) -> torch.Tensor:
+        """tanh(mean), or a tanh-Gaussian sample with noise ``eps`` (B, 1, A)."""
+        mean, log_std = self(obs)
+        return torch.tanh(mean) if deterministic else self.sample(mean, log_std, eps)[0][:, 0]
+
+
+class GaussianActor(nn.Module):
+    """IQL's policy (ikostrikov/implicit_q_learning, policy.py NormalTanhPolicy with tanh_squash_distribution
+    False and state_dependent_std False): a Gaussian whose mean is tanh of the network's output and whose
+    log-std is one learned vector, clipped to [-5, 2]; dropout after each hidden layer where the authors use
+    it. Samples are clipped to the action bounds, as their ``sample_actions``."""
+
+    LOG_STD_MIN = -5.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], dropout: float = 0.0, orthogonal_init: bool = True):
+        super().__init__()
+        self.trunk, width = _mlp(obs_dim, hidden, dropout)
+        self.head = nn.Linear(width, act_dim)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+        if orthogonal_init:  # the authors' default_init: orthogonal, gain sqrt(2), every layer and the mean head
+            for module in [*self.trunk, self.head]:
+                if isinstance(module, nn.Linear):
+                    nn.init.orthogonal_(module.weight, gain=math.sqrt(2.0))
+                    nn.init.zeros_(module.bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tanh(self.head(self.trunk(obs)))
+        log_std = self.log_std.clamp(self.LOG_STD_MIN, LOG_STD_MAX).expand_as(mean)
+        return mean.float(), log_std.float()
+
+    @staticmethod
+    def log_prob(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        z = (actions - mean) / log_std.exp()
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def act(self, obs: torch.Tensor, deterministic: bool, eps: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(obs)
+        return mean if deterministic else (mean + log_std.exp() * eps[:, 0]).clamp(-1.0, 1.0)
 
 
 class EnsembleCritic(nn.Module):

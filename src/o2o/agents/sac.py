@@ -15,8 +15,8 @@ from o2o.agents.networks import TanhGaussianActor
 
 
 class SAC(ActorCritic):
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32"):
-        super().__init__(obs_dim, act_dim, cfg, device, precision)
+    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32", total_updates: int = 0):
+        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates)
         self.build_optimizer()
 
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
