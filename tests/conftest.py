@@ -55,3 +55,19 @@ def algo_config(algo: str, **fields):
 @pytest.fixture
 def main_py():
     return [sys.executable, str(ROOT / "src" / "main.py")]
+
+
+def plain_q(critic, member, s, a):
+    """One member of an EnsembleCritic on one (s, a), layer by layer (LayerNorm where the critic has it)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.cat([s, a])
+    last = len(critic.weights) - 1
+    for layer, (w, b) in enumerate(zip(critic.weights, critic.biases)):
+        x = x @ w[member] + b[member, 0]
+        if layer < last:
+            if critic.layer_norm:
+                x = F.layer_norm(x, x.shape) * critic.norm_scales[layer][member, 0] + critic.norm_shifts[layer][member, 0]
+            x = torch.relu(x)
+    return x[0]

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from conftest import algo_config
+from conftest import algo_config, plain_q
+from test_cql_losses import plain_policy as plain_tanh_policy  # the tanh-Gaussian sample and log-probability
 from o2o.agents.core import Batch
 from o2o.agents.iql import IQL
 from o2o.agents.sac import SAC
@@ -28,27 +28,6 @@ def make_batch():
     return Batch(torch.randn(B, OBS, generator=g), torch.rand(B, ACT, generator=g) * 1.8 - 0.9,
                  torch.randn(B, generator=g), torch.randn(B, OBS, generator=g),
                  torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0]), torch.zeros(B))
-
-
-def plain_q(critic, member, s, a):
-    """One member of the ensemble on one (s, a), layer by layer (LayerNorm where the critic has it)."""
-    x = torch.cat([s, a])
-    last = len(critic.weights) - 1
-    for layer, (w, b) in enumerate(zip(critic.weights, critic.biases)):
-        x = x @ w[member] + b[member, 0]
-        if layer < last:
-            if critic.layer_norm:
-                x = F.layer_norm(x, x.shape) * critic.norm_scales[layer][member, 0] + critic.norm_shifts[layer][member, 0]
-            x = torch.relu(x)
-    return x[0]
-
-
-def plain_tanh_policy(actor, s, eps):
-    mean, log_std = actor(s.unsqueeze(0))
-    mean, std = mean[0], log_std[0].exp()
-    u = mean + std * eps
-    log_prob = torch.distributions.Normal(mean, std).log_prob(u).sum() - torch.log(1 - torch.tanh(u) ** 2).sum()
-    return torch.tanh(u), log_prob
 
 
 def test_iql_losses_equal_the_authors_equations():

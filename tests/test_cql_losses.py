@@ -6,7 +6,7 @@ import torch
 
 from o2o.agents.core import Batch
 from o2o.agents.cql import CQL, calql_bound
-from conftest import algo_config
+from conftest import algo_config, plain_q
 
 OBS, ACT, B, N = 3, 2, 5, 3
 
@@ -22,16 +22,6 @@ def make_batch(mc_scale=1.0):
     return Batch(torch.randn(B, OBS, generator=g), torch.rand(B, ACT, generator=g) * 2 - 1,
                  torch.randn(B, generator=g), torch.randn(B, OBS, generator=g),
                  (torch.rand(B, generator=g) < 0.3).float(), torch.randn(B, generator=g) * mc_scale)
-
-
-def plain_q(critic, member, s, a):
-    x = torch.cat([s, a])
-    last = len(critic.weights) - 1
-    for layer, (w, b) in enumerate(zip(critic.weights, critic.biases)):
-        x = x @ w[member] + b[member, 0]
-        if layer < last:
-            x = torch.relu(x)
-    return x[0]
 
 
 def plain_policy(actor, s, eps):
