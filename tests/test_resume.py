@@ -101,3 +101,29 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     finish(tmp_path)
     proc = subprocess.run(command(tmp_path) + ["seed=5"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "another config" in proc.stderr
+
+
+def test_step_schedule_preempted_mid_episode_keeps_what_it_learnt_and_finishes(tmp_path, monkeypatch):
+    """SAC learns while acting: a preemption mid-episode saves the partial episode (as truncated) with the
+    agent that learnt from it; the rerun starts a new episode and takes exactly the planned updates."""
+    from o2o import run
+    from o2o.stages import online
+
+    overrides = [*SMOKE, "mlflow_experiment=o2o-resume-step", "schedule.online_steps=200", "algo.warmup_steps=50",
+                 "schedule.eval_interval_online=100", "domain.eval_episodes=1", "progress=false"]
+    real_call, calls = online.StepLearner.__call__, []
+
+    def call(self, *args):
+        real_call(self, *args)
+        calls.append(1)
+        if len(calls) == 120:  # mid-episode: the smoke PointMaze episodes last up to 300 steps
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+    monkeypatch.setattr(online.StepLearner, "__call__", call)
+    with pytest.raises(SystemExit) as stopped:
+        run(algo="sac", run_dir=str(tmp_path), overrides=overrides)
+    assert stopped.value.code == 128 + signal.SIGUSR2
+    final = run(algo="sac", run_dir=str(tmp_path), overrides=overrides)
+    assert final["online/env_steps"] == 200 and len(calls) == 200  # resumed at step 120, not started over
+    state = torch.load(tmp_path / "checkpoints" / "final.pt", weights_only=False)
+    assert state["agent"]["grad_steps"] == (200 - 50) * 1  # one update per env step after the warm-up, none lost
