@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o import metrics as M
 from o2o.config import register_schema, validate
-from o2o.errors import UserError
+from o2o.errors import Diverged, UserError
 
 log = logging.getLogger("o2o")
 CONFIG_MODULE = "o2o_conf"
@@ -42,6 +42,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
             raise  # the sweep records this job as failed and goes on with the others
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Diverged as err:
+        log.error("%s", err)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
     headline = cfg.domain.metric  # the sweep's objective: the paper's score, fine-tuned if there was fine-tuning
     return final.get(M.summary(M.ONLINE, headline), final.get(M.summary(M.OFFLINE, headline)))
 

@@ -285,6 +285,8 @@ class Config:
     mlflow_experiment: str = MISSING
     run_name: Optional[str] = None
     progress: bool = MISSING
+    # Stop at the first non-finite loss (checked at every log flush) or parameter (before every checkpoint)
+    divergence_guard: bool = MISSING
 
     def check(self) -> None:
         for part in (self.env, self.domain, self.algo, self.buffer, self.schedule):

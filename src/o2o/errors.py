@@ -11,3 +11,10 @@ class ConfigError(UserError, ValueError):
 
 class DatasetError(UserError, RuntimeError):
     """The dataset is missing or does not fit the environment."""
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or parameter: the run stops, FAILED, with its last finite checkpoint kept.
+
+    Not a user error (nothing was wrong before the work started), so the CLI exits 3, not 2.
+    """

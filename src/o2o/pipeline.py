@@ -26,7 +26,7 @@ from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import CQLConfig, Config, IQLConfig, SACConfig
 from o2o.data.dataset import OfflineData, dataset_reference_scores, load_offline_data
 from o2o.envs import make_env
-from o2o.errors import ConfigError, DatasetError
+from o2o.errors import ConfigError, DatasetError, Diverged
 from o2o.report import run_plot
 from o2o.returns import label_rewards
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RunState
@@ -66,7 +66,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id)
-        ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress)
+        ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress,
+                         divergence_guard=cfg.divergence_guard)
         resume_rng = None
         if resume is not None:
             agent.restore(resume.agent)
@@ -86,6 +87,10 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         return final
     except KeyboardInterrupt:
         tracker.end("KILLED")
+        raise
+    except Diverged as err:
+        tracker.set_tags({"stage": "diverged", "failure": str(err)[:5000]})
+        tracker.end("FAILED")
         raise
     except Exception:
         tracker.end("FAILED")
@@ -232,6 +237,7 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
 def finish(agent: ActorCritic, ctx: RunContext, final: dict[str, float], run_dir: Path) -> None:
     """The final checkpoint, final metrics, plots and the FINISHED status."""
     tracker, state = ctx.tracker, ctx.state
+    ctx.check_finite_parameters(agent, "final")
     state.stage, state.final, state.agent = FINAL_STAGE, final, agent.checkpoint()
     ctx.checkpoints.save(state)
     tracker.log_artifact(ctx.checkpoints.folder / FINAL, "checkpoints")

@@ -306,6 +306,7 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         _collect_if_missing(cfg)
         data = load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download, env_cfg=cfg)
     check_matches_env(data, cfg, observation_shape, action_shape)
+    check_finite(data)
     data = replace(data, actions=np.clip(data.actions, -ACTION_CLIP, ACTION_CLIP))
     if binary_from_success:
         data = apply_binary_success(data)
@@ -343,6 +344,16 @@ def _collect_if_missing(cfg: EnvConfig) -> None:
         with _collection_lock():
             if not minari_is_local(cfg.dataset.id):
                 collect_dataset(cfg)
+
+
+def check_finite(data: OfflineData) -> None:
+    """NaN or inf in the data would train silently into NaN weights: stop with the field and the count."""
+    for name in ("observations", "actions", "rewards", "next_observations"):
+        values = getattr(data, name)
+        bad = int(np.count_nonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)))
+        if bad:
+            raise DatasetError(f"{data.source}: {bad} transitions with non-finite values (NaN or inf) in {name}; "
+                               "clean the dataset or choose another one")
 
 
 def check_matches_env(data: OfflineData, cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> None:

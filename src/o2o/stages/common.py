@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm
 from o2o import metrics as M
 from o2o.checkpoints import Checkpoints, PreemptionGuard, capture_rng
 from o2o.config import ScheduleConfig
+from o2o.errors import Diverged
 from o2o.run_state import RunState
 from o2o.tracking import Tracker
 
@@ -53,13 +55,32 @@ class RunContext:
     state: RunState  # what a checkpoint holds; the stages keep their progress in it
     guard: PreemptionGuard = field(default_factory=PreemptionGuard)
     progress: bool = True
+    divergence_guard: bool = True
+
+    def check_finite_metrics(self, metrics: dict[str, float], phase: str, step: int) -> None:
+        """Stop at a non-finite training metric (losses, Q-values): the run has diverged."""
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if self.divergence_guard and bad:
+            raise Diverged(f"{phase} training diverged by step {step}: {', '.join(bad)} not finite; the last finite "
+                           f"checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the reward "
+                           "scale, or set divergence_guard=false to let it run)")
 
     def progress_bar(self, total: int, desc: str, initial: int = 0):
         # disable=None: quiet when output is not a terminal
         return tqdm(total=total, initial=initial, desc=desc, disable=None if self.progress else True,
                     dynamic_ncols=True)
 
+    def check_finite_parameters(self, agent, phase: str) -> None:
+        """Stop before a non-finite network is evaluated or saved."""
+        bad = [name for name, p in agent.named_parameters() if not torch.isfinite(p).all()]
+        if self.divergence_guard and bad:
+            raise Diverged(f"{phase} training diverged by gradient step {agent.grad_steps}: parameters "
+                           f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} not finite; the last finite "
+                           f"checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the "
+                           "reward scale, or set divergence_guard=false to let it run)")
+
     def evaluate(self, agent, phase: str, step: int) -> dict[str, float]:
+        self.check_finite_parameters(agent, phase)
         results = self.evaluator(agent)
         self.state.eval_history.append({"phase": phase, "step": step, **results})
         self.tracker.log_metrics({M.evaluation(phase, k): v for k, v in results.items()}, step)
@@ -67,7 +88,8 @@ class RunContext:
         return results
 
     def save(self, agent, stage: str, envs: list, rng: dict | None = None) -> None:
-        """Checkpoint the run as it stands; metrics logged so far are sent first."""
+        """Checkpoint the run as it stands; metrics logged so far are sent first. Never saves non-finite weights."""
+        self.check_finite_parameters(agent, stage)
         self.tracker.flush()
         self.state.stage, self.state.agent = stage, agent.checkpoint()
         self.state.rng = rng if rng is not None else capture_rng(envs)

@@ -35,6 +35,7 @@ def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, ctx: Ru
             if step % sched.log_interval == 0 or step == steps:
                 now = time.perf_counter()
                 metrics = averager.pop_means()
+                ctx.check_finite_metrics(metrics, M.OFFLINE, step)
                 metrics[M.UPDATES_PER_SECOND] = (step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
                 ctx.tracker.log_metrics({M.train(M.OFFLINE, k): v for k, v in metrics.items()}, step)

@@ -155,6 +155,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
             if progress.env_steps - progress.last_log_step >= sched.log_interval or finished:
                 now = time.perf_counter()
                 metrics = averager.pop_means()
+                ctx.check_finite_metrics(metrics, M.ONLINE, progress.env_steps)
                 metrics[M.UPDATES_PER_SECOND] = progress.updates_since_log / max(now - last_time, 1e-9)
                 metrics[M.GRAD_STEPS] = agent.grad_steps
                 ctx.tracker.log_metrics({M.train(M.ONLINE, k): v for k, v in metrics.items()}, progress.env_steps)
