@@ -127,3 +127,23 @@ def test_step_schedule_preempted_mid_episode_keeps_what_it_learnt_and_finishes(t
     assert final["online/env_steps"] == 200 and len(calls) == 200  # resumed at step 120, not started over
     state = torch.load(tmp_path / "checkpoints" / "final.pt", weights_only=False)
     assert state["agent"]["grad_steps"] == (200 - 50) * 1  # one update per env step after the warm-up, none lost
+
+
+def test_a_run_stopped_between_its_final_checkpoint_and_finished_is_completed_by_the_rerun(tmp_path, monkeypatch):
+    from o2o import pipeline, run
+
+    overrides = [*SMOKE, "mlflow_experiment=o2o-finish", "schedule.online_steps=100", "progress=false"]
+    real = pipeline.publish_final
+    monkeypatch.setattr(pipeline, "publish_final", lambda *args: None)  # as if killed right after final.pt
+    first = run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (stuck,) = client.search_runs([client.get_experiment_by_name("o2o-finish").experiment_id])
+    assert stuck.info.status == "RUNNING" and not any(k.startswith("final/") for k in stuck.data.metrics)
+    monkeypatch.setattr(pipeline, "publish_final", real)
+    assert run(algo="calql", run_dir=str(tmp_path), overrides=overrides) == first
+    done = client.get_run(stuck.info.run_id)
+    assert done.info.status == "FINISHED" and done.data.tags["stage"] == "finished"
+    assert {f"final/{k.replace('/', '_')}" for k in first} <= set(done.data.metrics)
+    assert "checkpoints/final.pt" in [a.path for a in client.list_artifacts(done.info.run_id, "checkpoints")]
+    assert run(algo="calql", run_dir=str(tmp_path), overrides=overrides) == first  # finished: nothing more to do
+    assert len(client.get_metric_history(done.info.run_id, "final/online_success_rate")) == 1

@@ -34,7 +34,7 @@ from o2o.stages.common import RunContext
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
-from o2o.tracking import PARENT_RUN_ENV, Tracker
+from o2o.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri
 
 log = logging.getLogger("o2o")
 
@@ -55,8 +55,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     checkpoints = Checkpoints(run_dir)
     resume = load_resume_state(checkpoints, resolved, run_dir)
     if resume is not None and resume.finished:
-        log.info("%s already finished; nothing to do", run_dir)
-        return resume.final
+        return complete_finished(resume, checkpoints, cfg, run_dir)
     device = setup_runtime(cfg)
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
     tracker = start_tracking(cfg, run_dir, resolved, data, device, tags)
@@ -235,14 +234,37 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
 
 
 def finish(agent: ActorCritic, ctx: RunContext, final: dict[str, float], run_dir: Path) -> None:
-    """The final checkpoint, final metrics, plots and the FINISHED status."""
-    tracker, state = ctx.tracker, ctx.state
+    """The final checkpoint, then its publication (see :func:`publish_final`)."""
+    state = ctx.state
     ctx.check_finite_parameters(agent, "final")
     state.stage, state.final, state.agent = FINAL_STAGE, final, agent.checkpoint()
     ctx.checkpoints.save(state)
-    tracker.log_artifact(ctx.checkpoints.folder / FINAL, "checkpoints")
-    tracker.log_metrics({M.final(k): v for k, v in final.items()}, agent.grad_steps)
+    publish_final(ctx.tracker, ctx.checkpoints, final, agent.grad_steps, run_dir)
+
+
+def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, float], grad_steps: int,
+                  run_dir: Path) -> None:
+    """Final metrics, the checkpoint and plots as artifacts, the FINISHED status.
+
+    Idempotent, so a rerun completes it when a job stopped between ``final.pt`` and the FINISHED status.
+    """
+    tracker.log_artifact(checkpoints.folder / FINAL, "checkpoints")
+    tracker.log_metrics({M.final(k): v for k, v in final.items()}, grad_steps)
     tracker.flush()
     tracker.log_artifact(run_plot(tracker.client, tracker.run_id, run_dir / "plots" / "run.png"), "plots")
     tracker.set_tags({"stage": "finished"})
     tracker.end("FINISHED")
+
+
+def complete_finished(resume: RunState, checkpoints: Checkpoints, cfg: Config, run_dir: Path) -> dict[str, float]:
+    """A run dir with ``final.pt``: publish it again if its MLflow run never reached FINISHED."""
+    from mlflow.tracking import MlflowClient
+
+    status = MlflowClient(default_tracking_uri()).get_run(resume.run_id).info.status
+    if status == "FINISHED":
+        log.info("%s already finished; nothing to do", run_dir)
+        return resume.final
+    log.warning("%s: the final checkpoint exists but its MLflow run is %s; completing its finish", run_dir, status)
+    tracker = Tracker(cfg.mlflow_experiment, None, {}, {}, run_id=resume.run_id)
+    publish_final(tracker, checkpoints, resume.final, int(resume.agent["grad_steps"]), run_dir)
+    return resume.final
