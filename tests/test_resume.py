@@ -147,3 +147,27 @@ def test_a_run_stopped_between_its_final_checkpoint_and_finished_is_completed_by
     assert "checkpoints/final.pt" in [a.path for a in client.list_artifacts(done.info.run_id, "checkpoints")]
     assert run(algo="calql", run_dir=str(tmp_path), overrides=overrides) == first  # finished: nothing more to do
     assert len(client.get_metric_history(done.info.run_id, "final/online_success_rate")) == 1
+
+
+def test_a_run_dir_without_a_checkpoint_refuses_another_config(tmp_path, monkeypatch):
+    """Killed before its first checkpoint, the run dir already holds an MLflow run: other overrides must not log into it."""
+    from o2o import pipeline, run
+    from o2o.errors import ConfigError
+
+    overrides = [*SMOKE, "mlflow_experiment=o2o-leak", "schedule.online_steps=100", "progress=false"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_stages", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
+    assert (tmp_path / "mlflow_run_id").exists() and not (tmp_path / "checkpoints").exists()
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="started with another config"):
+        run(algo="calql", run_dir=str(tmp_path), overrides=[*overrides, "seed=5"])
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (only,) = client.search_runs([client.get_experiment_by_name("o2o-leak").experiment_id])
+    assert only.data.params["seed"] == "0" and only.info.status == "KILLED"
+    final = run(algo="calql", run_dir=str(tmp_path), overrides=overrides)  # the same config continues it
+    assert final["online/env_steps"] == 100 and client.get_run(only.info.run_id).info.status == "FINISHED"

@@ -40,6 +40,7 @@ log = logging.getLogger("o2o")
 
 AGENTS = {CQLConfig: CQL, IQLConfig: IQL, SACConfig: SAC}  # by the algorithm's schema
 RUN_ID_FILE = "mlflow_run_id"
+RESOLVED_CONFIG = "resolved_config.yaml"
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
@@ -99,6 +100,12 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
 def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -> Optional[RunState]:
     """The run directory's checkpoint, if any; it must come from the same config."""
     resume = checkpoints.load()
+    recorded = run_dir / RESOLVED_CONFIG
+    if resume is None and recorded.exists():  # started, no checkpoint yet: its config still binds the run dir
+        if OmegaConf.to_container(OmegaConf.load(recorded), resolve=True) != resolved:
+            raise ConfigError(f"{run_dir} holds a run started with another config: rerun it with the same overrides, "
+                              "or give this one its own run directory (hydra.run.dir=...)")
+        return None
     if resume is None:
         return None
     if resume.config != resolved:
@@ -184,7 +191,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
                       resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV))
     run_id_file.write_text(tracker.run_id)
     if run_id is None:
-        config_path = run_dir / "resolved_config.yaml"
+        config_path = run_dir / RESOLVED_CONFIG
         config_path.write_text(OmegaConf.to_yaml(resolved))
         tracker.log_artifact(config_path)
         tracker.log_params({"data.ref_min_score": data.ref_min, "data.ref_max_score": data.ref_max})
