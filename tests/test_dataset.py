@@ -103,3 +103,41 @@ def test_pointmaze_dataset_is_collected_once_and_loads_with_env_shapes():
     np.testing.assert_array_equal(data.next_observations[:-1][~ends[:-1]], data.observations[1:][~ends[:-1]])
     again = load_offline_data(cfg.env, env.observation_space.shape, env.action_space.shape)
     np.testing.assert_array_equal(again.observations, data.observations)
+
+
+def test_the_collector_writes_its_dataset_in_one_rename_and_rebuilds_a_partial_leftover(monkeypatch, tmp_path):
+    from o2o.data import dataset
+    from o2o.data.build import collectors
+    from o2o.data.dataset import load_offline_data, minari_is_local
+    from o2o.envs import make_env
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    cfg = validate(compose(["env.dataset.collector.steps=600"]))
+    env = make_env(cfg.env)
+    real = collectors.COLLECTORS["pointmaze_waypoints"]
+
+    def killed(env_cfg):
+        real(env_cfg)  # written in full to the staging folder...
+        raise KeyboardInterrupt  # ...then killed before the move
+
+    monkeypatch.setitem(collectors.COLLECTORS, "pointmaze_waypoints", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_offline_data(cfg.env, env.observation_space.shape, env.action_space.shape)
+    assert not minari_is_local(cfg.env.dataset.id) and not (tmp_path / cfg.env.dataset.id).exists()
+    # an older, non-atomic write left a half-written folder: the collector's dataset is rebuilt
+    (tmp_path / cfg.env.dataset.id / "data").mkdir(parents=True)
+    (tmp_path / cfg.env.dataset.id / "data" / "main_data.hdf5").write_bytes(b"half")
+    monkeypatch.setitem(collectors.COLLECTORS, "pointmaze_waypoints", real)
+    data = load_offline_data(cfg.env, env.observation_space.shape, env.action_space.shape)
+    assert len(data) >= 600 and minari_is_local(cfg.env.dataset.id)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o2o-staging")]
+    assert dataset.minari_is_partial(cfg.env.dataset.id) is False
+
+
+def test_a_partial_downloaded_dataset_names_the_folder_to_delete(monkeypatch, tmp_path):
+    from o2o.data.dataset import fetch_minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    (tmp_path / "D4RL" / "door" / "cloned-v2" / "data").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"is incomplete \(an interrupted download or write\): delete that folder"):
+        fetch_minari("D4RL/door/cloned-v2", download=True)

@@ -93,7 +93,13 @@ def minari_root() -> str:
 
 
 def minari_is_local(dataset_id: str) -> bool:
-    return os.path.isdir(os.path.join(minari_root(), dataset_id, "data"))
+    """A complete local copy: its data file and metadata (a folder without them is a partial leftover)."""
+    data = os.path.join(minari_root(), dataset_id, "data")
+    return all(os.path.isfile(os.path.join(data, name)) for name in ("main_data.hdf5", "metadata.json"))
+
+
+def minari_is_partial(dataset_id: str) -> bool:
+    return os.path.isdir(os.path.join(minari_root(), dataset_id)) and not minari_is_local(dataset_id)
 
 
 def _offline_network() -> bool:
@@ -111,6 +117,9 @@ def fetch_minari(dataset_id: str, download: bool):
     """Open a local Minari dataset, downloading it first if allowed and possible."""
     import minari
 
+    if minari_is_partial(dataset_id):
+        raise DatasetError(f"Minari dataset '{dataset_id}' at {os.path.join(minari_root(), dataset_id)} is incomplete "
+                           "(an interrupted download or write): delete that folder and run again")
     if not minari_is_local(dataset_id):
         if not download:
             raise DatasetError(_missing_message(dataset_id, "env.dataset.download is false"))
@@ -342,7 +351,7 @@ def _collect_if_missing(cfg: EnvConfig) -> None:
         from o2o.data.build.collectors import collect_dataset
 
         with _collection_lock():
-            if not minari_is_local(cfg.dataset.id):
+            if not minari_is_local(cfg.dataset.id):  # missing, or a leftover of an older interrupted write: rebuilt
                 collect_dataset(cfg)
 
 

@@ -8,14 +8,18 @@ measured the way Minari does it: mean return of a uniform random policy
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import warnings
 from collections import deque
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 from tqdm.auto import tqdm
 
 from o2o.config import EnvConfig
+from o2o.data.dataset import minari_root
 from o2o.errors import DatasetError
 from o2o.rollout import rollout
 
@@ -115,7 +119,30 @@ COLLECTORS = {"pointmaze_waypoints": collect_pointmaze_waypoints}
 
 
 def collect_dataset(cfg: EnvConfig) -> None:
+    """Collect into a staging folder beside the Minari root, then move the dataset into place in one rename:
+    a kill during collection never leaves a half-written dataset where loading looks."""
     name = cfg.dataset.collector.name
     if name not in COLLECTORS:
         raise DatasetError(f"unknown env.dataset.collector.name {name!r}; known: {', '.join(COLLECTORS)}")
-    COLLECTORS[name](cfg)
+    root = Path(minari_root())
+    staging = root / f".o2o-staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    saved = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(staging)
+    try:
+        COLLECTORS[name](cfg)
+    finally:
+        if saved is None:
+            os.environ.pop("MINARI_DATASETS_PATH")
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = saved
+    target = root / cfg.dataset.id
+    for part in Path(cfg.dataset.id).parents:  # Minari's namespace records, where missing
+        meta = staging / part / "namespace_metadata.json"
+        if str(part) != "." and meta.exists() and not (root / part / meta.name).exists():
+            (root / part).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(meta, root / part / meta.name)
+    shutil.rmtree(target, ignore_errors=True)  # a partial leftover of an older interrupted write
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging / cfg.dataset.id, target)
+    shutil.rmtree(staging, ignore_errors=True)
