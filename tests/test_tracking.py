@@ -1,3 +1,4 @@
+import pytest
 """MLflow store handling: parallel jobs on a new sqlite store, batching, resuming without duplicates."""
 import subprocess
 import sys
@@ -39,3 +40,22 @@ def test_metrics_are_batched_and_a_continued_run_skips_logged_steps(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {"a.b": 1, "a.c.d": 2, "e": 3}
+
+
+def test_a_kill_during_the_first_creation_of_a_store_leaves_none_behind(tmp_path, monkeypatch):
+    from o2o import tracking
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    real = tracking.os.replace
+
+    def killed(src, dst):
+        raise KeyboardInterrupt  # after the migration, before the rename
+
+    monkeypatch.setattr(tracking.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tracking.open_store(uri)
+    assert not (tmp_path / "fresh.db").exists()  # nothing half-migrated where the next job looks
+    monkeypatch.setattr(tracking.os, "replace", real)
+    client = tracking.open_store(uri)
+    assert client.get_experiment(client.create_experiment("after")).name == "after"
+    assert not [p for p in tmp_path.iterdir() if ".creating-" in p.name]

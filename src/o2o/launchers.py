@@ -16,7 +16,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from o2o.tracking import PARENT_RUN_ENV, default_tracking_uri, ensure_experiment, store_lock
+from o2o.tracking import PARENT_RUN_ENV, default_tracking_uri, ensure_experiment, open_store, store_lock
 
 log = logging.getLogger("o2o")
 
@@ -53,11 +53,9 @@ class MlflowSweepCallback(Callback):
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from mlflow.tracking import MlflowClient
-
         uri = default_tracking_uri()
+        client = open_store(uri)
         with store_lock(uri):
-            client = MlflowClient(uri)
             experiment_id = ensure_experiment(client, config.mlflow_experiment, uri)
         overrides = " ".join(config.hydra.overrides.task)
         run = client.create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}",

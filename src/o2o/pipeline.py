@@ -34,7 +34,7 @@ from o2o.stages.common import RunContext
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
-from o2o.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri
+from o2o.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri, open_store
 
 log = logging.getLogger("o2o")
 
@@ -265,9 +265,7 @@ def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, f
 
 def complete_finished(resume: RunState, checkpoints: Checkpoints, cfg: Config, run_dir: Path) -> dict[str, float]:
     """A run dir with ``final.pt``: publish it again if its MLflow run never reached FINISHED."""
-    from mlflow.tracking import MlflowClient
-
-    status = MlflowClient(default_tracking_uri()).get_run(resume.run_id).info.status
+    status = open_store(default_tracking_uri()).get_run(resume.run_id).info.status
     if status == "FINISHED":
         log.info("%s already finished; nothing to do", run_dir)
         return resume.final

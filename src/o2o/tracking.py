@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,6 +44,25 @@ def store_lock(uri: str):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_store(uri: str):
+    """An MlflowClient on ``uri``. A new sqlite store is created and migrated under a temporary name, then
+    renamed into place: a job killed during the first creation leaves no half-migrated store behind."""
+    from mlflow.tracking import MlflowClient
+
+    with store_lock(uri):  # the first client creates or migrates the store: one job at a time
+        if uri.startswith("sqlite:///"):
+            path = Path(uri[len("sqlite:///"):]).resolve()
+            if not path.exists():
+                for leftover in path.parent.glob(f".{path.name}.creating-*"):  # under the lock: a killed creation's
+                    leftover.unlink()
+                staging = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex}")  # a new URI: no cached engine
+                MlflowClient(f"sqlite:///{staging}").search_experiments(max_results=1)
+                os.replace(staging, path)
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)
+    return client
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -84,13 +104,10 @@ class Tracker:
         """Start a run, or continue ``run_id``: params are not logged again and metric points
         at steps already logged are not sent twice."""
         import mlflow
-        from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri or default_tracking_uri()
         mlflow.set_tracking_uri(self.uri)
-        with store_lock(self.uri):  # the first client creates or migrates the store: one job at a time
-            self.client = MlflowClient(self.uri)
-            self.client.search_experiments(max_results=1)
+        self.client = open_store(self.uri)
         self._pending: list = []
         self._logged_up_to: dict[str, int] = {}
         if run_id is not None:
