@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from o2o.errors import CheckpointError
 from o2o.run_state import RunState
 
 log = logging.getLogger("o2o")
@@ -66,7 +67,11 @@ class Checkpoints:
         for name in (FINAL, LATEST):
             path = self.folder / name
             if path.exists():
-                return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=False))
+                try:
+                    return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=False))
+                except Exception as err:  # truncated, not a checkpoint, from an incompatible version
+                    raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}): delete it to "
+                                          "start the run over, or give this job another run directory") from None
         return None
 
     def save(self, state: RunState) -> Path:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o import metrics as M
 from o2o.config import register_schema, validate
-from o2o.errors import Diverged, UserError
+from o2o.errors import ConfigError, Diverged, UserError
 
 log = logging.getLogger("o2o")
 CONFIG_MODULE = "o2o_conf"
@@ -53,8 +53,54 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    hydra_main()
+    args = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
+        try:
+            preflight([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))])
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+    try:
+        hydra_main()
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
 
+
+def preflight(overrides: Sequence[str]) -> None:
+    """Compose, resolve and check the config as the job will, turning Hydra's multi-line errors into one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose_config(overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line_hydra_error(err, overrides)) from None
+    validate(cfg)
+
+
+def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
+    """Hydra's message, first line; an unknown key gets "did you mean" (never Hydra's "+key" hint, which would be ignored)."""
+    import difflib
+    import re
+
+    from o2o.config import known_keys
+
+    text = str(err)
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        close = difflib.get_close_matches(key, known_keys(compose_config([o for o in overrides if not o.startswith(key + "=")])), n=1)
+        return f"unknown key {key}" + (f": did you mean {close[0]}?" if close else "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Available options"):  # a missing group option: list them
+        options = []
+        for line in lines[2:]:
+            if line.startswith("Config search path"):
+                break
+            options.append(line)
+        return f"{lines[0]} {lines[1]} {', '.join(options)}"
+    return " ".join(lines[:2]) if lines else type(err).__name__
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The composed (unvalidated) config for command-line style overrides, without running anything."""

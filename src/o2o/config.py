@@ -295,6 +295,7 @@ class Config:
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        _require(bool(self.mlflow_experiment), "mlflow_experiment must be a non-empty name")
 
 
 def register_schema() -> None:
@@ -311,5 +312,33 @@ def validate(cfg: DictConfig) -> Config:
         config = OmegaConf.to_object(cfg)
     except Exception as err:  # missing mandatory values, failed interpolations
         raise ConfigError(str(err).splitlines()[0]) from err
+    _refuse_unknown_keys(config)
     config.check()
     return config
+
+
+def known_keys(cfg: DictConfig) -> list[str]:
+    """Every dotted key of a composed config (for "did you mean")."""
+    def walk(node, prefix):
+        for key in node:
+            value = node._get_node(key)
+            if isinstance(value, DictConfig):
+                yield from walk(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+    return list(walk(cfg, ""))
+
+
+def _refuse_unknown_keys(node: Any, prefix: str = "") -> None:
+    """``+algo.foo=1`` slips past Hydra's struct check: every key must be a field of its schema."""
+    import dataclasses
+    import difflib
+
+    if not dataclasses.is_dataclass(node):
+        return
+    fields = {f.name for f in dataclasses.fields(node)}
+    for key in set(vars(node)) - fields:
+        close = difflib.get_close_matches(key, fields, n=1)
+        raise ConfigError(f"unknown key {prefix}{key}" + (f": did you mean {prefix}{close[0]}?" if close else ""))
+    for name in fields:
+        _refuse_unknown_keys(getattr(node, name), f"{prefix}{name}.")

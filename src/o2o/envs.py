@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 
 from o2o.config import DomainConfig, EnvConfig
+from o2o.errors import ConfigError
 
 
 def flatten_observation(obs: Any, keys: list[str]) -> np.ndarray:
@@ -22,6 +23,12 @@ class FlatObservation(gym.ObservationWrapper):
     def __init__(self, env: gym.Env, keys: list[str]):
         super().__init__(env)
         self.keys = list(keys)
+        space = env.observation_space
+        available = list(space.spaces) if isinstance(space, gym.spaces.Dict) else []
+        unknown = [k for k in self.keys if k not in available]
+        if unknown:
+            raise ConfigError(f"env.obs_keys {unknown} are not in {env.spec.id if env.spec else 'the env'}'s "
+                              f"observation (keys: {', '.join(available) or 'none, it is an array'})")
         sample = flatten_observation(env.observation_space.sample(), self.keys)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=sample.shape, dtype=np.float32)
 
@@ -117,7 +124,12 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
     kwargs = dict(cfg.gym_kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
-    env = gym.make(cfg.gym_id, **kwargs)
+    try:
+        env = gym.make(cfg.gym_id, **kwargs)
+    except gym.error.Error as err:  # unknown id or version
+        raise ConfigError(f"env.gym_id={cfg.gym_id} cannot be made: {err}") from None
+    except TypeError as err:  # a kwarg the env does not take
+        raise ConfigError(f"env.gym_kwargs do not fit {cfg.gym_id}: {err}") from None
     env = FlatObservation(env, cfg.obs_keys)
     if cfg.gym_id.startswith("FrankaKitchen"):
         env = SuccessFromTasks(env)

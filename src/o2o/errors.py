@@ -13,6 +13,14 @@ class DatasetError(UserError, RuntimeError):
     """The dataset is missing or does not fit the environment."""
 
 
+class CheckpointError(UserError, RuntimeError):
+    """A run dir's checkpoint cannot be read."""
+
+
+class TrackingError(UserError, RuntimeError):
+    """The MLflow store cannot be reached or opened."""
+
+
 class Diverged(RuntimeError):
     """Training produced a non-finite loss or parameter: the run stops, FAILED, with its last finite checkpoint kept.
 

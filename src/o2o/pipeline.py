@@ -34,7 +34,7 @@ from o2o.stages.common import RunContext
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
-from o2o.tracking import PARENT_RUN_ENV, Tracker, default_tracking_uri, open_store
+from o2o.tracking import PARENT_RUN_ENV, Tracker, check_store, default_tracking_uri, open_store
 
 log = logging.getLogger("o2o")
 
@@ -58,7 +58,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     if resume is not None and resume.finished:
         return complete_finished(resume, checkpoints, cfg, run_dir)
     device = setup_runtime(cfg)
+    check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
+    check_buffer_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
     tracker = start_tracking(cfg, run_dir, resolved, data, device, tags)
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
@@ -120,7 +122,23 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but torch sees no CUDA GPU here: use device=auto or device=cpu")
     return torch.device(name)
+
+
+def check_buffer_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transitions: int, device: torch.device) -> None:
+    """The buffers are allocated whole: refuse sizes the device cannot hold before any work."""
+    row = (2 * obs_dim + act_dim + 3) * 4  # TransitionBuffer's float32 row
+    need = (cfg.buffer.online_capacity + offline_transitions) * row
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free:
+        raise ConfigError(f"buffer.online_capacity={cfg.buffer.online_capacity} needs {need / 2**30:.1f} GiB of buffers "
+                          f"({offline_transitions} offline transitions beside it), {free / 2**30:.1f} GiB are free on "
+                          f"{device.type}: lower buffer.online_capacity")
 
 
 def cpu_has_native_bf16() -> bool:

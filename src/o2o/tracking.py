@@ -65,6 +65,26 @@ def open_store(uri: str):
     return client
 
 
+def check_store(uri: str) -> None:
+    """Fail within seconds, with one line, when the store cannot be used (before any work)."""
+    from o2o.errors import TrackingError
+
+    fix = "start it, or set MLFLOW_TRACKING_URI to a store you can reach (unset: a sqlite file under outputs/)"
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}): {fix}") from None
+        return
+    try:
+        open_store(uri)
+    except Exception as err:  # unknown scheme, not a database, no permission
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TrackingError(f"MLflow store {uri} cannot be opened ({detail[:300]}): {fix}") from None
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in tree.items():

@@ -106,11 +106,20 @@ def _offline_network() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+ADROIT_TASKS = ("door", "pen", "relocate", "hammer")
+
+
 def _missing_message(dataset_id: str, reason: str) -> str:
+    parts = dataset_id.split("/")
+    offline_route = ""
+    if len(parts) == 3 and parts[0] == "D4RL" and parts[1] in ADROIT_TASKS:
+        offline_route = (f" Without network, build Adroit data from the DAPG assets (`o2o-data build-adroit --assets "
+                         f"DIR`) and use it with env.dataset.id=o2o/{parts[1]}/expert-v0"
+                         + (" (door also: o2o/door/cloned-v0, o2o/door/human-v0)." if parts[1] == "door" else "."))
     return (f"Minari dataset '{dataset_id}' is not available locally (looked in {os.path.join(minari_root(), dataset_id)}; "
             f"set MINARI_DATASETS_PATH to look elsewhere) and {reason}. "
             f"Download it on a machine with network (`minari download {dataset_id}`) and copy it there, "
-            "or point env.dataset.path at a D4RL-format HDF5 file.")
+            "or point env.dataset.path at a D4RL-format HDF5 file." + offline_route)
 
 
 def fetch_minari(dataset_id: str, download: bool):
@@ -263,6 +272,19 @@ def _float_or_none(value) -> Optional[float]:
 
 
 def load_d4rl_hdf5(path: str) -> OfflineData:
+    """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
+
+    Without ``next_observations`` the next observation is the following row
+    and the last step of every episode is dropped, as ``d4rl.qlearning_dataset`` does.
+    """
+    try:
+        return _read_d4rl_hdf5(path)
+    except (OSError, KeyError, ValueError) as err:  # not HDF5, truncated, empty, unreadable arrays
+        raise DatasetError(f"{path} cannot be read as a D4RL HDF5 file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else 'no detail'}): check the file, or download it again") from None
+
+
+def _read_d4rl_hdf5(path: str) -> OfflineData:
     """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
 
     Without ``next_observations`` the next observation is the following row

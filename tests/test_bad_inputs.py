@@ -1,0 +1,158 @@
+"""The catalogue of bad inputs: each stops before any work with exit 2 and one ``error:`` line, no traceback,
+and leaves an existing run dir and MLflow store byte for byte as they were."""
+import hashlib
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+
+BAD = {  # name: (overrides, environment changes, a piece of the expected line)
+    "unknown algo": (["algo=nope"], {}, "Could not find 'algo/nope'"),
+    "unknown env": (["env=nope"], {}, "Available options in 'env': adroit_door"),
+    "unknown schedule": (["schedule=nope"], {}, "Could not find 'schedule/nope'"),
+    "unknown experiment": (["experiment=nope"], {}, "Available options in 'experiment': smoke"),
+    "seed not an int": (["seed=abc"], {}, "seed=abc"),
+    "gamma above 1": (["algo.gamma=2"], {}, "algo.gamma must be in (0, 1)"),
+    "gamma 0": (["algo.gamma=0"], {}, "algo.gamma must be in (0, 1)"),
+    "mixing ratio 2": (["algo.mixing_ratio=2"], {}, "algo.mixing_ratio must be in [0, 1]"),
+    "appended unknown key": (["+algo.foo=1"], {}, "unknown key algo.foo"),
+    "typo in a key": (["buffer.batch_sise=64"], {}, "unknown key buffer.batch_sise: did you mean buffer.batch_size?"),
+    "appended typo": (["+algo.critic_lrr=1"], {}, "did you mean algo.critic_lr?"),
+    "batch size 0": (["buffer.batch_size=0"], {}, "buffer.batch_size must be > 0"),
+    "capacity beyond memory": (["buffer.online_capacity=100000000000"], {}, "lower buffer.online_capacity"),
+    "unknown device": (["device=tpu"], {}, "device must be auto, cpu or cuda"),
+    "unknown precision": (["precision=fp16"], {}, "precision must be fp32 or bf16"),
+    "negative threads": (["threads=-1"], {}, "threads must be >= 0"),
+    "negative online steps": (["schedule.online_steps=-5"], {}, "schedule.online_steps must be >= 0"),
+    "horizon 0": (["env.max_episode_steps=0"], {}, "env.max_episode_steps must be > 0"),
+    "no hidden layers": (["algo.actor_hidden=[]"], {}, "non-empty lists of positive widths"),
+    "negative learning rate": (["algo.critic_lr=-1"], {}, "algo.critic_lr must be > 0"),
+    "tau above 1": (["algo.tau=2"], {}, "algo.tau must be in (0, 1]"),
+    "unknown schedule kind": (["algo.update_schedule=sometimes"], {}, "algo.update_schedule must be episode or step"),
+    "negative warm-up": (["algo.warmup_steps=-1"], {}, "algo.warmup_steps must be >= 0"),
+    "empty ensemble": (["algo.ensemble_size=0"], {}, "algo.ensemble_size must be >= 1"),
+    "subset beyond ensemble": (["algo.target_subset=99"], {}, "algo.target_subset must be in [1"),
+    "reward scale 0": (["algo.reward_scale=0"], {}, "algo.reward_scale must be non-zero"),
+    "unknown actor reduction": (["algo.actor_q=max"], {}, "algo.actor_q must be min or mean"),
+    "iql expectile 1.5": (["algo=iql", "algo.expectile=1.5"], {}, "algo.expectile must be in (0, 1)"),
+    "iql unknown lr schedule": (["algo=iql", "algo.actor_lr_schedule=linear"], {}, "constant or cosine"),
+    "iql dropout 1": (["algo=iql", "algo.actor_dropout=1.0"], {}, "algo.actor_dropout must be in [0, 1)"),
+    "unknown metric": (["domain.metric=return"], {}, "domain metric 'return' is not one of"),
+    "unknown extra metric": (["domain.extra_metrics=[nope]"], {}, "domain metric 'nope' is not one of"),
+    "no evaluation episodes": (["domain.eval_episodes=0"], {}, "domain.eval_episodes must be >= 1"),
+    "broken interpolation": (["schedule.log_interval=${nope}"], {}, "Interpolation key 'nope' not found"),
+    "empty experiment name": (["mlflow_experiment="], {}, "mlflow_experiment must be a non-empty name"),
+    "reference scores reversed": (["env.ref_min_score=5", "env.ref_max_score=1"], {}, "must exceed env.ref_min_score"),
+    "no dataset": (["env.dataset.id=null"], {}, "set exactly one of env.dataset.id"),
+    "two datasets": (["env.dataset.path=/x.hdf5"], {}, "set exactly one of env.dataset.id"),
+    "unknown observation key": (["env.obs_keys=[nope]"], {}, "env.obs_keys ['nope'] are not in"),
+    "unknown gym id": (["env.gym_id=Nope-v0"], {}, "env.gym_id=Nope-v0 cannot be made"),
+    "unknown env kwarg": (["+env.gym_kwargs.nope=1"], {}, "env.gym_kwargs do not fit"),
+    "missing hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/missing.hdf5"], {}, "does not exist"),
+    "hdf5 is a folder": (["env.dataset.id=null", "env.dataset.path={tmp}"], {}, "does not exist"),
+    "corrupt hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/corrupt.hdf5"], {}, "cannot be read as a D4RL HDF5"),
+    "empty hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/empty.hdf5"], {}, "cannot be read as a D4RL HDF5"),
+    "truncated hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/truncated.hdf5"], {}, "cannot be read"),
+    "hdf5 without D4RL keys": (["env.dataset.id=null", "env.dataset.path={tmp}/nokeys.hdf5"], {}, "is not a D4RL dataset"),
+    "NaN in the data": (["env.dataset.id=null", "env.dataset.path={tmp}/nan.hdf5"], {}, "non-finite values"),
+    "data of another env": (["env.dataset.id=null", "env.dataset.path={tmp}/wrongshape.hdf5"], {}, "does not match env"),
+    "dataset not downloadable": (["env=adroit_door"], {}, "o2o-data build-adroit"),
+    "half-written dataset": (["env=adroit_door"], {"MINARI_DATASETS_PATH": "{tmp}/partial"}, "is incomplete"),
+    "unknown store scheme": ([], {"MLFLOW_TRACKING_URI": "foo://bar"}, "cannot be opened"),
+    "store not a database": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/notdb.db"}, "file is not a database"),
+    "unreachable tracking server": ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "is unreachable"),
+    "corrupt checkpoint": (["hydra.run.dir={tmp}/corrupt-run"], {}, "cannot be read"),
+}
+if not torch.cuda.is_available():
+    BAD["cuda without a GPU"] = (["device=cuda"], {}, "torch sees no CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Bad files, plus an existing store and run dir that no bad input may touch."""
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "corrupt.hdf5").write_bytes(b"not an hdf5 file")
+    (tmp / "empty.hdf5").write_bytes(b"")
+    (tmp / "notdb.db").write_text("not a database")
+    arrays = lambda n, obs: {"observations": np.zeros((n, obs), np.float32), "actions": np.zeros((n, 2), np.float32),  # noqa: E731
+                             "rewards": np.zeros(n, np.float32), "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
+    for name, n, obs in (("truncated", 1000, 6), ("nan", 10, 6), ("wrongshape", 10, 3)):
+        with h5py.File(tmp / f"{name}.hdf5", "w") as f:
+            for key, value in arrays(n, obs).items():
+                f[key] = value
+            if name == "nan":
+                f["observations"][:4] = np.nan
+    data = (tmp / "truncated.hdf5").read_bytes()
+    (tmp / "truncated.hdf5").write_bytes(data[: len(data) // 2])
+    with h5py.File(tmp / "nokeys.hdf5", "w") as f:
+        f["foo"] = np.zeros(3)
+    (tmp / "partial" / "D4RL" / "door" / "cloned-v2" / "data").mkdir(parents=True)
+    (tmp / "corrupt-run" / "checkpoints").mkdir(parents=True)
+    (tmp / "corrupt-run" / "checkpoints" / "latest.pt").write_bytes(b"garbage")
+    store, run_dir = Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]), tmp / "existing-run"
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).create_experiment("existing")
+    run_dir.mkdir()
+    (run_dir / "mlflow_run_id").write_text("abc")
+    return tmp, [store, run_dir]
+
+
+def fingerprint(paths):
+    digest = hashlib.sha256()
+    for root in paths:
+        for path in sorted([root] if root.is_file() else root.rglob("*")):
+            if path.is_file():
+                digest.update(str(path).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_bad(tmp, overrides, env_changes):
+    fill = lambda text: text.replace("{tmp}", str(tmp))  # noqa: E731
+    args = [fill(o) for o in overrides]
+    if not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={tmp}/runs/{abs(hash(tuple(args)))}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **{k: fill(v) for k, v in env_changes.items()}}
+    return subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "experiment=smoke", "threads=1", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_every_bad_input_stops_with_one_line_and_touches_nothing(world):
+    tmp, untouched = world
+    before = fingerprint(untouched)
+    assert len(BAD) >= 40
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(BAD, pool.map(lambda case: run_bad(tmp, *case[:2]), BAD.values())))
+    failures = []
+    for name, proc in results.items():
+        expected = BAD[name][2]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        if proc.returncode != 2 or len(errors) != 1 or expected not in errors[0] or "Traceback" in proc.stderr:
+            failures.append(f"{name}: exit {proc.returncode}, {errors or proc.stderr[-400:]}")
+    assert not failures, "\n".join(failures)
+    assert fingerprint(untouched) == before
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "src" / "main.py"), "experiment=smoke", "threads=1",
+                             "schedule.offline_steps=100000", "env.dataset.collector.steps=1500", "progress=false",
+                             f"hydra.run.dir={tmp_path}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "mlflow_run_id").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted: run the same command again to resume")
