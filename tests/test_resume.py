@@ -99,8 +99,11 @@ def test_a_finished_run_is_not_redone(tmp_path):
 
 def test_resuming_with_another_config_is_refused(tmp_path):
     finish(tmp_path)
+    records = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     proc = subprocess.run(command(tmp_path) + ["seed=5"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "another config" in proc.stderr
+    # refused before Hydra starts: .hydra/overrides.yaml, the record needed to resume, is untouched
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == records
 
 
 def test_step_schedule_preempted_mid_episode_keeps_what_it_learnt_and_finishes(tmp_path, monkeypatch):

@@ -55,8 +55,10 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     args = sys.argv[1:]
     if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
+        run_dirs = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
         try:
-            preflight([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))])
+            preflight([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))],
+                      run_dirs[-1] if run_dirs else None)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -67,7 +69,7 @@ def main() -> None:
         sys.exit(130)
 
 
-def preflight(overrides: Sequence[str]) -> None:
+def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
     """Compose, resolve and check the config as the job will, turning Hydra's multi-line errors into one line."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -77,6 +79,13 @@ def preflight(overrides: Sequence[str]) -> None:
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line_hydra_error(err, overrides)) from None
     validate(cfg)
+    if run_dir:  # an existing run dir refuses another config before Hydra writes its records there
+        from pathlib import Path
+
+        from o2o.checkpoints import Checkpoints
+        from o2o.pipeline import load_resume_state
+
+        load_resume_state(Checkpoints(Path(run_dir)), OmegaConf.to_container(cfg, resolve=True), Path(run_dir))
 
 
 def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
