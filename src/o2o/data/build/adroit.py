@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from o2o.data.build.collectors import write_minari_atomically
 from o2o.envs import _register_robotics
 from o2o.rollout import rollout
 
@@ -161,9 +162,9 @@ def write_minari(dataset_id: str, task: str, episodes: list[Episode], ref: tuple
     env = make_adroit(task)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        minari.create_dataset_from_buffers(dataset_id=dataset_id, buffer=buffers, env=env.spec, eval_env=env.spec,
-                                           algorithm_name="o2o-adroit-builder", author="o2o",
-                                           ref_min_score=ref[0], ref_max_score=ref[1], description=description)
+        write_minari_atomically(dataset_id, lambda: minari.create_dataset_from_buffers(
+            dataset_id=dataset_id, buffer=buffers, env=env.spec, eval_env=env.spec, algorithm_name="o2o-adroit-builder",
+            author="o2o", ref_min_score=ref[0], ref_max_score=ref[1], description=description))
     env.close()
 
 

@@ -13,6 +13,7 @@ import shutil
 import warnings
 from collections import deque
 from pathlib import Path
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -118,31 +119,36 @@ def collect_pointmaze_waypoints(cfg: EnvConfig, reference_episodes: int = 20) ->
 COLLECTORS = {"pointmaze_waypoints": collect_pointmaze_waypoints}
 
 
-def collect_dataset(cfg: EnvConfig) -> None:
-    """Collect into a staging folder beside the Minari root, then move the dataset into place in one rename:
-    a kill during collection never leaves a half-written dataset where loading looks."""
-    name = cfg.dataset.collector.name
-    if name not in COLLECTORS:
-        raise DatasetError(f"unknown env.dataset.collector.name {name!r}; known: {', '.join(COLLECTORS)}")
+def write_minari_atomically(dataset_id: str, write: Callable[[], None]) -> None:
+    """Run ``write`` (which creates ``dataset_id`` with Minari) against a staging folder beside the Minari root,
+    then move the dataset into place in one rename: a kill never leaves a half-written dataset where loading looks."""
     root = Path(minari_root())
     staging = root / f".o2o-staging-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     saved = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(staging)
     try:
-        COLLECTORS[name](cfg)
+        write()
     finally:
         if saved is None:
             os.environ.pop("MINARI_DATASETS_PATH")
         else:
             os.environ["MINARI_DATASETS_PATH"] = saved
-    target = root / cfg.dataset.id
-    for part in Path(cfg.dataset.id).parents:  # Minari's namespace records, where missing
+    target = root / dataset_id
+    for part in Path(dataset_id).parents:  # Minari's namespace records, where missing
         meta = staging / part / "namespace_metadata.json"
         if str(part) != "." and meta.exists() and not (root / part / meta.name).exists():
             (root / part).mkdir(parents=True, exist_ok=True)
             shutil.copy2(meta, root / part / meta.name)
     shutil.rmtree(target, ignore_errors=True)  # a partial leftover of an older interrupted write
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging / cfg.dataset.id, target)
+    os.replace(staging / dataset_id, target)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def collect_dataset(cfg: EnvConfig) -> None:
+    """Collect the configured dataset, written atomically."""
+    name = cfg.dataset.collector.name
+    if name not in COLLECTORS:
+        raise DatasetError(f"unknown env.dataset.collector.name {name!r}; known: {', '.join(COLLECTORS)}")
+    write_minari_atomically(cfg.dataset.id, lambda: COLLECTORS[name](cfg))
