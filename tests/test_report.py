@@ -11,7 +11,7 @@ ONLINE_STEPS = 1000
 
 
 def fill(client, experiment, env, algo, seed, offline_scores, online_scores, regret, q_shift=0.0, parent=None,
-         status="FINISHED", metric="normalized_return"):
+         status="FINISHED", metric="normalized_return", online_steps=ONLINE_STEPS):
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     tags = {"env": env, "algo": algo, "seed": str(seed), "dataset": f"{env}-data"}
@@ -32,7 +32,8 @@ def fill(client, experiment, env, algo, seed, offline_scores, online_scores, reg
                     Metric("online/train/q_data", -45 + step / 200 + q_shift, 0, step),
                     Metric("online/train/q_policy", -48 + q_shift, 0, step),
                     Metric("online/train/mc_return", -38.0, 0, step)]
-    client.log_batch(run.info.run_id, metrics=metrics, params=[Param("schedule.online_steps", str(ONLINE_STEPS)),
+    client.log_batch(run.info.run_id, metrics=metrics, params=[Param("schedule.online_steps", str(online_steps)),
+                                                                 Param("seed", str(seed)),
                                                                  Param("domain.metric", metric)])
     client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
@@ -74,9 +75,9 @@ def test_table_numbers_equal_hand_computation(store):
     cql = rows[("door", "cql")]
     assert cql["seeds"] == 1 and cql["dip_mean"] == 5.0 and cql["dip_std"] == 0.0 and cql["final_mean"] == 85.0
     md = (tmp / "rep" / "table.md").read_text()
-    assert "| door | calql | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | 34.0 ± 19.8 | 0.500 ± 0.141 |" in md
+    assert "| door | calql | - | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | 34.0 ± 19.8 | 0.500 ± 0.141 |" in md
     csv_text = (tmp / "rep" / "table.csv").read_text().splitlines()
-    assert csv_text[0].startswith("env,algo,dataset,metric,seeds,offline_mean") and len(csv_text) == 3
+    assert csv_text[0].startswith("env,algo,config,dataset,metric,seeds,offline_mean") and len(csv_text) == 3
 
 
 def test_each_run_is_scored_by_its_domains_metric(store):
@@ -86,7 +87,7 @@ def test_each_run_is_scored_by_its_domains_metric(store):
     result = write_report(client, exp, build_filter(env="kitchen"), tmp / "k", log_to_mlflow=False)
     (row,) = result["rows"]
     assert row["metric"] == "tasks_solved" and row["offline_mean"] == 0.25 and row["final_mean"] == 0.75
-    assert "| kitchen | calql | tasks_solved | 1 | 0.250 ± 0.000 | 0.750 ± 0.000 |" in (tmp / "k" / "table.md").read_text()
+    assert "| kitchen | calql | - | tasks_solved | 1 | 0.250 ± 0.000 | 0.750 ± 0.000 |" in (tmp / "k" / "table.md").read_text()
 
 
 def test_plots_are_written_and_not_empty(store):
@@ -128,4 +129,34 @@ def test_command_line(store, capsys):
     client, exp, tmp = store
     main(["--experiment", exp, "--env", "pen", "--out", str(tmp / "cli"), "--no-mlflow"])
     out = capsys.readouterr().out
-    assert "| pen | calql | normalized_return | 1 | 60.0 ± 0.0 | 80.0 ± 0.0 |" in out and (tmp / "cli" / "curves_pen.png").exists()
+    assert "| pen | calql | - | normalized_return | 1 | 60.0 ± 0.0 | 80.0 ± 0.0 |" in out and (tmp / "cli" / "curves_pen.png").exists()
+
+
+def test_runs_are_grouped_by_their_whole_configuration_and_each_seed_counts_once(store):
+    client, exp, tmp = store
+    # two runs of one short configuration with the same seed, and one longer run: never "3 seeds"
+    fill(client, exp, "maze", "calql", 0, [(100, 10.0)], [(300, -25.0)], [(300, 1.0)], online_steps=300)
+    fill(client, exp, "maze", "calql", 0, [(100, 12.0)], [(300, -20.0)], [(300, 0.9)], online_steps=300)
+    fill(client, exp, "maze", "calql", 0, [(1000, 50.0)], [(2000, 90.0)], [(2000, 0.3)], online_steps=2000)
+    result = write_report(client, exp, build_filter(env="maze"), tmp / "g", log_to_mlflow=False)
+    rows = sorted(result["rows"], key=lambda r: r["config"])
+    assert [(r["config"], r["seeds"]) for r in rows] == [("schedule.online_steps=2000", 1), ("schedule.online_steps=300", 1)]
+    assert rows[1]["final_mean"] == -20.0  # the latest run of the seed, not a pooled mean
+    text = (tmp / "g" / "table.md").read_text()
+    assert "Left out: run" in text and "same configuration and seed" in text
+    assert "| maze | calql | schedule.online_steps=300 |" in text
+
+
+def test_single_points_are_drawn_and_a_single_run_is_titled_as_one():
+    from o2o.report import RunRecord, curves_figure, qcal_figure
+
+    record = RunRecord("r", "maze", "calql", "0", "d", 1000.0, "success_rate",
+                       history={"offline/eval/success_rate": [(100, 1.0)], "online/eval/success_rate": [(500, 0.5), (1000, 1.0)],
+                                "offline/train/q_data": [(100, -3.0)]})
+    fig = curves_figure([record], "calql on maze")
+    assert fig._suptitle.get_text() == "calql on maze: one run per curve"
+    offline_axis = fig.axes[0]
+    (line,) = offline_axis.get_lines()
+    assert line.get_marker() == "o" and list(line.get_xdata()) == [100]  # the score after pre-training is visible
+    assert offline_axis.get_ylabel() == "success_rate"
+    assert qcal_figure([record], "calql on maze").axes[0].get_ylabel() == "calql\nQ value"

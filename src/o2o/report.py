@@ -26,6 +26,9 @@ REGRET = M.CUMULATIVE_REGRET
 Q_KEYS = (M.Q_DATA, M.Q_POLICY, M.MC_RETURN)
 TRAIN_KEYS = (REGRET, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
 METRIC_PARAM = "domain.metric"  # each run's headline: the paper's score for its domain
+# Params that do not change what a run computes (conf/config.yaml's override_dirname exclusions, and the seed):
+# runs equal in every other param form one group, one point per seed
+NOT_CONFIG = ("seed", "mlflow_experiment", "progress", "threads", "device", "run_name", "divergence_guard")
 SCORE_DIGITS = {M.SUCCESS_RATE: 3, M.TASKS_SOLVED: 3, M.NORMALIZED_RETURN: 1}
 
 
@@ -38,6 +41,8 @@ class RunRecord:
     dataset: str
     online_steps: float
     metric: str  # the paper's score for the run's domain (o2o.metrics.HEADLINE_METRICS)
+    config: dict[str, str] = field(default_factory=dict)  # every param that changes what the run computes
+    start_time: int = 0
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)] by step
 
     def last(self, key: str) -> float:
@@ -95,7 +100,8 @@ def _record(client, run) -> RunRecord:
     params = run.data.params
     record = RunRecord(run.info.run_id, tags.get("env", "?"), tags.get("algo", "?"), tags.get("seed", "?"),
                        tags.get("dataset", "?"), float(params.get("schedule.online_steps", "nan")),
-                       params.get(METRIC_PARAM, "?"))
+                       params.get(METRIC_PARAM, "?"), {k: v for k, v in params.items() if k not in NOT_CONFIG},
+                       run.info.start_time or 0)
     for key in (*(record.score_key(phase) for phase in M.PHASES), *TRAIN_KEYS):
         if key in run.data.metrics:
             record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
@@ -113,13 +119,42 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def results_table(records: list[RunRecord], dip_fraction: float = 0.25) -> list[dict]:
-    groups: dict[tuple[str, str], list[RunRecord]] = defaultdict(list)
+def group_runs(records: list[RunRecord]) -> tuple[dict[tuple, list[RunRecord]], list[str]]:
+    """Runs equal in every param but the seed (and bookkeeping) form a group with one run per seed, the latest;
+    returns the groups and a line per run left out."""
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in records:
-        groups[(r.env, r.algo)].append(r)
+        groups[(r.env, r.algo, tuple(sorted(r.config.items())))].append(r)
+    left_out = []
+    for key, runs in groups.items():
+        latest: dict[str, RunRecord] = {}
+        for r in sorted(runs, key=lambda r: r.start_time):
+            if r.seed in latest:
+                left_out.append(f"run {latest[r.seed].run_id} ({r.env}, {r.algo}, seed {r.seed}): an earlier run of the "
+                                f"same configuration and seed, replaced by {r.run_id}")
+            latest[r.seed] = r
+        groups[key] = list(latest.values())
+    return groups, left_out
+
+
+def _differences(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
+    """What sets this group apart from the others of its env and algorithm ('' when it is the only one)."""
+    env, algo, config = key
+    others = [dict(k[2]) for k in groups if k[:2] == (env, algo) and k != key]
+    if not others:
+        return ""
+    config = dict(config)
+    keys = sorted({k for other in others for k in set(other) | set(config) if other.get(k) != config.get(k)})
+    return " ".join(f"{k}={config.get(k, '-')}" for k in keys)
+
+
+def results_table(records: list[RunRecord], dip_fraction: float = 0.25) -> list[dict]:
+    groups, _ = group_runs(records)
     rows = []
-    for (env, algo), runs in sorted(groups.items()):
-        row = {"env": env, "algo": algo, "dataset": ",".join(sorted({r.dataset for r in runs})),
+    for key, runs in sorted(groups.items(), key=lambda item: item[0][:2]):
+        env, algo = key[:2]
+        row = {"env": env, "algo": algo, "config": _differences(key, groups),
+               "dataset": ",".join(sorted({r.dataset for r in runs})),
                "metric": ",".join(sorted({r.metric for r in runs})), "seeds": len(runs)}
         for name, values in (("offline", [r.last(r.score_key(M.OFFLINE)) for r in runs]),
                              ("final", [r.last(r.score_key(M.ONLINE)) for r in runs]),
@@ -134,17 +169,21 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def to_markdown(rows: list[dict], dip_fraction: float) -> str:
-    lines = [f"| env | algo | metric | seeds | after pre-training | after fine-tuning | dip (first {dip_fraction:.0%}) | "
-             "cumulative regret |", "|---|---|---|---|---|---|---|---|"]
+def to_markdown(rows: list[dict], dip_fraction: float, left_out: list[str] = ()) -> str:
+    lines = [f"| env | algo | config | metric | seeds | after pre-training | after fine-tuning | dip (first {dip_fraction:.0%}) | "
+             "cumulative regret |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         digits = SCORE_DIGITS.get(r["metric"], 3)
-        lines.append(f"| {r['env']} | {r['algo']} | {r['metric']} | {r['seeds']} | "
+        lines.append(f"| {r['env']} | {r['algo']} | {r['config'] or '-'} | {r['metric']} | {r['seeds']} | "
                      f"{_pm(r['offline_mean'], r['offline_std'], digits)} | {_pm(r['final_mean'], r['final_std'], digits)} | "
                      f"{_pm(r['dip_mean'], r['dip_std'], digits)} | {_pm(r['regret_mean'], r['regret_std'], 3)} |")
     return "\n".join(lines) + (
         "\n\nScores are each domain's paper metric: success_rate (goal reached at any step) and tasks_solved "
-        "(Kitchen, tasks solved / 4) as fractions, normalized_return as D4RL's x100; mean ± sample std over seeds.\n")
+        "(Kitchen, tasks solved / 4) as fractions, normalized_return as D4RL's x100; mean ± sample std over seeds.\n"
+        "A row is one configuration: runs equal in every param but the seed and bookkeeping "
+        f"({', '.join(NOT_CONFIG[1:])}); `config` shows what sets it apart from the other rows of its env and "
+        "algorithm; each seed counts once (its latest run).\n"
+        + "".join(f"\nLeft out: {line}" for line in left_out) + ("\n" if left_out else ""))
 
 
 def to_csv(rows: list[dict], path: Path) -> None:
@@ -185,6 +224,8 @@ def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lamb
             grid, mean, std = band
             style = dict(style or {})
             style.setdefault("color", colors.get(algo))
+            if len(grid) == 1:  # one point (e.g. only the score after pre-training): a marker, not an invisible line
+                style.setdefault("marker", "o")
             line, = ax.plot(grid, mean, label=label_of(algo), **style)
             colors[algo] = line.get_color()
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2, color=line.get_color())
@@ -209,10 +250,13 @@ def _pyplot():
 
 
 def _by_algo(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
-    groups = defaultdict(list)
-    for r in records:
-        groups[r.algo].append(r)
-    return groups
+    """One curve per configuration: the algorithm, with what sets its configuration apart when it has several."""
+    groups, _ = group_runs(records)
+    labelled = {}
+    for key, runs in groups.items():
+        diff = _differences(key, groups)
+        labelled[key[1] + (f" ({diff})" if diff else "")] = runs
+    return labelled
 
 
 def curves_figure(records: list[RunRecord], title: str):
@@ -230,7 +274,8 @@ def curves_figure(records: list[RunRecord], title: str):
     legend_axis = axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0]
     if legend_axis.get_legend_handles_labels()[0]:
         legend_axis.legend(loc="best", fontsize=8)
-    fig.suptitle(f"{title}: mean ± std over seeds")
+    seeds = max(len(runs) for runs in groups.values()) if groups else 0
+    fig.suptitle(f"{title}: " + ("mean ± std over seeds" if seeds > 1 else "one run per curve"))
     fig.tight_layout()
     return fig
 
@@ -247,7 +292,7 @@ def qcal_figure(records: list[RunRecord], title: str):
         for key, (label, linestyle, color) in styles.items():
             _plot_phases(row, {algo: groups[algo]}, lambda r, phase, key=key: r.history.get(M.train(phase, key), []),
                          label_of=lambda _, label=label: label, style={"linestyle": linestyle, "color": color})
-        row[0].set_ylabel(algo)
+        row[0].set_ylabel(f"{algo}\nQ value")
         row[1].axvline(0, color="k", linestyle="--", linewidth=1)
         for ax in row:
             ax.grid(alpha=0.3)
@@ -275,7 +320,8 @@ def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip
         raise SystemExit(f"no runs in experiment {experiment!r} match: {filter_string}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = results_table(records, dip_fraction)
-    (out_dir / "table.md").write_text(to_markdown(rows, dip_fraction))
+    _, left_out = group_runs(records)
+    (out_dir / "table.md").write_text(to_markdown(rows, dip_fraction, left_out))
     to_csv(rows, out_dir / "table.csv")
     files = [out_dir / "table.md", out_dir / "table.csv"]
     for env in sorted({r.env for r in records}):
