@@ -56,7 +56,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     checkpoints = Checkpoints(run_dir)
     resume = load_resume_state(checkpoints, resolved, run_dir)
     if resume is not None and resume.finished:
-        return complete_finished(resume, checkpoints, cfg, run_dir)
+        final = complete_finished(resume, checkpoints, cfg, run_dir)
+        print_summary(cfg, final, run_dir, resume.run_id)
+        return final
     device = setup_runtime(cfg)
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
@@ -86,6 +88,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                 tracker.flush()
                 ctx.guard.finish()
         finish(agent, ctx, final, run_dir)
+        print_summary(cfg, final, run_dir, tracker.run_id)
         return final
     except KeyboardInterrupt:
         tracker.end("KILLED")
@@ -279,6 +282,19 @@ def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, f
     tracker.log_artifact(run_plot(tracker.client, tracker.run_id, run_dir / "plots" / "run.png"), "plots")
     tracker.set_tags({"stage": "finished"})
     tracker.end("FINISHED")
+
+
+def print_summary(cfg: Config, final: dict[str, float], run_dir: Path, run_id: str) -> None:
+    """Where the run went and how to look at it, on stdout (the command line and the Python API alike)."""
+    uri = default_tracking_uri()
+    keys = [M.summary(phase, cfg.domain.metric) for phase in M.PHASES] + [M.CUMULATIVE_REGRET]
+    scores = ", ".join(f"{k} {final[k]:.3f}" for k in keys if k in final)
+    look = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri
+    print(f"\n{cfg.algo.name} on {cfg.env.name}, seed {cfg.seed}: {scores or 'no scores'}\n"
+          f"  run folder  {run_dir}\n"
+          f"  MLflow      run {run_id}, experiment {cfg.mlflow_experiment}, store {uri}\n"
+          f"  look        {look}   (then open http://127.0.0.1:5000)\n"
+          f"  compare     o2o-report --experiment {cfg.mlflow_experiment}", flush=True)
 
 
 def complete_finished(resume: RunState, checkpoints: Checkpoints, cfg: Config, run_dir: Path) -> dict[str, float]:

@@ -1,6 +1,7 @@
 """What the training stages share: metric averaging, progress, checkpoints and evaluation logging."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -8,6 +9,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from o2o import metrics as M
 from o2o.checkpoints import Checkpoints, PreemptionGuard, capture_rng
@@ -65,10 +67,13 @@ class RunContext:
                            f"checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the reward "
                            "scale, or set divergence_guard=false to let it run)")
 
+    @contextlib.contextmanager
     def progress_bar(self, total: int, desc: str, initial: int = 0):
+        """A bar that moves every step (rate, ETA); log lines meanwhile print above it, not glued onto it."""
         # disable=None: quiet when output is not a terminal
-        return tqdm(total=total, initial=initial, desc=desc, disable=None if self.progress else True,
-                    dynamic_ncols=True)
+        with logging_redirect_tqdm(), tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+                                           disable=None if self.progress else True) as bar:
+            yield bar
 
     def check_finite_parameters(self, agent, phase: str) -> None:
         """Stop before a non-finite network is evaluated or saved."""

@@ -32,6 +32,7 @@ def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, ctx: Ru
     with ctx.progress_bar(steps, "offline pre-training", initial=start) as bar:
         for step in range(start + 1, steps + 1):
             averager.add(agent.update(data.sample(batch_size)))
+            bar.update(1)
             if step % sched.log_interval == 0 or step == steps:
                 now = time.perf_counter()
                 metrics = averager.pop_means()
@@ -39,7 +40,6 @@ def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, ctx: Ru
                 metrics[M.UPDATES_PER_SECOND] = (step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
                 ctx.tracker.log_metrics({M.train(M.OFFLINE, k): v for k, v in metrics.items()}, step)
-                bar.update(step - bar.n)
                 bar.set_postfix(critic=f"{metrics[M.CRITIC_LOSS]:.3g}", ups=f"{metrics[M.UPDATES_PER_SECOND]:.1f}")
                 log.info("offline step %d/%d: critic_loss=%.4f q_data=%.3f mc_return=%.3f updates/s=%.1f", step, steps,
                          metrics[M.CRITIC_LOSS], metrics[M.Q_DATA], metrics[M.MC_RETURN],

@@ -109,11 +109,17 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
         while progress.env_steps < sched.online_steps or progress.pending_updates:
             if not progress.pending_updates:
                 episode_start_rng, steps_before = capture_rng(envs), progress.env_steps
+                def after_step(*transition):
+                    if step_learner is not None:
+                        step_learner(*transition)
+                    bar.update(1)
+
                 episode = collect_episode(env, agent, sched.online_steps - progress.env_steps,
                                           max(cfg.algo.warmup_steps - progress.env_steps, 0),
-                                          stop=lambda: ctx.guard.requested, after_step=step_learner)
+                                          stop=lambda: ctx.guard.requested, after_step=after_step)
                 if episode is None:
                     if step_learner is None:
+                        bar.update(steps_before - bar.n)  # the episode is collected again: its steps do not count
                         checkpoint(episode_start_rng)  # the episode is collected again on resume
                     else:
                         step_learner.end_episode()  # learnt from already: kept, as a truncated episode
@@ -141,7 +147,6 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                     M.CUMULATIVE_REGRET: progress.regret,
                     M.EPISODES: progress.episodes,
                 }, progress.env_steps)
-                bar.update(n)
 
             while progress.pending_updates:
                 averager.add(agent.update(sampler.sample()))
@@ -161,6 +166,8 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                 ctx.tracker.log_metrics({M.train(M.ONLINE, k): v for k, v in metrics.items()}, progress.env_steps)
                 log.info("online env step %d/%d: episodes=%d regret=%.3f updates/s=%.1f", progress.env_steps,
                          sched.online_steps, progress.episodes, progress.regret, metrics[M.UPDATES_PER_SECOND])
+                bar.set_postfix(episodes=progress.episodes, regret=f"{progress.regret:.3f}",
+                                ups=f"{metrics[M.UPDATES_PER_SECOND]:.1f}")
                 progress.last_log_step, progress.updates_since_log, last_time = progress.env_steps, 0, now
             if progress.env_steps >= progress.next_eval or finished:
                 progress.results = ctx.evaluate(agent, M.ONLINE, progress.env_steps)
