@@ -170,3 +170,9 @@ def test_cli_stops_with_one_clear_message(main_py, args, fragment, tmp_path):
     assert proc.returncode != 0
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_quickstart_preset_is_the_measured_small_run():
+    cfg = validate(compose(["experiment=quickstart"]))
+    assert (cfg.schedule.offline_steps, cfg.schedule.online_steps, cfg.threads) == (3000, 3000, 1)
+    assert cfg.algo.actor_hidden == cfg.algo.critic_hidden == [64, 64] and cfg.env.name == "pointmaze_umaze"
