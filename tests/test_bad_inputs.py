@@ -18,7 +18,7 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "unknown algo": (["algo=nope"], {}, "Could not find 'algo/nope'"),
     "unknown env": (["env=nope"], {}, "Available options in 'env': adroit_door"),
     "unknown schedule": (["schedule=nope"], {}, "Could not find 'schedule/nope'"),
-    "unknown experiment": (["experiment=nope"], {}, "Available options in 'experiment': smoke"),
+    "unknown experiment": (["experiment=nope"], {}, "Available options in 'experiment': quickstart, smoke"),
     "seed not an int": (["seed=abc"], {}, "seed=abc"),
     "gamma above 1": (["algo.gamma=2"], {}, "algo.gamma must be in (0, 1)"),
     "gamma 0": (["algo.gamma=0"], {}, "algo.gamma must be in (0, 1)"),
