@@ -141,3 +141,20 @@ def test_a_partial_downloaded_dataset_names_the_folder_to_delete(monkeypatch, tm
     (tmp_path / "D4RL" / "door" / "cloned-v2" / "data").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"is incomplete \(an interrupted download or write\): delete that folder"):
         fetch_minari("D4RL/door/cloned-v2", download=True)
+
+
+def test_a_download_reaches_the_real_hub_client_and_a_refused_network_is_one_clear_error(tmp_path):
+    """The real huggingface_hub client, the real download call, the network refused (a closed local port):
+    a missing client ("huggingface_hub is not installed") can never pass again."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from o2o.data.dataset import fetch_minari\n"
+            "try:\n    fetch_minari('D4RL/door/cloned-v2', download=True)\n"
+            "except Exception as err:\n    print(type(err).__name__, err)\n")
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "MINARI_DATASETS_PATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env).stdout
+    assert out.startswith("DatasetError") and "the download failed (" in out, out
+    assert "Connect" in out and "not installed" not in out and "ImportError" not in out, out
+    assert "o2o-data build-adroit" in out  # the offline route for Adroit
