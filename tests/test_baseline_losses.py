@@ -109,3 +109,11 @@ def test_iql_actor_learning_rate_follows_a_cosine_to_zero():
     restored = IQL(OBS, ACT, cfg, torch.device("cpu"), total_updates=4)
     restored.restore(agent.checkpoint())
     assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(rates[-1][0])
+
+
+def test_iql_acts_without_dropout_and_keeps_training_with_it():
+    agent = make(IQL, "iql", actor_dropout=0.5)
+    obs = torch.randn(OBS).numpy()
+    first = agent.act(obs, deterministic=True)
+    assert all((agent.act(obs, deterministic=True) == first).all() for _ in range(5))  # no dropout noise
+    assert agent.actor.training  # the updates still train with dropout

@@ -30,8 +30,7 @@ class ActorCritic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device, precision: str = "fp32",
                  total_updates: int = 0):
         super().__init__()
-        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
-        self.total_updates = total_updates  # the run's planned gradient steps, for learning-rate schedules
+        self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim  # total_updates: for agents with an LR schedule
         self.device = device
         self.actor = self.make_actor()
         self.critic = self.make_critic()
@@ -150,10 +149,8 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def act(self, obs, deterministic: bool) -> "torch.Tensor":
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
-        self.actor.eval()  # no dropout when acting
         with self.autocast():
             action = self.actor.act(obs_t, deterministic, torch.randn(1, 1, self.act_dim, device=self.device))
-        self.actor.train()
         return action.reshape(-1).float().cpu().numpy()
 
     # ------------------------------------------------------------------ checkpoint

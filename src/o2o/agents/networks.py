@@ -113,7 +113,12 @@ class GaussianActor(nn.Module):
         return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     def act(self, obs: torch.Tensor, deterministic: bool, eps: torch.Tensor) -> torch.Tensor:
-        mean, log_std = self(obs)
+        training = self.training
+        self.eval()  # no dropout when acting (the authors' sample_actions: training=False)
+        try:
+            mean, log_std = self(obs)
+        finally:
+            self.train(training)
         return mean if deterministic else (mean + log_std.exp() * eps[:, 0]).clamp(-1.0, 1.0)
 
 

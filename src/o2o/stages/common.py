@@ -59,13 +59,15 @@ class RunContext:
     progress: bool = True
     divergence_guard: bool = True
 
+    def _what_now(self) -> str:
+        return (f"; the last finite checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the "
+                "reward scale, or set divergence_guard=false to let it run)")
+
     def check_finite_metrics(self, metrics: dict[str, float], phase: str, step: int) -> None:
         """Stop at a non-finite training metric (losses, Q-values): the run has diverged."""
         bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
         if self.divergence_guard and bad:
-            raise Diverged(f"{phase} training diverged by step {step}: {', '.join(bad)} not finite; the last finite "
-                           f"checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the reward "
-                           "scale, or set divergence_guard=false to let it run)")
+            raise Diverged(f"{phase} training diverged by step {step}: {', '.join(bad)} not finite{self._what_now()}")
 
     @contextlib.contextmanager
     def progress_bar(self, total: int, desc: str, initial: int = 0):
@@ -80,9 +82,7 @@ class RunContext:
         bad = [name for name, p in agent.named_parameters() if not torch.isfinite(p).all()]
         if self.divergence_guard and bad:
             raise Diverged(f"{phase} training diverged by gradient step {agent.grad_steps}: parameters "
-                           f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} not finite; the last finite "
-                           f"checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the "
-                           "reward scale, or set divergence_guard=false to let it run)")
+                           f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} not finite{self._what_now()}")
 
     def evaluate(self, agent, phase: str, step: int) -> dict[str, float]:
         self.check_finite_parameters(agent, phase)
