@@ -1,5 +1,10 @@
+import contextlib
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -71,3 +76,35 @@ def plain_q(critic, member, s, a):
                 x = F.layer_norm(x, x.shape) * critic.norm_scales[layer][member, 0] + critic.norm_shifts[layer][member, 0]
             x = torch.relu(x)
     return x[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, log_path: Path, artifacts: Path | None = None):
+    """A real ``mlflow server`` on loopback (artifacts proxied through it when ``artifacts`` is given); yields its URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", str(artifacts)]
+    server = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    pytest.fail("mlflow server did not answer: " + log_path.read_text()[-2000:])
+                time.sleep(0.5)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

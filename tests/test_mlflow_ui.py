@@ -1,26 +1,15 @@
-"""The MLflow UI shows the runs with their algo tags and a metric column, checked in headless Chromium."""
+"""The MLflow UI shows the runs with their algo tags, a metric column and their dataset, checked in headless Chromium."""
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
-from conftest import SMOKE
+from conftest import SMOKE, mlflow_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright (pip install -e '.[test]') is not installed")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 METRIC = "online/eval/normalized_return"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -37,26 +26,10 @@ def store_with_runs(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def mlflow_server(store_with_runs, tmp_path):
+def ui_server(store_with_runs, tmp_path):
     uri, experiment_id = store_with_runs
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{base}/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("mlflow server did not answer: " + (tmp_path / "server.log").read_text()[-2000:])
-    yield base, experiment_id
-    server.terminate()
-    server.wait(timeout=30)
+    with mlflow_server(uri, tmp_path / "server.log") as base:
+        yield base, experiment_id
 
 
 def show_column(page, name: str) -> None:
@@ -68,8 +41,8 @@ def show_column(page, name: str) -> None:
     page.keyboard.press("Escape")
 
 
-def test_runs_with_algo_tags_and_a_metric_column_appear(mlflow_server, tmp_path):
-    base, experiment_id = mlflow_server
+def test_runs_with_algo_tags_a_metric_column_and_their_dataset_appear(ui_server, tmp_path):
+    base, experiment_id = ui_server
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -86,4 +59,5 @@ def test_runs_with_algo_tags_and_a_metric_column_appear(mlflow_server, tmp_path)
         page.screenshot(path=str(tmp_path / "mlflow_runs.png"), full_page=True)
         browser.close()
     assert "calql" in cells and "cql" in cells, cells
+    assert any("o2o/pointmaze/umaze-waypoints-v0" in c for c in cells), cells  # the Dataset column: the offline input
     assert (tmp_path / "mlflow_runs.png").stat().st_size > 20_000

@@ -272,6 +272,22 @@ class ScheduleConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """What each run records in MLflow beyond params and metrics (the experiment is ``mlflow_experiment``)."""
+
+    log_models: bool = MISSING  # the pre-trained and final policies as pyfunc models (observation in, action out)
+    registered_model: Optional[str] = None  # register the final policy under this name in the model registry
+    system_metrics: bool = MISSING  # MLflow's own CPU, memory, disk, network and GPU sampling
+    system_metrics_interval_s: float = MISSING
+
+    def check(self) -> None:
+        _require(self.system_metrics_interval_s > 0,
+                 f"mlflow.system_metrics_interval_s must be > 0, got {self.system_metrics_interval_s}")
+        _require(self.registered_model is None or (self.log_models and bool(self.registered_model.strip())),
+                 "mlflow.registered_model needs mlflow.log_models=true and a non-empty name")
+
+
+@dataclass
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     domain: DomainConfig = field(default_factory=DomainConfig)
@@ -283,13 +299,14 @@ class Config:
     precision: str = MISSING  # fp32 | bf16 (autocast)
     threads: int = MISSING  # torch intra-op threads; 0 = torch's default
     mlflow_experiment: str = MISSING
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     run_name: Optional[str] = None
     progress: bool = MISSING
     # Stop at the first non-finite loss (checked at every log flush) or parameter (before every checkpoint)
     divergence_guard: bool = MISSING
 
     def check(self) -> None:
-        for part in (self.env, self.domain, self.algo, self.buffer, self.schedule):
+        for part in (self.env, self.domain, self.algo, self.buffer, self.schedule, self.mlflow):
             part.check()
         _require(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")

@@ -1,4 +1,4 @@
-"""Sweeps: one MLflow parent run per sweep, and the report of failed jobs.
+"""Sweeps: one MLflow parent run per sweep with a summary of its children, and the report of failed jobs.
 
 The launchers themselves live in ``hydra_plugins.o2o_launcher`` (Hydra looks
 for launchers there) and are selected by ``hydra/launcher=submitit_slurm`` or
@@ -8,8 +8,10 @@ same run directory and resumes from its checkpoint (``o2o.checkpoints``).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -19,6 +21,7 @@ from omegaconf import DictConfig
 from o2o.tracking import PARENT_RUN_ENV, default_tracking_uri, ensure_experiment, open_store, store_lock
 
 log = logging.getLogger("o2o")
+MAX_NOTE = 7000  # MLflow tag values hold 8000 characters
 
 
 def _parent_client():
@@ -66,5 +69,54 @@ class MlflowSweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         client, parent = _parent_client()
-        if client is not None and client.get_run(parent).info.status == "RUNNING":
+        if client is None:
+            return
+        try:
+            summarize_sweep(client, parent, config.mlflow_experiment, Path(config.hydra.sweep.dir) / "summary")
+        except Exception as err:  # a summary that cannot be written must not hide the jobs' own results
+            log.warning("sweep summary not written: %s: %s", type(err).__name__, err)
+        if client.get_run(parent).info.status == "RUNNING":
             client.set_terminated(parent, status="FINISHED")
+
+
+def best_by_env(records: list) -> dict[str, tuple]:
+    """Each env's best finished child by its paper metric after fine-tuning (after pre-training for runs without
+    fine-tuning): env -> (record, score)."""
+    from o2o import metrics as M
+
+    best: dict[str, tuple] = {}
+    for r in records:
+        score = r.last(r.score_key(M.ONLINE))
+        if math.isnan(score):
+            score = r.last(r.score_key(M.OFFLINE))
+        if not math.isnan(score) and (r.env not in best or score > best[r.env][1]):
+            best[r.env] = (r, score)
+    return best
+
+
+def summarize_sweep(client, parent: str, experiment: str, out_dir: Path) -> None:
+    """The parent run at a glance: the comparison table of its finished children (as artifacts and as the run's
+    description) and, per env, the best child by the paper's metric (tags ``best_run.<env>``, metrics
+    ``best/<env>/<metric>``)."""
+    from o2o.report import build_filter, load_runs, write_report
+
+    records = load_runs(client, experiment, build_filter(parent=parent))
+    if not records:
+        client.set_tag(parent, "mlflow.note.content", "No child run finished: nothing to compare.")
+        return
+    result = write_report(client, experiment, build_filter(parent=parent), out_dir, log_to_mlflow=False)
+    for path in result["files"]:
+        client.log_artifact(parent, str(path), "summary")
+    lines = []
+    for env, (record, score) in sorted(best_by_env(records).items()):
+        name = client.get_run(record.run_id).info.run_name
+        client.set_tag(parent, f"best_run.{env}", record.run_id)
+        client.log_metric(parent, f"best/{env}/{record.metric}", score)
+        lines.append(f"Best on {env}: {name} ({record.run_id}), {record.metric} {score:.3f}")
+    table = (out_dir / "table.md").read_text()
+    note = "\n".join(lines) + "\n\n" + table
+    if len(note) > MAX_NOTE:
+        note = note[:MAX_NOTE] + "\n\n(cut here: the whole table is the artifact summary/table.md)"
+    client.set_tag(parent, "mlflow.note.content", note)
+    log.info("sweep summary: %s; table and plots in %s and in the parent run's summary/ artifacts",
+             "; ".join(lines), out_dir)

@@ -27,6 +27,8 @@ from o2o.config import CQLConfig, Config, IQLConfig, SACConfig
 from o2o.data.dataset import OfflineData, dataset_reference_scores, load_offline_data
 from o2o.envs import make_env
 from o2o.errors import ConfigError, DatasetError, Diverged
+from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, online_dataset
+from o2o.policy_model import POLICY, PRETRAINED_POLICY, log_policy, policy_metadata
 from o2o.report import run_plot
 from o2o.returns import label_rewards
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RunState
@@ -87,7 +89,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                 tracker.set_tags({"stage": "preempted"})
                 tracker.flush()
                 ctx.guard.finish()
-        finish(agent, ctx, final, run_dir)
+        finish(agent, cfg, ctx, final, run_dir)
         print_summary(cfg, final, run_dir, tracker.run_id)
         return final
     except KeyboardInterrupt:
@@ -183,9 +185,7 @@ class RunData:
 
 def load_data(cfg: Config) -> RunData:
     """Stage 1: the env's shapes, the offline data (if the algorithm uses it) and the reference scores."""
-    probe_env = make_env(cfg.env)
-    obs_shape, act_shape = probe_env.observation_space.shape, probe_env.action_space.shape
-    probe_env.close()
+    obs_shape, act_shape = env_shapes(cfg)
     if cfg.algo.uses_offline_data:
         data = load_offline_data(cfg.env, obs_shape, act_shape, cfg.domain.binary_from_success)
         data_min, data_max = data.ref_min_score, data.ref_max_score
@@ -200,6 +200,14 @@ def load_data(cfg: Config) -> RunData:
     return RunData(data, obs_shape[0], act_shape[0], ref_min, ref_max)
 
 
+def env_shapes(cfg: Config) -> tuple[tuple, tuple]:
+    """The flat observation and action shapes of the configured env."""
+    probe_env = make_env(cfg.env)
+    shapes = probe_env.observation_space.shape, probe_env.action_space.shape
+    probe_env.close()
+    return shapes
+
+
 def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, device: torch.device,
                    tags: dict | None) -> Tracker:
     """The run's MLflow run (continued when the run dir has one), with its params and resolved config."""
@@ -209,7 +217,8 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
                 "seed": str(cfg.seed), "stage": "dataset", "device": str(device), "run_dir": str(run_dir),
                 **(tags or {})}
     tracker = Tracker(cfg.mlflow_experiment, cfg.run_name or f"{cfg.algo.name}-{cfg.env.name}-s{cfg.seed}",
-                      resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV))
+                      resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV),
+                      system_metrics_interval=cfg.mlflow.system_metrics_interval_s if cfg.mlflow.system_metrics else None)
     run_id_file.write_text(tracker.run_id)
     if run_id is None:
         config_path = run_dir / RESOLVED_CONFIG
@@ -218,7 +227,8 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
         tracker.log_params({"data.ref_min_score": data.ref_min, "data.ref_max_score": data.ref_max})
         if data.offline is not None:
             tracker.log_params({"data.transitions": len(data.offline), "data.episodes": data.offline.num_episodes})
-    if data.offline is not None:
+    if data.offline is not None:  # also when continuing: MLflow keeps one input per dataset and context
+        log_dataset(tracker.client, tracker.run_id, offline_dataset(data.offline, cfg.env), OFFLINE_CONTEXT)
         log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s", data.offline.source,
                  len(data.offline), data.offline.num_episodes, data.ref_min, data.ref_max)
     return tracker
@@ -250,6 +260,7 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
     if cfg.algo.pretrain and cfg.schedule.offline_steps and state.stage == OFFLINE_STAGE:
         ctx.tracker.set_tags({"stage": "offline"})
         final.update(pretrain(agent, offline, cfg.buffer.batch_size, cfg.schedule.offline_steps, ctx))
+        publish_policy(agent, cfg, ctx.tracker, PRETRAINED_POLICY)
     elif state.stage == ONLINE_STAGE:
         final.update(state.offline_final)
     if cfg.schedule.online_steps:
@@ -258,26 +269,40 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device)
         sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.algo.mixing_ratio)
         final.update(finetune(agent, sampler, cfg, ctx, resume_rng))
+        log_dataset(ctx.tracker.client, ctx.tracker.run_id,
+                    online_dataset(online, cfg.env.name, int(final[M.EPISODES])), ONLINE_CONTEXT)
     return final
 
 
-def finish(agent: ActorCritic, ctx: RunContext, final: dict[str, float], run_dir: Path) -> None:
+def publish_policy(agent: ActorCritic, cfg: Config, tracker: Tracker, name: str) -> None:
+    """The agent's policy as an MLflow model of the run (``o2o.policy_model``); the final one may be registered."""
+    if not cfg.mlflow.log_models:
+        return
+    env = make_env(cfg.env, seed=cfg.seed)
+    example = env.reset(seed=cfg.seed)[0]
+    env.close()
+    log_policy(tracker.client, tracker.run_id, agent.actor, example, name, agent.grad_steps,
+               policy_metadata(cfg, agent.grad_steps), cfg.mlflow.registered_model if name == POLICY else None)
+
+
+def finish(agent: ActorCritic, cfg: Config, ctx: RunContext, final: dict[str, float], run_dir: Path) -> None:
     """The final checkpoint, then its publication (see :func:`publish_final`)."""
     state = ctx.state
     ctx.check_finite_parameters(agent, "final")
     state.stage, state.final, state.agent = FINAL_STAGE, final, agent.checkpoint()
     ctx.checkpoints.save(state)
-    publish_final(ctx.tracker, ctx.checkpoints, final, agent.grad_steps, run_dir)
+    publish_final(ctx.tracker, ctx.checkpoints, final, agent, cfg, run_dir)
 
 
-def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, float], grad_steps: int,
-                  run_dir: Path) -> None:
-    """Final metrics, the checkpoint and plots as artifacts, the FINISHED status.
+def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, float], agent: ActorCritic,
+                  cfg: Config, run_dir: Path) -> None:
+    """Final metrics, the checkpoint, the policy model and plots as artifacts, the FINISHED status.
 
     Idempotent, so a rerun completes it when a job stopped between ``final.pt`` and the FINISHED status.
     """
     tracker.log_artifact(checkpoints.folder / FINAL, "checkpoints")
-    tracker.log_metrics({M.final(k): v for k, v in final.items()}, grad_steps)
+    publish_policy(agent, cfg, tracker, POLICY)
+    tracker.log_metrics({M.final(k): v for k, v in final.items()}, agent.grad_steps)
     tracker.flush()
     tracker.log_artifact(run_plot(tracker.client, tracker.run_id, run_dir / "plots" / "run.png"), "plots")
     tracker.set_tags({"stage": "finished"})
@@ -305,5 +330,9 @@ def complete_finished(resume: RunState, checkpoints: Checkpoints, cfg: Config, r
         return resume.final
     log.warning("%s: the final checkpoint exists but its MLflow run is %s; completing its finish", run_dir, status)
     tracker = Tracker(cfg.mlflow_experiment, None, {}, {}, run_id=resume.run_id)
-    publish_final(tracker, checkpoints, resume.final, int(resume.agent["grad_steps"]), run_dir)
+    setup_runtime(cfg)
+    (obs_dim,), (act_dim,) = env_shapes(cfg)
+    agent = make_agent(cfg, obs_dim, act_dim, torch.device("cpu"))
+    agent.restore(resume.agent)
+    publish_final(tracker, checkpoints, resume.final, agent, cfg, run_dir)
     return resume.final

@@ -28,7 +28,8 @@ TRAIN_KEYS = (REGRET, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS)
 METRIC_PARAM = "domain.metric"  # each run's headline: the paper's score for its domain
 # Params that do not change what a run computes (conf/config.yaml's override_dirname exclusions, and the seed):
 # runs equal in every other param form one group, one point per seed
-NOT_CONFIG = ("seed", "mlflow_experiment", "progress", "threads", "device", "run_name", "divergence_guard")
+NOT_CONFIG = ("seed", "mlflow_experiment", "progress", "threads", "device", "run_name", "divergence_guard",
+              "mlflow.log_models", "mlflow.registered_model", "mlflow.system_metrics", "mlflow.system_metrics_interval_s")
 SCORE_DIGITS = {M.SUCCESS_RATE: 3, M.TASKS_SOLVED: 3, M.NORMALIZED_RETURN: 1}
 
 

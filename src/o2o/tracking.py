@@ -120,9 +120,11 @@ class Tracker:
     """A thin, batching wrapper around one MLflow run."""
 
     def __init__(self, experiment: str, run_name: str | None, params: Mapping[str, Any], tags: Mapping[str, str],
-                 tracking_uri: str | None = None, run_id: str | None = None, parent_run_id: str | None = None):
+                 tracking_uri: str | None = None, run_id: str | None = None, parent_run_id: str | None = None,
+                 system_metrics_interval: float | None = None):
         """Start a run, or continue ``run_id``: params are not logged again and metric points
-        at steps already logged are not sent twice."""
+        at steps already logged are not sent twice. With ``system_metrics_interval`` (seconds), MLflow's
+        system metrics monitor samples the machine until :meth:`end`."""
         import mlflow
 
         self.uri = tracking_uri or default_tracking_uri()
@@ -130,19 +132,30 @@ class Tracker:
         self.client = open_store(self.uri)
         self._pending: list = []
         self._logged_up_to: dict[str, int] = {}
+        self._monitor = None
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
             self.set_tags(tags)
             for key in self.client.get_run(run_id).data.metrics:
                 self._logged_up_to[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
-            return
-        experiment_id = ensure_experiment(self.client, experiment, self.uri)
-        tags = dict(tags)
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
-        self.log_params(params)
+        else:
+            experiment_id = ensure_experiment(self.client, experiment, self.uri)
+            tags = dict(tags)
+            if parent_run_id:
+                tags["mlflow.parentRunId"] = parent_run_id
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            self.log_params(params)
+        if system_metrics_interval:
+            self._start_system_metrics(system_metrics_interval, resumed=run_id is not None)
+
+    def _start_system_metrics(self, interval: float, resumed: bool) -> None:
+        """MLflow's monitor (``system/*`` metrics); a resumed run continues its steps."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval, resume_logging=resumed,
+                                             tracking_uri=self.uri)
+        self._monitor.start()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -181,5 +194,8 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+            self._monitor = None
         self.flush()
         self.client.set_terminated(self.run_id, status=status)
