@@ -32,7 +32,7 @@ def sweep(main_py_module, tmp_path_factory):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # one parent run for the sweep
     children = {r.data.tags["algo"]: r for r in runs if "algo" in r.data.tags}
     assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {parents[0].info.run_id}
-    return client, children, out
+    return client, children, out, parents[0]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def main_py_module():
 
 @pytest.mark.parametrize("algo", ALGOS)
 def test_sweep_run_logs_every_stage(sweep, algo):
-    client, runs, out = sweep
+    client, runs, out, _ = sweep
     assert set(runs) == set(ALGOS)
     run = runs[algo]
     assert run.info.status == "FINISHED"
@@ -77,6 +77,21 @@ def test_sweep_run_logs_every_stage(sweep, algo):
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/final.pt"]
     plots = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
     assert set(plots) == {"plots/run_curves.png", "plots/run_qcal.png"} and min(plots.values()) > 10_000
+
+
+def test_the_sweep_parent_names_its_best_child_and_carries_the_comparison_table(sweep):
+    client, runs, out, parent = sweep
+    scores = {r.info.run_id: client.get_metric_history(r.info.run_id, M.evaluation(M.ONLINE, M.SUCCESS_RATE))[-1].value
+              for r in runs.values()}
+    best_id = parent.data.tags["best_run.pointmaze_umaze"]
+    assert scores[best_id] == max(scores.values())
+    assert parent.data.metrics["best/pointmaze_umaze/success_rate"] == max(scores.values())
+    summary = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert {"summary/table.md", "summary/table.csv", "summary/curves_pointmaze_umaze.png"} <= summary
+    note = parent.data.tags["mlflow.note.content"]
+    assert f"Best on pointmaze_umaze: {client.get_run(best_id).info.run_name} ({best_id})" in note
+    assert all(f"| pointmaze_umaze | {algo} |" in note for algo in ALGOS)
+    assert (out / "summary" / "table.md").read_text() in note
 
 
 def test_python_api_returns_final_metrics(tmp_path):

@@ -134,6 +134,7 @@ def test_step_schedule_preempted_mid_episode_keeps_what_it_learnt_and_finishes(t
 
 def test_a_run_stopped_between_its_final_checkpoint_and_finished_is_completed_by_the_rerun(tmp_path, monkeypatch):
     from o2o import pipeline, run
+    from o2o.policy_model import POLICY, PRETRAINED_POLICY, logged_model_names
 
     overrides = [*SMOKE, "mlflow_experiment=o2o-finish", "schedule.online_steps=100", "progress=false"]
     real = pipeline.publish_final
@@ -148,8 +149,10 @@ def test_a_run_stopped_between_its_final_checkpoint_and_finished_is_completed_by
     assert done.info.status == "FINISHED" and done.data.tags["stage"] == "finished"
     assert {f"final/{k.replace('/', '_')}" for k in first} <= set(done.data.metrics)
     assert "checkpoints/final.pt" in [a.path for a in client.list_artifacts(done.info.run_id, "checkpoints")]
+    assert logged_model_names(client, done.info.run_id) == {POLICY, PRETRAINED_POLICY}  # the final policy too
     assert run(algo="calql", run_dir=str(tmp_path), overrides=overrides) == first  # finished: nothing more to do
     assert len(client.get_metric_history(done.info.run_id, "final/online_success_rate")) == 1
+    assert len(client.get_run(done.info.run_id).outputs.model_outputs) == 2  # each policy logged once
 
 
 def test_a_run_dir_without_a_checkpoint_refuses_another_config(tmp_path, monkeypatch):

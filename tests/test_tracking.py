@@ -1,7 +1,9 @@
-import pytest
-"""MLflow store handling: parallel jobs on a new sqlite store, batching, resuming without duplicates."""
+"""MLflow store handling: parallel jobs on a new sqlite store, batching, resuming without duplicates; content digests
+and the config of what MLflow records."""
 import subprocess
 import sys
+
+import pytest
 
 from mlflow.tracking import MlflowClient
 
@@ -59,3 +61,43 @@ def test_a_kill_during_the_first_creation_of_a_store_leaves_none_behind(tmp_path
     client = tracking.open_store(uri)
     assert client.get_experiment(client.create_experiment("after")).name == "after"
     assert not [p for p in tmp_path.iterdir() if ".creating-" in p.name]
+
+
+def test_a_content_digest_changes_with_any_value_shape_or_dtype():
+    import numpy as np
+
+    from o2o.lineage import digest
+
+    obs, actions = np.arange(12, dtype=np.float32).reshape(6, 2), np.zeros((6, 1), np.float32)
+    base = digest(obs, actions)
+    assert digest(obs.copy(), actions.copy()) == base and len(base) == 16
+    changed = obs.copy()
+    changed[3, 1] += 1e-3
+    assert digest(changed, actions) != base
+    assert digest(obs.reshape(3, 4), actions) != base  # same bytes, other shape
+    assert digest(obs.astype(np.float64), actions) != base
+    assert digest(obs[::2], actions) == digest(np.ascontiguousarray(obs[::2]), actions)  # views hash their values
+
+
+def test_bookkeeping_keys_stay_out_of_report_groups_and_sweep_folder_names():
+    """conf/config.yaml's override_dirname exclusions and the report's NOT_CONFIG list the same bookkeeping keys."""
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+    from o2o.report import NOT_CONFIG
+
+    excluded = OmegaConf.load(ROOT / "conf" / "config.yaml").hydra.job.config.override_dirname.exclude_keys
+    assert set(excluded) <= set(NOT_CONFIG)
+    assert {"mlflow.log_models", "mlflow.system_metrics"} <= set(excluded)
+
+
+def test_registering_a_model_needs_the_models_logged():
+    from conftest import compose
+    from o2o.config import validate
+    from o2o.errors import ConfigError
+
+    assert validate(compose(["mlflow.registered_model=door-policy"])).mlflow.registered_model == "door-policy"
+    with pytest.raises(ConfigError, match="mlflow.registered_model needs mlflow.log_models=true"):
+        validate(compose(["mlflow.registered_model=door-policy", "mlflow.log_models=false"]))
+    with pytest.raises(ConfigError, match="system_metrics_interval_s must be > 0"):
+        validate(compose(["mlflow.system_metrics_interval_s=0"]))
