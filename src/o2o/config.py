@@ -297,7 +297,7 @@ class Config:
     seed: int = MISSING
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     precision: str = MISSING  # fp32 | bf16 (autocast)
-    threads: int = MISSING  # torch intra-op threads; 0 = torch's default
+    threads: int = MISSING  # torch intra-op threads; 0 = chosen by o2o.runtime.choose_threads
     mlflow_experiment: str = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     run_name: Optional[str] = None

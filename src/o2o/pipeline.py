@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -32,6 +30,7 @@ from o2o.policy_model import POLICY, PRETRAINED_POLICY, log_policy, policy_metad
 from o2o.report import run_plot
 from o2o.returns import label_rewards
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RunState
+from o2o.runtime import ThreadGovernor, setup_runtime
 from o2o.stages.common import RunContext
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
@@ -61,19 +60,24 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         final = complete_finished(resume, checkpoints, cfg, run_dir)
         print_summary(cfg, final, run_dir, resume.run_id)
         return final
-    device = setup_runtime(cfg)
+    device, threads, threads_why = setup_runtime(cfg)
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
     check_buffer_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
-    tracker = start_tracking(cfg, run_dir, resolved, data, device, tags)
+    tracker = start_tracking(cfg, run_dir, resolved, data, device,
+                             {**(tags or {}), "torch_threads": threads, "torch_threads_reason": threads_why})
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
         tracker.set_tags({"stage": "reference_returns"})
         agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id)
+        governor = None
+        if not cfg.threads and device.type == "cpu":
+            governor = ThreadGovernor(cfg.buffer.batch_size, cfg.algo.critic_hidden, threads, lambda n, why: tracker.set_tags(
+                {"torch_threads": n, "torch_threads_reason": why}))
         ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress,
-                         divergence_guard=cfg.divergence_guard)
+                         divergence_guard=cfg.divergence_guard, threads=governor)
         resume_rng = None
         if resume is not None:
             agent.restore(resume.agent)
@@ -124,14 +128,6 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
     return resume
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but torch sees no CUDA GPU here: use device=auto or device=cpu")
-    return torch.device(name)
-
-
 def check_buffer_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transitions: int, device: torch.device) -> None:
     """The buffers are allocated whole: refuse sizes the device cannot hold before any work."""
     row = (2 * obs_dim + act_dim + 3) * 4  # TransitionBuffer's float32 row
@@ -144,34 +140,6 @@ def check_buffer_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transit
         raise ConfigError(f"buffer.online_capacity={cfg.buffer.online_capacity} needs {need / 2**30:.1f} GiB of buffers "
                           f"({offline_transitions} offline transitions beside it), {free / 2**30:.1f} GiB are free on "
                           f"{device.type}: lower buffer.online_capacity")
-
-
-def cpu_has_native_bf16() -> bool:
-    """AMX or AVX512-BF16; without them CPU bf16 matmuls are emulated and far slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return True  # cannot tell: do not warn
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def setup_runtime(cfg: Config) -> torch.device:
-    """Seeds, threads and the device."""
-    seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
-                    "than fp32 (measured 0.2 vs 7 updates/s at 3x256 on an AVX2 CPU); use precision=fp32 here")
-    return device
 
 
 @dataclass

@@ -58,6 +58,12 @@ class RunContext:
     guard: PreemptionGuard = field(default_factory=PreemptionGuard)
     progress: bool = True
     divergence_guard: bool = True
+    threads: Any = None  # o2o.runtime.ThreadGovernor when threads are chosen automatically on a CPU
+
+    def step_done(self) -> None:
+        """Called after each gradient or env step: keeps an automatic thread count right for the machine's load."""
+        if self.threads is not None:
+            self.threads.tick()
 
     def _what_now(self) -> str:
         return (f"; the last finite checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the "

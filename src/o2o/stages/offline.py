@@ -33,6 +33,7 @@ def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, ctx: Ru
         for step in range(start + 1, steps + 1):
             averager.add(agent.update(data.sample(batch_size)))
             bar.update(1)
+            ctx.step_done()
             if step % sched.log_interval == 0 or step == steps:
                 now = time.perf_counter()
                 metrics = averager.pop_means()

@@ -113,6 +113,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                     if step_learner is not None:
                         step_learner(*transition)
                     bar.update(1)
+                    ctx.step_done()
 
                 episode = collect_episode(env, agent, sched.online_steps - progress.env_steps,
                                           max(cfg.algo.warmup_steps - progress.env_steps, 0),
@@ -152,6 +153,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                 averager.add(agent.update(sampler.sample()))
                 progress.pending_updates -= 1
                 progress.updates_since_log += 1
+                ctx.step_done()
                 if ctx.guard.requested:
                     checkpoint()
                     raise Preempted(f"online env step {progress.env_steps}, {progress.pending_updates} updates left")

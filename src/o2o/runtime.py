@@ -1,0 +1,135 @@
+"""Where a run computes: seeds, the device, the precision check and torch's CPU threads.
+
+``threads=0`` (the default) chooses the thread count. Measured on a 2-core
+machine (``scripts/bench_update.py --threads 1|2``, Cal-QL update, door-sized
+observations; README "Speed"): on idle cores two threads beat one by 1.2x
+(32-wide, batch 32), 1.4x (64, batch 256), 1.5x (128, batch 256) and 1.8-1.9x
+(256x3 and 512x3, batch 256); with the cores busy one thread beats two at
+every size (3.4 vs 1.7 updates/s at 256x3), and a tiny-network job with
+torch's default ran ~100x slower than with one thread (issue 12): OpenMP
+threads beyond the free cores spin against the other jobs. So: one thread
+for small updates (little to gain, everything to lose), for GPU runs (the
+update is on the GPU; the CPU steps the env) and when the usable cores are
+busy; otherwise the free cores, up to ``MAX_AUTO_THREADS``. While a run
+trains, :class:`ThreadGovernor` drops to one thread when the cores become
+busy and returns when they free up. The choice and its reason go to the log
+and to MLflow (tags ``torch_threads``, ``torch_threads_reason``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from o2o.errors import ConfigError
+
+log = logging.getLogger("o2o")
+
+# batch x (widest critic layer)^2 below which two threads gained at most 1.4x on idle cores (module docstring)
+SMALL_UPDATE = 256 * 128 * 128
+MAX_AUTO_THREADS = 8  # a bound, not a measurement: beyond it a CPU update is better moved to a GPU
+RECHECK_SECONDS = 30.0
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (SLURM, taskset, cpusets) within any cgroup quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def free_cores(cores: int) -> int:
+    """Cores not already busy, by the 1-minute load average (processes running or waiting for a core)."""
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        return cores
+    return max(0, int(cores - busy + 0.5))
+
+
+def choose_threads(batch_size: int, critic_hidden: list[int], device: torch.device) -> tuple[int, str]:
+    """The thread count for ``threads=0``, and why."""
+    if device.type != "cpu":
+        return 1, f"the update runs on {device.type}"
+    work = batch_size * max(critic_hidden) ** 2
+    if work < SMALL_UPDATE:
+        return 1, f"a small update (batch {batch_size}, width {max(critic_hidden)}): more threads gain little"
+    cores = usable_cores()
+    free = free_cores(cores)
+    if free <= 1:
+        return 1, f"{cores} usable cores, {cores - free} busy: one thread cannot be starved"
+    threads = min(free, MAX_AUTO_THREADS)
+    return threads, f"{cores} usable cores, {free} free"
+
+
+class ThreadGovernor:
+    """Keeps an automatic thread count right while the run trains: called often, it looks every
+    ``RECHECK_SECONDS`` and moves to what :func:`choose_threads` says now (one thread on busy cores)."""
+
+    def __init__(self, batch_size: int, critic_hidden: list[int], threads: int, on_change=None):
+        self.batch_size, self.critic_hidden, self.threads = batch_size, critic_hidden, threads
+        self.on_change = on_change
+        self._next = time.monotonic() + RECHECK_SECONDS
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + RECHECK_SECONDS
+        threads, why = choose_threads(self.batch_size, self.critic_hidden, torch.device("cpu"))
+        if threads != self.threads:
+            log.warning("torch threads %d -> %d (%s)", self.threads, threads, why)
+            torch.set_num_threads(threads)
+            self.threads = threads
+            if self.on_change is not None:
+                self.on_change(threads, why)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but torch sees no CUDA GPU here: use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX or AVX512-BF16; without them CPU bf16 matmuls are emulated and far slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True  # cannot tell: do not warn
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def setup_runtime(cfg) -> tuple[torch.device, int, str]:
+    """Seeds, the device and threads; returns the device, the thread count and why it was chosen
+    (a :class:`ThreadGovernor` keeps an automatic count right while training)."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        threads, why = cfg.threads, "set by threads="
+    else:
+        threads, why = choose_threads(cfg.buffer.batch_size, cfg.algo.critic_hidden, device)
+    torch.set_num_threads(threads)
+    log.info("torch uses %d CPU thread%s (%s)", threads, "s" * (threads > 1), why)
+    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
+                    "than fp32 (measured 0.2 vs 7 updates/s at 3x256 on an AVX2 CPU); use precision=fp32 here")
+    return device, threads, why

@@ -1,0 +1,82 @@
+"""Threads chosen from the update's size and the free cores, kept right while training; the choice is recorded."""
+import os
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from o2o import runtime
+from o2o.runtime import SMALL_UPDATE, ThreadGovernor, choose_threads
+
+CPU = torch.device("cpu")
+PAPER = (256, [256, 256, 256])  # batch, critic widths: door's Cal-QL critic
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine with 4 usable cores and a settable load."""
+    state = {"load": 0.0}
+    monkeypatch.setattr(runtime, "usable_cores", lambda: 4)
+    monkeypatch.setattr(os, "getloadavg", lambda: (state["load"], 0.0, 0.0))
+    return state
+
+
+def test_small_updates_and_gpu_runs_get_one_thread(machine):
+    assert choose_threads(32, [32, 32], CPU)[0] == 1  # the smoke preset
+    assert choose_threads(256, [64, 64], CPU)[0] == 1  # the quickstart preset
+    assert 256 * 64 ** 2 < SMALL_UPDATE <= 256 * 128 ** 2
+    assert choose_threads(*PAPER, torch.device("cuda"))[0] == 1
+
+
+def test_large_updates_get_the_free_cores_and_one_thread_when_they_are_busy(machine):
+    assert choose_threads(*PAPER, CPU) == (4, "4 usable cores, 4 free")
+    machine["load"] = 2.2
+    assert choose_threads(*PAPER, CPU)[0] == 2
+    machine["load"] = 3.6
+    threads, why = choose_threads(*PAPER, CPU)
+    assert threads == 1 and "busy" in why
+
+
+def test_the_governor_follows_the_load_while_training(machine, monkeypatch):
+    clock = {"now": 0.0}
+    monkeypatch.setattr(runtime.time, "monotonic", lambda: clock["now"])
+    changes = []
+    before = torch.get_num_threads()
+    try:
+        governor = ThreadGovernor(*PAPER, threads=4, on_change=lambda n, why: changes.append(n))
+        machine["load"] = 4.0
+        governor.tick()  # not yet time to look
+        assert governor.threads == 4 and changes == []
+        clock["now"] = runtime.RECHECK_SECONDS + 1
+        governor.tick()
+        assert governor.threads == 1 and torch.get_num_threads() == 1 and changes == [1]
+        machine["load"], clock["now"] = 0.5, 2 * runtime.RECHECK_SECONDS + 2
+        governor.tick()
+        assert governor.threads == 4 and changes == [1, 4]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_usable_cores_follow_the_cpu_affinity():
+    assert 1 <= runtime.usable_cores() <= len(os.sched_getaffinity(0))
+
+
+def test_a_run_records_its_thread_count_and_why(tmp_path):
+    from o2o import run
+
+    before = torch.get_num_threads()
+    try:
+        run(run_dir=str(tmp_path / "auto"), overrides=["experiment=smoke", "env.dataset.collector.steps=1500",
+                                                       "mlflow_experiment=o2o-threads", "schedule.online_steps=100"])
+        assert torch.get_num_threads() == 1
+        run(run_dir=str(tmp_path / "set"), overrides=["experiment=smoke", "env.dataset.collector.steps=1500",
+                                                      "mlflow_experiment=o2o-threads", "schedule.online_steps=100",
+                                                      "threads=2"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("o2o-threads").experiment_id], order_by=["start_time"])
+    tags = [(r.data.tags["torch_threads"], r.data.tags["torch_threads_reason"]) for r in runs]
+    assert tags[0][0] == "1" and "small update" in tags[0][1]
+    assert tags[1] == ("2", "set by threads=")
