@@ -158,3 +158,51 @@ def test_a_download_reaches_the_real_hub_client_and_a_refused_network_is_one_cle
     assert out.startswith("DatasetError") and "the download failed (" in out, out
     assert "Connect" in out and "not installed" not in out and "ImportError" not in out, out
     assert "o2o-data build-adroit" in out  # the offline route for Adroit
+
+
+@pytest.mark.parametrize("dict_obs", [True, False])
+def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_path, monkeypatch, dict_obs):
+    """load_minari reads Minari's HDF5 file itself (for speed); the transitions must be Minari's, to the bit."""
+    import warnings
+
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from o2o.data.dataset import _concatenate_episodes, _read_minari_episodes, _read_minari_hdf5, load_minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    rng = np.random.default_rng(0)
+
+    def observations(n):
+        if dict_obs:
+            return {"observation": rng.normal(size=(n, 4)).astype(np.float32),
+                    "desired_goal": rng.normal(size=(n, 2)).astype(np.float32)}
+        return rng.normal(size=(n, 5)).astype(np.float32)
+
+    lengths = [3, 1, 5]
+    buffers = [EpisodeBuffer(id=i, observations=observations(n + 1), actions=rng.uniform(-1, 1, (n, 2)).astype(np.float32),
+                             rewards=list(rng.normal(size=n)), terminations=[False] * (n - 1) + [i == 1],
+                             truncations=[False] * n, infos={"success": rng.random(n + 1) < 0.5})
+               for i, n in enumerate(lengths)]
+    if dict_obs:
+        space = gym.spaces.Dict({"observation": gym.spaces.Box(-np.inf, np.inf, (4,)),
+                                 "desired_goal": gym.spaces.Box(-np.inf, np.inf, (2,))})
+    else:
+        space = gym.spaces.Box(-np.inf, np.inf, (5,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("o2o-test/reader/direct-v0", buffers, observation_space=space,
+                                           action_space=gym.spaces.Box(-1, 1, (2,)), algorithm_name="test")
+    keys = ["observation", "desired_goal"] if dict_obs else []
+    path = str(tmp_path / "o2o-test/reader/direct-v0/data/main_data.hdf5")
+    ours = _concatenate_episodes(_read_minari_hdf5(path, keys, len(lengths)))
+    theirs = _concatenate_episodes(_read_minari_episodes(minari.load_dataset("o2o-test/reader/direct-v0"), keys))
+    assert set(ours) == set(theirs)
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    data = load_minari("o2o-test/reader/direct-v0", keys, download=False)
+    assert len(data) == sum(lengths) and data.observations.shape[1] == 6 - (not dict_obs)
+    np.testing.assert_array_equal(data.next_observations[:2], data.observations[1:3])  # within an episode
+    assert data.terminals.tolist() == [False] * 3 + [True] + [False] * 5
+    assert data.timeouts.tolist() == [False, False, True, False, False, False, False, False, True]
