@@ -141,7 +141,7 @@ class Tracker:
                 self._logged_up_to[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
         else:
             experiment_id = ensure_experiment(self.client, experiment, self.uri)
-            tags = dict(tags)
+            tags = {k: str(v) for k, v in tags.items()}  # the REST store takes strings only
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
             self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
