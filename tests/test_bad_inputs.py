@@ -29,7 +29,7 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "batch size 0": (["buffer.batch_size=0"], {}, "buffer.batch_size must be > 0"),
     "capacity beyond memory": (["buffer.online_capacity=100000000000"], {}, "lower buffer.online_capacity"),
     "unknown device": (["device=tpu"], {}, "device must be auto, cpu or cuda"),
-    "unknown precision": (["precision=fp16"], {}, "precision must be fp32 or bf16"),
+    "unknown precision": (["precision=fp16"], {}, "precision must be auto, fp32 or bf16"),
     "negative threads": (["threads=-1"], {}, "threads must be >= 0"),
     "negative online steps": (["schedule.online_steps=-5"], {}, "schedule.online_steps must be >= 0"),
     "horizon 0": (["env.max_episode_steps=0"], {}, "env.max_episode_steps must be > 0"),

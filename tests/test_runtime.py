@@ -71,7 +71,7 @@ def test_a_run_records_its_thread_count_and_why(tmp_path):
         assert torch.get_num_threads() == 1
         run(run_dir=str(tmp_path / "set"), overrides=["experiment=smoke", "env.dataset.collector.steps=1500",
                                                       "mlflow_experiment=o2o-threads", "schedule.online_steps=100",
-                                                      "threads=2"])
+                                                      "threads=2", "precision=auto"])
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -80,3 +80,20 @@ def test_a_run_records_its_thread_count_and_why(tmp_path):
     tags = [(r.data.tags["torch_threads"], r.data.tags["torch_threads_reason"]) for r in runs]
     assert tags[0][0] == "1" and "small update" in tags[0][1]
     assert tags[1] == ("2", "set by threads=")
+    assert runs[0].data.tags["precision_used"] == "fp32" and runs[0].data.params["precision"] == "fp32"
+    assert runs[1].data.params["precision"] == "auto"
+    assert runs[1].data.tags["precision_used"] == runtime.choose_precision("auto", CPU)[0]
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    from o2o.runtime import choose_precision
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert choose_precision("auto", CPU)[0] == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert choose_precision("auto", CPU)[0] == "fp32"
+    assert choose_precision("bf16", CPU) == ("bf16", "set by precision=")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert choose_precision("auto", torch.device("cuda"))[0] == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert choose_precision("auto", torch.device("cuda"))[0] == "fp32"

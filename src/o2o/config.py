@@ -296,7 +296,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = MISSING
     device: str = MISSING  # auto | cpu | cuda | cuda:N
-    precision: str = MISSING  # fp32 | bf16 (autocast)
+    precision: str = MISSING  # auto | fp32 | bf16 (autocast); auto: o2o.runtime.choose_precision
     threads: int = MISSING  # torch intra-op threads; 0 = chosen by o2o.runtime.choose_threads
     mlflow_experiment: str = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -308,7 +308,8 @@ class Config:
     def check(self) -> None:
         for part in (self.env, self.domain, self.algo, self.buffer, self.schedule, self.mlflow):
             part.check()
-        _require(self.precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {self.precision!r}")
+        _require(self.precision in ("auto", "fp32", "bf16"),
+                 f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")

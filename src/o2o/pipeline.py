@@ -60,22 +60,22 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         final = complete_finished(resume, checkpoints, cfg, run_dir)
         print_summary(cfg, final, run_dir, resume.run_id)
         return final
-    device, threads, threads_why = setup_runtime(cfg)
+    runtime = setup_runtime(cfg)
+    device = runtime.device
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
     check_buffer_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
-    tracker = start_tracking(cfg, run_dir, resolved, data, device,
-                             {**(tags or {}), "torch_threads": threads, "torch_threads_reason": threads_why})
+    tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
         tracker.set_tags({"stage": "reference_returns"})
-        agent = make_agent(cfg, data.obs_dim, data.act_dim, device)
+        agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id)
         governor = None
         if not cfg.threads and device.type == "cpu":
-            governor = ThreadGovernor(cfg.buffer.batch_size, cfg.algo.critic_hidden, threads, lambda n, why: tracker.set_tags(
-                {"torch_threads": n, "torch_threads_reason": why}))
+            governor = ThreadGovernor(cfg.buffer.batch_size, cfg.algo.critic_hidden, runtime.threads,
+                                      lambda n, why: tracker.set_tags({"torch_threads": n, "torch_threads_reason": why}))
         ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress,
                          divergence_guard=cfg.divergence_guard, threads=governor)
         resume_rng = None
@@ -210,8 +210,9 @@ def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> Tran
     return buffer
 
 
-def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device) -> ActorCritic:
-    return AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, cfg.precision, planned_updates(cfg))
+def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, precision: str = "fp32") -> ActorCritic:
+    """The configured algorithm's agent; ``precision`` is what it computes in (``runtime.choose_precision``)."""
+    return AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, precision, planned_updates(cfg))
 
 
 def planned_updates(cfg: Config) -> int:
@@ -298,7 +299,7 @@ def complete_finished(resume: RunState, checkpoints: Checkpoints, cfg: Config, r
         return resume.final
     log.warning("%s: the final checkpoint exists but its MLflow run is %s; completing its finish", run_dir, status)
     tracker = Tracker(cfg.mlflow_experiment, None, {}, {}, run_id=resume.run_id)
-    setup_runtime(cfg)
+    setup_runtime(cfg)  # seeds and threads; the policy model is exported in fp32 whatever the precision
     (obs_dim,), (act_dim,) = env_shapes(cfg)
     agent = make_agent(cfg, obs_dim, act_dim, torch.device("cpu"))
     agent.restore(resume.agent)

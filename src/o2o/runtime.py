@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -118,9 +119,35 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def setup_runtime(cfg) -> tuple[torch.device, int, str]:
-    """Seeds, the device and threads; returns the device, the thread count and why it was chosen
-    (a :class:`ThreadGovernor` keeps an automatic count right while training)."""
+def choose_precision(name: str, device: torch.device) -> tuple[str, str]:
+    """``precision=auto``: bf16 autocast where the hardware computes it natively, fp32 elsewhere; and why."""
+    if name != "auto":
+        return name, "set by precision="
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        return ("bf16", "the GPU computes bf16 natively") if native else ("fp32", "the GPU has no native bf16")
+    if cpu_has_native_bf16():
+        return "bf16", "the CPU has AMX or AVX512-BF16"
+    return "fp32", "the CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated, ~36x slower)"
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    threads: int
+    threads_why: str
+    precision: str  # fp32 | bf16: what the agent computes in
+    precision_why: str
+
+    def tags(self) -> dict[str, str]:
+        """What MLflow records of the choices (the config keeps what was asked: ``auto``, ``0``)."""
+        return {"torch_threads": str(self.threads), "torch_threads_reason": self.threads_why,
+                "precision_used": self.precision, "precision_reason": self.precision_why}
+
+
+def setup_runtime(cfg) -> Runtime:
+    """Seeds, the device, threads and precision (a :class:`ThreadGovernor` keeps an automatic thread count right
+    while training)."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -129,7 +156,9 @@ def setup_runtime(cfg) -> tuple[torch.device, int, str]:
         threads, why = choose_threads(cfg.buffer.batch_size, cfg.algo.critic_hidden, device)
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU thread%s (%s)", threads, "s" * (threads > 1), why)
-    if cfg.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+    precision, precision_why = choose_precision(cfg.precision, device)
+    log.info("precision %s (%s)", precision, precision_why)
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
                     "than fp32 (measured 0.2 vs 7 updates/s at 3x256 on an AVX2 CPU); use precision=fp32 here")
-    return device, threads, why
+    return Runtime(device, threads, why, precision, precision_why)
