@@ -304,6 +304,7 @@ class Config:
     progress: bool = MISSING
     # Stop at the first non-finite loss (checked at every log flush) or parameter (before every checkpoint)
     divergence_guard: bool = MISSING
+    calibration_batch: int = MISSING  # offline transitions in the fixed batch of the calibration diagnostics; 0: off
 
     def check(self) -> None:
         for part in (self.env, self.domain, self.algo, self.buffer, self.schedule, self.mlflow):
@@ -311,6 +312,7 @@ class Config:
         _require(self.precision in ("auto", "fp32", "bf16"),
                  f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        _require(self.calibration_batch >= 0, f"calibration_batch must be >= 0, got {self.calibration_batch}")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         _require(bool(self.mlflow_experiment), "mlflow_experiment must be a non-empty name")

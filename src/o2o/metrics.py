@@ -27,6 +27,9 @@ CRITIC_LOSS = "critic_loss"
 ACTOR_LOSS = "actor_loss"
 CALQL_BOUND_RATE = "calql_bound_rate"  # fraction of policy Q-values lifted to V_ref
 
+# Calibration diagnostics on a fixed batch of offline transitions (stages/calibration.py), <phase>/calibration/<name>
+CALIBRATION_KEYS = ("q_data", "v_ref", "q_data_over_v_ref", "below_v_ref", "bound_rate")
+
 # Stage bookkeeping
 UPDATES_PER_SECOND = "updates_per_second"
 GRAD_STEPS = "grad_steps"
@@ -46,6 +49,10 @@ def train(phase: str, name: str) -> str:
 
 def evaluation(phase: str, name: str) -> str:
     return f"{phase}/eval/{name}"
+
+
+def calibration(phase: str, name: str) -> str:
+    return f"{phase}/calibration/{name}"
 
 
 def summary(phase: str, name: str) -> str:

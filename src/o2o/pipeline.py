@@ -31,6 +31,7 @@ from o2o.report import run_plot
 from o2o.returns import label_rewards
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RunState
 from o2o.runtime import ThreadGovernor, setup_runtime
+from o2o.stages.calibration import CalibrationProbe
 from o2o.stages.common import RunContext
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
@@ -76,8 +77,10 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         if not cfg.threads and device.type == "cpu":
             governor = ThreadGovernor(cfg.buffer.batch_size, cfg.algo.critic_hidden, runtime.threads,
                                       lambda n, why: tracker.set_tags({"torch_threads": n, "torch_threads_reason": why}))
+        probe = (CalibrationProbe(offline, cfg.calibration_batch, cfg.seed)
+                 if offline is not None and cfg.calibration_batch else None)
         ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress,
-                         divergence_guard=cfg.divergence_guard, threads=governor)
+                         divergence_guard=cfg.divergence_guard, threads=governor, calibration=probe)
         resume_rng = None
         if resume is not None:
             agent.restore(resume.agent)

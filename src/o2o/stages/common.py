@@ -59,6 +59,12 @@ class RunContext:
     progress: bool = True
     divergence_guard: bool = True
     threads: Any = None  # o2o.runtime.ThreadGovernor when threads are chosen automatically on a CPU
+    calibration: Any = None  # o2o.stages.calibration.CalibrationProbe when the run has offline data
+
+    def log_calibration(self, agent, phase: str, step: int) -> None:
+        """The calibration diagnostics on the fixed offline batch, at every log flush."""
+        if self.calibration is not None:
+            self.tracker.log_metrics({M.calibration(phase, k): v for k, v in self.calibration(agent).items()}, step)
 
     def step_done(self) -> None:
         """Called after each gradient or env step: keeps an automatic thread count right for the machine's load."""

@@ -41,6 +41,7 @@ def pretrain(agent, data: TransitionBuffer, batch_size: int, steps: int, ctx: Ru
                 metrics[M.UPDATES_PER_SECOND] = (step - last_step) / max(now - last_time, 1e-9)
                 last_time, last_step = now, step
                 ctx.tracker.log_metrics({M.train(M.OFFLINE, k): v for k, v in metrics.items()}, step)
+                ctx.log_calibration(agent, M.OFFLINE, step)
                 bar.set_postfix(critic=f"{metrics[M.CRITIC_LOSS]:.3g}", ups=f"{metrics[M.UPDATES_PER_SECOND]:.1f}")
                 log.info("offline step %d/%d: critic_loss=%.4f q_data=%.3f mc_return=%.3f updates/s=%.1f", step, steps,
                          metrics[M.CRITIC_LOSS], metrics[M.Q_DATA], metrics[M.MC_RETURN],

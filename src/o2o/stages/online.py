@@ -166,6 +166,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                 metrics[M.UPDATES_PER_SECOND] = progress.updates_since_log / max(now - last_time, 1e-9)
                 metrics[M.GRAD_STEPS] = agent.grad_steps
                 ctx.tracker.log_metrics({M.train(M.ONLINE, k): v for k, v in metrics.items()}, progress.env_steps)
+                ctx.log_calibration(agent, M.ONLINE, progress.env_steps)
                 log.info("online env step %d/%d: episodes=%d regret=%.3f updates/s=%.1f", progress.env_steps,
                          sched.online_steps, progress.episodes, progress.regret, metrics[M.UPDATES_PER_SECOND])
                 bar.set_postfix(episodes=progress.episodes, regret=f"{progress.regret:.3f}",
