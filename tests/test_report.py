@@ -11,7 +11,7 @@ ONLINE_STEPS = 1000
 
 
 def fill(client, experiment, env, algo, seed, offline_scores, online_scores, regret, q_shift=0.0, parent=None,
-         status="FINISHED", metric="normalized_return", online_steps=ONLINE_STEPS):
+         status="FINISHED", metric="normalized_return", online_steps=ONLINE_STEPS, q_over_v_ref=(0.5, 1.0)):
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     tags = {"env": env, "algo": algo, "seed": str(seed), "dataset": f"{env}-data"}
@@ -26,6 +26,8 @@ def fill(client, experiment, env, algo, seed, offline_scores, online_scores, reg
         metrics.append(Metric("online/eval/return", -1.0, 0, step))  # not a headline: never in the table
     for step, v in regret:
         metrics.append(Metric("online/cumulative_regret", v, 0, step))
+    for step, v in zip((500, 1000), q_over_v_ref):  # the fixed-batch calibration ratio; the last one counts
+        metrics.append(Metric("offline/calibration/q_data_over_v_ref", v, 0, step))
     for step in range(100, 1001, 100):
         metrics += [Metric("offline/train/q_data", -50 + step / 100 + q_shift, 0, step),
                     Metric("offline/train/mc_return", -40.0, 0, step),
@@ -50,7 +52,7 @@ def store(tmp_path, monkeypatch):
     fill(client, exp, "door", "calql", 0, [(500, 40.0), (1000, 50.0)], [(100, 48.0), (200, 55.0), (600, 80.0), (1000, 90.0)],
          [(100, 1.0), (1000, 0.4)])
     fill(client, exp, "door", "calql", 1, [(500, 30.0), (1000, 30.0)], [(100, 35.0), (250, 20.0), (600, 70.0), (1000, 70.0)],
-         [(100, 1.0), (1000, 0.6)])
+         [(100, 1.0), (1000, 0.6)], q_over_v_ref=(0.7, 1.2))
     # cql on door: one seed with an unlearning dip, one unfinished run that is left out
     fill(client, exp, "door", "cql", 0, [(1000, 45.0)], [(100, 10.0), (200, 5.0), (300, 60.0), (1000, 85.0)],
          [(1000, 0.5)], q_shift=-20)
@@ -72,10 +74,13 @@ def test_table_numbers_equal_hand_computation(store):
     # dip: lowest online score at steps <= 250: min(48, 55) = 48 and min(35, 20) = 20
     assert calql["dip_mean"] == pytest.approx(34.0) and calql["dip_std"] == pytest.approx(np.std([48, 20], ddof=1))
     assert calql["regret_mean"] == pytest.approx(0.5) and calql["regret_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
+    assert calql["q_over_v_ref_mean"] == pytest.approx(1.1) and calql["q_over_v_ref_std"] == pytest.approx(
+        np.std([1.0, 1.2], ddof=1))
     cql = rows[("door", "cql")]
     assert cql["seeds"] == 1 and cql["dip_mean"] == 5.0 and cql["dip_std"] == 0.0 and cql["final_mean"] == 85.0
     md = (tmp / "rep" / "table.md").read_text()
-    assert "| door | calql | - | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | 34.0 ± 19.8 | 0.500 ± 0.141 |" in md
+    assert ("| door | calql | - | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | 34.0 ± 19.8 | 0.500 ± 0.141 | "
+            "1.10 ± 0.14 |") in md
     csv_text = (tmp / "rep" / "table.csv").read_text().splitlines()
     assert csv_text[0].startswith("env,algo,config,dataset,metric,seeds,offline_mean") and len(csv_text) == 3
 

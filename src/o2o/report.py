@@ -24,7 +24,8 @@ from o2o.tracking import default_tracking_uri, outputs_dir
 
 REGRET = M.CUMULATIVE_REGRET
 Q_KEYS = (M.Q_DATA, M.Q_POLICY, M.MC_RETURN)
-TRAIN_KEYS = (REGRET, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
+Q_OVER_V_REF = M.calibration(M.OFFLINE, "q_data_over_v_ref")  # on the fixed batch, at the end of pre-training
+TRAIN_KEYS = (REGRET, Q_OVER_V_REF, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
 METRIC_PARAM = "domain.metric"  # each run's headline: the paper's score for its domain
 # Params that do not change what a run computes (conf/config.yaml's override_dirname exclusions, and the seed):
 # runs equal in every other param form one group, one point per seed
@@ -160,7 +161,8 @@ def results_table(records: list[RunRecord], dip_fraction: float = 0.25) -> list[
         for name, values in (("offline", [r.last(r.score_key(M.OFFLINE)) for r in runs]),
                              ("final", [r.last(r.score_key(M.ONLINE)) for r in runs]),
                              ("dip", [r.dip(dip_fraction) for r in runs]),
-                             ("regret", [r.last(REGRET) for r in runs])):
+                             ("regret", [r.last(REGRET) for r in runs]),
+                             ("q_over_v_ref", [r.last(Q_OVER_V_REF) for r in runs])):
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
         rows.append(row)
     return rows
@@ -172,15 +174,17 @@ def _pm(mean: float, std: float, digits: int) -> str:
 
 def to_markdown(rows: list[dict], dip_fraction: float, left_out: list[str] = ()) -> str:
     lines = [f"| env | algo | config | metric | seeds | after pre-training | after fine-tuning | dip (first {dip_fraction:.0%}) | "
-             "cumulative regret |", "|---|---|---|---|---|---|---|---|---|"]
+             "cumulative regret | Q / V_ref after pre-training |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         digits = SCORE_DIGITS.get(r["metric"], 3)
         lines.append(f"| {r['env']} | {r['algo']} | {r['config'] or '-'} | {r['metric']} | {r['seeds']} | "
                      f"{_pm(r['offline_mean'], r['offline_std'], digits)} | {_pm(r['final_mean'], r['final_std'], digits)} | "
-                     f"{_pm(r['dip_mean'], r['dip_std'], digits)} | {_pm(r['regret_mean'], r['regret_std'], 3)} |")
+                     f"{_pm(r['dip_mean'], r['dip_std'], digits)} | {_pm(r['regret_mean'], r['regret_std'], 3)} | "
+                     f"{_pm(r['q_over_v_ref_mean'], r['q_over_v_ref_std'], 2)} |")
     return "\n".join(lines) + (
         "\n\nScores are each domain's paper metric: success_rate (goal reached at any step) and tasks_solved "
-        "(Kitchen, tasks solved / 4) as fractions, normalized_return as D4RL's x100; mean ± sample std over seeds.\n"
+        "(Kitchen, tasks solved / 4) as fractions, normalized_return as D4RL's x100; mean ± sample std over seeds. "
+        "Q / V_ref: mean Q on data actions over the mean Monte-Carlo return, on the run's fixed calibration batch.\n"
         "A row is one configuration: runs equal in every param but the seed and bookkeeping "
         f"({', '.join(NOT_CONFIG[1:])}); `config` shows what sets it apart from the other rows of its env and "
         "algorithm; each seed counts once (its latest run).\n"
