@@ -1,11 +1,25 @@
-"""Updates per second of one CQL / Cal-QL gradient step, with synthetic data.
+"""Updates per second of one Cal-QL gradient step, measured side by side in one run: o2o in each precision
+against d3rlpy's CalQL at the same configuration, interleaved round by round so the machine's load falls on
+all alike, with the fraction of the machine's matmul ceiling each reaches.
 
-    python scripts/bench_update.py --obs-dim 39 --act-dim 28 --hidden 256 --layers 3 --precision fp32 bf16
+    python scripts/bench_update.py                        # door sizes: twin 3x256 critics, batch 256, 10 actions
+    python scripts/bench_update.py --against-d3rlpy       # + d3rlpy, installed into .bench/d3rlpy-venv on first use
+    python scripts/bench_update.py --threads 1 2 --precision fp32   # the thread table of README "Speed"
+
+Synthetic data; the update only (both sides sample preallocated tensors). d3rlpy pins its own gymnasium, so it
+lives in its own environment and is driven through ``scripts/bench_d3rlpy_worker.py``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,29 +29,86 @@ from o2o.buffers import TransitionBuffer
 from o2o.cli import compose_config
 from o2o.config import validate
 
+ROOT = Path(__file__).resolve().parents[1]
+D3RLPY_VENV = ROOT / ".bench" / "d3rlpy-venv"
 
-def bench(args, precision: str) -> float:
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    cfg = validate(compose_config(["algo=calql", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
-                                   f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]",
-                                   f"algo.n_actions={args.n_actions}"])).algo
-    agent = CQL(args.obs_dim, args.act_dim, cfg, device, precision)
-    agent.begin_phase("offline")
-    n = 100_000
-    rng = np.random.default_rng(0)
-    buffer = TransitionBuffer(n, args.obs_dim, args.act_dim, device)
-    buffer.add(rng.normal(size=(n, args.obs_dim)), rng.uniform(-1, 1, (n, args.act_dim)), rng.normal(size=n),
-               rng.normal(size=(n, args.obs_dim)), rng.random(n) < 0.01, rng.normal(size=n))
-    for _ in range(args.warmup):
-        agent.update(buffer.sample(args.batch_size))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+
+class Ours:
+    def __init__(self, args, precision: str):
+        torch.manual_seed(0)
+        self.device = torch.device(args.device)
+        self.cfg = validate(compose_config(["algo=calql", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
+                                            f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]",
+                                            f"algo.n_actions={args.n_actions}"])).algo
+        self.agent = CQL(args.obs_dim, args.act_dim, self.cfg, self.device, precision)
+        self.agent.begin_phase("offline")
+        n = 100_000
+        rng = np.random.default_rng(0)
+        self.buffer = TransitionBuffer(n, args.obs_dim, args.act_dim, self.device)
+        self.buffer.add(rng.normal(size=(n, args.obs_dim)), rng.uniform(-1, 1, (n, args.act_dim)), rng.normal(size=n),
+                        rng.normal(size=(n, args.obs_dim)), rng.random(n) < 0.01, rng.normal(size=n))
+        self.batch_size = args.batch_size
+
+    def seconds(self, steps: int) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            metrics = self.agent.update(self.buffer.sample(self.batch_size))
+        metrics["critic_loss"].item()  # one sync at the end: o2o keeps metrics on the device
+        return time.perf_counter() - start
+
+    def flops(self) -> int:
+        """Floating-point operations of one update (torch's counter: matmuls, the bulk of the work)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.agent.update(self.buffer.sample(self.batch_size))
+        return counter.get_total_flops()
+
+
+class D3rlpy:
+    def __init__(self, args, threads: int):
+        python = ensure_d3rlpy_venv()
+        self.proc = subprocess.Popen([str(python), str(ROOT / "scripts" / "bench_d3rlpy_worker.py")],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc.stdin.write(json.dumps({
+            "threads": threads, "batch_size": args.batch_size, "n_actions": args.n_actions, "cql_weight": 5.0,
+            "obs_dim": args.obs_dim, "act_dim": args.act_dim, "actor_hidden": [args.hidden] * 2,
+            "critic_hidden": [args.hidden] * args.layers}) + "\n")
+        self.proc.stdin.flush()
+        self.versions = json.loads(self.proc.stdout.readline())
+
+    def seconds(self, steps: int) -> float:
+        self.proc.stdin.write(f"{steps}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def ensure_d3rlpy_venv() -> Path:
+    python = D3RLPY_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"installing d3rlpy into {D3RLPY_VENV} (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(D3RLPY_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"torch=={torch.__version__.split('+')[0]}",
+                        "d3rlpy"], check=True)
+    return python
+
+
+def matmul_ceiling(dtype: torch.dtype, device: torch.device, n: int = 1024, reps: int = 20) -> float:
+    """FLOP/s of a large square matmul at the current thread count: what this machine's cores can reach."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
     start = time.perf_counter()
-    for _ in range(args.steps):
-        metrics = agent.update(buffer.sample(args.batch_size))
-    metrics["critic_loss"].item()  # one sync at the end
-    return args.steps / (time.perf_counter() - start)
+    for _ in range(reps):
+        c = a @ b
+    c.sum().item()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -48,18 +119,46 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=3, help="critic hidden layers (the actor has 2)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--n-actions", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=20, help="updates per measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved measurements per variant (median kept)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--against-d3rlpy", action="store_true")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"device={args.device} threads={torch.get_num_threads()} obs={args.obs_dim} act={args.act_dim} "
-          f"critic={args.layers}x{args.hidden} batch={args.batch_size} n_actions={args.n_actions}")
-    for precision in args.precision:
-        print(f"{precision}: {bench(args, precision):.2f} updates/s")
+
+    device = torch.device(args.device)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"device={device}; obs={args.obs_dim} act={args.act_dim} critic=2x{args.layers}x{args.hidden} "
+          f"batch={args.batch_size} n_actions={args.n_actions}")
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        variants = {f"o2o {p}": Ours(args, p) for p in args.precision}
+        baseline = None
+        if args.against_d3rlpy and device.type == "cpu":
+            baseline = D3rlpy(args, threads)
+            variants["d3rlpy fp32"] = baseline
+            print(f"d3rlpy {baseline.versions['d3rlpy']} (torch {baseline.versions['torch']})")
+        for variant in variants.values():  # warm-up, also of the d3rlpy worker
+            variant.seconds(3)
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, variant in variants.items():
+                times[name].append(variant.seconds(args.steps))
+        ceiling = {p: matmul_ceiling(torch.bfloat16 if p == "bf16" else torch.float32, device)
+                   for p in ("fp32", "bf16")}
+        flops = next(v for v in variants.values() if isinstance(v, Ours)).flops()
+        print(f"threads={threads}: matmul ceiling fp32 {ceiling['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
+              f"{ceiling['bf16'] / 1e9:.0f} GFLOP/s; one update = {flops / 1e9:.2f} GFLOP")
+        ups = {name: args.steps / statistics.median(t) for name, t in times.items()}
+        for name, rate in ups.items():
+            precision = "bf16" if "bf16" in name else "fp32"
+            line = f"  {name:12s} {rate:8.2f} updates/s  {rate * flops / ceiling[precision]:6.1%} of the {precision} ceiling"
+            if baseline is not None:
+                line += f"  {rate / ups['d3rlpy fp32']:5.2f}x d3rlpy fp32"
+            print(line, flush=True)
+        if baseline is not None:
+            baseline.close()
 
 
 if __name__ == "__main__":
