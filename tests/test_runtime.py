@@ -82,18 +82,19 @@ def test_a_run_records_its_thread_count_and_why(tmp_path):
     assert tags[1] == ("2", "set by threads=")
     assert runs[0].data.tags["precision_used"] == "fp32" and runs[0].data.params["precision"] == "fp32"
     assert runs[1].data.params["precision"] == "auto"
-    assert runs[1].data.tags["precision_used"] == runtime.choose_precision("auto", CPU)[0]
+    assert runs[1].data.tags["precision_used"] == "fp32"  # auto keeps small updates in fp32
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
     from o2o.runtime import choose_precision
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
-    assert choose_precision("auto", CPU)[0] == "bf16"
+    assert choose_precision("auto", CPU, *PAPER)[0] == "bf16"
+    assert choose_precision("auto", CPU, 32, [32, 32])[0] == "fp32"  # autocast would cost more than it saves
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert choose_precision("auto", CPU)[0] == "fp32"
-    assert choose_precision("bf16", CPU) == ("bf16", "set by precision=")
+    assert choose_precision("auto", CPU, *PAPER)[0] == "fp32"
+    assert choose_precision("bf16", CPU, *PAPER) == ("bf16", "set by precision=")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert choose_precision("auto", torch.device("cuda"))[0] == "bf16"
+    assert choose_precision("auto", torch.device("cuda"), 32, [32])[0] == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert choose_precision("auto", torch.device("cuda"))[0] == "fp32"
+    assert choose_precision("auto", torch.device("cuda"), *PAPER)[0] == "fp32"

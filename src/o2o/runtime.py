@@ -31,6 +31,7 @@ from o2o.errors import ConfigError
 log = logging.getLogger("o2o")
 
 # batch x (widest critic layer)^2 below which two threads gained at most 1.4x on idle cores (module docstring)
+# and bf16 autocast on an AMX CPU at most ~1x (choose_precision)
 SMALL_UPDATE = 256 * 128 * 128
 MAX_AUTO_THREADS = 8  # a bound, not a measurement: beyond it a CPU update is better moved to a GPU
 RECHECK_SECONDS = 30.0
@@ -119,16 +120,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def choose_precision(name: str, device: torch.device) -> tuple[str, str]:
-    """``precision=auto``: bf16 autocast where the hardware computes it natively, fp32 elsewhere; and why."""
+def choose_precision(name: str, device: torch.device, batch_size: int, critic_hidden: list[int]) -> tuple[str, str]:
+    """``precision=auto``: bf16 autocast where the hardware computes it natively, fp32 elsewhere; and why.
+
+    On a CPU with AMX, bf16 paid off only for updates that are not small (``scripts/bench_update.py``, one
+    thread: 2.9x fp32 at 3x256 and batch 256, about 1x at 2x64 and batch 256, 0.71x at 2x32 and batch 32,
+    where autocast costs more than it saves), so small updates stay in fp32 there."""
     if name != "auto":
         return name, "set by precision="
     if device.type == "cuda":
         native = torch.cuda.is_bf16_supported()
         return ("bf16", "the GPU computes bf16 natively") if native else ("fp32", "the GPU has no native bf16")
-    if cpu_has_native_bf16():
-        return "bf16", "the CPU has AMX or AVX512-BF16"
-    return "fp32", "the CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated, ~36x slower)"
+    if not cpu_has_native_bf16():
+        return "fp32", "the CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated, ~36x slower)"
+    if batch_size * max(critic_hidden) ** 2 < SMALL_UPDATE:
+        return "fp32", f"a small update (batch {batch_size}, width {max(critic_hidden)}): bf16 autocast gains nothing"
+    return "bf16", "the CPU has AMX or AVX512-BF16"
 
 
 @dataclass
@@ -156,7 +163,7 @@ def setup_runtime(cfg) -> Runtime:
         threads, why = choose_threads(cfg.buffer.batch_size, cfg.algo.critic_hidden, device)
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU thread%s (%s)", threads, "s" * (threads > 1), why)
-    precision, precision_why = choose_precision(cfg.precision, device)
+    precision, precision_why = choose_precision(cfg.precision, device, cfg.buffer.batch_size, cfg.algo.critic_hidden)
     log.info("precision %s (%s)", precision, precision_why)
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
