@@ -80,7 +80,7 @@ def test_a_run_records_its_thread_count_and_why(tmp_path):
     tags = [(r.data.tags["torch_threads"], r.data.tags["torch_threads_reason"]) for r in runs]
     assert tags[0][0] == "1" and "small update" in tags[0][1]
     assert tags[1] == ("2", "set by threads=")
-    assert runs[0].data.tags["precision_used"] == "fp32" and runs[0].data.params["precision"] == "fp32"
+    assert runs[0].data.tags["precision_used"] == "fp32" and runs[0].data.params["precision"] == "auto"  # the default
     assert runs[1].data.params["precision"] == "auto"
     assert runs[1].data.tags["precision_used"] == "fp32"  # auto keeps small updates in fp32
 
