@@ -98,17 +98,17 @@ def summarize_sweep(client, parent: str, experiment: str, out_dir: Path) -> None
     """The parent run at a glance: the comparison table of its finished children (as artifacts and as the run's
     description) and, per env, the best child by the paper's metric (tags ``best_run.<env>``, metrics
     ``best/<env>/<metric>``)."""
-    from o2o.report import build_filter, load_runs, write_report
+    from o2o.report import build_filter, write_report
 
-    records = load_runs(client, experiment, build_filter(parent=parent))
-    if not records:
+    try:
+        result = write_report(client, experiment, build_filter(parent=parent), out_dir, log_to_mlflow=False)
+    except SystemExit:  # write_report's answer when no run matches
         client.set_tag(parent, "mlflow.note.content", "No child run finished: nothing to compare.")
         return
-    result = write_report(client, experiment, build_filter(parent=parent), out_dir, log_to_mlflow=False)
     for path in result["files"]:
         client.log_artifact(parent, str(path), "summary")
     lines = []
-    for env, (record, score) in sorted(best_by_env(records).items()):
+    for env, (record, score) in sorted(best_by_env(result["records"]).items()):
         name = client.get_run(record.run_id).info.run_name
         client.set_tag(parent, f"best_run.{env}", record.run_id)
         client.log_metric(parent, f"best/{env}/{record.metric}", score)

@@ -78,15 +78,13 @@ def online_dataset(buffer, env_name: str, episodes: int):
     """The online transitions a run collected (``o2o.buffers.TransitionBuffer``: rewards as stored, transformed)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
 
-    rows = buffer.storage[: len(buffer)].cpu().numpy()
-    o, a = buffer.obs_dim, buffer.act_dim
-    obs, actions, rewards, next_obs, dones = np.split(rows[:, :-1], np.cumsum([o, a, 1, o]), axis=1)
-    content = digest(obs, actions, rewards[:, 0], next_obs, dones[:, 0] > 0.5)
+    b = buffer.to_batch(buffer.storage[: len(buffer)].cpu())
+    content = digest(b.obs.numpy(), b.actions.numpy(), b.rewards.numpy(), b.next_obs.numpy(), b.dones.numpy() > 0.5)
     profile = {"transitions": len(buffer), "episodes": episodes, "source": "online fine-tuning"}
     # MLflow keeps one dataset per name and digest in an experiment: identical online data (same seed and config)
     # is one dataset, whichever run collected it first
     return _dataset(CodeDatasetSource({"o2o.collected_by": "online fine-tuning", "o2o.env": env_name}),
-                    f"{env_name}-online", content, o, a, profile)
+                    f"{env_name}-online", content, buffer.obs_dim, buffer.act_dim, profile)
 
 
 def log_dataset(client, run_id: str, dataset, context: str) -> None:

@@ -41,9 +41,8 @@ class DeterministicPolicy(nn.Module):
         return self.actor.act(obs, True, None)
 
 
-def export_policy(actor: nn.Module, obs_dim: int, path: Path) -> None:
-    """The actor, copied to the CPU in eval mode, as a ``torch.export`` program with a dynamic batch size."""
-    policy = DeterministicPolicy(copy.deepcopy(actor).cpu().float().eval())
+def export_policy(policy: DeterministicPolicy, obs_dim: int, path: Path) -> None:
+    """``policy`` as a ``torch.export`` program with a dynamic batch size."""
     example = torch.zeros(2, obs_dim)
     program = torch.export.export(policy, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
@@ -71,8 +70,9 @@ def log_policy(client, run_id: str, actor: nn.Module, example_obs: np.ndarray, n
     example = np.asarray(example_obs, dtype=np.float32).reshape(1, -1)
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         path = Path(tmp) / "policy.pt2"
-        export_policy(actor, example.shape[1], path)
-        actions = DeterministicPolicy(copy.deepcopy(actor).cpu().float().eval())(torch.as_tensor(example))
+        policy = DeterministicPolicy(copy.deepcopy(actor).cpu().float().eval())  # the run's actor stays as it is
+        export_policy(policy, example.shape[1], path)
+        actions = policy(torch.as_tensor(example))
         experiment_id = client.get_run(run_id).info.experiment_id
         # created here so the model lives in the run's experiment (Model.log alone picks the active experiment)
         model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)

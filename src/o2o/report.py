@@ -347,7 +347,7 @@ def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip
             client.log_artifact(run.info.run_id, str(path), "report")
         client.set_terminated(run.info.run_id)
         report_run = run.info.run_id
-    return {"rows": rows, "files": files, "runs": len(records), "report_run": report_run}
+    return {"rows": rows, "files": files, "runs": len(records), "records": records, "report_run": report_run}
 
 
 def run_plot(client, run_id: str, path: Path) -> Path:

@@ -10,7 +10,7 @@ torch's default ran ~100x slower than with one thread (issue 12): OpenMP
 threads beyond the free cores spin against the other jobs. So: one thread
 for small updates (little to gain, everything to lose), for GPU runs (the
 update is on the GPU; the CPU steps the env) and when the usable cores are
-busy; otherwise the free cores, up to ``MAX_AUTO_THREADS``. While a run
+busy; otherwise the free cores. While a run
 trains, :class:`ThreadGovernor` drops to one thread when the cores become
 busy and returns when they free up. The choice and its reason go to the log
 and to MLflow (tags ``torch_threads``, ``torch_threads_reason``).
@@ -33,8 +33,11 @@ log = logging.getLogger("o2o")
 # batch x (widest critic layer)^2 below which two threads gained at most 1.4x on idle cores (module docstring)
 # and bf16 autocast on an AMX CPU at most ~1x (choose_precision)
 SMALL_UPDATE = 256 * 128 * 128
-MAX_AUTO_THREADS = 8  # a bound, not a measurement: beyond it a CPU update is better moved to a GPU
-RECHECK_SECONDS = 30.0
+RECHECK_SECONDS = 30.0  # a collapse under new contention lasts at most this long (a choice, not a measurement)
+
+
+def is_small_update(batch_size: int, critic_hidden: list[int]) -> bool:
+    return batch_size * max(critic_hidden) ** 2 < SMALL_UPDATE
 
 
 def usable_cores() -> int:
@@ -62,15 +65,13 @@ def choose_threads(batch_size: int, critic_hidden: list[int], device: torch.devi
     """The thread count for ``threads=0``, and why."""
     if device.type != "cpu":
         return 1, f"the update runs on {device.type}"
-    work = batch_size * max(critic_hidden) ** 2
-    if work < SMALL_UPDATE:
+    if is_small_update(batch_size, critic_hidden):
         return 1, f"a small update (batch {batch_size}, width {max(critic_hidden)}): more threads gain little"
     cores = usable_cores()
     free = free_cores(cores)
     if free <= 1:
         return 1, f"{cores} usable cores, {cores - free} busy: one thread cannot be starved"
-    threads = min(free, MAX_AUTO_THREADS)
-    return threads, f"{cores} usable cores, {free} free"
+    return free, f"{cores} usable cores, {free} free"
 
 
 class ThreadGovernor:
@@ -133,7 +134,7 @@ def choose_precision(name: str, device: torch.device, batch_size: int, critic_hi
         return ("bf16", "the GPU computes bf16 natively") if native else ("fp32", "the GPU has no native bf16")
     if not cpu_has_native_bf16():
         return "fp32", "the CPU has neither AMX nor AVX512-BF16 (bf16 would be emulated, ~36x slower)"
-    if batch_size * max(critic_hidden) ** 2 < SMALL_UPDATE:
+    if is_small_update(batch_size, critic_hidden):
         return "fp32", f"a small update (batch {batch_size}, width {max(critic_hidden)}): bf16 autocast gains nothing"
     return "bf16", "the CPU has AMX or AVX512-BF16"
 
