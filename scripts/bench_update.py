@@ -5,6 +5,7 @@ all alike, with the fraction of the machine's matmul ceiling each reaches.
     python scripts/bench_update.py                        # door sizes: twin 3x256 critics, batch 256, 10 actions
     python scripts/bench_update.py --against-d3rlpy       # + d3rlpy, installed into .bench/d3rlpy-venv on first use
     python scripts/bench_update.py --threads 1 2 --precision fp32   # the thread table of README "Speed"
+    python scripts/bench_update.py --modes eager compiled  # compile=true against eager (+ cudagraphs on a GPU)
 
 Synthetic data; the update only (both sides sample preallocated tensors). d3rlpy pins its own gymnasium, so it
 lives in its own environment and is driven through ``scripts/bench_d3rlpy_worker.py``.
@@ -34,7 +35,7 @@ D3RLPY_VENV = ROOT / ".bench" / "d3rlpy-venv"
 
 
 class Ours:
-    def __init__(self, args, precision: str):
+    def __init__(self, args, precision: str, mode: str = "eager"):
         torch.manual_seed(0)
         self.device = torch.device(args.device)
         self.cfg = validate(compose_config(["algo=calql", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
@@ -42,6 +43,8 @@ class Ours:
                                             f"algo.n_actions={args.n_actions}"])).algo
         self.agent = CQL(args.obs_dim, args.act_dim, self.cfg, self.device, precision)
         self.agent.begin_phase("offline")
+        if mode != "eager":
+            self.agent.compile_update(cuda_graphs=mode == "cudagraphs")
         n = 100_000
         rng = np.random.default_rng(0)
         self.buffer = TransitionBuffer(n, args.obs_dim, args.act_dim, self.device)
@@ -124,6 +127,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled", "cudagraphs"],
+                        help="compiled: compile=true (o2o.agents.compiled); cudagraphs: with CUDA graphs (GPU)")
     parser.add_argument("--against-d3rlpy", action="store_true")
     args = parser.parse_args()
 
@@ -133,27 +138,30 @@ def main() -> None:
           f"batch={args.batch_size} n_actions={args.n_actions}")
     for threads in args.threads:
         torch.set_num_threads(threads)
-        variants = {f"o2o {p}": Ours(args, p) for p in args.precision}
+        variants = {f"o2o {p}" + (f" {m}" if m != "eager" else ""): Ours(args, p, m)
+                    for m in args.modes for p in args.precision}
         baseline = None
         if args.against_d3rlpy and device.type == "cpu":
             baseline = D3rlpy(args, threads)
             variants["d3rlpy fp32"] = baseline
             print(f"d3rlpy {baseline.versions['d3rlpy']} (torch {baseline.versions['torch']})")
-        for variant in variants.values():  # warm-up, also of the d3rlpy worker
+        for name, variant in variants.items():  # warm-up (and compilation), also of the d3rlpy worker
+            start = time.perf_counter()
             variant.seconds(3)
+            print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s", flush=True)
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
             for name, variant in variants.items():
                 times[name].append(variant.seconds(args.steps))
         ceiling = {p: matmul_ceiling(torch.bfloat16 if p == "bf16" else torch.float32, device)
                    for p in ("fp32", "bf16")}
-        flops = next(v for v in variants.values() if isinstance(v, Ours)).flops()
+        flops = Ours(args, "fp32").flops()
         print(f"threads={threads}: matmul ceiling fp32 {ceiling['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
               f"{ceiling['bf16'] / 1e9:.0f} GFLOP/s; one update = {flops / 1e9:.2f} GFLOP")
         ups = {name: args.steps / statistics.median(t) for name, t in times.items()}
         for name, rate in ups.items():
             precision = "bf16" if "bf16" in name else "fp32"
-            line = f"  {name:12s} {rate:8.2f} updates/s  {rate * flops / ceiling[precision]:6.1%} of the {precision} ceiling"
+            line = f"  {name:22s} {rate:8.2f} updates/s  {rate * flops / ceiling[precision]:6.1%} of the {precision} ceiling"
             if baseline is not None:
                 line += f"  {rate / ups['d3rlpy fp32']:5.2f}x d3rlpy fp32"
             print(line, flush=True)

@@ -65,12 +65,13 @@ def test_sac_and_rlpd_losses_equal_the_authors_equations(name, subset, backup):
     overrides = {"ensemble_size": 4, "target_subset": subset} if name == "rlpd" else {}
     agent = make(SAC, name, backup_entropy=backup, gamma=0.9, **overrides)
     batch = make_batch()
-    noise = agent.draw_noise(B)
+    torch.manual_seed(7)
+    noise = {**agent.draw_noise(B), **agent.draw_target_subset()}
     members = agent.cfg.ensemble_size
     with torch.no_grad():
-        torch.manual_seed(7)
         _, m = agent.compute_losses(batch, noise, update_actor=True)
         torch.manual_seed(7)  # the same random subset of target critics (RLPD: subsample_ensemble)
+        agent.draw_noise(B)
         chosen = torch.randperm(members)[:subset].tolist() if subset else list(range(members))
         alpha = agent.log_alpha.exp()
         critic_loss = actor_loss = 0.0

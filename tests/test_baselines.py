@@ -32,12 +32,13 @@ def test_target_is_min_over_a_random_subset_of_the_ensemble():
     q = torch.tensor([5.0, 1.0, 4.0, 3.0, 2.0]).view(5, 1)
     seen = set()
     for _ in range(200):
-        value = agent.target_min(q).item()
+        value = agent.target_min(q, agent.draw_target_subset()).item()
         seen.add(value)
     # the min of two distinct members: never the largest value, every other value possible
     assert seen == {1.0, 2.0, 3.0, 4.0}
     everything = make(SAC, name="sac", ensemble_size=5)
-    assert everything.target_min(q).item() == 1.0
+    assert everything.draw_target_subset() == {}
+    assert everything.target_min(q, {}).item() == 1.0
 
 
 def test_iql_losses_on_hand_built_values():

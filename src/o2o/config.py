@@ -361,6 +361,7 @@ class Config:
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     precision: str = MISSING  # auto | fp32 | bf16 (autocast); auto: o2o.runtime.choose_precision
     threads: int = MISSING  # torch intra-op threads; 0 = chosen by o2o.runtime.choose_threads
+    compile: bool = MISSING  # the whole update as one torch.compile graph, CUDA graphs on GPUs (o2o.agents.compiled)
     mlflow_experiment: str = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)

@@ -239,7 +239,10 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
 
 def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, precision: str = "fp32") -> ActorCritic:
     """The configured algorithm's agent; ``precision`` is what it computes in (``runtime.choose_precision``)."""
-    return AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, precision, planned_updates(cfg))
+    agent = AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, precision, planned_updates(cfg))
+    if cfg.compile:
+        agent.compile_update()  # compiles at the first update
+    return agent
 
 
 def planned_updates(cfg: Config) -> int:

@@ -45,6 +45,7 @@ class ActorCritic(nn.Module):
         self.to(device)
         self.grad_steps = 0
         self.phase: str | None = None
+        self.compiled_update = None  # set by compile_update
 
     def make_actor(self) -> nn.Module:
         cfg = self.cfg
@@ -79,10 +80,16 @@ class ActorCritic(nn.Module):
 
     # ------------------------------------------------------------------ pieces the losses share
 
-    def target_min(self, q: torch.Tensor) -> torch.Tensor:
-        """Min over the ensemble axis, or over a random subset of it (RLPD's ``target_subset``)."""
-        if self.cfg.target_subset is not None and self.cfg.target_subset < q.shape[0]:
-            q = q[torch.randperm(q.shape[0], device=q.device)[: self.cfg.target_subset]]
+    def draw_target_subset(self) -> dict:
+        """RLPD's ``target_subset``: which ensemble members the TD target's min runs over this update."""
+        if self.cfg.target_subset is None or self.cfg.target_subset >= self.cfg.ensemble_size:
+            return {}
+        return {"target_subset": torch.randperm(self.cfg.ensemble_size, device=self.device)[: self.cfg.target_subset]}
+
+    def target_min(self, q: torch.Tensor, noise: dict) -> torch.Tensor:
+        """Min over the ensemble axis, or over the subset ``draw_target_subset`` drew."""
+        if "target_subset" in noise:
+            q = q[noise["target_subset"]]
         return q.amin(0)
 
     def q_metrics(self, q_data: torch.Tensor, batch: Batch) -> dict:
@@ -91,19 +98,11 @@ class ActorCritic(nn.Module):
         return {M.Q_DATA: q_mean.mean(), M.MC_RETURN: batch.mc_returns.mean(),
                 M.Q_DATA_MINUS_MC_RETURN: (q_mean - batch.mc_returns).mean()}
 
-    def critic_frozen_q(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Q for the actor's loss: gradients reach the actions, not the critic weights."""
-        self.critic.requires_grad_(False)
-        try:
-            return self.critic(obs, actions)
-        finally:
-            self.critic.requires_grad_(True)
-
     def actor_and_alpha_losses(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
                                eps: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """SAC actor loss alpha * log pi - min_i Q_i, and the entropy-temperature loss."""
         actions, log_pi = TanhGaussianActor.sample(mean, log_std, eps)  # (B, 1, A), (B, 1)
-        q_all = self.critic_frozen_q(obs, actions)  # (E, B, 1)
+        q_all = self.critic(obs, actions, detach_weights=True)  # (E, B, 1): gradients reach the actions only
         q_pi = q_all.mean(0) if self.cfg.actor_q == "mean" else q_all.amin(0)
         actor_loss = (self.alpha.detach() * log_pi - q_pi).mean()
         loss = actor_loss
@@ -120,6 +119,7 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
         self.grad_steps += 1
+        self.after_step()
 
     def begin_phase(self, phase: str) -> None:
         """Called when offline pre-training (``metrics.OFFLINE``), online fine-tuning (``metrics.ONLINE``) or offline
@@ -142,9 +142,34 @@ class ActorCritic(nn.Module):
         """One gradient step; returns metrics as tensors (no host sync)."""
         # the last critic step of each block of actor_update_interval (RLPD: the actor after its 20 critic steps)
         update_actor = (self.grad_steps + 1) % self.cfg.actor_update_interval == 0
-        loss, metrics = self.compute_losses(batch, self.draw_noise(batch.obs.shape[0]), update_actor)
+        noise = {**self.draw_noise(batch.obs.shape[0]), **self.draw_target_subset()}
+        if self.compiled_update is not None:
+            metrics = self.compiled_update(batch, noise, update_actor)
+            self.grad_steps += 1
+            self.after_step()
+            return metrics
+        loss, metrics = self.compute_losses(batch, noise, update_actor)
         self.step(loss)
         return metrics
+
+    def forward(self, batch: Batch, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
+        """What ``torch.func.functional_call`` runs for the compiled update: the losses."""
+        return self.compute_losses(batch, noise, update_actor)
+
+    def compile_update(self, cuda_graphs: bool | None = None, backend: str = "inductor") -> None:
+        """``compile=true``: every later ``update`` runs as one compiled graph (o2o.agents.compiled); CUDA graphs
+        by default on a GPU. ``backend``: torch.compile's (tests use ``aot_eager``, which compiles in seconds)."""
+        from o2o.agents.compiled import CompiledUpdate
+        cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.compiled_update = CompiledUpdate(self, cuda_graphs, backend)
+
+    def actor_side_names(self) -> set[str]:
+        """Parameters that get no gradient when the actor is not updated this step (their Adam state stays put)."""
+        names = {name for name, _ in self.actor.named_parameters(prefix="actor")}
+        return names | ({"log_alpha"} if hasattr(self, "log_alpha") else set())
+
+    def after_step(self) -> None:
+        """Per-step bookkeeping outside the gradient step (IQL's learning-rate schedule)."""
 
     # ------------------------------------------------------------------ acting
 

@@ -60,7 +60,7 @@ class CQL(ActorCritic):
                 current_actions, current_log_pi = TanhGaussianActor.sample(
                     mean.detach(), log_std.detach(), noise["eps_current"])
                 next_actions, next_log_pi = TanhGaussianActor.sample(next_mean, next_log_std, noise["eps_next"])
-                td_target = self._td_target(batch, next_actions[:, n:], next_log_pi[:, n:])
+                td_target = self._td_target(batch, next_actions[:, n:], next_log_pi[:, n:], noise)
 
             # Every Q(s, .) the critic loss needs, in one ensemble pass:
             # [data action | n random | n from pi(.|s) | n from pi(.|s')]
@@ -108,9 +108,9 @@ class CQL(ActorCritic):
         })
         return loss, metrics
 
-    def _td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_pi: torch.Tensor) -> torch.Tensor:
+    def _td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_pi: torch.Tensor, noise: dict) -> torch.Tensor:
         """r + gamma (1 - done) Q_target(s', a'); with max-target backup the max over sampled a'."""
-        q_next = self.target_min(self.critic_target(batch.next_obs, next_actions))  # (B, K)
+        q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)  # (B, K)
         if self.cfg.backup_entropy:
             q_next = q_next - self.alpha.detach() * next_log_pi
         q_next = q_next.amax(dim=1) if self.cfg.max_target_backup else q_next[:, 0]

@@ -45,8 +45,7 @@ class IQL(ActorCritic):
         return GaussianActor(self.obs_dim, self.act_dim, self.cfg.actor_hidden, self.cfg.actor_dropout,
                              self.cfg.orthogonal_init)
 
-    def step(self, loss: torch.Tensor) -> None:
-        super().step(loss)
+    def after_step(self) -> None:
         self.scheduler.step()
 
     def checkpoint(self) -> dict:
@@ -66,7 +65,7 @@ class IQL(ActorCritic):
         cfg = self.cfg
         with self.autocast():
             with torch.no_grad():
-                q_target = self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)))[:, 0]
+                q_target = self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)), noise)[:, 0]
                 td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * self.v(batch.next_obs)
             v = self.v(batch.obs)
             q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)

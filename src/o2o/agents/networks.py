@@ -155,15 +155,20 @@ class EnsembleCritic(nn.Module):
                     bound = 1.0 / math.sqrt(member.shape[0])
                     nn.init.uniform_(member, -bound, bound)
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_weights: bool = False) -> torch.Tensor:
+        """``detach_weights``: Q whose gradients reach the inputs only (the actor's loss)."""
+        weights, biases = list(self.weights), list(self.biases)
+        scales, shifts = list(self.norm_scales), list(self.norm_shifts)
+        if detach_weights:
+            weights, biases, scales, shifts = ([t.detach() for t in ts] for ts in (weights, biases, scales, shifts))
         batch, k, _ = actions.shape
-        w0 = self.weights[0]
+        w0 = weights[0]
         per_state = torch.matmul(obs, w0[:, : self.obs_dim])  # (E, B, H)
         per_action = torch.matmul(actions.reshape(batch * k, -1), w0[:, self.obs_dim:])  # (E, B*K, H)
-        x = per_action.view(self.ensemble_size, batch, k, -1) + per_state.unsqueeze(2) + self.biases[0].unsqueeze(1)
+        x = per_action.view(self.ensemble_size, batch, k, -1) + per_state.unsqueeze(2) + biases[0].unsqueeze(1)
         x = x.reshape(self.ensemble_size, batch * k, -1)
-        for i in range(1, len(self.weights)):
+        for i in range(1, len(weights)):
             if self.layer_norm:
-                x = F.layer_norm(x, x.shape[-1:]) * self.norm_scales[i - 1] + self.norm_shifts[i - 1]
-            x = torch.baddbmm(self.biases[i], F.relu(x), self.weights[i])
+                x = F.layer_norm(x, x.shape[-1:]) * scales[i - 1] + shifts[i - 1]
+            x = torch.baddbmm(biases[i], F.relu(x), weights[i])
         return x.view(self.ensemble_size, batch, k).float()

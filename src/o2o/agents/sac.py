@@ -23,7 +23,7 @@ class SAC(ActorCritic):
         with self.autocast():
             with torch.no_grad():
                 next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), noise["eps_next"])
-                q_next = self.target_min(self.critic_target(batch.next_obs, next_actions))[:, 0]  # (B,)
+                q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)[:, 0]  # (B,)
                 if self.cfg.backup_entropy:
                     q_next = q_next - self.alpha.detach() * next_log_pi[:, 0]
                 td_target = batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next

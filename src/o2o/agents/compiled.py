@@ -1,0 +1,103 @@
+"""``compile=true``: the whole update as one ``torch.compile`` graph, with CUDA graphs on GPUs.
+
+The eager update is ``loss.backward()`` then ``optimizer.step()``; Dynamo breaks the graph at both. Here the
+same losses (the agent's own ``compute_losses``, through ``torch.func.functional_call``) are differentiated by
+``torch.func.grad``, and Adam and the target update are written with foreach ops on the optimizer's own state
+tensors, so one graph holds forward, backward, Adam and the Polyak average (``fullgraph=True`` fails loudly at
+any break) and reads nothing back to the host. The random numbers are drawn outside, by the agent's
+``draw_noise``, so compiled and eager updates see the same ones (tests/test_compiled_update.py). Checkpoints
+are the eager format: the state lives in ``optimizer.state`` as ``torch.optim.Adam`` keeps it.
+
+The references for the design: the Cal-QL authors' update is one ``jax.jit`` function (nakamotoo/Cal-QL,
+JaxCQL/conservative_sac.py, ``_train_step``); LeanRL (pytorch-labs/LeanRL) compiles CleanRL's updates with
+``torch.compile`` and CUDA graphs. Measured speed: README "Speed".
+"""
+from __future__ import annotations
+
+import torch
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which ActorCritic.build_optimizer uses
+
+
+def adam_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+          exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lrs: torch.Tensor) -> None:
+    """torch.optim.Adam's step (no weight decay, no amsgrad), in place, with tensor step counts and rates."""
+    torch._foreach_add_(steps, 1.0)
+    torch._foreach_lerp_(exp_avgs, grads, 1.0 - _BETA1)
+    torch._foreach_mul_(exp_avg_sqs, _BETA2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - _BETA2)
+    for i, param in enumerate(params):
+        step_size = lrs[i] / (1.0 - _BETA1 ** steps[i])
+        denom = exp_avg_sqs[i].sqrt() / (1.0 - _BETA2 ** steps[i]).sqrt() + _EPS
+        param.sub_(step_size * exp_avgs[i] / denom)
+
+
+class CompiledUpdate:
+    """Call with ``(batch, noise, update_actor)``; returns the metrics the eager update returns, as tensors."""
+
+    def __init__(self, agent, cuda_graphs: bool, backend: str = "inductor"):
+        self.agent = agent
+        optimizer = agent.optimizer
+        if any(group.get("weight_decay") or group.get("amsgrad") or tuple(group["betas"]) != (_BETA1, _BETA2)
+               or group["eps"] != _EPS for group in optimizer.param_groups):
+            raise ValueError("the compiled update implements Adam with its default betas and eps only")
+        name_of = {id(p): name for name, p in agent.named_parameters()}
+        # a frozen parameter in a group (the actor's fixed log-std transform) is skipped, as Adam skips it
+        trainable = [(g, p) for g, group in enumerate(optimizer.param_groups) for p in group["params"] if p.requires_grad]
+        self.params = [p for _, p in trainable]
+        self.names = [name_of[id(p)] for p in self.params]
+        self.group_of = [g for g, _ in trainable]
+        skipped = agent.actor_side_names()
+        self.trained = {True: list(range(len(self.params))),
+                        False: [i for i, name in enumerate(self.names) if name not in skipped]}
+        self.critic_names = [name for name, _ in agent.critic.named_parameters(prefix="critic")]
+        # Stale RNG in the graph would break compiled == eager (IQL's dropout): inductor calls eager's RNG
+        torch._inductor.config.fallback_random = True
+        self.cuda_graphs = cuda_graphs
+        self._lrs: tuple[tuple[float, ...], torch.Tensor] | None = None
+        self._compiled = torch.compile(self._step, fullgraph=True, backend=backend,
+                                       mode="reduce-overhead" if cuda_graphs else None)
+
+    def _state(self) -> tuple[list, list, list]:
+        """Adam's moments and step counts, created as torch.optim.Adam creates them on its first step."""
+        state = self.agent.optimizer.state
+        fused = self.agent.optimizer.defaults.get("fused")
+        for p in self.params:
+            if not state[p]:
+                state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
+                state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if self.cuda_graphs:
+                    for t in state[p].values():
+                        torch._dynamo.mark_static_address(t)
+        return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
+                [state[p]["step"] for p in self.params])
+
+    def _rates(self) -> torch.Tensor:
+        """Each parameter's learning rate as one tensor (IQL's schedule changes it without a recompile)."""
+        rates = tuple(group["lr"] for group in self.agent.optimizer.param_groups)
+        if self._lrs is None or self._lrs[0] != rates:
+            device = self.params[0].device if self.agent.optimizer.defaults.get("fused") else "cpu"
+            self._lrs = rates, torch.tensor([rates[g] for g in self.group_of], dtype=torch.float32, device=device)
+        return self._lrs[1]
+
+    def __call__(self, batch, noise: dict, update_actor: bool) -> dict:
+        exp_avgs, exp_avg_sqs, steps = self._state()
+        metrics = self._compiled(batch, noise, update_actor, exp_avgs, exp_avg_sqs, steps, self._rates())
+        self.agent.optimizer._opt_called = True  # what Optimizer.step records, for LR schedulers (IQL's) to check
+        return metrics
+
+    def _loss(self, trained: dict, batch, noise: dict, update_actor: bool):
+        return torch.func.functional_call(self.agent, trained, (batch, noise, update_actor))
+
+    def _step(self, batch, noise, update_actor, exp_avgs, exp_avg_sqs, steps, lrs) -> dict:
+        idx = self.trained[update_actor]
+        trained = {self.names[i]: self.params[i].detach() for i in idx}
+        grads, metrics = torch.func.grad(self._loss, has_aux=True)(trained, batch, noise, update_actor)
+        with torch.no_grad():
+            adam_([self.params[i] for i in idx], [grads[self.names[i]] for i in idx], [exp_avgs[i] for i in idx],
+                  [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx], lrs[idx])
+            critic = dict(self.agent.critic.named_parameters(prefix="critic"))
+            torch._foreach_lerp_(list(self.agent.critic_target.parameters()),
+                                 [critic[name] for name in self.critic_names], self.agent.cfg.tau)
+        return metrics
