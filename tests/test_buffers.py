@@ -28,6 +28,24 @@ def test_mixed_batches_hold_the_ratio(ratio, offline_rows):
     assert int((batch.obs[:, 0] == -1.0).sum()) == 256 - offline_rows
 
 
+def test_blocks_land_in_ring_order_with_every_field():
+    """Blocks of any size (within, across the end of, and larger than the ring) against a plain list model."""
+    rng = np.random.default_rng(0)
+    buf, model, step = TransitionBuffer(7, obs_dim=2, act_dim=3, device=torch.device("cpu")), [], 0
+    for n in [3, 2, 4, 1, 9, 7, 5]:
+        block = [rng.normal(size=(n, 2)), rng.uniform(-1, 1, (n, 3)), rng.normal(size=n), rng.normal(size=(n, 2)),
+                 rng.random(n) < 0.5, rng.normal(size=n)]
+        rows = buf.add(*block).tolist()
+        kept = list(range(max(0, n - 7), n))
+        assert rows == [(step + i - kept[0]) % 7 for i in kept]
+        for i, row in zip(kept, rows):
+            expected = np.concatenate([block[0][i], block[1][i], [block[2][i]], block[3][i], [block[4][i]], [block[5][i]]])
+            np.testing.assert_allclose(buf.storage[row].numpy(), expected.astype(np.float32))
+        model = (model + [step + i for i in kept])[-7:]
+        step += len(kept)
+        assert len(buf) == len(model)
+
+
 def test_fields_round_trip_and_ring_overwrites_oldest():
     buf = filled(5, 0.0, capacity=4)
     assert len(buf) == 4

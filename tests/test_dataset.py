@@ -196,11 +196,13 @@ def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_pa
                                            action_space=gym.spaces.Box(-1, 1, (2,)), algorithm_name="test")
     keys = ["observation", "desired_goal"] if dict_obs else []
     path = str(tmp_path / "o2o-test/reader/direct-v0/data/main_data.hdf5")
-    ours = _concatenate_episodes(_read_minari_hdf5(path, keys, len(lengths)))
     theirs = _concatenate_episodes(_read_minari_episodes(minari.load_dataset("o2o-test/reader/direct-v0"), keys))
-    assert set(ours) == set(theirs)
-    for name in ours:
-        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    monkeypatch.setattr("o2o.data.dataset.MIN_EPISODES_PER_WORKER", 1)
+    for workers in (1, 2, 3):  # one process, and the episodes split over reading processes
+        ours = _read_minari_hdf5(path, keys, len(lengths), sum(lengths), workers)
+        assert set(ours) == set(theirs)
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=f"{name}, {workers} workers")
     data = load_minari("o2o-test/reader/direct-v0", keys, download=False)
     assert len(data) == sum(lengths) and data.observations.shape[1] == 6 - (not dict_obs)
     np.testing.assert_array_equal(data.next_observations[:2], data.observations[1:3])  # within an episode

@@ -23,15 +23,24 @@ class TransitionBuffer:
 
     def add(self, obs, actions, rewards, next_obs, dones, mc_returns) -> torch.Tensor:
         """Append a block of transitions (numpy arrays); the oldest are overwritten when full. Returns their rows."""
-        rows = np.concatenate([
-            np.asarray(obs, np.float32).reshape(len(rewards), -1), np.asarray(actions, np.float32).reshape(len(rewards), -1),
-            np.asarray(rewards, np.float32)[:, None], np.asarray(next_obs, np.float32).reshape(len(rewards), -1),
-            np.asarray(dones, np.float32)[:, None], np.asarray(mc_returns, np.float32)[:, None]], axis=1)
-        rows = torch.as_tensor(rows[-self.capacity:], device=self.device)
-        idx = (self._next + torch.arange(len(rows), device=self.device)) % self.capacity
-        self.storage.index_copy_(0, idx, rows)
-        self._next = (self._next + len(rows)) % self.capacity
-        self.size = min(self.size + len(rows), self.capacity)
+        n = len(rewards)
+        columns = [np.asarray(obs).reshape(n, -1), np.asarray(actions).reshape(n, -1), np.asarray(rewards)[:, None],
+                   np.asarray(next_obs).reshape(n, -1), np.asarray(dones)[:, None], np.asarray(mc_returns)[:, None]]
+        keep = min(n, self.capacity)
+        idx = (self._next + torch.arange(keep, device=self.device)) % self.capacity
+        # each column block copied straight into its rows (one copy, no intermediate block of rows)
+        start, first = self._next, min(keep, self.capacity - self._next)
+        for rows, source in ((slice(start, start + first), slice(n - keep, n - keep + first)),
+                             (slice(0, keep - first), slice(n - keep + first, n))):
+            left = 0
+            for column in columns:
+                width = column.shape[1]
+                block = column[source]
+                if len(block):
+                    self.storage[rows, left: left + width].copy_(torch.from_numpy(np.ascontiguousarray(block)))
+                left += width
+        self._next = (self._next + keep) % self.capacity
+        self.size = min(self.size + keep, self.capacity)
         return idx
 
     def set_mc_returns(self, idx: torch.Tensor, mc_returns: np.ndarray) -> None:

@@ -14,7 +14,12 @@ JaxCQL/conservative_sac.py, ``_train_step``); LeanRL (pytorch-labs/LeanRL) compi
 """
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
+
+log = logging.getLogger("o2o")
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which ActorCritic.build_optimizer uses
 
@@ -55,6 +60,7 @@ class CompiledUpdate:
         torch._inductor.config.fallback_random = True
         self.cuda_graphs = cuda_graphs
         self._lrs: tuple[tuple[float, ...], torch.Tensor] | None = None
+        self._compiled_for: dict[bool, bool] = {}
         self._compiled = torch.compile(self._step, fullgraph=True, backend=backend,
                                        mode="reduce-overhead" if cuda_graphs else None)
 
@@ -83,7 +89,11 @@ class CompiledUpdate:
 
     def __call__(self, batch, noise: dict, update_actor: bool) -> dict:
         exp_avgs, exp_avg_sqs, steps = self._state()
+        start = time.perf_counter()
         metrics = self._compiled(batch, noise, update_actor, exp_avgs, exp_avg_sqs, steps, self._rates())
+        if not self._compiled_for.get(update_actor):  # each variant compiles at its first call
+            self._compiled_for[update_actor] = True
+            log.info("update compiled%s in %.1f s", " with CUDA graphs" * self.cuda_graphs, time.perf_counter() - start)
         self.agent.optimizer._opt_called = True  # what Optimizer.step records, for LR schedulers (IQL's) to check
         return metrics
 

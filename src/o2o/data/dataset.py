@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
+import mmap
+import multiprocessing
 import os
 from dataclasses import dataclass, field, replace
 from typing import Optional
@@ -162,21 +165,100 @@ def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True,
     meta = dict(dataset.storage.metadata)
     path = os.path.join(minari_root(), dataset_id, "data", "main_data.hdf5")
     if meta.get("data_format", "hdf5") == "hdf5" and os.path.isfile(path):
-        parts = _read_minari_hdf5(path, obs_keys, dataset.total_episodes)
+        if not dataset.total_episodes:
+            raise DatasetError(f"Minari dataset '{dataset_id}' has no episodes")
+        flat = _read_minari_hdf5(path, obs_keys, dataset.total_episodes, dataset.total_steps)
     else:  # another storage format: Minari's own episode iterator
         parts = _read_minari_episodes(dataset, obs_keys)
-    if not parts["rew"]:
-        raise DatasetError(f"Minari dataset '{dataset_id}' has no episodes")
+        if not parts["rew"]:
+            raise DatasetError(f"Minari dataset '{dataset_id}' has no episodes")
+        flat = _concatenate_episodes(parts)
     return OfflineData(
-        **_concatenate_episodes(parts), ref_min_score=_float_or_none(meta.get("ref_min_score")), ref_max_score=_float_or_none(meta.get("ref_max_score")),
+        **flat, ref_min_score=_float_or_none(meta.get("ref_min_score")), ref_max_score=_float_or_none(meta.get("ref_max_score")),
         source=f"minari:{dataset_id}", metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     )
 
 
-def _read_minari_hdf5(path: str, obs_keys: list[str], episodes: int) -> dict[str, list]:
-    """Minari's HDF5 file read with h5py's low-level API: per episode only the arrays the agent needs (not every
-    info key, as Minari's iterator decodes), each read straight into an array. About 2.5x faster than
-    ``iterate_episodes`` on door-sized data (``scripts/bench_load.py``)."""
+# Episodes per reading process at least: below this, starting a process costs more than it saves
+MIN_EPISODES_PER_WORKER = 250
+
+
+def _read_minari_hdf5(path: str, obs_keys: list[str], episodes: int, total_steps: int,
+                      workers: int = 0) -> dict[str, np.ndarray]:
+    """Minari's HDF5 file as flat transitions, read with h5py's low-level API: per episode only the arrays the
+    agent needs (not every info key, as Minari's iterator decodes), each read straight into an array.
+
+    HDF5 costs ~30 us per dataset opened and ~45 us per read on door-sized episodes whatever the file driver
+    or chunk cache (measured with ``scripts/bench_load.py``'s file), so the episodes are split over ``workers``
+    forked processes (0: the usable cores). Each flattens its share, reports its length, and copies it into
+    arrays in anonymous shared memory at the offset the parent sends back: the parent copies nothing."""
+    if not workers:
+        from o2o.runtime import usable_cores
+
+        workers = usable_cores()
+    workers = max(1, min(workers, episodes // MIN_EPISODES_PER_WORKER))
+    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return _concatenate_episodes(_read_episode_range(path, obs_keys, 0, episodes))
+    first = _concatenate_episodes(_read_episode_range(path, obs_keys, 0, 1))
+    out = {name: _shared_array((total_steps, *array.shape[1:]), array.dtype)
+           for name, array in first.items() if array is not None}
+    context = multiprocessing.get_context("fork")
+    bounds = np.linspace(0, episodes, workers + 1).astype(int)
+    pipes, procs = [], []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        parent_end, child_end = context.Pipe()
+        proc = context.Process(target=_reading_process, args=(path, obs_keys, int(lo), int(hi), out, child_end),
+                               daemon=True)
+        proc.start()
+        pipes.append(parent_end)
+        procs.append(proc)
+    try:
+        counts = [_answer(pipe) for pipe in pipes]
+        if sum(counts) != total_steps:
+            raise DatasetError(f"{path}: the episodes hold {sum(counts)} steps, its metadata says {total_steps}")
+        for pipe, offset in zip(pipes, np.concatenate([[0], np.cumsum(counts)[:-1]])):
+            pipe.send(int(offset))
+        for pipe in pipes:
+            _answer(pipe)
+    finally:
+        for pipe in pipes:
+            pipe.close()  # a process still waiting for its offset (after another failed) sees EOF and ends
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    return {name: out.get(name) for name in first}
+
+
+def _shared_array(shape: tuple, dtype) -> np.ndarray:
+    """An array in anonymous shared memory: forked processes write into it, the parent sees their writes."""
+    count = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize)), dtype, count).reshape(shape)
+
+
+def _answer(pipe):
+    message = pipe.recv()
+    if isinstance(message, str):
+        raise DatasetError(f"reading the dataset failed in a reading process: {message}")
+    return message
+
+
+def _reading_process(path: str, obs_keys: list[str], first: int, last: int, out: dict, pipe) -> None:
+    """Episodes [first, last): flattened, their length sent, then copied into ``out`` at the offset received."""
+    gc.disable()  # a collection would walk (and copy, page by page) the whole heap inherited from the parent
+    try:
+        flat = _concatenate_episodes(_read_episode_range(path, obs_keys, first, last))
+        pipe.send(len(flat["rewards"]))
+        offset = pipe.recv()
+        for name, array in out.items():
+            array[offset: offset + len(flat[name])] = flat[name]
+        pipe.send(0)
+    except Exception as error:  # noqa: BLE001 - the parent raises it
+        with contextlib.suppress(OSError):
+            pipe.send(f"{type(error).__name__}: {error}")
+
+
+def _read_episode_range(path: str, obs_keys: list[str], first: int, last: int) -> dict[str, list]:
     import h5py
 
     def read(group, name: bytes) -> np.ndarray:
@@ -189,11 +271,12 @@ def _read_minari_hdf5(path: str, obs_keys: list[str], episodes: int) -> dict[str
     keys = [f"observations/{k}".encode() for k in obs_keys] or [b"observations"]
     with h5py.File(path, "r") as f:
         with_success = all("infos" in f[f"episode_{i}"] and "success" in f[f"episode_{i}/infos"]
-                           for i in (0, episodes - 1)) if episodes else False
-        for i in range(episodes):
+                           for i in {first, last - 1}) if last > first else False
+        for i in range(first, last):
             ep = h5py.h5g.open(f.id, b"episode_%d" % i)
             obs = [read(ep, k) for k in keys]
-            parts["obs"].append(np.concatenate([o.reshape(len(o), -1) for o in obs], axis=1, dtype=np.float32))
+            parts["obs"].append(obs[0].reshape(len(obs[0]), -1).astype(np.float32, copy=False) if len(obs) == 1 else
+                                np.concatenate([o.reshape(len(o), -1) for o in obs], axis=1, dtype=np.float32))
             for part, name in (("act", b"actions"), ("rew", b"rewards"), ("term", b"terminations"),
                                ("trunc", b"truncations")):
                 parts[part].append(read(ep, name))
