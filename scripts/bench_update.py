@@ -6,6 +6,7 @@ all alike, with the fraction of the machine's matmul ceiling each reaches.
     python scripts/bench_update.py --against-d3rlpy       # + d3rlpy, installed into .bench/d3rlpy-venv on first use
     python scripts/bench_update.py --threads 1 2 --precision fp32   # the thread table of README "Speed"
     python scripts/bench_update.py --modes eager compiled  # compile=true against eager (+ cudagraphs on a GPU)
+    python scripts/bench_update.py --profile --modes eager compiled  # where the time goes: matmuls, the rest
 
 Synthetic data; the update only (both sides sample preallocated tensors). d3rlpy pins its own gymnasium, so it
 lives in its own environment and is driven through ``scripts/bench_d3rlpy_worker.py``.
@@ -114,6 +115,28 @@ def matmul_ceiling(dtype: torch.dtype, device: torch.device, n: int = 1024, reps
     return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_weight_int8pack_mm")
+
+
+def profile(variant: Ours, name: str, steps: int) -> None:
+    """The share of one variant's CPU time in matrix multiplies; the rest is elementwise and reduction work,
+    memory-bound at these sizes, which is what compiling fuses."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    variant.seconds(3)  # compiled and warm
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        variant.seconds(steps)
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events)
+    matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS or "mkldnn" in e.key or "onednn" in e.key)
+    kernels = sum(e.self_cpu_time_total for e in prof.key_averages() if "CompiledFxGraph" in e.key)
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:6]
+    print(f"{name}: {steps} updates, aten ops {total / 1e6:.2f} s ({matmul / max(total, 1):.0%} matmul), "
+          f"inductor-generated kernels {kernels / 1e6:.2f} s; top aten ops: "
+          + ", ".join(f"{e.key[6:]} {e.self_cpu_time_total / max(total, 1):.0%}" for e in top), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--obs-dim", type=int, default=39)
@@ -130,12 +153,21 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled", "cudagraphs"],
                         help="compiled: compile=true (o2o.agents.compiled); cudagraphs: with CUDA graphs (GPU)")
     parser.add_argument("--against-d3rlpy", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: where each o2o variant's time goes (matmuls against the rest), torch.profiler")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"device={device}; obs={args.obs_dim} act={args.act_dim} critic=2x{args.layers}x{args.hidden} "
           f"batch={args.batch_size} n_actions={args.n_actions}")
+    if args.profile:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for mode in args.modes:
+                for precision in args.precision:
+                    profile(Ours(args, precision, mode), f"threads={threads} o2o {precision} {mode}", args.steps)
+        return
     for threads in args.threads:
         torch.set_num_threads(threads)
         variants = {f"o2o {p}" + (f" {m}" if m != "eager" else ""): Ours(args, p, m)

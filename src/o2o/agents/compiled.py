@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 
 import torch
 
@@ -61,6 +62,7 @@ class CompiledUpdate:
         self.cuda_graphs = cuda_graphs
         self._lrs: tuple[tuple[float, ...], torch.Tensor] | None = None
         self._compiled_for: dict[bool, bool] = {}
+        self._static: dict[int, weakref.ref] = {}  # tensors marked static, by id (a tensor's == is elementwise)
         self._compiled = torch.compile(self._step, fullgraph=True, backend=backend,
                                        mode="reduce-overhead" if cuda_graphs else None)
 
@@ -73,9 +75,11 @@ class CompiledUpdate:
                 state[p]["step"] = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
                 state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if self.cuda_graphs:
-                    for t in state[p].values():
+            if self.cuda_graphs:  # mutated in place by the graph: they must keep their address (new after restore)
+                for t in state[p].values():
+                    if t.device.type == "cuda" and (id(t) not in self._static or self._static[id(t)]() is not t):
                         torch._dynamo.mark_static_address(t)
+                        self._static[id(t)] = weakref.ref(t)
         return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
                 [state[p]["step"] for p in self.params])
 
@@ -90,7 +94,11 @@ class CompiledUpdate:
     def __call__(self, batch, noise: dict, update_actor: bool) -> dict:
         exp_avgs, exp_avg_sqs, steps = self._state()
         start = time.perf_counter()
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # one update per replay: the previous one's outputs are done
         metrics = self._compiled(batch, noise, update_actor, exp_avgs, exp_avg_sqs, steps, self._rates())
+        if self.cuda_graphs:  # a replay overwrites its outputs; the metrics are averaged over many updates
+            metrics = {name: value.clone() for name, value in metrics.items()}
         if not self._compiled_for.get(update_actor):  # each variant compiles at its first call
             self._compiled_for[update_actor] = True
             log.info("update compiled%s in %.1f s", " with CUDA graphs" * self.cuda_graphs, time.perf_counter() - start)
