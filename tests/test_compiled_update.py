@@ -104,3 +104,12 @@ def test_compile_config_reaches_the_agent():
     cfg = validate(compose(["compile=true"]))
     assert make_agent(cfg, OBS, ACT, torch.device("cpu")).compiled_update is not None
     assert make_agent(validate(compose()), OBS, ACT, torch.device("cpu")).compiled_update is None
+
+
+def test_many_compiled_agents_in_one_process():
+    """Dynamo sees every agent's update as one code object; OOO's interval retraining makes a fresh agent each
+    time, and the default limit (8 graphs) failed the 9th. ``eager`` backend: the limit is Dynamo's."""
+    data = batches(1)
+    for n_actions in range(2, 11):
+        agent = make("calql", "eager", n_actions=n_actions)
+        assert train(agent, data)[0].keys()

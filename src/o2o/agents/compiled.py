@@ -22,6 +22,7 @@ import torch
 
 log = logging.getLogger("o2o")
 
+RECOMPILE_LIMIT = 1024  # graphs kept for the update's code object (a run makes a few per agent it trains)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which ActorCritic.build_optimizer uses
 
 
@@ -59,6 +60,11 @@ class CompiledUpdate:
         self.critic_names = [name for name, _ in agent.critic.named_parameters(prefix="critic")]
         # Stale RNG in the graph would break compiled == eager (IQL's dropout): inductor calls eager's RNG
         torch._inductor.config.fallback_random = True
+        # Every agent's update is this one code object to Dynamo, compiled once per agent and per variant (actor
+        # step or not, calibration on or off): the default limit of 8 stops a run that retrains fresh agents
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
+                                                               4 * RECOMPILE_LIMIT)
         self.cuda_graphs = cuda_graphs
         self._lrs: tuple[tuple[float, ...], torch.Tensor] | None = None
         self._compiled_for: dict[bool, bool] = {}
