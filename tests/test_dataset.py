@@ -208,3 +208,13 @@ def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_pa
     np.testing.assert_array_equal(data.next_observations[:2], data.observations[1:3])  # within an episode
     assert data.terminals.tolist() == [False] * 3 + [True] + [False] * 5
     assert data.timeouts.tolist() == [False, False, True, False, False, False, False, False, True]
+    if not dict_obs:  # a reading process that fails: one line naming the cause, no hang, no process left
+        import h5py
+
+        with h5py.File(path, "r+") as f:
+            del f["episode_2/actions"]
+        with pytest.raises(DatasetError, match="reading process: KeyError"):
+            _read_minari_hdf5(path, keys, len(lengths), sum(lengths), 3)
+        import multiprocessing
+
+        assert not multiprocessing.active_children()

@@ -210,6 +210,7 @@ def _read_minari_hdf5(path: str, obs_keys: list[str], episodes: int, total_steps
         proc = context.Process(target=_reading_process, args=(path, obs_keys, int(lo), int(hi), out, child_end),
                                daemon=True)
         proc.start()
+        child_end.close()
         pipes.append(parent_end)
         procs.append(proc)
     try:
@@ -221,12 +222,15 @@ def _read_minari_hdf5(path: str, obs_keys: list[str], episodes: int, total_steps
         for pipe in pipes:
             _answer(pipe)
     finally:
-        for pipe in pipes:
-            pipe.close()  # a process still waiting for its offset (after another failed) sees EOF and ends
+        for pipe in pipes:  # a process still waiting for its offset (another one failed) is told to stop
+            with contextlib.suppress(OSError):
+                pipe.send(None)
+            pipe.close()
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+                proc.join()
     return {name: out.get(name) for name in first}
 
 
@@ -250,6 +254,8 @@ def _reading_process(path: str, obs_keys: list[str], first: int, last: int, out:
         flat = _concatenate_episodes(_read_episode_range(path, obs_keys, first, last))
         pipe.send(len(flat["rewards"]))
         offset = pipe.recv()
+        if offset is None:
+            return
         for name, array in out.items():
             array[offset: offset + len(flat[name])] = flat[name]
         pipe.send(0)
