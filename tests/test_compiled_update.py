@@ -85,6 +85,15 @@ def test_compiled_bf16_equals_eager_bf16():
     assert_same_training(eager, compiled, train(eager, data), train(compiled, data))
 
 
+def test_a_phase_switch_recompiles_to_the_new_losses():
+    """Cal-QL calibrated offline, plain CQL online: the compiled update follows the agent's switch."""
+    data = batches(4)
+    eager, compiled = (make("calql", backend, calibrate_online=False) for backend in (None, "aot_eager"))
+    runs = [train(agent, data[:2]) + train(agent, data[2:], ONLINE) for agent in (eager, compiled)]
+    assert_same_training(eager, compiled, *runs)
+    assert "calql_bound_rate" in runs[1][1] and "calql_bound_rate" not in runs[1][2]
+
+
 def test_checkpoints_move_between_compiled_and_eager():
     """A compiled run's checkpoint resumes eagerly (and back) to the same numbers as an eager run throughout."""
     data = batches(STEPS)
