@@ -19,18 +19,18 @@ AGENTS = {"calql": CQL, "cql": CQL, "sac": SAC, "rlpd": SAC, "iql": IQL}
 
 def make(name, compiled_backend=None, precision="fp32", **overrides):
     torch.manual_seed(0)
-    cfg = algo_config(name, actor_hidden=[16, 16], critic_hidden=[16, 16], **overrides)
+    cfg = algo_config(name, **{"actor_hidden": [16, 16], "critic_hidden": [16, 16], **overrides})
     agent = AGENTS[name](OBS, ACT, cfg, torch.device("cpu"), precision, total_updates=2 * STEPS)
     if compiled_backend:
         agent.compile_update(backend=compiled_backend)
     return agent
 
 
-def batches(n):
+def batches(n, size=B):
     g = torch.Generator().manual_seed(1)
-    return [Batch(torch.randn(B, OBS, generator=g), torch.rand(B, ACT, generator=g) * 2 - 1, torch.randn(B, generator=g),
-                  torch.randn(B, OBS, generator=g), (torch.rand(B, generator=g) < 0.2).float(),
-                  torch.randn(B, generator=g)) for _ in range(n)]
+    return [Batch(torch.randn(size, OBS, generator=g), torch.rand(size, ACT, generator=g) * 2 - 1,
+                  torch.randn(size, generator=g), torch.randn(size, OBS, generator=g),
+                  (torch.rand(size, generator=g) < 0.2).float(), torch.randn(size, generator=g)) for _ in range(n)]
 
 
 def train(agent, data, phase=OFFLINE):
@@ -92,6 +92,16 @@ def test_a_phase_switch_recompiles_to_the_new_losses():
     runs = [train(agent, data[:2]) + train(agent, data[2:], ONLINE) for agent in (eager, compiled)]
     assert_same_training(eager, compiled, *runs)
     assert "calql_bound_rate" in runs[1][1] and "calql_bound_rate" not in runs[1][2]
+
+
+def test_inductor_bf16_on_cpu_stays_finite_and_close_to_eager():
+    """bf16 through inductor's own kernels, at a width (64) where its vectorised code once gave NaN action
+    gradients for the actor's Q (EnsembleCritic's split first layer with one action per state), batch 256."""
+    data = batches(3, size=256)
+    eager, compiled = (make("calql", backend, "bf16", critic_hidden=[64, 64]) for backend in (None, "inductor"))
+    runs = [train(agent, data) for agent in (eager, compiled)]
+    assert all(torch.isfinite(p).all() for p in compiled.parameters())
+    assert_same_training(eager, compiled, *runs, tol=2e-2)  # bf16: inductor keeps fp32 inside fused kernels
 
 
 def test_checkpoints_move_between_compiled_and_eager():

@@ -163,10 +163,15 @@ class EnsembleCritic(nn.Module):
             weights, biases, scales, shifts = ([t.detach() for t in ts] for ts in (weights, biases, scales, shifts))
         batch, k, _ = actions.shape
         w0 = weights[0]
-        per_state = torch.matmul(obs, w0[:, : self.obs_dim])  # (E, B, H)
-        per_action = torch.matmul(actions.reshape(batch * k, -1), w0[:, self.obs_dim:])  # (E, B*K, H)
-        x = per_action.view(self.ensemble_size, batch, k, -1) + per_state.unsqueeze(2) + biases[0].unsqueeze(1)
-        x = x.reshape(self.ensemble_size, batch * k, -1)
+        if k == 1:
+            # One action per state: one matmul on [s, a]. (The split below also gave NaN action gradients under
+            # torch.compile with bf16 on CPU, from inductor's vectorised kernels: tests/test_compiled_update.py.)
+            x = torch.matmul(torch.cat([obs, actions[:, 0]], dim=-1), w0) + biases[0]  # (E, B, H)
+        else:
+            per_state = torch.matmul(obs, w0[:, : self.obs_dim])  # (E, B, H)
+            per_action = torch.matmul(actions.reshape(batch * k, -1), w0[:, self.obs_dim:])  # (E, B*K, H)
+            x = per_action.view(self.ensemble_size, batch, k, -1) + per_state.unsqueeze(2) + biases[0].unsqueeze(1)
+            x = x.reshape(self.ensemble_size, batch * k, -1)
         for i in range(1, len(weights)):
             if self.layer_norm:
                 x = F.layer_norm(x, x.shape[-1:]) * scales[i - 1] + shifts[i - 1]
