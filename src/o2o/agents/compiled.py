@@ -93,8 +93,10 @@ class CompiledUpdate:
         """Each parameter's learning rate as one tensor (IQL's schedule changes it without a recompile)."""
         rates = tuple(group["lr"] for group in self.agent.optimizer.param_groups)
         if self._lrs is None or self._lrs[0] != rates:
-            device = self.params[0].device if self.agent.optimizer.defaults.get("fused") else "cpu"
-            self._lrs = rates, torch.tensor([rates[g] for g in self.group_of], dtype=torch.float32, device=device)
+            per_param = torch.tensor([rates[g] for g in self.group_of], dtype=torch.float32)
+            if self.agent.optimizer.defaults.get("fused"):  # on the GPU, copied without waiting for it
+                per_param = per_param.pin_memory().to(self.params[0].device, non_blocking=True)
+            self._lrs = rates, per_param
         return self._lrs[1]
 
     def __call__(self, batch, noise: dict, update_actor: bool) -> dict:
