@@ -203,6 +203,9 @@ def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_pa
         assert set(ours) == set(theirs)
         for name in ours:
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=f"{name}, {workers} workers")
+    wrong_metadata = _read_minari_hdf5(path, keys, len(lengths), sum(lengths) + 1, 2)  # read again in one process
+    for name in theirs:
+        np.testing.assert_array_equal(wrong_metadata[name], theirs[name], err_msg=name)
     data = load_minari("o2o-test/reader/direct-v0", keys, download=False)
     assert len(data) == sum(lengths) and data.observations.shape[1] == 6 - (not dict_obs)
     np.testing.assert_array_equal(data.next_observations[:2], data.observations[1:3])  # within an episode

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import gc
+import logging
 import mmap
 import multiprocessing
 import os
@@ -19,6 +20,8 @@ import numpy as np
 
 from o2o.config import EnvConfig
 from o2o.errors import DatasetError
+
+log = logging.getLogger("o2o")
 
 # Dataset actions are clipped to +-(1 - 1e-5) so a tanh policy's log-probability of them stays finite, as
 # every reference does: nakamotoo/Cal-QL (clip_action=0.99999), ikostrikov/rlpd and IQL (clip_to_eps, 1e-5).
@@ -192,14 +195,19 @@ def _read_minari_hdf5(path: str, obs_keys: list[str], episodes: int, total_steps
     or chunk cache (measured with ``scripts/bench_load.py``'s file), so the episodes are split over ``workers``
     forked processes (0: the usable cores). Each flattens its share, reports its length, and copies it into
     arrays in anonymous shared memory at the offset the parent sends back: the parent copies nothing."""
+    import h5py
+
+    with h5py.File(path, "r") as f:  # success flags where the first and the last episode record them
+        with_success = all("infos" in f[f"episode_{i}"] and "success" in f[f"episode_{i}/infos"]
+                           for i in (0, episodes - 1))
     if not workers:
         from o2o.runtime import usable_cores
 
         workers = usable_cores()
     workers = max(1, min(workers, episodes // MIN_EPISODES_PER_WORKER))
     if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return _concatenate_episodes(_read_episode_range(path, obs_keys, 0, episodes))
-    first = _concatenate_episodes(_read_episode_range(path, obs_keys, 0, 1))
+        return _concatenate_episodes(_read_episode_range(path, obs_keys, 0, episodes, with_success))
+    first = _concatenate_episodes(_read_episode_range(path, obs_keys, 0, 1, with_success))
     out = {name: _shared_array((total_steps, *array.shape[1:]), array.dtype)
            for name, array in first.items() if array is not None}
     context = multiprocessing.get_context("fork")
@@ -207,16 +215,18 @@ def _read_minari_hdf5(path: str, obs_keys: list[str], episodes: int, total_steps
     pipes, procs = [], []
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         parent_end, child_end = context.Pipe()
-        proc = context.Process(target=_reading_process, args=(path, obs_keys, int(lo), int(hi), out, child_end),
-                               daemon=True)
+        proc = context.Process(target=_reading_process, daemon=True,
+                               args=(path, obs_keys, int(lo), int(hi), with_success, out, child_end))
         proc.start()
         child_end.close()
         pipes.append(parent_end)
         procs.append(proc)
     try:
         counts = [_answer(pipe) for pipe in pipes]
-        if sum(counts) != total_steps:
-            raise DatasetError(f"{path}: the episodes hold {sum(counts)} steps, its metadata says {total_steps}")
+        if sum(counts) != total_steps:  # the metadata is wrong: the arrays are the wrong size, read it again
+            log.warning("%s: the episodes hold %d steps, the metadata says %d; reading in one process",
+                        path, sum(counts), total_steps)
+            return _concatenate_episodes(_read_episode_range(path, obs_keys, 0, episodes, with_success))
         for pipe, offset in zip(pipes, np.concatenate([[0], np.cumsum(counts)[:-1]])):
             pipe.send(int(offset))
         for pipe in pipes:
@@ -247,11 +257,12 @@ def _answer(pipe):
     return message
 
 
-def _reading_process(path: str, obs_keys: list[str], first: int, last: int, out: dict, pipe) -> None:
+def _reading_process(path: str, obs_keys: list[str], first: int, last: int, with_success: bool, out: dict,
+                     pipe) -> None:
     """Episodes [first, last): flattened, their length sent, then copied into ``out`` at the offset received."""
     gc.disable()  # a collection would walk (and copy, page by page) the whole heap inherited from the parent
     try:
-        flat = _concatenate_episodes(_read_episode_range(path, obs_keys, first, last))
+        flat = _concatenate_episodes(_read_episode_range(path, obs_keys, first, last, with_success))
         pipe.send(len(flat["rewards"]))
         offset = pipe.recv()
         if offset is None:
@@ -264,7 +275,8 @@ def _reading_process(path: str, obs_keys: list[str], first: int, last: int, out:
             pipe.send(f"{type(error).__name__}: {error}")
 
 
-def _read_episode_range(path: str, obs_keys: list[str], first: int, last: int) -> dict[str, list]:
+def _read_episode_range(path: str, obs_keys: list[str], first: int, last: int,
+                        with_success: bool) -> dict[str, list]:
     import h5py
 
     def read(group, name: bytes) -> np.ndarray:
@@ -276,8 +288,6 @@ def _read_episode_range(path: str, obs_keys: list[str], first: int, last: int) -
     parts: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "success")}
     keys = [f"observations/{k}".encode() for k in obs_keys] or [b"observations"]
     with h5py.File(path, "r") as f:
-        with_success = all("infos" in f[f"episode_{i}"] and "success" in f[f"episode_{i}/infos"]
-                           for i in {first, last - 1}) if last > first else False
         for i in range(first, last):
             ep = h5py.h5g.open(f.id, b"episode_%d" % i)
             obs = [read(ep, k) for k in keys]
