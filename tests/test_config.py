@@ -1,3 +1,4 @@
+import functools
 import subprocess
 from pathlib import Path
 
@@ -104,6 +105,7 @@ def test_a_per_domain_algo_file_never_repeats_its_algorithms_own_keys():
             assert cfg.domain.name == domain_file.stem
 
 
+@functools.cache
 def _an_env_of(domain: str) -> str:
     return next(env for env in ENVS if validate(compose([f"env={env}"])).domain.name == domain)
 
