@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, SMOKE, SMOKE_ANY_ENV
 
 BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "unknown algo": (["algo=nope"], {}, "Could not find 'algo/nope'"),
@@ -64,6 +64,8 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "hdf5 without D4RL keys": (["env.dataset.id=null", "env.dataset.path={tmp}/nokeys.hdf5"], {}, "is not a D4RL dataset"),
     "NaN in the data": (["env.dataset.id=null", "env.dataset.path={tmp}/nan.hdf5"], {}, "non-finite values"),
     "data of another env": (["env.dataset.id=null", "env.dataset.path={tmp}/wrongshape.hdf5"], {}, "does not match env"),
+    "key under a null node": (["env=adroit_door", "env.dataset.collector.steps=5"], {},
+                              "env.dataset.collector is null with env=adroit_door; drop the override"),
     "dataset not downloadable": (["env=adroit_door"], {}, "o2o-data build-adroit"),
     "half-written dataset": (["env=adroit_door"], {"MINARI_DATASETS_PATH": "{tmp}/partial"}, "is incomplete"),
     "unknown store scheme": ([], {"MLFLOW_TRACKING_URI": "foo://bar"}, "cannot be opened"),
@@ -121,7 +123,8 @@ def run_bad(tmp, overrides, env_changes):
     if not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir={tmp}/runs/{abs(hash(tuple(args)))}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **{k: fill(v) for k, v in env_changes.items()}}
-    return subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "experiment=smoke", "threads=1", *args],
+    smoke = SMOKE_ANY_ENV if any(a.startswith("env=") for a in args) else SMOKE  # PointMaze: collect a small dataset
+    return subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *smoke, *args],
                           capture_output=True, text=True, timeout=300, env=env)
 
 

@@ -129,6 +129,6 @@ def test_many_compiled_agents_in_one_process():
     """Dynamo sees every agent's update as one code object; OOO's interval retraining makes a fresh agent each
     time, and the default limit (8 graphs) failed the 9th. ``eager`` backend: the limit is Dynamo's."""
     data = batches(1)
-    for n_actions in range(2, 11):
-        agent = make("calql", "eager", n_actions=n_actions)
+    for width in range(4, 13):  # SAC: the smallest graph to trace
+        agent = make("sac", "eager", critic_hidden=[width])
         assert train(agent, data)[0].keys()

@@ -78,6 +78,8 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
         cfg = compose_config(overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line_hydra_error(err, overrides)) from None
+    except AssertionError:  # OmegaConf asserts when an override sets a key under a null node
+        raise ConfigError(_override_under_null(overrides)) from None
     validate(cfg)
     if run_dir:  # an existing run dir refuses another config before Hydra writes its records there
         from pathlib import Path
@@ -86,6 +88,28 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
         from o2o.pipeline import load_resume_state
 
         load_resume_state(Checkpoints(Path(run_dir)), OmegaConf.to_container(cfg, resolve=True), Path(run_dir))
+
+
+def _override_under_null(overrides: Sequence[str]) -> str:
+    """Which ``a.b.c=v`` has a null ``a.b`` in the config the other overrides compose (e.g. an env without a collector)."""
+    groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    cfg = compose_config(groups)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+")
+        parts = key.split(".")
+        for depth in range(1, len(parts)):
+            parent = ".".join(parts[:depth])
+            if OmegaConf.select(cfg, parent) is None and parent in _defined_keys(cfg):
+                chosen = [o for o in groups if o.split("=", 1)[0].lstrip("+") == parts[0]]
+                return f"{key}: {parent} is null with {chosen[-1] if chosen else 'the defaults'}; drop the override"
+    return f"an override sets a key under a null node: {' '.join(overrides)}"
+
+
+def _defined_keys(cfg: DictConfig) -> set[str]:
+    from o2o.config import known_keys
+
+    keys = set(known_keys(cfg))
+    return keys | {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)}
 
 
 def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:

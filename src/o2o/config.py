@@ -417,7 +417,7 @@ def known_keys(cfg: DictConfig) -> list[str]:
     def walk(node, prefix):
         for key in node:
             value = node._get_node(key)
-            if isinstance(value, DictConfig):
+            if isinstance(value, DictConfig) and not value._is_none():  # a null node is a key too
                 yield from walk(value, f"{prefix}{key}.")
             else:
                 yield f"{prefix}{key}"

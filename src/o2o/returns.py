@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from scipy.signal import lfilter
 
 from o2o.config import AlgoConfig, DomainConfig
 
@@ -32,6 +31,8 @@ def label_rewards(raw_rewards: np.ndarray, episode_ends: np.ndarray, domain: Dom
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
     """G_t = sum_k gamma^k r_{t+k} over one episode."""
+    from scipy.signal import lfilter  # scipy.signal takes about 1 s to import: not on the way to a config error
+
     return lfilter([1.0], [1.0, -gamma], rewards[::-1].astype(np.float64))[::-1]
 
 
