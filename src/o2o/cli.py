@@ -92,24 +92,19 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
 
 def _override_under_null(overrides: Sequence[str]) -> str:
     """Which ``a.b.c=v`` has a null ``a.b`` in the config the other overrides compose (e.g. an env without a collector)."""
-    groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
-    cfg = compose_config(groups)
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+")
-        parts = key.split(".")
-        for depth in range(1, len(parts)):
-            parent = ".".join(parts[:depth])
-            if OmegaConf.select(cfg, parent) is None and parent in _defined_keys(cfg):
-                chosen = [o for o in groups if o.split("=", 1)[0].lstrip("+") == parts[0]]
-                return f"{key}: {parent} is null with {chosen[-1] if chosen else 'the defaults'}; drop the override"
-    return f"an override sets a key under a null node: {' '.join(overrides)}"
-
-
-def _defined_keys(cfg: DictConfig) -> set[str]:
     from o2o.config import known_keys
 
-    keys = set(known_keys(cfg))
-    return keys | {".".join(k.split(".")[:i]) for k in keys for i in range(1, k.count(".") + 1)}
+    groups = [o for o in overrides if "." not in o.split("=", 1)[0]]
+    cfg = compose_config(groups)
+    nulls = {key for key in known_keys(cfg) if OmegaConf.select(cfg, key) is None}  # a null node is listed as a key
+    for override in overrides:
+        parts = override.split("=", 1)[0].lstrip("+").split(".")
+        for depth in range(1, len(parts)):
+            if ".".join(parts[:depth]) in nulls:
+                chosen = [o for o in groups if o.split("=", 1)[0].lstrip("+") == parts[0]]
+                return (f"{'.'.join(parts)}: {'.'.join(parts[:depth])} is null with "
+                        f"{chosen[-1] if chosen else 'the defaults'}; drop the override")
+    return f"an override sets a key under a null node: {' '.join(overrides)}"
 
 
 def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
