@@ -83,7 +83,7 @@ def measure(reader: str, dataset_id: str, path: str) -> dict:
     import torch  # as in a run: imported before the data is read
 
     from o2o.buffers import TransitionBuffer
-    from o2o.data.dataset import load_minari
+    from o2o.data.minari import load_minari
     from o2o.returns import returns_to_go
 
     start = time.perf_counter()

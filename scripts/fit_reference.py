@@ -30,11 +30,11 @@ def main(overrides: list[str]) -> None:
             start, done, points = time.time(), 0, []
             for target in CHECKPOINTS:  # one fit continued in pieces (each piece starts a fresh Adam state)
                 cfg.reference.fit_steps = target - done
-                reference.fit(b.obs, b.rewards, b.next_obs, b.dones, b.mc_returns)
+                reference.fit(b.obs, b.rewards, b.next_obs, b.dones, b.v_ref)
                 done = target
-                e = reference_error(reference(b.obs), b.mc_returns)
+                e = reference_error(reference(b.obs), b.v_ref)
                 points.append(f"{target}: mae {e['v_ref_mae']:.2f} corr {e['v_ref_corr']:.3f}")
-            print(f"{source} seed {seed} ({len(buffer)} transitions, mean |return| {b.mc_returns.abs().mean():.1f}): "
+            print(f"{source} seed {seed} ({len(buffer)} transitions, mean |return| {b.v_ref.abs().mean():.1f}): "
                   + "; ".join(points) + f" ({time.time() - start:.0f} s)", flush=True)
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import SHARED, SMOKE_ANY_ENV, compose
 from o2o.config import validate
-from o2o.data.dataset import OfflineData, apply_binary_success
+from o2o.data.offline_data import OfflineData, apply_binary_success
 from o2o.returns import returns_to_go, transform_reward
 
 ASSETS = SHARED / "data" / "hand_dapg"
@@ -57,7 +57,7 @@ def test_built_datasets_report_sizes_and_honest_metadata(built_door):
 @needs_assets
 def test_built_human_door_loads_back_with_the_same_arrays(built_door):
     from o2o.data.build.adroit import human_door_episodes
-    from o2o.data.dataset import load_minari
+    from o2o.data.minari import load_minari
 
     episodes = human_door_episodes(ASSETS / "door-v0_human_demos.npz")
     data = load_minari("o2o-test/door/human-v0", [], download=False)

@@ -10,7 +10,7 @@ import torch
 
 from conftest import algo_config, plain_q
 from test_cql_losses import plain_policy as plain_tanh_policy  # the tanh-Gaussian sample and log-probability
-from o2o.agents.core import Batch
+from o2o.buffers import Batch
 from o2o.agents.iql import IQL
 from o2o.agents.sac import SAC
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import SMOKE, algo_config, compose
-from o2o.agents.core import Batch
+from o2o.buffers import Batch
 from o2o.agents.iql import IQL, advantage_weights, expectile_loss
 from o2o.agents.sac import SAC
 from o2o.config import validate

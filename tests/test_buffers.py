@@ -52,4 +52,4 @@ def test_fields_round_trip_and_ring_overwrites_oldest():
     rewards = sorted(buf.to_batch(buf.storage).rewards.tolist())
     assert rewards == [1.0, 2.0, 3.0, 4.0]  # reward 0 was overwritten
     batch = buf.to_batch(buf.storage)
-    torch.testing.assert_close(batch.mc_returns, batch.rewards * 2)
+    torch.testing.assert_close(batch.v_ref, batch.rewards * 2)

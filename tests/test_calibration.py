@@ -30,7 +30,7 @@ def test_the_diagnostics_equal_a_direct_computation():
     members = agent.critic.ensemble_size
     q_data = torch.tensor([np.mean([plain_q(agent.critic, m, b.obs[i], b.actions[i]).item() for m in range(members)])
                            for i in range(20)])
-    v_ref = b.mc_returns
+    v_ref = b.v_ref
     with torch.no_grad():
         mean, log_std = agent.actor(b.obs)
         eps = probe.eps.view(20, PROBE_ACTIONS, 2)

@@ -6,7 +6,7 @@ traces the same single graph (``fullgraph=True``: any graph break fails) and run
 import pytest
 import torch
 
-from o2o.agents.core import Batch
+from o2o.buffers import Batch
 from o2o.agents.cql import CQL
 from o2o.agents.iql import IQL
 from o2o.agents.sac import SAC

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from o2o.agents.core import Batch
+from o2o.buffers import Batch
 from o2o.agents.cql import CQL, calql_bound
 from conftest import algo_config, plain_q
 
@@ -54,7 +54,7 @@ def plain_losses(agent, batch, noise, calibrate):
                     a_pi, log_pi = plain_policy(agent.actor, state, eps[k])
                     q = plain_q(agent.critic, i, s, a_pi)  # scored at s, also for pi(.|s')
                     if calibrate:
-                        q = torch.maximum(q, batch.mc_returns[b])
+                        q = torch.maximum(q, batch.v_ref[b])
                     terms.append(q - log_pi)
             gap += torch.log(sum(torch.exp(t) for t in terms)) - q_data
         critic_loss += td / B + cfg.cql_weight * gap / B
@@ -92,8 +92,8 @@ def test_calql_bound_lifts_only_policy_values_below_the_reference():
 
 def test_calql_and_cql_differ_only_in_the_bound():
     batch = make_batch()
-    low = batch._replace(mc_returns=torch.full((B,), -1e6))  # a bound nothing reaches
-    high = batch._replace(mc_returns=torch.full((B,), 1e3))  # a bound that lifts every policy value
+    low = batch._replace(v_ref=torch.full((B,), -1e6))  # a bound nothing reaches
+    high = batch._replace(v_ref=torch.full((B,), 1e3))  # a bound that lifts every policy value
     cql, calql = make_agent("cql"), make_agent("calql")
     for agent in (cql, calql):
         agent.begin_phase("offline")  # each agent reads its own calibration switch

@@ -4,8 +4,11 @@ import pytest
 
 from conftest import compose
 from o2o.config import validate
-from o2o.data.dataset import (DatasetError, OfflineData, apply_binary_success, check_matches_env, fetch_minari,
-                              load_d4rl_hdf5)
+from o2o.data.checks import check_matches_env
+from o2o.data.d4rl import load_d4rl_hdf5
+from o2o.data.minari import fetch_minari
+from o2o.data.offline_data import OfflineData, apply_binary_success
+from o2o.errors import DatasetError
 
 
 def write_d4rl(path, n=6, with_next=False):
@@ -106,9 +109,10 @@ def test_pointmaze_dataset_is_collected_once_and_loads_with_env_shapes():
 
 
 def test_the_collector_writes_its_dataset_in_one_rename_and_rebuilds_a_partial_leftover(monkeypatch, tmp_path):
-    from o2o.data import dataset
+    from o2o.data import minari as dataset
     from o2o.data.build import collectors
-    from o2o.data.dataset import load_offline_data, minari_is_local
+    from o2o.data.dataset import load_offline_data
+    from o2o.data.minari import minari_is_local
     from o2o.envs import make_env
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
@@ -135,7 +139,7 @@ def test_the_collector_writes_its_dataset_in_one_rename_and_rebuilds_a_partial_l
 
 
 def test_a_partial_downloaded_dataset_names_the_folder_to_delete(monkeypatch, tmp_path):
-    from o2o.data.dataset import fetch_minari
+    from o2o.data.minari import fetch_minari
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     (tmp_path / "D4RL" / "door" / "cloned-v2" / "data").mkdir(parents=True)
@@ -150,7 +154,7 @@ def test_a_download_reaches_the_real_hub_client_and_a_refused_network_is_one_cle
     import subprocess
     import sys
 
-    code = ("from o2o.data.dataset import fetch_minari\n"
+    code = ("from o2o.data.minari import fetch_minari\n"
             "try:\n    fetch_minari('D4RL/door/cloned-v2', download=True)\n"
             "except Exception as err:\n    print(type(err).__name__, err)\n")
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "MINARI_DATASETS_PATH": str(tmp_path)}
@@ -169,7 +173,8 @@ def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_pa
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from o2o.data.dataset import _concatenate_episodes, _read_minari_episodes, _read_minari_hdf5, load_minari
+    from o2o.data.minari import _read_minari_episodes, load_minari
+    from o2o.data.minari_hdf5 import concatenate_episodes, read_minari_hdf5
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     rng = np.random.default_rng(0)
@@ -196,14 +201,14 @@ def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_pa
                                            action_space=gym.spaces.Box(-1, 1, (2,)), algorithm_name="test")
     keys = ["observation", "desired_goal"] if dict_obs else []
     path = str(tmp_path / "o2o-test/reader/direct-v0/data/main_data.hdf5")
-    theirs = _concatenate_episodes(_read_minari_episodes(minari.load_dataset("o2o-test/reader/direct-v0"), keys))
-    monkeypatch.setattr("o2o.data.dataset.MIN_EPISODES_PER_WORKER", 1)
+    theirs = concatenate_episodes(_read_minari_episodes(minari.load_dataset("o2o-test/reader/direct-v0"), keys))
+    monkeypatch.setattr("o2o.data.minari_hdf5.MIN_EPISODES_PER_WORKER", 1)
     for workers in (1, 2, 3):  # one process, and the episodes split over reading processes
-        ours = _read_minari_hdf5(path, keys, len(lengths), sum(lengths), workers)
+        ours = read_minari_hdf5(path, keys, len(lengths), sum(lengths), workers)
         assert set(ours) == set(theirs)
         for name in ours:
             np.testing.assert_array_equal(ours[name], theirs[name], err_msg=f"{name}, {workers} workers")
-    wrong_metadata = _read_minari_hdf5(path, keys, len(lengths), sum(lengths) + 1, 2)  # read again in one process
+    wrong_metadata = read_minari_hdf5(path, keys, len(lengths), sum(lengths) + 1, 2)  # read again in one process
     for name in theirs:
         np.testing.assert_array_equal(wrong_metadata[name], theirs[name], err_msg=name)
     data = load_minari("o2o-test/reader/direct-v0", keys, download=False)
@@ -217,7 +222,7 @@ def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_pa
         with h5py.File(path, "r+") as f:
             del f["episode_2/actions"]
         with pytest.raises(DatasetError, match="reading process: KeyError"):
-            _read_minari_hdf5(path, keys, len(lengths), sum(lengths), 3)
+            read_minari_hdf5(path, keys, len(lengths), sum(lengths), 3)
         import multiprocessing
 
         assert not multiprocessing.active_children()

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SMOKE, compose
 from o2o.config import validate
-from o2o.data.dataset import OfflineData, check_finite
+from o2o.data.checks import check_finite
+from o2o.data.offline_data import OfflineData
 from o2o.errors import DatasetError
 
 DIVERGING = [*SMOKE, "algo=calql", "algo.critic_lr=1e8", "algo.actor_lr=1e8", "schedule.offline_steps=400",

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import ROOT, compose
 from o2o.config import validate
-from o2o.data.dataset import check_recorded_env
+from o2o.data.checks import check_recorded_env
 from o2o.envs import SuccessFromTasks, make_env
 from o2o.errors import DatasetError
 
@@ -24,7 +24,8 @@ def test_env_option_agrees_with_its_datasets_recorded_env(env):
     if cfg.dataset.collector is not None:  # this project's own data: the spec its collector recorded
         import minari
 
-        from o2o.data.dataset import _collect_if_missing, recorded_env_spec
+        from o2o.data.dataset import _collect_if_missing
+        from o2o.data.minari import recorded_env_spec
 
         _collect_if_missing(cfg)
         spec = recorded_env_spec(minari.load_dataset(dataset).storage.metadata)
@@ -54,9 +55,9 @@ def test_a_local_minari_dataset_recorded_elsewhere_is_refused_before_any_work(ma
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from o2o.envs import _register_robotics
+    from o2o.envs import register_robotics
 
-    _register_robotics()
+    register_robotics()
     kwargs = {"tasks_to_complete": ["microwave", "kettle", "light switch", "slide cabinet"],
               "remove_task_when_completed": False, "terminate_on_tasks_completed": False}
     env = gym.make("FrankaKitchen-v1", max_episode_steps=450, **kwargs)

@@ -11,10 +11,10 @@ from o2o import metrics as M
 
 ALGOS = ["calql", "cql", "iql", "sac", "rlpd"]
 # what every algorithm logs, on the same axes: the compare view lines these up
-COMMON = [*(M.train(M.ONLINE, k) for k in (M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.MC_RETURN, M.Q_DATA_MINUS_MC_RETURN,
+COMMON = [*(M.train(M.ONLINE, k) for k in (M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.V_REF, M.Q_DATA_MINUS_V_REF,
                                           M.UPDATES_PER_SECOND, M.GRAD_STEPS, M.EPISODE_RETURN)),
           M.CUMULATIVE_REGRET, *(M.evaluation(M.ONLINE, k) for k in (M.NORMALIZED_RETURN, M.SUCCESS_RATE, M.RETURN))]
-OFFLINE = [*(M.train(M.OFFLINE, k) for k in (M.CRITIC_LOSS, M.Q_DATA, M.MC_RETURN, M.UPDATES_PER_SECOND)),
+OFFLINE = [*(M.train(M.OFFLINE, k) for k in (M.CRITIC_LOSS, M.Q_DATA, M.V_REF, M.UPDATES_PER_SECOND)),
            *(M.evaluation(M.OFFLINE, k) for k in (M.NORMALIZED_RETURN, M.SUCCESS_RATE))]
 
 

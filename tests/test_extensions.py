@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SMOKE, algo_config, compose
 from o2o import metrics as M
-from o2o.agents.core import Batch
+from o2o.buffers import Batch
 from o2o.agents.cql import CQL
 from o2o.buffers import TransitionBuffer
 from o2o.config import validate
@@ -182,7 +182,7 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
         assert phase == M.RETRAIN
         for _ in range(steps):
             seen.append(torch.cat([torch.cat([b.obs, b.actions, b.rewards[:, None], b.next_obs, b.dones[:, None],
-                                              b.mc_returns[:, None]], 1) for b in [sample()]]))
+                                              b.v_ref[:, None]], 1) for b in [sample()]]))
         return {}
 
     monkeypatch.setattr(retrain_module, "pretrain", fake_pretrain)

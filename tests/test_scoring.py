@@ -6,7 +6,7 @@ import torch
 
 from conftest import algo_config, compose
 from o2o import metrics as M
-from o2o.agents.core import Batch
+from o2o.buffers import Batch
 from o2o.agents.cql import CQL
 from o2o.agents.sac import SAC
 from o2o.config import validate
@@ -116,7 +116,8 @@ def test_a_normalized_return_headline_without_reference_scores_stops_before_any_
 
 
 def test_dataset_actions_are_clipped_inside_the_tanh_range():
-    from o2o.data.dataset import ACTION_CLIP, load_offline_data
+    from o2o.data.checks import ACTION_CLIP
+    from o2o.data.dataset import load_offline_data
     from o2o.envs import make_env
 
     cfg = validate(compose(["env.dataset.collector.steps=1500"]))

@@ -1,14 +1,25 @@
 """Transition storage on the training device, sampled with one ``index_select`` per draw.
 
 Each buffer keeps all fields of a transition side by side in one preallocated
-(capacity, width) tensor: [obs | action | reward | next_obs | done | mc_return].
+(capacity, width) tensor: [obs | action | reward | next_obs | done | v_ref].
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from o2o.agents.core import Batch
+
+class Batch(NamedTuple):
+    """A sampled batch of transitions, as the agents' updates take it."""
+
+    obs: torch.Tensor  # (B, D)
+    actions: torch.Tensor  # (B, A)
+    rewards: torch.Tensor  # (B,) transformed
+    next_obs: torch.Tensor  # (B, D)
+    dones: torch.Tensor  # (B,) 1.0 at terminals
+    v_ref: torch.Tensor  # (B,) the reference value V_ref(s): the return-to-go, or a learned value (o2o.reference)
 
 
 class TransitionBuffer:
@@ -21,11 +32,11 @@ class TransitionBuffer:
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs, actions, rewards, next_obs, dones, mc_returns) -> torch.Tensor:
+    def add(self, obs, actions, rewards, next_obs, dones, v_ref) -> torch.Tensor:
         """Append a block of transitions (numpy arrays); the oldest are overwritten when full. Returns their rows."""
         n = len(rewards)
         columns = [np.asarray(obs).reshape(n, -1), np.asarray(actions).reshape(n, -1), np.asarray(rewards)[:, None],
-                   np.asarray(next_obs).reshape(n, -1), np.asarray(dones)[:, None], np.asarray(mc_returns)[:, None]]
+                   np.asarray(next_obs).reshape(n, -1), np.asarray(dones)[:, None], np.asarray(v_ref)[:, None]]
         keep = min(n, self.capacity)
         idx = (self._next + torch.arange(keep, device=self.device)) % self.capacity
         # each column block copied straight into its rows (one copy, no intermediate block of rows)
@@ -43,9 +54,9 @@ class TransitionBuffer:
         self.size = min(self.size + keep, self.capacity)
         return idx
 
-    def set_mc_returns(self, idx: torch.Tensor, mc_returns: np.ndarray) -> None:
-        """Write the returns-to-go of rows added before their episode ended."""
-        values = torch.as_tensor(np.asarray(mc_returns, np.float32), device=self.device)
+    def set_v_ref(self, idx: torch.Tensor, v_ref: np.ndarray) -> None:
+        """Write the reference values of rows added before they were known (their episode had not ended)."""
+        values = torch.as_tensor(np.asarray(v_ref, np.float32), device=self.device)
         self.storage[idx, self.width - 1] = values
 
     def state(self) -> dict:
@@ -62,8 +73,8 @@ class TransitionBuffer:
 
     def to_batch(self, rows: torch.Tensor) -> Batch:
         o, a = self.obs_dim, self.act_dim
-        obs, actions, rewards, next_obs, dones, mc = rows.split([o, a, 1, o, 1, 1], dim=1)
-        return Batch(obs, actions, rewards.squeeze(1), next_obs, dones.squeeze(1), mc.squeeze(1))
+        obs, actions, rewards, next_obs, dones, v_ref = rows.split([o, a, 1, o, 1, 1], dim=1)
+        return Batch(obs, actions, rewards.squeeze(1), next_obs, dones.squeeze(1), v_ref.squeeze(1))
 
     def sample(self, n: int) -> Batch:
         return self.to_batch(self.sample_rows(n))

@@ -271,6 +271,10 @@ class ScheduleConfig:
         _require(self.log_interval >= 1, f"schedule.log_interval must be >= 1, got {self.log_interval}")
 
 
+REFERENCE_SOURCES = ("mc", "regression", "td")  # where V_ref comes from (o2o.reference)
+EXPLORATION_BONUSES = ("none", "rnd", "sera")  # intrinsic rewards while fine-tuning (o2o.exploration)
+
+
 @dataclass
 class ReferenceConfig:
     """Where Cal-QL's V_ref(s) comes from (o2o.reference): ``mc``, the data's returns-to-go, or a fitted value."""
@@ -284,9 +288,8 @@ class ReferenceConfig:
     target_rate: Optional[float] = None  # td: Polyak rate of the target network
 
     def check(self) -> None:
-        from o2o.reference import SOURCES
-
-        _require(self.value in SOURCES, f"reference.value must be one of {', '.join(SOURCES)}, got {self.value!r}")
+        _require(self.value in REFERENCE_SOURCES,
+                 f"reference.value must be one of {', '.join(REFERENCE_SOURCES)}, got {self.value!r}")
         if self.value != "mc":
             _require(all((v or 0) > 0 for v in (self.fit_steps, self.batch_size, self.lr)) and bool(self.hidden),
                      f"reference={self.value} needs reference.fit_steps, batch_size, lr > 0 and hidden layers")
@@ -306,9 +309,8 @@ class ExplorationConfig:
     knn_k: Optional[int] = None  # sera: the neighbour whose distance is the particle estimate
 
     def check(self) -> None:
-        from o2o.exploration import KINDS
-
-        _require(self.bonus in KINDS, f"exploration.bonus must be one of {', '.join(KINDS)}, got {self.bonus!r}")
+        _require(self.bonus in EXPLORATION_BONUSES,
+                 f"exploration.bonus must be one of {', '.join(EXPLORATION_BONUSES)}, got {self.bonus!r}")
         if self.bonus != "none":
             _require((self.coef or 0) > 0, f"exploration={self.bonus} needs exploration.coef > 0, got {self.coef}")
         if self.bonus == "rnd":

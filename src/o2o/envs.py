@@ -73,7 +73,7 @@ class SuccessFromTasks(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def _register_robotics() -> None:
+def register_robotics() -> None:
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
@@ -120,7 +120,7 @@ def _fix_joint_type_checks() -> None:
 def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | None = None) -> gym.Env:
     """Build the configured env with a flat float32 observation, under the domain's episode rules if given
     (binary reward, end at success): training and evaluation envs alike."""
-    _register_robotics()
+    register_robotics()
     kwargs = dict(cfg.gym_kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps

@@ -23,10 +23,8 @@ import torch
 from torch import nn
 
 from o2o import metrics as M
-from o2o.agents.core import Batch
-from o2o.agents.networks import _mlp
-
-KINDS = ("none", "rnd", "sera")
+from o2o.agents.networks import mlp
+from o2o.buffers import Batch
 
 
 class RunningMeanStd:
@@ -55,7 +53,7 @@ class RunningMeanStd:
 
 def _features(obs_dim: int, hidden: list[int]) -> nn.Sequential:
     """RND's network: the hidden layers, then a linear output as wide as the last of them; orthogonal init."""
-    body, width = _mlp(obs_dim, hidden)
+    body, width = mlp(obs_dim, hidden)
     net = nn.Sequential(*body, nn.Linear(width, hidden[-1]))
     for layer in net:
         if isinstance(layer, nn.Linear):

@@ -59,7 +59,7 @@ def offline_dataset(data, env_cfg):
     """The offline data (``o2o.data.dataset.OfflineData``) as an MLflow dataset named by its Minari id or file."""
     from mlflow.data.dataset_source_registry import get_registered_sources
 
-    from o2o.data.dataset import minari_root
+    from o2o.data.minari import minari_root
 
     local_source = next(s for s in get_registered_sources() if s._get_source_type() == "local")
 

@@ -23,8 +23,10 @@ HEADLINE_METRICS = (SUCCESS_RATE, TASKS_SOLVED, NORMALIZED_RETURN)
 # Training diagnostics every agent reports (ActorCritic.q_metrics and the losses)
 Q_DATA = "q_data"  # mean Q(s, a) on batch actions
 Q_POLICY = "q_policy"  # mean Q(s, a ~ pi)
-MC_RETURN = "mc_return"  # mean reference return V_ref(s)
-Q_DATA_MINUS_MC_RETURN = "q_data_minus_mc_return"
+V_REF = "v_ref"  # mean reference value V_ref(s) of the batch (Monte-Carlo return-to-go, or a learned value)
+Q_DATA_MINUS_V_REF = "q_data_minus_v_ref"
+# Names these two had in stores written before the rename (the report reads either)
+LEGACY_NAMES = {V_REF: "mc_return", Q_DATA_MINUS_V_REF: "q_data_minus_mc_return"}
 CRITIC_LOSS = "critic_loss"
 ACTOR_LOSS = "actor_loss"
 CALQL_BOUND_RATE = "calql_bound_rate"  # fraction of policy Q-values lifted to V_ref

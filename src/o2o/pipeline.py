@@ -22,7 +22,8 @@ from o2o.agents.sac import SAC
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import CQLConfig, Config, IQLConfig, SACConfig
-from o2o.data.dataset import OfflineData, dataset_reference_scores, load_offline_data
+from o2o.data.dataset import dataset_reference_scores, load_offline_data
+from o2o.data.offline_data import OfflineData
 from o2o.envs import make_env
 from o2o.errors import ConfigError, DatasetError, Diverged
 from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, online_dataset
@@ -226,10 +227,10 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
         return None
     reference = LearnedReference(offline.obs_dim, cfg.reference, cfg.algo.gamma, cfg.seed, offline.device)
     b = offline.to_batch(offline.storage[: len(offline)])
-    errors = reference.fit(b.obs, b.rewards, b.next_obs, b.dones, b.mc_returns,
+    errors = reference.fit(b.obs, b.rewards, b.next_obs, b.dones, b.v_ref,
                            log=tracker.log_metrics if log_fit else None)
     all_rows = torch.arange(len(offline), device=offline.device)
-    offline.set_mc_returns(all_rows, reference(b.obs).cpu().numpy())
+    offline.set_v_ref(all_rows, reference(b.obs).cpu().numpy())
     if log_fit:
         tracker.log_metrics({M.reference(M.OFFLINE, k): v for k, v in errors.items()}, cfg.reference.fit_steps)
     log.info("V_ref fitted by %s (%d steps): %s", cfg.reference.value, cfg.reference.fit_steps,

@@ -23,15 +23,13 @@ import torch
 from torch import nn
 
 from o2o import metrics as M
-from o2o.agents.networks import _mlp
-
-SOURCES = ("mc", "regression", "td")
+from o2o.agents.networks import mlp
 
 
 class ValueNetwork(nn.Module):
     def __init__(self, obs_dim: int, hidden: list[int]):
         super().__init__()
-        body, width = _mlp(obs_dim, hidden)
+        body, width = mlp(obs_dim, hidden)
         self.net = nn.Sequential(*body, nn.Linear(width, 1))
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from o2o import metrics as M
 from o2o.tracking import default_tracking_uri, outputs_dir
 
 REGRET = M.CUMULATIVE_REGRET
-Q_KEYS = (M.Q_DATA, M.Q_POLICY, M.MC_RETURN)
+Q_KEYS = (M.Q_DATA, M.Q_POLICY, M.V_REF)
 Q_OVER_V_REF = M.calibration(M.OFFLINE, "q_data_over_v_ref")  # on the fixed batch, at the end of pre-training
 BELOW_V_REF = M.calibration(M.OFFLINE, "below_v_ref")
 CALIBRATION = tuple(M.calibration(phase, k) for phase in M.PHASES for k in M.CALIBRATION_KEYS)
@@ -109,9 +109,16 @@ def _record(client, run) -> RunRecord:
                        params.get(METRIC_PARAM, "?"), {k: v for k, v in params.items() if k not in NOT_CONFIG},
                        run.info.start_time or 0)
     for key in (*(record.score_key(phase) for phase in (*M.PHASES, M.RETRAIN)), *TRAIN_KEYS):
-        if key in run.data.metrics:
-            record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        stored = key if key in run.data.metrics else _legacy_name(key)
+        if stored in run.data.metrics:
+            record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, stored))
     return record
+
+
+def _legacy_name(key: str) -> str:
+    """The name a metric had in stores written before a rename (``metrics.LEGACY_NAMES``)."""
+    head, _, name = key.rpartition("/")
+    return f"{head}/{M.LEGACY_NAMES[name]}" if name in M.LEGACY_NAMES else key
 
 
 # --------------------------------------------------------------------------- the table
@@ -306,7 +313,7 @@ def qcal_figure(records: list[RunRecord], title: str):
                              gridspec_kw={"width_ratios": [1, 2]})
     styles = {M.Q_DATA: ("Q(s, a) on dataset actions", "-", "C0"),
               M.Q_POLICY: ("Q(s, a) on policy actions", "--", "C3"),
-              M.MC_RETURN: ("Monte-Carlo return", ":", "k")}
+              M.V_REF: ("reference value V_ref(s)", ":", "k")}
     for row, algo in zip(axes, algos):
         for key, (label, linestyle, color) in styles.items():
             _plot_phases(row, {algo: groups[algo]}, lambda r, phase, key=key: r.history.get(M.train(phase, key), []),

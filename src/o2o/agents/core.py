@@ -7,23 +7,13 @@ checkpoint format. An agent adds its losses in ``compute_losses``.
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
-
 import torch
 from torch import nn
 
 from o2o import metrics as M
+from o2o.buffers import Batch
 from o2o.agents.networks import EnsembleCritic, TanhGaussianActor
 from o2o.config import AlgoConfig, SoftActorConfig
-
-
-class Batch(NamedTuple):
-    obs: torch.Tensor  # (B, D)
-    actions: torch.Tensor  # (B, A)
-    rewards: torch.Tensor  # (B,) transformed
-    next_obs: torch.Tensor  # (B, D)
-    dones: torch.Tensor  # (B,) 1.0 at terminals
-    mc_returns: torch.Tensor  # (B,) reference return-to-go V_ref(s)
 
 
 class ActorCritic(nn.Module):
@@ -95,8 +85,8 @@ class ActorCritic(nn.Module):
     def q_metrics(self, q_data: torch.Tensor, batch: Batch) -> dict:
         """Q on dataset actions against the reference return: the calibration diagnostic every agent logs."""
         q_mean = q_data.detach().mean(0)
-        return {M.Q_DATA: q_mean.mean(), M.MC_RETURN: batch.mc_returns.mean(),
-                M.Q_DATA_MINUS_MC_RETURN: (q_mean - batch.mc_returns).mean()}
+        return {M.Q_DATA: q_mean.mean(), M.V_REF: batch.v_ref.mean(),
+                M.Q_DATA_MINUS_V_REF: (q_mean - batch.v_ref).mean()}
 
     def actor_and_alpha_losses(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
                                eps: torch.Tensor) -> tuple[torch.Tensor, dict]:

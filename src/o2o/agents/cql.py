@@ -12,7 +12,8 @@ import math
 import torch
 
 from o2o import metrics as M
-from o2o.agents.core import ActorCritic, Batch
+from o2o.agents.core import ActorCritic
+from o2o.buffers import Batch
 from o2o.metrics import ONLINE
 from o2o.agents.networks import TanhGaussianActor
 
@@ -73,7 +74,7 @@ class CQL(ActorCritic):
         metrics = {}
         if self.calibrate:
             q_current, q_next, metrics[M.CALQL_BOUND_RATE] = calql_bound(q_current, q_next,
-                                                                         batch.mc_returns.view(1, -1, 1))
+                                                                         batch.v_ref.view(1, -1, 1))
 
         if cfg.importance_sampling:
             random_log_density = self.act_dim * math.log(0.5)

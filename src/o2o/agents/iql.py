@@ -13,7 +13,8 @@ import math
 import torch
 
 from o2o import metrics as M
-from o2o.agents.core import ActorCritic, Batch
+from o2o.agents.core import ActorCritic
+from o2o.buffers import Batch
 from o2o.agents.networks import GaussianActor
 
 

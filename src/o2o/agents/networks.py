@@ -10,7 +10,8 @@ from torch import nn
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
-def _mlp(obs_dim: int, hidden: list[int], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
+def mlp(obs_dim: int, hidden: list[int], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
+    """ReLU layers of the given widths (dropout after each when > 0); returns them and the last width."""
     layers, width = [], obs_dim
     for h in hidden:
         layers += [nn.Linear(width, h), nn.ReLU()]
@@ -39,7 +40,7 @@ class TanhGaussianActor(nn.Module):
         super().__init__()
         self.log_std_multiplier = nn.Parameter(torch.tensor(1.0), requires_grad=trainable_log_std_transform)
         self.log_std_offset = nn.Parameter(torch.tensor(float(log_std_offset)), requires_grad=trainable_log_std_transform)
-        self.trunk, width = _mlp(obs_dim, hidden)
+        self.trunk, width = mlp(obs_dim, hidden)
         self.head = nn.Linear(width, 2 * act_dim)
         if orthogonal_init:
             for module in self.trunk:
@@ -93,7 +94,7 @@ class GaussianActor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], dropout: float = 0.0, orthogonal_init: bool = True):
         super().__init__()
-        self.trunk, width = _mlp(obs_dim, hidden, dropout)
+        self.trunk, width = mlp(obs_dim, hidden, dropout)
         self.head = nn.Linear(width, act_dim)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
         if orthogonal_init:  # the authors' default_init: orthogonal, gain sqrt(2), every layer and the mean head

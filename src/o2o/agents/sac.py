@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from o2o import metrics as M
-from o2o.agents.core import ActorCritic, Batch
+from o2o.agents.core import ActorCritic
+from o2o.buffers import Batch
 from o2o.agents.networks import TanhGaussianActor
 
 

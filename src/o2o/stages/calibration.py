@@ -42,7 +42,7 @@ class CalibrationProbe:
             q_data = agent.critic(b.obs, b.actions.unsqueeze(1)).float().mean(0)[:, 0]  # (B,)
             actions = agent.actor.act(b.obs.repeat_interleave(PROBE_ACTIONS, 0), False, self.eps)
             q_pi = agent.critic(b.obs, actions.float().view(n, PROBE_ACTIONS, -1)).float()  # (E, B, K)
-        v_ref = b.mc_returns
+        v_ref = b.v_ref
         values = torch.stack([q_data.mean(), q_pi.mean(), v_ref.mean(), q_data.mean() / v_ref.mean(),
                               (q_data < v_ref).float().mean(), (q_pi < v_ref.view(1, n, 1)).float().mean()])
         return dict(zip(M.CALIBRATION_KEYS, values.cpu().tolist()))

@@ -6,7 +6,7 @@ import time
 from o2o import metrics as M
 from typing import Callable
 
-from o2o.agents.core import Batch
+from o2o.buffers import Batch
 from o2o.checkpoints import Preempted
 from o2o.run_state import OfflineProgress
 from o2o.stages.common import MetricAverager, RunContext, log
@@ -49,8 +49,8 @@ def pretrain(agent, sample: Callable[[], Batch], steps: int, ctx: RunContext, ph
                 ctx.tracker.log_metrics({M.train(phase, k): v for k, v in metrics.items()}, step)
                 ctx.log_calibration(agent, phase, step)
                 bar.set_postfix(critic=f"{metrics[M.CRITIC_LOSS]:.3g}", ups=f"{metrics[M.UPDATES_PER_SECOND]:.1f}")
-                log.info("%s step %d/%d: critic_loss=%.4f q_data=%.3f mc_return=%.3f updates/s=%.1f", phase, step, steps,
-                         metrics[M.CRITIC_LOSS], metrics[M.Q_DATA], metrics[M.MC_RETURN],
+                log.info("%s step %d/%d: critic_loss=%.4f q_data=%.3f v_ref=%.3f updates/s=%.1f", phase, step, steps,
+                         metrics[M.CRITIC_LOSS], metrics[M.Q_DATA], metrics[M.V_REF],
                          metrics[M.UPDATES_PER_SECOND])
             if (sched.eval_interval_offline and step % sched.eval_interval_offline == 0) or step == steps:
                 progress.results = ctx.evaluate(agent, phase, step)

@@ -106,7 +106,7 @@ class StepLearner:
             rows = torch.cat(self.rows)
             online = self.sampler.online
             _, v_ref = self.labeller(self.raw_rewards, online.storage[rows, :online.obs_dim], self.progress.env_steps)
-            online.set_mc_returns(rows, v_ref)
+            online.set_v_ref(rows, v_ref)
         self.rows, self.raw_rewards = [], []
 
 

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from o2o.data.build.collectors import write_minari_atomically
-from o2o.envs import _register_robotics
+from o2o.envs import register_robotics
 from o2o.rollout import rollout
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class Episode:
 
 
 def make_adroit(task: str) -> gym.Env:
-    _register_robotics()
+    register_robotics()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return gym.make(TASKS[task], max_episode_steps=HORIZON[task])

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from o2o.data.build.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
-from o2o.data.dataset import minari_root
+from o2o.data.minari import minari_root
 
 
 

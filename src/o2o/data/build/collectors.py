@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from o2o.config import EnvConfig
-from o2o.data.dataset import minari_root
+from o2o.data.minari import minari_root
 from o2o.errors import DatasetError
 from o2o.rollout import rollout
 
@@ -70,9 +70,9 @@ def collect_pointmaze_waypoints(cfg: EnvConfig, reference_episodes: int = 20) ->
     import minari
     from minari.data_collector import EpisodeBuffer
 
-    from o2o.envs import _register_robotics
+    from o2o.envs import register_robotics
 
-    _register_robotics()
+    register_robotics()
     kwargs = dict(cfg.gym_kwargs, max_episode_steps=cfg.max_episode_steps)
     env = gym.make(cfg.gym_id, **kwargs)
     controller = WaypointController(env.unwrapped.maze)

@@ -1,0 +1,91 @@
+"""What every data source is checked for before training: the env's shapes, finite values, the action clip, and
+(where a dataset records it) the env it was recorded in."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from o2o.config import EnvConfig
+from o2o.data.offline_data import OfflineData
+from o2o.errors import DatasetError
+
+# Dataset actions are clipped to +-(1 - 1e-5) so a tanh policy's log-probability of them stays finite, as
+# every reference does: nakamotoo/Cal-QL (clip_action=0.99999), ikostrikov/rlpd and IQL (clip_to_eps, 1e-5).
+ACTION_CLIP = 1.0 - 1e-5
+
+
+def clip_actions(data: OfflineData) -> OfflineData:
+    """Dataset actions inside the tanh policy's open range (``ACTION_CLIP``)."""
+    return replace(data, actions=np.clip(data.actions, -ACTION_CLIP, ACTION_CLIP))
+
+
+def check_finite(data: OfflineData) -> None:
+    """NaN or inf in the data would train silently into NaN weights: stop with the field and the count."""
+    for name in ("observations", "actions", "rewards", "next_observations"):
+        values = getattr(data, name)
+        bad = int(np.count_nonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)))
+        if bad:
+            raise DatasetError(f"{data.source}: {bad} transitions with non-finite values (NaN or inf) in {name}; "
+                               "clean the dataset or choose another one")
+
+def check_matches_env(data: OfflineData, cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> None:
+    got_obs, got_act = data.observations.shape[1:], data.actions.shape[1:]
+    if tuple(got_obs) != tuple(observation_shape) or tuple(got_act) != tuple(action_shape):
+        raise DatasetError(
+            f"dataset {data.source} does not match env {cfg.gym_id} (env={cfg.name}): dataset observations "
+            f"{tuple(got_obs)} and actions {tuple(got_act)}, env observations {tuple(observation_shape)} and "
+            f"actions {tuple(action_shape)}. Choose the dataset recorded in this env (env.dataset.id / "
+            "env.dataset.path) or fix env.obs_keys.")
+
+IGNORED_KWARGS = ("render_mode",)  # how an env is shown, not which task it is
+
+def effective_env_kwargs(gym_id: str, gym_kwargs: dict, keys) -> dict:
+    """The kwargs the configured env really runs with, for ``keys``: the config's, else the registration's,
+    else the env constructor's defaults."""
+    import inspect
+
+    import gymnasium as gym
+    from gymnasium.envs.registration import load_env_creator
+
+    from o2o.envs import register_robotics
+
+    register_robotics()
+    spec = gym.spec(gym_id)
+    merged = {**spec.kwargs, **gym_kwargs}
+    missing = [k for k in keys if k not in merged]
+    if missing:
+        entry = spec.entry_point
+        entry = load_env_creator(entry) if isinstance(entry, str) else entry
+        for cls in getattr(entry, "__mro__", [entry]):
+            try:
+                params = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls).parameters
+            except (TypeError, ValueError):
+                continue
+            for k in missing:
+                if k in params and params[k].default is not inspect.Parameter.empty and k not in merged:
+                    merged[k] = params[k].default
+    return {k: merged[k] for k in keys if k in merged}
+
+def check_recorded_env(recorded: dict, cfg: EnvConfig, source: str) -> None:
+    """Stop with one line when the env option runs another task than the dataset records (id, horizon, kwargs)."""
+    import json
+
+    def same(a, b) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    fix = "set the env option to the dataset's value, or choose the dataset recorded in this env"
+    if recorded.get("id") and recorded["id"] != cfg.gym_id:
+        raise DatasetError(f"{source} records env id {recorded['id']!r}, env {cfg.name} runs {cfg.gym_id!r}: "
+                           f"set env.gym_id={recorded['id']} or {fix}")
+    steps = recorded.get("max_episode_steps")
+    if steps is not None and cfg.max_episode_steps is not None and int(steps) != int(cfg.max_episode_steps):
+        raise DatasetError(f"{source} records max_episode_steps {int(steps)}, env {cfg.name} runs "
+                           f"{cfg.max_episode_steps}: set env.max_episode_steps={int(steps)} or {fix}")
+    kwargs = {k: v for k, v in (recorded.get("kwargs") or {}).items() if k not in IGNORED_KWARGS}
+    ours = effective_env_kwargs(cfg.gym_id, dict(cfg.gym_kwargs), list(kwargs))
+    for key, value in kwargs.items():
+        if key in ours and not same(ours[key], value):
+            raise DatasetError(f"{source} records {key}={json.dumps(value, default=str)}, env {cfg.name} runs "
+                               f"{key}={json.dumps(ours[key], default=str)}: set env.gym_kwargs.{key} to the "
+                               f"recorded value or {fix}")

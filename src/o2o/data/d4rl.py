@@ -1,0 +1,71 @@
+"""D4RL-format HDF5 files (``env.dataset.path``): the arrays ``d4rl.qlearning_dataset`` reads, with its rules."""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Optional
+
+import numpy as np
+
+from o2o.data.offline_data import OfflineData, float_or_none
+from o2o.errors import DatasetError
+
+
+def load_d4rl_hdf5(path: str) -> OfflineData:
+    """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
+
+    Without ``next_observations`` the next observation is the following row
+    and the last step of every episode is dropped, as ``d4rl.qlearning_dataset`` does.
+    """
+    try:
+        return _read_d4rl_hdf5(path)
+    except (OSError, KeyError, ValueError) as err:  # not HDF5, truncated, empty, unreadable arrays
+        raise DatasetError(f"{path} cannot be read as a D4RL HDF5 file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else 'no detail'}): check the file, or download it again") from None
+
+def _read_d4rl_hdf5(path: str) -> OfflineData:
+    """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
+
+    Without ``next_observations`` the next observation is the following row
+    and the last step of every episode is dropped, as ``d4rl.qlearning_dataset`` does.
+    """
+    import h5py
+
+    if not os.path.isfile(path):
+        raise DatasetError(f"D4RL HDF5 file '{path}' does not exist: fix env.dataset.path "
+                           "or use a Minari id in env.dataset.id")
+    with h5py.File(path, "r") as f:
+        missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
+        if missing:
+            raise DatasetError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
+        obs = f["observations"][:].astype(np.float32)
+        n = len(obs)
+        terminals = f["terminals"][:].astype(bool)
+        timeouts = f["timeouts"][:].astype(bool) if "timeouts" in f else np.zeros(n, bool)
+        success = None
+        for key in ("infos/success", "infos/goal_achieved"):
+            if key in f:
+                success = f[key][:].astype(bool)
+        data = OfflineData(observations=obs, actions=f["actions"][:].astype(np.float32),
+                           rewards=f["rewards"][:].astype(np.float32), next_observations=obs,
+                           terminals=terminals, timeouts=timeouts, success=success, source=f"hdf5:{path}",
+                           ref_min_score=float_or_none(f.attrs.get("ref_min_score")),
+                           ref_max_score=float_or_none(f.attrs.get("ref_max_score")))
+        if "next_observations" in f:
+            return replace(data, next_observations=f["next_observations"][:].astype(np.float32))
+    next_obs = np.concatenate([obs[1:], obs[-1:]])
+    keep = ~data.timeouts
+    keep[-1] = bool(data.terminals[-1])
+    # the step before a dropped timeout step now ends its episode
+    timeouts_shifted = np.concatenate([data.timeouts[1:], [True]]) & ~data.terminals
+    return replace(data, next_observations=next_obs, timeouts=timeouts_shifted).select(keep)
+
+
+def d4rl_reference_scores(path: str) -> tuple[Optional[float], Optional[float]]:
+    """The file's ``ref_min_score`` and ``ref_max_score`` attributes, without reading its arrays."""
+    import h5py
+
+    if not os.path.isfile(path):
+        return None, None
+    with h5py.File(path, "r") as f:
+        return float_or_none(f.attrs.get("ref_min_score")), float_or_none(f.attrs.get("ref_max_score"))
