@@ -34,6 +34,12 @@ RUNS = {
     "rlpd_step_rnd": ["algo=rlpd", "exploration=rnd", "retrain=ooo", "retrain.steps=30"],
     "sac_step": ["algo=sac"],
     "sac_step_sera_offline_data": ["algo=sac", "algo.mixing_ratio=0.5", "exploration=sera", "exploration.coef=0.5"],
+    # intervals that are no divisor of the steps, and checkpoints: the tickers' every case
+    "cql_episode_odd_intervals": ["algo=cql", "schedule.log_interval=7", "schedule.eval_interval_offline=13",
+                                  "schedule.eval_interval_online=70", "schedule.checkpoint_interval=25"],
+    "rlpd_step_odd_intervals": ["algo=rlpd", "schedule.log_interval=7", "schedule.eval_interval_online=70",
+                                "schedule.checkpoint_interval=25", "retrain=ooo", "retrain.steps=20",
+                                "retrain.interval=110"],
 }
 TIMING = ("updates_per_second", "system/")
 

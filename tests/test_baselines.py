@@ -151,11 +151,11 @@ def test_step_schedule_takes_one_update_block_per_env_step_after_warm_up(monkeyp
     from o2o.stages import online
 
     seen = []
-    real_update, real_init = ActorCritic.update, online.StepLearner.__init__
+    real_update, real_init = ActorCritic.update, online.StepCollector.__init__
 
-    def init(self, agent, sampler, *args):
-        real_init(self, agent, sampler, *args)
-        agent.online_buffer_for_test = sampler.online
+    def init(self, env, learner, buffer, *args):
+        real_init(self, env, learner, buffer, *args)
+        learner.agent.online_buffer_for_test = buffer
 
     def update(self, batch):
         buffer = getattr(self, "online_buffer_for_test", None)
@@ -163,7 +163,7 @@ def test_step_schedule_takes_one_update_block_per_env_step_after_warm_up(monkeyp
             seen.append(len(buffer))
         return real_update(self, batch)
 
-    monkeypatch.setattr(online.StepLearner, "__init__", init)
+    monkeypatch.setattr(online.StepCollector, "__init__", init)
     monkeypatch.setattr(ActorCritic, "update", update)
     warmup, steps = 15, 50
     run(algo=algo, run_dir=str(tmp_path), overrides=[*SMOKE, f"mlflow_experiment=o2o-{algo}-schedule",

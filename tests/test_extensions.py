@@ -20,7 +20,8 @@ from o2o.agents.cql import CQL
 from o2o.buffers import TransitionBuffer
 from o2o.config import validate
 from o2o.errors import ConfigError
-from o2o.exploration import RND, BonusSampler, q_conditioned_entropy
+from o2o.exploration import RND, q_conditioned_entropy
+from o2o.stages.common import Learner
 from o2o.reference import LearnedReference
 from o2o.returns import returns_to_go
 
@@ -42,6 +43,13 @@ def rnd_config(**over):
     return cfg
 
 
+def train_step(rnd, batch):
+    """What the learner does with RND on each batch: the bonus, then the predictor's step."""
+    bonus = rnd.reward(batch)
+    rnd.update(batch)
+    return bonus
+
+
 def test_rnd_bonus_shrinks_on_visited_states_and_stays_high_elsewhere():
     rng = np.random.default_rng(0)
     visited = rng.normal(0.0, 0.3, size=(256, 4))
@@ -49,10 +57,10 @@ def test_rnd_bonus_shrinks_on_visited_states_and_stays_high_elsewhere():
     rnd = RND(4, rnd_config(rnd_hidden=[64, 64], rnd_lr=1e-3, rnd_update_proportion=1.0), seed=0,
               device=torch.device("cpu"))
     for _ in range(5):  # the running observation statistics settle on the visited states first
-        rnd(batch_of(visited))
+        train_step(rnd, batch_of(visited))
     before_visited = rnd.error(torch.as_tensor(visited, dtype=torch.float32)).mean().item()
     for _ in range(300):
-        rnd(batch_of(visited))
+        train_step(rnd, batch_of(visited))
     after_visited = rnd.error(torch.as_tensor(visited, dtype=torch.float32)).mean().item()
     after_novel = rnd.error(torch.as_tensor(novel, dtype=torch.float32)).mean().item()
     assert after_visited < 0.2 * before_visited  # learnt where it has been
@@ -64,24 +72,36 @@ def test_the_rnd_bonus_is_the_error_over_its_running_std_and_trains_on_a_quarter
     obs = torch.randn(400, 3)
     expected = rnd.error(obs) / rnd.bonus_rms.var.sqrt().float()
     before = [p.clone() for p in rnd.predictor.parameters()]
-    bonus = rnd(batch_of(obs))
+    bonus = train_step(rnd, batch_of(obs))
     assert torch.allclose(bonus, expected)  # computed before the predictor moves
     assert any(not torch.equal(a, b) for a, b in zip(before, rnd.predictor.parameters()))
     assert rnd.bonus_rms.count > 399 and rnd.obs_rms.count > 399
 
 
-def test_the_bonus_sampler_adds_coef_times_bonus_and_reports_it():
-    class Fixed:
-        offline = online = None
+def test_the_learner_adds_coef_times_bonus_and_reports_it():
+    class Bonus:
+        def __init__(self):
+            self.updated = []
 
-        def sample(self):
-            return batch_of(torch.zeros(4, 2), rewards=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+        def reward(self, batch, agent):
+            return torch.tensor([0.0, 1.0, 2.0, 3.0])
 
-    sampler = BonusSampler(Fixed(), lambda batch, agent: torch.tensor([0.0, 1.0, 2.0, 3.0]), 0.5, agent=None)
-    batch = sampler.sample()
+        def update(self, batch):
+            self.updated.append(batch)
+
+    class Agent:
+        def update(self, batch):
+            self.batch = batch
+            return {}
+
+    sampled = batch_of(torch.zeros(4, 2), rewards=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    agent, bonus = Agent(), Bonus()
+    metrics = Learner(agent, lambda: sampled, bonus, 0.5).update()
+    batch = agent.batch
     assert batch.rewards.tolist() == [1.0, 2.5, 4.0, 5.5]
-    assert sampler.metrics["intrinsic_reward_mean"].item() == pytest.approx(0.75)
-    assert sampler.metrics["intrinsic_reward_max"].item() == pytest.approx(1.5)
+    assert metrics["intrinsic_reward_mean"].item() == pytest.approx(0.75)
+    assert metrics["intrinsic_reward_max"].item() == pytest.approx(1.5)
+    assert len(bonus.updated) == 1 and bonus.updated[0] is sampled  # the bonus's own model trains on the batch it scored, with the task reward
 
 
 # --------------------------------------------------------------------------- SERA
@@ -178,8 +198,9 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
     offline, online = filled(300, 0.0), filled(100, 50.0)
     seen = []
 
-    def fake_pretrain(agent, sample, steps, ctx, phase):
-        assert phase == M.RETRAIN
+    def fake_pretrain(agent, learner, steps, ctx, phase):
+        assert phase == M.RETRAIN and learner.bonus is None
+        sample = learner.sample
         for _ in range(steps):
             seen.append(torch.cat([torch.cat([b.obs, b.actions, b.rewards[:, None], b.next_obs, b.dones[:, None],
                                               b.v_ref[:, None]], 1) for b in [sample()]]))

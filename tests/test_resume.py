@@ -114,7 +114,7 @@ def test_step_schedule_preempted_mid_episode_keeps_what_it_learnt_and_finishes(t
 
     overrides = [*SMOKE, "mlflow_experiment=o2o-resume-step", "schedule.online_steps=200", "algo.warmup_steps=50",
                  "schedule.eval_interval_online=100", "domain.eval_episodes=1", "progress=false"]
-    real_call, calls = online.StepLearner.__call__, []
+    real_call, calls = online.StepCollector.on_step, []
 
     def call(self, *args):
         real_call(self, *args)
@@ -122,7 +122,7 @@ def test_step_schedule_preempted_mid_episode_keeps_what_it_learnt_and_finishes(t
         if len(calls) == 120:  # mid-episode: the smoke PointMaze episodes last up to 300 steps
             os.kill(os.getpid(), signal.SIGUSR2)
 
-    monkeypatch.setattr(online.StepLearner, "__call__", call)
+    monkeypatch.setattr(online.StepCollector, "on_step", call)
     with pytest.raises(SystemExit) as stopped:
         run(algo="sac", run_dir=str(tmp_path), overrides=overrides)
     assert stopped.value.code == 128 + signal.SIGUSR2

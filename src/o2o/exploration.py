@@ -1,7 +1,9 @@
 """Intrinsic rewards during online fine-tuning: ``exploration=rnd`` (OOO's) or ``exploration=sera``.
 
-The bonus is computed for every sampled batch, offline and online transitions alike, and added to the batch's
-(transformed) rewards before the update: ``r + coef * bonus``. The buffers keep the task's rewards, so the
+Each intrinsic reward has ``reward(batch, agent)``, the bonus of a batch, and ``update(batch)``, a step of its own
+model on that batch (RND's predictor; SERA has none); o2o.stages.common.Learner calls both for every sampled batch,
+offline and online transitions alike, and adds the bonus to the batch's (transformed) rewards before the agent's
+update: ``r + coef * bonus``. The buffers keep the task's rewards, so the
 Monte-Carlo returns (V_ref), the report and offline retraining (stages/retrain.py) never see the bonus.
 
 - **RND** (Burda et al. 2019) as OOO uses it (Sobol Mark et al., "Offline Retraining for Online RL",
@@ -22,7 +24,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from o2o import metrics as M
 from o2o.agents.networks import mlp
 from o2o.buffers import Batch
 
@@ -75,6 +76,7 @@ class RND:
         self.obs_rms = RunningMeanStd((obs_dim,), device)
         self.bonus_rms = RunningMeanStd((), device)
         self.generator = torch.Generator(device=device).manual_seed(seed + 1)
+        self._last = None  # (batch, squared errors, raw bonus) of the last reward(), for update() on the same batch
 
     def _normalise(self, obs: torch.Tensor) -> torch.Tensor:
         return ((obs.double() - self.obs_rms.mean) / self.obs_rms.var.sqrt()).clamp(-5.0, 5.0).float()
@@ -84,20 +86,27 @@ class RND:
         x = self._normalise(next_obs)
         return (self.predictor(x) - self.target(x)).pow(2).amax(dim=1)
 
-    def __call__(self, batch: Batch, agent=None) -> torch.Tensor:
-        """The bonus of the batch's next states (by the predictor before this step), then one predictor step."""
+    def reward(self, batch: Batch, agent=None) -> torch.Tensor:
+        """The bonus of the batch's next states, by the predictor as it stands (before its step on this batch)."""
         x = self._normalise(batch.next_obs)
         squared = (self.predictor(x) - self.target(x)).pow(2)  # one forward for the bonus and the loss
         raw = squared.detach().amax(dim=1)
-        bonus = raw / self.bonus_rms.var.sqrt().float()
-        keep = torch.rand(len(x), generator=self.generator, device=self.device) < self.cfg.rnd_update_proportion
+        self._last = batch, squared, raw
+        return raw / self.bonus_rms.var.sqrt().float()
+
+    def update(self, batch: Batch) -> None:
+        """One predictor step on the batch, then the running statistics: the batch's states become familiar."""
+        if self._last is None or self._last[0] is not batch:
+            self.reward(batch)
+        _, squared, raw = self._last
+        self._last = None
+        keep = torch.rand(len(squared), generator=self.generator, device=self.device) < self.cfg.rnd_update_proportion
         loss = (squared.mean(dim=1) * keep).sum() / keep.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.bonus_rms.update(raw)
         self.obs_rms.update(batch.obs)
-        return bonus
 
     def state(self) -> dict:
         return {"predictor": self.predictor.state_dict(), "target": self.target.state_dict(),
@@ -134,10 +143,13 @@ class SERA:
         self.k = cfg.knn_k
 
     @torch.no_grad()
-    def __call__(self, batch: Batch, agent) -> torch.Tensor:
+    def reward(self, batch: Batch, agent) -> torch.Tensor:
         with agent.autocast():
             q = agent.critic(batch.obs, batch.actions.unsqueeze(1)).float().amin(0)[:, 0]
         return q_conditioned_entropy(batch.obs, q, self.k)
+
+    def update(self, batch: Batch) -> None:
+        """A particle estimate has no model to train."""
 
     def state(self) -> dict:
         return {}
@@ -153,18 +165,3 @@ def make_bonus(cfg, obs_dim: int, seed: int, device: torch.device):
     if cfg.bonus == "sera":
         return SERA(cfg)
     return None
-
-
-class BonusSampler:
-    """A sampler whose batches carry ``reward + coef * bonus``; the bonus statistics go to ``metrics``."""
-
-    def __init__(self, sampler, bonus, coef: float, agent):
-        self.sampler, self.bonus, self.coef, self.agent = sampler, bonus, coef, agent
-        self.offline, self.online = sampler.offline, sampler.online
-        self.metrics: dict[str, torch.Tensor] = {}
-
-    def sample(self) -> Batch:
-        batch = self.sampler.sample()
-        intrinsic = self.coef * self.bonus(batch, self.agent)
-        self.metrics = dict(zip(M.INTRINSIC_KEYS, (intrinsic.mean(), intrinsic.std(), intrinsic.max())))
-        return batch._replace(rewards=batch.rewards + intrinsic)

@@ -35,7 +35,7 @@ from o2o.reference import LearnedReference
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RETRAIN_STAGE, RunState
 from o2o.runtime import ThreadGovernor, setup_runtime
 from o2o.stages.calibration import CalibrationProbe
-from o2o.stages.common import RunContext
+from o2o.stages.common import Learner, RunContext
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
@@ -160,7 +160,7 @@ class RunData:
 
 
 def load_data(cfg: Config) -> RunData:
-    """Stage 1: the env's shapes, the offline data (if the algorithm uses it) and the reference scores."""
+    """The env's shapes, the offline data (if the algorithm uses it) and the reference scores."""
     obs_shape, act_shape = env_shapes(cfg)
     if cfg.algo.uses_offline_data:
         data = load_offline_data(cfg.env, obs_shape, act_shape, cfg.domain.binary_from_success)
@@ -211,7 +211,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
 
 
 def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
-    """Stage 2 applied: labelled offline transitions (transformed rewards, returns-to-go), on the device."""
+    """Labelled offline transitions (transformed rewards, returns-to-go), on the device."""
     rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo)
     buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
     buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns)
@@ -220,7 +220,7 @@ def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> Tran
 
 def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tracker,
                   log_fit: bool = True) -> Optional[LearnedReference]:
-    """Stage 2, learned: with ``reference=regression|td``, a value network fitted on the offline data becomes V_ref
+    """A learned reference: with ``reference=regression|td``, a value network fitted on the offline data becomes V_ref
     (o2o.reference); its error against the Monte-Carlo returns goes to MLflow. Deterministic, so a resumed run
     fits it again (logging it once)."""
     if cfg.reference.value == "mc":
@@ -260,7 +260,8 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
     final: dict[str, float] = {}
     if cfg.algo.pretrain and cfg.schedule.offline_steps and state.stage == OFFLINE_STAGE:
         ctx.tracker.set_tags({"stage": "offline"})
-        final.update(pretrain(agent, lambda: offline.sample(cfg.buffer.batch_size), cfg.schedule.offline_steps, ctx))
+        learner = Learner(agent, lambda: offline.sample(cfg.buffer.batch_size))
+        final.update(pretrain(agent, learner, cfg.schedule.offline_steps, ctx))
         publish_policy(agent, cfg, ctx.tracker, PRETRAINED_POLICY)
     elif state.stage in (ONLINE_STAGE, RETRAIN_STAGE):
         final.update(state.offline_final)

@@ -1,9 +1,10 @@
-"""Stage 2: labelling. Transformed rewards and reference returns V_ref(s), the Monte-Carlo return-to-go.
+"""Labelling. Transformed rewards and reference returns V_ref(s), the Monte-Carlo return-to-go.
 
 One function, :func:`label_rewards`, labels offline data and online episodes
 alike: rewards become ``r * scale + bias`` (the algorithm's transform), then
 discounted returns-to-go are computed episode by episode (episodes split at
-terminals and timeouts). In sparse tasks an episode whose every reward is the
+terminals and timeouts) by :func:`reference_returns`, which online episodes call
+directly on the rewards they transformed as they were stored. In sparse tasks an episode whose every reward is the
 failure reward gets ``fail_reward / (1 - gamma)`` at every step, as in the
 Cal-QL authors' code.
 """
@@ -25,8 +26,14 @@ def label_rewards(raw_rewards: np.ndarray, episode_ends: np.ndarray, domain: Dom
                   algo: AlgoConfig) -> tuple[np.ndarray, np.ndarray]:
     """(transformed rewards, returns-to-go) for a flat array of recorded rewards, float32 both."""
     rewards = transform_reward(np.asarray(raw_rewards, dtype=np.float32), algo)
+    return rewards, reference_returns(rewards, episode_ends, domain, algo)
+
+
+def reference_returns(rewards: np.ndarray, episode_ends: np.ndarray, domain: DomainConfig,
+                      algo: AlgoConfig) -> np.ndarray:
+    """The returns-to-go of already transformed rewards, with the domain's sparse failure rule."""
     fail_reward = float(transform_reward(domain.fail_reward, algo)) if domain.sparse else None
-    return rewards, returns_to_go(rewards, episode_ends, algo.gamma, fail_reward)
+    return returns_to_go(rewards, episode_ends, algo.gamma, fail_reward)
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:

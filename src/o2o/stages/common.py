@@ -1,18 +1,22 @@
-"""What the training stages share: metric averaging, progress, checkpoints and evaluation logging."""
+"""What the training stages share: one gradient step (:class:`Learner`), metric averaging, and the loop skeleton
+(:class:`PhaseLoop`) that offline pre-training, both fine-tuning schedules and retraining run: after each unit of
+work it logs, evaluates, checkpoints and honours preemption, each on its own :class:`Ticker`."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from o2o import metrics as M
-from o2o.checkpoints import Checkpoints, PreemptionGuard, capture_rng
+from o2o.buffers import Batch
+from o2o.checkpoints import Checkpoints, Preempted, PreemptionGuard, capture_rng
 from o2o.config import ScheduleConfig
 from o2o.errors import Diverged
 from o2o.run_state import RunState
@@ -111,3 +115,128 @@ class RunContext:
         self.state.stage, self.state.agent = stage, agent.checkpoint()
         self.state.rng = rng if rng is not None else capture_rng(envs)
         self.checkpoints.save(self.state)
+
+
+class Learner:
+    """One gradient step on a sampled batch; with an intrinsic reward (o2o.exploration), the batch's reward becomes
+    ``r + coef * bonus`` and the bonus's own model (RND's predictor) takes its step on the same batch."""
+
+    def __init__(self, agent, sample: Callable[[], Batch], bonus=None, coef: float = 0.0):
+        self.agent, self.sample, self.bonus, self.coef = agent, sample, bonus, coef
+
+    def update(self) -> dict[str, torch.Tensor]:
+        batch = self.sample()
+        if self.bonus is None:
+            return self.agent.update(batch)
+        intrinsic = self.coef * self.bonus.reward(batch, self.agent)
+        self.bonus.update(batch)
+        metrics = self.agent.update(batch._replace(rewards=batch.rewards + intrinsic))
+        return {**metrics, **dict(zip(M.INTRINSIC_KEYS, (intrinsic.mean(), intrinsic.std(), intrinsic.max())))}
+
+
+class Ticker:
+    """When a periodic action is due, at points of a growing count (gradient or env steps): at every multiple of
+    ``interval`` (``anchored``), or ``interval`` after it last fired; never when ``interval`` is 0. The next due
+    point (anchored) or the last firing (not) lives in ``holder.<name>``, so a checkpoint of the holder keeps it."""
+
+    def __init__(self, interval: int, holder: Any = None, name: str = "next", anchored: bool = True):
+        self.interval, self.anchored, self.name = interval, anchored, name
+        self.holder = holder if holder is not None else _Holder(interval if anchored else 0)
+
+    @classmethod
+    def after(cls, interval: int, position: int) -> "Ticker":
+        """An anchored ticker for a loop that stands at ``position`` (a resumed one): next due at the next multiple."""
+        ticker = cls(interval)
+        if interval:
+            ticker.holder.next = (position // interval + 1) * interval
+        return ticker
+
+    def due(self, at: int) -> bool:
+        mark = getattr(self.holder, self.name)
+        return self.interval > 0 and (at >= mark if self.anchored else at - mark >= self.interval)
+
+    def fired(self, at: int) -> None:
+        if not self.anchored:
+            setattr(self.holder, self.name, at)
+        elif self.interval:
+            mark = getattr(self.holder, self.name)
+            while mark <= at:
+                mark += self.interval
+            setattr(self.holder, self.name, mark)
+
+
+@dataclass
+class _Holder:
+    next: int
+
+
+class PhaseLoop:
+    """The skeleton of a training phase. The phase adds each update's metrics (:meth:`add`) and calls :meth:`point`
+    after each unit of work (a gradient step offline, an episode or its updates online), which does, in this
+    order: flush the averaged training metrics to MLflow (``log``, metrics at ``at`` in ``unit``s), evaluate (``evaluate``, and always at the end),
+    run the phase's own periodic work (``hooks``), checkpoint (``checkpoint``, never at the end: the stage's end
+    saves), and honour a preemption request (a checkpoint, then :class:`~o2o.checkpoints.Preempted`).
+
+    ``save(rng)`` writes the phase's checkpoint; ``describe(metrics)`` gives the log line and the bar's postfix of
+    a flush; ``extra()`` adds metrics to each flush; ``progress.results`` keeps the latest evaluation."""
+
+    def __init__(self, ctx: RunContext, agent, phase: str, progress, *, log: Ticker, evaluate: Ticker,
+                 checkpoint: Ticker, save: Callable[[Optional[dict]], None],
+                 describe: Callable[[dict], tuple[str, dict]], extra: Callable[[], dict] = dict,
+                 updates_since_log: int = 0, unit: str = "step"):
+        self.ctx, self.agent, self.phase, self.progress, self.unit = ctx, agent, phase, progress, unit
+        self.log_ticker, self.eval_ticker, self.checkpoint_ticker = log, evaluate, checkpoint
+        self.save, self.describe, self.extra = save, describe, extra
+        self.averager = MetricAverager(progress.averager)
+        self.updates_since_log, self.last_time = updates_since_log, time.perf_counter()
+        self.bar = None
+
+    @contextlib.contextmanager
+    def running(self, total: int, desc: str, initial: int = 0):
+        """The phase's progress bar, open while the loop runs."""
+        with self.ctx.progress_bar(total, desc, initial=initial) as self.bar:
+            yield self.bar
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        """One update's metrics, averaged until the next flush."""
+        self.averager.add(metrics)
+        self.updates_since_log += 1
+
+    def point(self, at: int, final: bool, checkpoint_at: Optional[int] = None,
+              hooks: tuple[tuple[Ticker, Callable[[int], None]], ...] = ()) -> None:
+        """After a unit of work at ``at`` (``checkpoint_at``: the count the checkpoint interval is in, if another)."""
+        if self.log_ticker.due(at) or final:
+            self.flush(at)
+            self.log_ticker.fired(at)
+        if self.eval_ticker.due(at) or final:
+            self.progress.results = self.ctx.evaluate(self.agent, self.phase, at)
+            self.eval_ticker.fired(at)
+        for ticker, work in hooks:
+            if ticker.due(at):
+                work(at)
+                ticker.fired(at)
+        count = at if checkpoint_at is None else checkpoint_at
+        if not final and self.checkpoint_ticker.due(count):
+            self.checkpoint_ticker.fired(count)
+            self.save(None)
+        self.honour_preemption(f"{self.phase} {self.unit} {at}")
+
+    def honour_preemption(self, where: str, rng: Optional[dict] = None) -> None:
+        """A requested stop: checkpoint (with ``rng``, the random state to resume from, if not the present one)."""
+        if self.ctx.guard.requested:
+            self.save(rng)
+            raise Preempted(where)
+
+    def flush(self, at: int) -> None:
+        ctx, now = self.ctx, time.perf_counter()
+        metrics = self.averager.pop_means()
+        ctx.check_finite_metrics(metrics, self.phase, at)
+        metrics[M.UPDATES_PER_SECOND] = self.updates_since_log / max(now - self.last_time, 1e-9)
+        metrics.update(self.extra())
+        ctx.tracker.log_metrics({M.train(self.phase, k): v for k, v in metrics.items()}, at)
+        ctx.log_calibration(self.agent, self.phase, at)
+        line, postfix = self.describe(metrics)
+        log.info("%s", line)
+        if self.bar is not None:
+            self.bar.set_postfix(**postfix)
+        self.updates_since_log, self.last_time = 0, now

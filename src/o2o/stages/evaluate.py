@@ -1,4 +1,4 @@
-"""Stage 5: deterministic evaluation episodes, scored with the paper's metric for the domain.
+"""Evaluation: deterministic episodes, scored with the paper's metric for the domain.
 
 References: the Cal-QL paper, appendix D.1 (Adroit and AntMaze: the goal-achieved rate, an
 episode counts if the goal is reached at any step; Kitchen: tasks solved / 4) and the authors'

@@ -1,4 +1,4 @@
-"""Stage 5 (``retrain=ooo``): offline retraining after fine-tuning (OOO: Sobol Mark et al., "Offline Retraining for
+"""Offline retraining (``retrain=ooo``) after fine-tuning (OOO: Sobol Mark et al., "Offline Retraining for
 Online RL: Decoupled Policy Learning to Mitigate Exploration Bias", MaxSobolMark/OOO).
 
 Fine-tuning explores (optimistically, with ``exploration=rnd`` as OOO does); then a fresh agent of the same
@@ -15,7 +15,7 @@ from o2o import metrics as M
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import capture_rng, restore_rng
 from o2o.run_state import RETRAIN_STAGE
-from o2o.stages.common import RunContext, log
+from o2o.stages.common import Learner, RunContext, log
 from o2o.stages.offline import pretrain
 
 
@@ -62,4 +62,4 @@ def retrain(finetuned, make_fresh_agent, offline: TransitionBuffer, online: Tran
     sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.retrain.mixing_ratio)
     log.info("offline retraining: a fresh %s on %d offline and %d online transitions, %d gradient steps",
              cfg.algo.name, len(offline), len(online), cfg.retrain.steps)
-    return pretrain(agent, sampler.sample, cfg.retrain.steps, ctx, phase=M.RETRAIN), agent
+    return pretrain(agent, Learner(agent, sampler.sample), cfg.retrain.steps, ctx, phase=M.RETRAIN), agent
