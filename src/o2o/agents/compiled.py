@@ -10,7 +10,8 @@ are the eager format: the state lives in ``optimizer.state`` as ``torch.optim.Ad
 
 The references for the design: the Cal-QL authors' update is one ``jax.jit`` function (nakamotoo/Cal-QL,
 JaxCQL/conservative_sac.py, ``_train_step``); LeanRL (pytorch-labs/LeanRL) compiles CleanRL's updates with
-``torch.compile`` and CUDA graphs. Measured speed: README "Speed".
+``torch.compile`` and CUDA graphs. Measured speed: README "Speed". The private PyTorch settings and functions this
+needs are in o2o.agents.torch_internals, each checked by a test.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import time
 import weakref
 
 import torch
+
+from o2o.agents import torch_internals as internals
 
 log = logging.getLogger("o2o")
 
@@ -29,10 +32,10 @@ _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8  # torch.optim.Adam's defaults, which Ac
 def adam_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
           exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lrs: torch.Tensor) -> None:
     """torch.optim.Adam's step (no weight decay, no amsgrad), in place, with tensor step counts and rates."""
-    torch._foreach_add_(steps, 1.0)
-    torch._foreach_lerp_(exp_avgs, grads, 1.0 - _BETA1)
-    torch._foreach_mul_(exp_avg_sqs, _BETA2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - _BETA2)
+    internals.foreach_add_(steps, 1.0)
+    internals.foreach_lerp_(exp_avgs, grads, 1.0 - _BETA1)
+    internals.foreach_mul_(exp_avg_sqs, _BETA2)
+    internals.foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - _BETA2)
     for i, param in enumerate(params):
         step_size = lrs[i] / (1.0 - _BETA1 ** steps[i])
         denom = exp_avg_sqs[i].sqrt() / (1.0 - _BETA2 ** steps[i]).sqrt() + _EPS
@@ -59,12 +62,10 @@ class CompiledUpdate:
                         False: [i for i, name in enumerate(self.names) if name not in skipped]}
         self.critic_names = [name for name, _ in agent.critic.named_parameters(prefix="critic")]
         # Stale RNG in the graph would break compiled == eager (IQL's dropout): inductor calls eager's RNG
-        torch._inductor.config.fallback_random = True
+        internals.inductor_calls_eager_rng()
         # Every agent's update is this one code object to Dynamo, compiled once per agent and per variant (actor
         # step or not, calibration on or off): the default limit of 8 stops a run that retrains fresh agents
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit,
-                                                               4 * RECOMPILE_LIMIT)
+        internals.allow_recompiles(RECOMPILE_LIMIT)
         self.cuda_graphs = cuda_graphs
         self._lrs: tuple[tuple[float, ...], torch.Tensor] | None = None
         self._compiled_for: dict[bool, bool] = {}
@@ -84,7 +85,7 @@ class CompiledUpdate:
             if self.cuda_graphs:  # mutated in place by the graph: they must keep their address (new after restore)
                 for t in state[p].values():
                     if t.device.type == "cuda" and (id(t) not in self._static or self._static[id(t)]() is not t):
-                        torch._dynamo.mark_static_address(t)
+                        internals.mark_static_address(t)
                         self._static[id(t)] = weakref.ref(t)
         return ([state[p]["exp_avg"] for p in self.params], [state[p]["exp_avg_sq"] for p in self.params],
                 [state[p]["step"] for p in self.params])
@@ -110,7 +111,7 @@ class CompiledUpdate:
         if not self._compiled_for.get(update_actor):  # each variant compiles at its first call
             self._compiled_for[update_actor] = True
             log.info("update compiled%s in %.1f s", " with CUDA graphs" * self.cuda_graphs, time.perf_counter() - start)
-        self.agent.optimizer._opt_called = True  # what Optimizer.step records, for LR schedulers (IQL's) to check
+        internals.record_optimizer_step(self.agent.optimizer)
         return metrics
 
     def _loss(self, trained: dict, batch, noise: dict, update_actor: bool):
@@ -124,6 +125,6 @@ class CompiledUpdate:
             adam_([self.params[i] for i in idx], [grads[self.names[i]] for i in idx], [exp_avgs[i] for i in idx],
                   [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx], lrs[idx])
             critic = dict(self.agent.critic.named_parameters(prefix="critic"))
-            torch._foreach_lerp_(list(self.agent.critic_target.parameters()),
+            internals.foreach_lerp_(list(self.agent.critic_target.parameters()),
                                  [critic[name] for name in self.critic_names], self.agent.cfg.tau)
         return metrics

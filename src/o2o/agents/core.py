@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from o2o import metrics as M
+from o2o.agents import torch_internals as internals
 from o2o.buffers import Batch
 from o2o.agents.networks import EnsembleCritic, TanhGaussianActor
 from o2o.config import AlgoConfig, SoftActorConfig
@@ -107,7 +108,8 @@ class ActorCritic(nn.Module):
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
+            internals.foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()),
+                                    self.cfg.tau)
         self.grad_steps += 1
         self.after_step()
 
