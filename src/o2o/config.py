@@ -55,7 +55,8 @@ class CollectorConfig:
 
 @dataclass
 class DatasetConfig:
-    # A Minari dataset id (``D4RL/door/cloned-v2``) or a D4RL-format HDF5 file: exactly one.
+    # A Minari dataset id (``D4RL/door/cloned-v2``), or a path: a D4RL-format HDF5 file, or a folder of AWAC's Adroit
+    # files (o2o.data.awac, the Cal-QL paper's data): exactly one.
     id: Optional[str] = None
     path: Optional[str] = None
     download: bool = MISSING  # fetch a Minari dataset that is not local (needs network)
@@ -63,7 +64,8 @@ class DatasetConfig:
 
     def check(self) -> None:
         _require(bool(self.id) != bool(self.path),
-                 "env.dataset: set exactly one of env.dataset.id (a Minari id) or env.dataset.path (a D4RL HDF5 file)")
+                 "env.dataset: set exactly one of env.dataset.id (a Minari id) or env.dataset.path (a D4RL HDF5 file, or a "
+                 "folder of AWAC's Adroit files)")
         if self.collector is not None:
             self.collector.check()
 

@@ -89,3 +89,35 @@ def check_recorded_env(recorded: dict, cfg: EnvConfig, source: str) -> None:
             raise DatasetError(f"{source} records {key}={json.dumps(value, default=str)}, env {cfg.name} runs "
                                f"{key}={json.dumps(ours[key], default=str)}: set env.gym_kwargs.{key} to the "
                                f"recorded value or {fix}")
+
+
+# Parts of an Adroit observation that are differences of two other parts by construction, (d, a, b):
+# obs[d:d+3] == obs[a:a+3] - obs[b:b+3]. From each env's _get_obs (gymnasium_robotics/envs/adroit_hand/adroit_*.py,
+# the layout of mj_envs' v0 envs): door palm - handle, pen object orientation - desired orientation, relocate
+# object - target = (palm - target) - (palm - object).
+ADROIT_LAYOUT = {"AdroitHandDoor-v1": (35, 29, 32), "AdroitHandPen-v1": (42, 33, 36), "AdroitHandRelocate-v1": (36, 33, 30)}
+LAYOUT_TOLERANCE = 1e-3  # float32 storage of float64 positions of order 1
+
+
+def layout_error(observations: np.ndarray, gym_id: str) -> float:
+    """The largest violation of the env's layout identity over the rows (0 when it holds exactly)."""
+    d, a, b = ADROIT_LAYOUT[gym_id]
+    obs = np.asarray(observations, dtype=np.float64)
+    return float(np.abs(obs[:, d:d + 3] - (obs[:, a:a + 3] - obs[:, b:b + 3])).max(initial=0.0))
+
+
+def check_adroit_layout(data: OfflineData, cfg: EnvConfig, env_observation: np.ndarray) -> None:
+    """The data's observations are laid out as the env's: the identity holds in both (a dataset recorded with another
+    ordering or another env version breaks it)."""
+    if cfg.gym_id not in ADROIT_LAYOUT:
+        return
+    d, a, b = ADROIT_LAYOUT[cfg.gym_id]
+    if layout_error(env_observation[None], cfg.gym_id) > LAYOUT_TOLERANCE:
+        raise DatasetError(f"{cfg.gym_id}'s own observation breaks obs[{d}:{d + 3}] = obs[{a}:{a + 3}] - "
+                           f"obs[{b}:{b + 3}]: this Gymnasium-Robotics version changed the layout the data was "
+                           "recorded in; install the version in pyproject.toml")
+    error = layout_error(data.observations, cfg.gym_id)
+    if error > LAYOUT_TOLERANCE:
+        raise DatasetError(f"{data.source}: observations are not laid out as {cfg.gym_id}'s (obs[{d}:{d + 3}] should "
+                           f"be obs[{a}:{a + 3}] - obs[{b}:{b + 3}]; off by up to {error:.3g}): the data was recorded "
+                           "in another env or another observation order; choose the data of this env")

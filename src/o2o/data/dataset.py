@@ -4,17 +4,19 @@ Each source has its reader, and every reader returns an :class:`~o2o.data.offlin
 
 - a Minari dataset, ``env.dataset.id`` (o2o.data.minari), built first by its collector where the env option
   names one (o2o.data.build.collectors);
-- a D4RL-format HDF5 file, ``env.dataset.path`` (o2o.data.d4rl).
+- a D4RL-format HDF5 file, ``env.dataset.path`` (o2o.data.d4rl);
+- a folder of AWAC's Adroit files, ``env.dataset.path`` (o2o.data.awac): the Cal-QL paper's own Adroit data.
 
-A new source (the authors' AWAC files for Adroit, for one) is a module beside these with a reader of the same
-shape, chosen in :func:`read_source`; the checks in o2o.data.checks then apply to it as to every other.
+A new source is a module beside these with a reader of the same shape, chosen in :func:`read_source`; the checks
+in o2o.data.checks then apply to it as to every other.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 from o2o.config import EnvConfig
-from o2o.data.checks import check_finite, check_matches_env, clip_actions
+from o2o.data.awac import is_awac_folder, load_awac
+from o2o.data.checks import ADROIT_LAYOUT, check_adroit_layout, check_finite, check_matches_env, clip_actions
 from o2o.data.d4rl import d4rl_reference_scores, load_d4rl_hdf5
 from o2o.data.minari import collection_lock, fetch_minari, load_minari, minari_is_local
 from o2o.data.offline_data import OfflineData, apply_binary_success, float_or_none
@@ -23,6 +25,8 @@ from o2o.errors import DatasetError
 
 def read_source(cfg: EnvConfig) -> OfflineData:
     """The configured dataset as stored, from whichever source the env option names."""
+    if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
+        return load_awac(cfg.dataset.path, cfg.gym_id)
     if cfg.dataset.path:
         return load_d4rl_hdf5(cfg.dataset.path)
     _collect_if_missing(cfg)
@@ -38,6 +42,8 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
     data = read_source(cfg)
     check_matches_env(data, cfg, observation_shape, action_shape)
     check_finite(data)
+    if cfg.gym_id in ADROIT_LAYOUT:
+        check_adroit_layout(data, cfg, _env_observation(cfg))
     data = clip_actions(data)
     if binary_from_success:
         data = apply_binary_success(data)
@@ -53,6 +59,8 @@ def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[
     normalized scores use the same references as the offline algorithms'.
     A remote dataset is not downloaded for this: (None, None) then.
     """
+    if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
+        return None, None  # AWAC's files carry none: the env option's
     if cfg.dataset.path:
         return d4rl_reference_scores(cfg.dataset.path)
     _collect_if_missing(cfg)
@@ -60,6 +68,16 @@ def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[
         return None, None
     meta = fetch_minari(cfg.dataset.id, download=False).storage.metadata
     return float_or_none(meta.get("ref_min_score")), float_or_none(meta.get("ref_max_score"))
+
+
+def _env_observation(cfg: EnvConfig):
+    """The env's first observation, for the layout check."""
+    from o2o.envs import make_env
+
+    env = make_env(cfg)
+    obs = env.reset(seed=0)[0]
+    env.close()
+    return obs
 
 
 def _collect_if_missing(cfg: EnvConfig) -> None:
