@@ -11,28 +11,42 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT, compose
 from o2o import metrics as M
 from o2o.config import validate
+from o2o import statistics as S
 from o2o.study import available, claims, main, smoke_overrides, sweep_params
 
 STUDIES = available()
 
 
-@pytest.mark.parametrize("study,budget", [(s, b) for s, budgets in STUDIES.items() for b in budgets if b != "smoke"])
+PRESETS = [(s, b) for s, budgets in STUDIES.items() for b in budgets if b != "smoke"]
+PAPER_DISCOUNT = 0.99  # the Cal-QL paper's, every domain (the authors' scripts)
+
+
+@pytest.mark.parametrize("study,budget", PRESETS)
 def test_every_study_preset_composes_for_each_of_its_algorithms(study, budget):
     params = sweep_params(study, budget)
-    assert len(params["seed"]) >= 3 and {"calql", "cql"} <= set(params["algo"])
+    assert len(params["seed"]) >= S.MIN_SEEDS and {"calql", "cql"} <= set(params["algo"])
     for algo in params["algo"]:
         cfg = validate(compose([f"experiment=study/{study}/{budget}", f"algo={algo}"]))
         assert cfg.algo.name == algo
 
 
-def test_the_cpu_presets_keep_the_papers_recipe_but_size_and_discount():
+def discounts(study, budget, extra=()):
+    return {compose([f"experiment=study/{study}/{budget}", f"algo={algo}", *extra]).algo.gamma
+            for algo in sweep_params(study, budget)["algo"]}
+
+
+@pytest.mark.parametrize("study,budget", PRESETS)
+def test_every_study_preset_runs_the_papers_discount(study, budget):
+    assert discounts(study, budget) == {PAPER_DISCOUNT}
+    assert discounts(study, budget, ["algo.gamma=0.95"]) != {PAPER_DISCOUNT}  # a changed discount is seen
+
+
+def test_the_cpu_presets_keep_the_papers_recipe_but_size():
     for study in STUDIES:
         cpu, paper = (compose([f"experiment=study/{study}/{b}", "algo=calql"]) for b in ("cpu", "paper"))
         assert cpu.env.name == paper.env.name and cpu.algo.cql_weight == paper.algo.cql_weight
         assert cpu.algo.reward_scale == paper.algo.reward_scale and cpu.algo.reward_bias == paper.algo.reward_bias
-        assert cpu.schedule.offline_steps < paper.schedule.offline_steps and paper.algo.gamma == 0.99
-        if cpu.algo.gamma != paper.algo.gamma:  # a shorter horizon, so that Q reaches the returns in the budget
-            assert "discount" in (ROOT / "conf" / "experiment" / "study" / study / "cpu.yaml").read_text()
+        assert cpu.schedule.offline_steps <= paper.schedule.offline_steps and cpu.algo.gamma == paper.algo.gamma
     door = compose(["experiment=study/door_calibration/cpu", "algo=cql"])
     assert door.schedule.online_steps == 0 and door.env.dataset.id == "o2o/door/cloned-v0"
 
@@ -44,34 +58,83 @@ def test_smoke_budget_is_the_smoke_preset():
     assert overrides["algo.critic_hidden"] == "[32,32]" and overrides["buffer.batch_size"] == str(smoke.buffer.batch_size)
 
 
-def row(**values):
-    base = {k: math.nan for k in ("gap_mean", "gap_std", "below_v_ref_mean", "below_v_ref_std", "bound_rate_mean",
-                                  "bound_rate_std", "dip_mean", "dip_std", "regret_mean", "regret_std")}
-    return base | values
+def direct(func, *samples):
+    """The 95% interval as rliable computes it, called here directly."""
+    from rliable import library as rly
+
+    arrays = tuple(np.asarray(x, float).reshape(-1, 1) for x in samples)
+    np.random.seed(S.BOOTSTRAP_SEED)  # rliable's stratified bootstrap draws from NumPy's global generator
+    point, ci = rly.get_interval_estimates({"k": arrays if len(arrays) > 1 else arrays[0]}, func, reps=S.BOOTSTRAP_REPS,
+                                           random_state=np.random.RandomState(S.BOOTSTRAP_SEED))
+    return float(np.ravel(point["k"])[0]), float(ci["k"][0, 0]), float(ci["k"][1, 0])
 
 
-def test_claims_are_judged_by_means_and_one_standard_deviation():
-    rows = {"calql": row(gap_mean=5.0, gap_std=1.0, dip_mean=-0.05, dip_std=0.05, regret_mean=0.2, regret_std=0.05),
-            "cql": row(gap_mean=-10.0, gap_std=2.0, dip_mean=-0.4, dip_std=0.1, regret_mean=0.4, regret_std=0.05),
-            "iql": row(regret_mean=0.25, regret_std=0.1)}
-    verdicts = {c: v for c, v, _ in claims(rows)}
-    assert verdicts["After pre-training, CQL's policy Q is below the Monte-Carlo return"] == "holds"
-    assert verdicts["Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)"] == "holds"
-    assert verdicts["CQL unlearns when fine-tuning starts (a dip), Cal-QL does not, or less"] == "holds"
-    # iql's regret is within one std of Cal-QL's: ordered as the paper says, but not clearly
-    assert verdicts["Cal-QL has the lowest cumulative regret"] == "holds, within seed noise"
-    rows["cql"]["gap_mean"] = 3.0
-    verdicts = {c: v for c, v, _ in claims(rows)}
-    assert verdicts["After pre-training, CQL's policy Q is below the Monte-Carlo return"] == "does not hold at this scale"
+def test_the_intervals_are_rliables():
+    from rliable import metrics
+
+    x, y = [0.9, 0.8, 1.0, 0.7, 0.95], [0.2, 0.6, 0.4, 0.1, 0.5]
+    p = S.probability_of_improvement(x, y)
+    assert (p.point, p.low, p.high) == pytest.approx(direct(metrics.probability_of_improvement, x, y))
+    m = S.aggregates(x)
+    assert (m["mean"].point, m["mean"].low, m["mean"].high) == pytest.approx(
+        direct(lambda s: np.array([metrics.aggregate_mean(s)]), x))
+    assert m["iqm"].point == pytest.approx(metrics.aggregate_iqm(np.asarray(x).reshape(-1, 1)))
+    again = S.aggregates(x)  # reproducible, whatever ran in between
+    assert again == m and S.probability_of_improvement(x, y) == p
+
+
+def test_the_verdict_rule():
+    assert S.verdict(S.Interval(0.8, 0.6, 0.95), 0.5, "above") == S.HOLDS
+    assert S.verdict(S.Interval(0.5, 0.3, 0.7), 0.5, "above") == S.INCONCLUSIVE
+    assert S.verdict(S.Interval(0.2, 0.05, 0.4), 0.5, "above") == S.CONTRADICTED
+    assert S.verdict(S.Interval(-3.0, -5.0, -1.0), 0.0, "below") == S.HOLDS
+    assert S.verdict(S.Interval(-3.0, -5.0, 1.0), 0.0, "below") == S.INCONCLUSIVE
+    assert S.verdict(S.Interval(math.nan, math.nan, math.nan), 0.0, "below") == S.INCONCLUSIVE
+    assert S.combine([S.HOLDS, S.HOLDS]) == S.HOLDS
+    assert S.combine([S.HOLDS, S.INCONCLUSIVE]) == S.INCONCLUSIVE
+    assert S.combine([S.HOLDS, S.CONTRADICTED, S.INCONCLUSIVE]) == S.CONTRADICTED
+
+
+def test_claims_are_judged_by_the_intervals():
+    from rliable import metrics
+
+    poi = metrics.probability_of_improvement
+    seeds = {"calql": {"gap": [5.0, 4.0, 6.0, 5.5, 4.5], "bound_rate": [0.0, 0.01, 0.0, 0.02, 0.0],
+                       "below_v_ref": [0.1] * 5, "dip": [-0.05, 0.0, -0.02, 0.01, 0.0],
+                       "regret": [0.2, 0.22, 0.18, 0.21, 0.19]},
+             "cql": {"gap": [-10.0, -12.0, -9.0, -11.0, -8.0], "bound_rate": [0.6, 0.7, 0.5, 0.65, 0.55],
+                     "below_v_ref": [0.9] * 5, "dip": [-0.4, -0.3, -0.5, -0.35, -0.45],
+                     "regret": [0.4, 0.45, 0.38, 0.42, 0.41]},
+             "iql": {"gap": [math.nan] * 5, "bound_rate": [math.nan] * 5, "below_v_ref": [math.nan] * 5,
+                     "dip": [math.nan] * 5, "regret": [0.1, 0.5, 0.2, 0.3, 0.25]}}
+    verdicts = {c: v for c, v, _ in claims(seeds)}
+    # CQL's gap: every seed below 0, so the interval of the mean is too
+    assert direct(lambda s: np.array([metrics.aggregate_mean(s)]), seeds["cql"]["gap"])[2] < 0
+    assert verdicts["After pre-training, CQL's policy Q is below the Monte-Carlo return"] == S.HOLDS
+    assert direct(poi, seeds["calql"]["gap"], seeds["cql"]["gap"])[1] > 0.5
+    assert verdicts["Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)"] == S.HOLDS
+    assert verdicts["Cal-QL's bound leaves fewer policy Q-values below V_ref than CQL has"] == S.HOLDS
+    assert verdicts["CQL unlearns when fine-tuning starts (a dip), Cal-QL does not, or less"] == S.HOLDS
+    # IQL's regret overlaps Cal-QL's: the interval of P(Cal-QL lower) straddles 0.5
+    low, high = direct(poi, seeds["iql"]["regret"], seeds["calql"]["regret"])[1:]
+    assert low <= 0.5 <= high
+    assert verdicts["Cal-QL has the lowest cumulative regret"] == S.INCONCLUSIVE
+    seeds["cql"]["gap"] = [3.0, 4.0, 2.5, 3.5, 3.2]  # CQL above the return on every seed
+    verdicts = {c: v for c, v, _ in claims(seeds)}
+    assert verdicts["After pre-training, CQL's policy Q is below the Monte-Carlo return"] == S.CONTRADICTED
+    seeds["calql"]["gap"] = seeds["cql"]["gap"]  # identical numbers decide nothing
+    verdicts = {c: v for c, v, _ in claims(seeds)}
+    assert verdicts["Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)"] == S.INCONCLUSIVE
 
 
 def test_an_unknown_study_or_budget_stops_with_one_line(capsys):
-    for argv in (["nope"], ["pointmaze_o2o", "--budget", "huge"]):
+    for argv in (["nope"], ["pointmaze_o2o", "--budget", "huge"],
+                 ["pointmaze_o2o", "--budget", "smoke", "--out", str(ROOT / "docs" / "results" / "x")]):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip()
-        assert err.startswith("error:") and "\n" not in err and "choose one of" in err
+        assert err.startswith("error:") and "\n" not in err and ("choose one of" in err or "write it outside" in err)
 
 
 def _fmt(values, digits):
@@ -94,6 +157,7 @@ def test_the_study_command_writes_a_page_whose_table_equals_the_store(tmp_path):
     def history(run, key):
         return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
 
+    per_seed = {}
     for algo in ("calql", "cql"):
         runs = [r for r in children if r.data.tags["algo"] == algo]
         offline = [history(r, M.evaluation(M.OFFLINE, M.SUCCESS_RATE))[-1][1] for r in runs]
@@ -110,7 +174,14 @@ def test_the_study_command_writes_a_page_whose_table_equals_the_store(tmp_path):
         gaps = [history(r, M.calibration(M.OFFLINE, "q_policy"))[-1][1] - history(r, M.calibration(M.OFFLINE, "v_ref"))[-1][1]
                 for r in runs]
         if algo == "cql":
-            assert f"CQL: Q(s, a~pi) - V_ref = {_fmt(gaps, 2)}" in page
+            assert f"CQL: mean Q(s, a~pi) - V_ref = {S.mean_interval(gaps).format(2)}" in page
+        per_seed[algo] = {"final": final, "regret": regret}
+        mean, iqm = S.aggregates(final)["mean"], S.aggregates(final)["iqm"]
+        assert f"| {algo} | - | 2 |" in page and f"{mean.format(3)}, {iqm.format(3)}" in page
+    verdict, p = S.improves(per_seed["calql"]["regret"], per_seed["cql"]["regret"], higher_is_better=False)
+    assert (f"| pointmaze_umaze | cql | cumulative regret (lower is better) | {p.format(2)} | {verdict} |" in page
+            and f"P(Cal-QL's regret lower than cql's) = {p.format(2)}" in page)
+    assert "at the smoke scale (2 seeds per algorithm)" in page and "too wide to decide" in page
     assert "## The paper's claims at this scale" in page and "Cal-QL has the lowest cumulative regret" in page
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", page)
     assert {p.rsplit("/", 1)[1] for p in images} == {"curves_pointmaze_umaze.png", "qcal_pointmaze_umaze.png",

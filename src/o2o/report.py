@@ -124,6 +124,9 @@ def _legacy_name(key: str) -> str:
 # --------------------------------------------------------------------------- the table
 
 
+PER_SEED = "per_seed"  # a table row's per-seed values by column, for the statistics (not a column of its own)
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation over seeds (0 for one seed), ignoring NaN."""
     v = np.asarray([x for x in values if not math.isnan(x)], dtype=float)
@@ -166,6 +169,7 @@ def results_table(records: list[RunRecord], dip_fraction: float = DIP_FRACTION) 
     rows = []
     for key, runs in sorted(groups.items(), key=lambda item: item[0][:2]):
         env, algo = key[:2]
+        per_seed = {}
         row = {"env": env, "algo": algo, "config": _differences(key, groups),
                "dataset": ",".join(sorted({r.dataset for r in runs})),
                "metric": ",".join(sorted({r.metric for r in runs})), "seeds": len(runs)}
@@ -177,8 +181,45 @@ def results_table(records: list[RunRecord], dip_fraction: float = DIP_FRACTION) 
                              ("q_over_v_ref", [r.last(Q_OVER_V_REF) for r in runs]),
                              ("below_v_ref", [r.last(BELOW_V_REF) for r in runs])):
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(values)
+            per_seed[name] = values
+        row[PER_SEED] = per_seed
         rows.append(row)
     return rows
+
+
+def statistics_markdown(rows: list[dict]) -> str:
+    """rliable's aggregates per row (mean and IQM of the scores, mean regret, 95% stratified-bootstrap intervals),
+    and per env the probability that Cal-QL improves on each other row, with the verdict of o2o.statistics."""
+    from o2o import statistics as S
+
+    lines = ["| env | algo | config | seeds | after pre-training: mean, IQM | after fine-tuning: mean, IQM | "
+             "cumulative regret: mean |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        digits = SCORE_DIGITS.get(r["metric"], 3)
+        cells = []
+        for name in ("offline", "final"):
+            a = S.aggregates(r[PER_SEED][name])
+            cells.append("-" if math.isnan(a["mean"].point) else f"{a['mean'].format(digits)}, {a['iqm'].format(digits)}")
+        regret = S.mean_interval(r[PER_SEED]["regret"])
+        lines.append(f"| {r['env']} | {r['algo']} | {r['config'] or '-'} | {r['seeds']} | {cells[0]} | {cells[1]} | "
+                     f"{'-' if math.isnan(regret.point) else regret.format(3)} |")
+    pairs = []
+    for calql in (r for r in rows if r["algo"] == "calql"):
+        for other in (r for r in rows if r["env"] == calql["env"] and r is not calql):
+            for name, label, higher in (("final", "score after fine-tuning", True),
+                                        ("offline", "score after pre-training", True), ("regret", "cumulative regret", False)):
+                x, y = calql[PER_SEED][name], other[PER_SEED][name]
+                if all(math.isnan(v) for v in x) or all(math.isnan(v) for v in y):
+                    continue
+                verdict, p = S.improves(x, y, higher)
+                pairs.append(f"| {calql['env']} | {other['algo']}{' (' + other['config'] + ')' if other['config'] else ''} | "
+                             f"{label} ({'higher' if higher else 'lower'} is better) | {p.format(2)} | {verdict} |")
+    out = "\n".join(lines)
+    if pairs:
+        out += ("\n\nProbability that a Cal-QL run improves on a run of the other row (rliable, 95% interval):\n\n"
+                "| env | against | on | P(Cal-QL better) | verdict |\n|---|---|---|---|---|\n" + "\n".join(pairs))
+    return out + ("\n\nMeans and interquartile means (IQM) over seeds with 95% stratified-bootstrap confidence "
+                  f"intervals, {S.BOOTSTRAP_REPS} resamples (rliable). " + S.RULE + "\n")
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -214,7 +255,8 @@ def to_markdown(rows: list[dict], dip_fraction: float, left_out: list[str] = ())
 
 def to_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["env", "algo"])
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != PER_SEED] if rows else ["env", "algo"],
+                                extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -387,8 +429,9 @@ def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip
     rows = results_table(records, dip_fraction)
     _, left_out = group_runs(records)
     (out_dir / "table.md").write_text(to_markdown(rows, dip_fraction, left_out))
+    (out_dir / "statistics.md").write_text(statistics_markdown(rows))
     to_csv(rows, out_dir / "table.csv")
-    files = [out_dir / "table.md", out_dir / "table.csv"]
+    files = [out_dir / "table.md", out_dir / "statistics.md", out_dir / "table.csv"]
     for env in sorted({r.env for r in records}):
         runs = [r for r in records if r.env == env]
         figures = [("curves", curves_figure), ("qcal", qcal_figure)]

@@ -3,9 +3,10 @@
 A study is a preset ``conf/experiment/study/<name>/<budget>.yaml`` that bundles the env, data, schedule, network
 sizes and the sweep (algorithms and seeds, ``hydra.sweeper.params``). This command runs that sweep with
 ``src/main.py -m`` (local processes one after another by default, ``--launcher slurm`` on a cluster), finds the
-sweep's MLflow parent run, and writes ``docs/results/<name>.md`` from the children's MLflow records: the report's
-table, learning curves with the offline -> online switch, the calibration plots, the paper's claims each checked
-against the numbers, and the exact command and commit. ``--page-only PARENT_RUN_ID`` rewrites the page of a sweep
+sweep's MLflow parent run, and writes ``docs/results/<name>-<budget>.md`` from the children's MLflow records (a
+smoke page goes to ``outputs/study-pages``): the report's table and rliable's statistics, learning curves with the
+offline -> online switch, the calibration plots, the paper's claims each judged by the rule of o2o.statistics, and
+the exact command and commit. ``--page-only PARENT_RUN_ID`` rewrites the page of a sweep
 that has run.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from o2o import metrics as M
+from o2o import statistics as S
 from o2o.errors import UserError
 
 STUDIES = Path(importlib.util.find_spec("o2o_conf").origin).parent / "experiment" / "study"  # conf/ as installed
@@ -113,75 +115,66 @@ def machine() -> str:
 # --------------------------------------------------------------------------- the paper's claims
 
 
-def claims(rows: dict[str, dict]) -> list[tuple[str, str, str]]:
-    """The paper's claims that this study's numbers can check: (claim, verdict, the numbers). Calibration is the
-    paper's (Def. 4.1): the learned policy's Q, Q(s, a ~ pi), against the behaviour policy's return V_ref(s)."""
+def claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str]]:
+    """The paper's claims that this study's numbers can check: (claim, verdict, the numbers), judged by the one rule
+    of o2o.statistics on each algorithm's per-seed values (``seeds[algo][name]``: ``gap``, Q(s, a~pi) - V_ref after
+    pre-training; ``bound_rate``; ``below_v_ref``; ``dip``; ``regret``). Calibration is the paper's (Def. 4.1): the
+    learned policy's Q, Q(s, a ~ pi), against the behaviour policy's return V_ref(s)."""
     out = []
-    calql, cql = rows.get("calql"), rows.get("cql")
+    calql, cql = seeds.get("calql"), seeds.get("cql")
 
-    def fmt(mean, std, digits=3):
-        return "n/a" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    def has(values) -> bool:
+        return values is not None and any(not math.isnan(v) for v in values)
 
-    def verdict(holds: bool, clear: bool) -> str:
-        return "holds" if holds and clear else "holds, within seed noise" if holds else "does not hold at this scale"
-
-    if calql and cql:
-        g_cal, s_cal = calql["gap_mean"], calql["gap_std"]
-        g_cql, s_cql = cql["gap_mean"], cql["gap_std"]
-        if not (math.isnan(g_cal) or math.isnan(g_cql)):
-            out.append((
-                "After pre-training, CQL's policy Q is below the Monte-Carlo return",
-                verdict(g_cql < 0, g_cql + s_cql < 0),
-                f"CQL: Q(s, a~pi) - V_ref = {fmt(g_cql, s_cql, 2)}; Q(s, a_data) < V_ref on "
-                f"{fmt(cql['below_v_ref_mean'], cql['below_v_ref_std'], 2)} of the fixed batch"))
-            out.append((
-                "Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)",
-                verdict(g_cal > g_cql, g_cal - s_cal > g_cql + s_cql),
-                f"Q(s, a~pi) - V_ref: Cal-QL {fmt(g_cal, s_cal, 2)}, CQL {fmt(g_cql, s_cql, 2)}"))
-        b_cal, bs_cal = calql["bound_rate_mean"], calql["bound_rate_std"]
-        b_cql, bs_cql = cql["bound_rate_mean"], cql["bound_rate_std"]
-        if not math.isnan(b_cal):
-            out.append((
-                "Cal-QL's bound leaves fewer policy Q-values below V_ref than CQL has",
-                verdict(b_cal < b_cql, b_cal + bs_cal < b_cql - bs_cql) if not math.isnan(b_cql) else "n/a",
-                f"fraction of Q(s, a~pi) < V_ref after pre-training: Cal-QL {fmt(b_cal, bs_cal)}, CQL {fmt(b_cql, bs_cql)}"))
-        if not math.isnan(calql["dip_mean"]) and not math.isnan(cql["dip_mean"]):
-            d_cal, ds_cal, d_cql, ds_cql = calql["dip_mean"], calql["dip_std"], cql["dip_mean"], cql["dip_std"]
-            out.append((
-                "CQL unlearns when fine-tuning starts (a dip), Cal-QL does not, or less",
-                verdict(d_cql < 0 and d_cal > d_cql, d_cql + ds_cql < 0 and d_cal - ds_cal > d_cql + ds_cql),
-                f"dip (lowest score in the first 10% of fine-tuning minus the pre-trained score): Cal-QL "
-                f"{fmt(d_cal, ds_cal)}, CQL {fmt(d_cql, ds_cql)}"))
-    if calql and not math.isnan(calql["regret_mean"]):
-        others = {a: r for a, r in rows.items() if a != "calql" and not math.isnan(r["regret_mean"])}
+    if calql and cql and has(calql["gap"]) and has(cql["gap"]):
+        below = S.mean_interval(cql["gap"])
+        out.append(("After pre-training, CQL's policy Q is below the Monte-Carlo return",
+                    S.verdict(below, 0.0, "below"),
+                    f"CQL: mean Q(s, a~pi) - V_ref = {below.format(2)}; Q(s, a_data) < V_ref on "
+                    f"{S.mean_interval(cql['below_v_ref']).format(2)} of the fixed batch"))
+        verdict, p = S.improves(calql["gap"], cql["gap"])
+        out.append(("Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)", verdict,
+                    f"P(Cal-QL's Q(s, a~pi) - V_ref > CQL's) = {p.format(2)}; means: Cal-QL "
+                    f"{S.mean_interval(calql['gap']).format(2)}, CQL {below.format(2)}"))
+    if calql and cql and has(calql["bound_rate"]) and has(cql["bound_rate"]):
+        verdict, p = S.improves(calql["bound_rate"], cql["bound_rate"], higher_is_better=False)
+        out.append(("Cal-QL's bound leaves fewer policy Q-values below V_ref than CQL has", verdict,
+                    f"P(Cal-QL's fraction of Q(s, a~pi) < V_ref is lower) = {p.format(2)}; means: Cal-QL "
+                    f"{S.mean_interval(calql['bound_rate']).format(3)}, CQL {S.mean_interval(cql['bound_rate']).format(3)}"))
+    if calql and cql and has(calql["dip"]) and has(cql["dip"]):
+        cql_dip = S.mean_interval(cql["dip"])
+        verdict, p = S.improves(calql["dip"], cql["dip"])
+        out.append(("CQL unlearns when fine-tuning starts (a dip), Cal-QL does not, or less",
+                    S.combine([S.verdict(cql_dip, 0.0, "below"), verdict]),
+                    f"dip (lowest score in the first 10% of fine-tuning minus the pre-trained score): CQL "
+                    f"{cql_dip.format(3)}, Cal-QL {S.mean_interval(calql['dip']).format(3)}; P(Cal-QL's dip "
+                    f"smaller) = {p.format(2)}"))
+    if calql and has(calql["regret"]):
+        others = {a: v for a, v in seeds.items() if a != "calql" and has(v["regret"])}
         if others:
-            best_other = min(others, key=lambda a: others[a]["regret_mean"])
-            o = others[best_other]
-            out.append((
-                "Cal-QL has the lowest cumulative regret",
-                verdict(calql["regret_mean"] < o["regret_mean"],
-                        calql["regret_mean"] + calql["regret_std"] < o["regret_mean"] - o["regret_std"]),
-                ", ".join(f"{a}: {fmt(r['regret_mean'], r['regret_std'])}" for a, r in sorted(rows.items())
-                          if not math.isnan(r["regret_mean"]))))
+            parts = {a: S.improves(calql["regret"], v["regret"], higher_is_better=False) for a, v in sorted(others.items())}
+            out.append(("Cal-QL has the lowest cumulative regret", S.combine(v for v, _ in parts.values()),
+                        "; ".join(f"P(Cal-QL's regret lower than {a}'s) = {p.format(2)}" for a, (_, p) in parts.items())
+                        + "; means: " + ", ".join(f"{a} {S.mean_interval(v['regret']).format(3)}"
+                                                  for a, v in sorted(seeds.items()) if has(v["regret"]))))
     return out
 
 
 # --------------------------------------------------------------------------- the page
 
 
-def study_rows(records) -> dict[str, dict]:
-    """The report's table rows (one configuration per algorithm in a study), with the calibration numbers the
-    claims need: Q(s, a~pi) - V_ref and the bound rate at the end of pre-training."""
-    from o2o.report import mean_std, results_table
+def study_seeds(records) -> dict[str, dict[str, list[float]]]:
+    """Per algorithm, the per-seed values the claims need (one configuration per algorithm in a study): the report's
+    table columns, and Q(s, a~pi) - V_ref and the bound rate at the end of pre-training."""
+    from o2o.report import PER_SEED, group_runs, results_table
 
-    rows = {row["algo"]: row for row in results_table(records)}
-    for algo, row in rows.items():
-        runs = [r for r in records if r.algo == algo]
-        gaps = [r.last(M.calibration(M.OFFLINE, "q_policy")) - r.last(M.calibration(M.OFFLINE, "v_ref")) for r in runs]
-        row["gap_mean"], row["gap_std"] = mean_std(gaps)
-        row["bound_rate_mean"], row["bound_rate_std"] = mean_std(
-            [r.last(M.calibration(M.OFFLINE, "bound_rate")) for r in runs])
-    return rows
+    groups, _ = group_runs(records)
+    seeds = {row["algo"]: dict(row[PER_SEED]) for row in results_table(records)}
+    for (_, algo, _), runs in groups.items():
+        seeds[algo]["gap"] = [r.last(M.calibration(M.OFFLINE, "q_policy")) - r.last(M.calibration(M.OFFLINE, "v_ref"))
+                              for r in runs]
+        seeds[algo]["bound_rate"] = [r.last(M.calibration(M.OFFLINE, "bound_rate")) for r in runs]
+    return seeds
 
 
 def write_page(client, experiment: str, parent: str, name: str, budget: str, out: Path, command: str,
@@ -195,21 +188,23 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     if len({(r.env, r.algo) for r in result["records"]}) != len(algos):
         raise UserError(f"study {name}: the sweep's runs span several envs per algorithm; a study page compares "
                         "one env")
-    rows = study_rows(result["records"])
+    seeds = study_seeds(result["records"])
     table = (figures / "table.md").read_text()
     preset = f"conf/experiment/study/{name}/{'cpu' if budget == SMOKE else budget}.yaml" + (
         " at the size of conf/experiment/smoke.yaml (a check that the study runs; its numbers mean nothing)"
         if budget == SMOKE else "")
-    lines = [f"# Study `{name}` ({budget} budget)", "", preset_header(name, budget), "",
-             f"Preset: `{preset}`. MLflow: experiment `{experiment}`, sweep parent "
+    n_seeds = min(len(v["regret"]) for v in seeds.values()) if seeds else 0
+    lines = [f"# Study `{name}` at the {budget} scale ({n_seeds} seeds per algorithm)", "", preset_header(name, budget),
+             "", f"Preset: `{preset}`. MLflow: experiment `{experiment}`, sweep parent "
              f"run `{parent}`, {result['runs']} finished runs.", "",
              "## The paper's claims at this scale", "",
-             "| claim | verdict | numbers (mean ± std over seeds) |", "|---|---|---|"]
-    checked = claims(rows)
+             "| claim | verdict | numbers (point estimate [95% interval]) |", "|---|---|---|"]
+    checked = claims(seeds)
     lines += [f"| {c} | {v} | {n} |" for c, v, n in checked] or ["| (none: the study has no Cal-QL and CQL pair) | | |"]
-    lines += ["", "A claim *holds* when the means are ordered as the paper says and the difference is larger than one "
-              "standard deviation on each side; *within seed noise* when only the means are.", "",
-              "## Results", "", table, ""]
+    lines += ["", S.RULE + (f" With fewer than {S.MIN_SEEDS} seeds the intervals are too wide to decide much."
+                            if n_seeds < S.MIN_SEEDS else ""), "",
+              "## Results", "", table, "", "### Statistics (rliable)", "",
+              (figures / "statistics.md").read_text(), ""]
     for png in sorted(figures.glob("*.png")):
         lines += [f"![{png.stem}]({stem}/{png.name})", ""]
     lines += ["## How this page was made", "", "```", command, "```", "",
@@ -235,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="cpu (about an hour on a 2-core CPU), paper, or smoke (the cpu preset at the smoke size)")
     parser.add_argument("--launcher", default="local", choices=sorted(LAUNCHERS),
                         help="local: one job after another here; local-parallel: all at once; slurm: sbatch jobs")
-    parser.add_argument("--out", default=str(PAGE_DIR), help="where the page goes (default docs/results)")
+    parser.add_argument("--out", default=str(PAGE_DIR), help="where the page goes (default docs/results; smoke pages: "
+                                                             "outputs/study-pages, never docs/results)")
     parser.add_argument("--experiment", default="o2o", help="the MLflow experiment the runs go to")
     parser.add_argument("--page-only", metavar="PARENT_RUN_ID", help="write the page of a sweep that has run")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every job, e.g. hydra.sweeper.params.seed=0,1")
@@ -257,6 +253,12 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     if args.budget not in studies[args.name]:
         raise UserError(f"study {args.name} has no {args.budget!r} budget: choose one of {', '.join(studies[args.name])}")
     out = Path(args.out)
+    if args.budget == SMOKE:  # a smoke page shows that the page works, not a claim: never among the results
+        if args.out == str(PAGE_DIR):
+            out = outputs_dir() / "study-pages"
+        elif PAGE_DIR.resolve() in (out.resolve(), *out.resolve().parents):
+            raise UserError(f"a smoke-budget page proves that the page works, not a claim: write it outside "
+                            f"{PAGE_DIR} (--out), e.g. the default {outputs_dir() / 'study-pages'}")
     out.mkdir(parents=True, exist_ok=True)
     overrides = [*args.overrides, f"mlflow_experiment={args.experiment}"]
     client = MlflowClient(default_tracking_uri())
