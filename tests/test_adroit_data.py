@@ -59,7 +59,7 @@ def test_built_human_door_loads_back_with_the_same_arrays(built_door):
     from o2o.data.build.adroit import human_door_episodes
     from o2o.data.minari import load_minari
 
-    episodes = human_door_episodes(ASSETS / "door-v0_human_demos.npz")
+    episodes = human_door_episodes(np.load(ASSETS / "door-v0_human_demos.npz"))
     data = load_minari("o2o-test/door/human-v0", [], download=False)
     np.testing.assert_allclose(data.observations, np.concatenate([e.observations[:-1] for e in episodes]))
     np.testing.assert_allclose(data.next_observations, np.concatenate([e.observations[1:] for e in episodes]))

@@ -1,4 +1,5 @@
-"""Adroit datasets built from the DAPG assets, the way D4RL made its Adroit data.
+"""Adroit datasets built from the DAPG assets (o2o.data.build.hand_dapg: the hand_dapg repository's files or their
+arrays), the way D4RL made its Adroit data.
 
 - ``o2o/door/human-v0``: the 25 teleoperated door demonstrations as recorded.
 - ``o2o/<task>/expert-v0``: episodes of the DAPG expert policy with its own noise.
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from o2o.data.build.collectors import write_minari_atomically
+from o2o.data.build.hand_dapg import door_demonstrations, expert_policy
 from o2o.envs import register_robotics
 from o2o.rollout import rollout
 
@@ -39,8 +41,8 @@ D4RL_CLONED_EPISODES = 2500
 class DapgPolicy:
     """The DAPG expert: a tanh MLP Gaussian policy stored as plain arrays."""
 
-    def __init__(self, path: str | Path, rng: np.random.Generator):
-        params = np.load(path)
+    def __init__(self, params, rng: np.random.Generator):
+        """``params``: the arrays of o2o.data.build.hand_dapg.expert_policy."""
         self.layers = [(params[f"W{i}"], params[f"b{i}"]) for i in range(3)]
         self.in_shift, self.in_scale = params["in_shift"], params["in_scale"]
         self.out_shift, self.out_scale = params["out_shift"], params["out_scale"]
@@ -86,9 +88,9 @@ def run_episode(env: gym.Env, policy, seed: int) -> Episode:
                    run.terminated)
 
 
-def human_door_episodes(demos_path: str | Path) -> list[Episode]:
-    """The 25 demonstrations as recorded; the last step of each (no next observation) is dropped."""
-    demos = np.load(demos_path)
+def human_door_episodes(demos) -> list[Episode]:
+    """The 25 demonstrations as recorded (the arrays of o2o.data.build.hand_dapg.door_demonstrations); the last step
+    of each (no next observation) is dropped."""
     episodes, start = [], 0
     for length in demos["episode_lengths"]:
         stop = start + int(length)
@@ -189,7 +191,7 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
         report[dataset_id] = {**summarize(episodes), "ref_min_score": ref[0], "ref_max_score": ref[1]}
 
     for task in tasks:
-        expert = DapgPolicy(assets / f"{task}-v0_expert_policy.npz", rng)
+        expert = DapgPolicy(expert_policy(assets, task), rng)
         ref = reference_scores(task, expert, reference_episodes, seed=10_000 + seed)
         env = make_adroit(task)
         experts = [run_episode(env, expert, seed * 100_000 + i)
@@ -199,9 +201,10 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
              f"{expert_episodes} episodes of the DAPG expert policy for {task} sampled with its own Gaussian noise "
              f"in {TASKS[task]}, {HORIZON[task]} steps each. ref scores: uniform random policy / sampled expert, "
              f"{reference_episodes} episodes each. Built by o2o from the hand_dapg assets.")
-        if task != "door" or not (assets / "door-v0_human_demos.npz").exists():
+        demos = door_demonstrations(assets) if task == "door" else None
+        if demos is None:
             continue
-        human = human_door_episodes(assets / "door-v0_human_demos.npz")
+        human = human_door_episodes(demos)
         save(f"{namespace}/door/human-v0", task, human, ref,
              "The 25 DAPG teleoperated door demonstrations (D4RL door-human) as recorded in the old door-v0 "
              "(rewards as recorded; success = hinge angle >= 1.35 rad; the last step of each demonstration, "

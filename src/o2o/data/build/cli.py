@@ -1,18 +1,21 @@
 """``o2o-data``: build local datasets from the DAPG assets and list the datasets a run can use.
 
-    o2o-data build-adroit --assets ../shared/data/hand_dapg
+    o2o-data build-adroit --assets ../shared/data/hand_dapg      # the assets as .npz arrays
+    o2o-data build-adroit --assets ~/src/hand_dapg               # a clone of aravindr93/hand_dapg (its pickles)
     o2o-data list
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import yaml
 
 from o2o.data.build.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
 from o2o.data.minari import minari_root
+from o2o.errors import DatasetError
 
 
 
@@ -67,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build-adroit", help="build Adroit datasets from the DAPG policies and demonstrations")
-    b.add_argument("--assets", default="../shared/data/hand_dapg", help="folder with the hand_dapg .npz files")
+    b.add_argument("--assets", default="../shared/data/hand_dapg",
+                   help="a clone of aravindr93/hand_dapg (its dapg/policies and dapg/demonstrations pickles), or a "
+                        "folder of the same numbers as .npz arrays (../shared/data/hand_dapg)")
     b.add_argument("--namespace", default="o2o", help="Minari namespace (never an official one such as D4RL)")
     b.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     b.add_argument("--expert-episodes", type=int, default=50)
@@ -90,11 +95,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.namespace.split("/")[0] in ("D4RL", "mujoco"):
         parser.error(f"--namespace {args.namespace} is an official one; choose your own")
     if not Path(args.assets).is_dir():
-        parser.error(f"--assets {args.assets} is not a folder (it should hold door-v0_expert_policy.npz, ...)")
+        parser.error(f"--assets {args.assets} is not a folder (a clone of aravindr93/hand_dapg, or one holding "
+                     "door-v0_expert_policy.npz, ...)")
     expert, cloned = (D4RL_EXPERT_EPISODES, D4RL_CLONED_EPISODES) if args.d4rl_size else (
         args.expert_episodes, args.cloned_episodes)
-    report = build(args.assets, args.namespace, args.tasks, expert, cloned, args.bc_steps, args.bc_noise,
-                   args.reference_episodes, args.seed, args.overwrite)
+    try:
+        report = build(args.assets, args.namespace, args.tasks, expert, cloned, args.bc_steps, args.bc_noise,
+                       args.reference_episodes, args.seed, args.overwrite)
+    except DatasetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     for dataset_id, summary in report.items():
         if summary.get("skipped"):
             print(f"{dataset_id}: exists, skipped")
