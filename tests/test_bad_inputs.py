@@ -57,7 +57,7 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "unknown gym id": (["env.gym_id=Nope-v0"], {}, "env.gym_id=Nope-v0 cannot be made"),
     "unknown env kwarg": (["+env.gym_kwargs.nope=1"], {}, "env.gym_kwargs do not fit"),
     "missing hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/missing.hdf5"], {}, "does not exist"),
-    "hdf5 is a folder": (["env.dataset.id=null", "env.dataset.path={tmp}"], {}, "does not exist"),
+    "hdf5 is a folder": (["env.dataset.id=null", "env.dataset.path={tmp}"], {}, "a folder of AWAC files, which exist for"),
     "corrupt hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/corrupt.hdf5"], {}, "cannot be read as a D4RL HDF5"),
     "empty hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/empty.hdf5"], {}, "cannot be read as a D4RL HDF5"),
     "truncated hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/truncated.hdf5"], {}, "cannot be read"),

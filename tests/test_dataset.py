@@ -77,6 +77,7 @@ def test_missing_minari_dataset_is_downloaded_when_network_is_allowed(monkeypatc
         raise ConnectionError("no route to host")
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("o2o.data.minari.hub_unreachable", lambda: None)  # a machine with network
     monkeypatch.setattr(minari, "download_dataset", fake_download)
     with pytest.raises(DatasetError, match="download failed"):
         fetch_minari("D4RL/door/cloned-v2", download=True)
@@ -147,20 +148,55 @@ def test_a_partial_downloaded_dataset_names_the_folder_to_delete(monkeypatch, tm
         fetch_minari("D4RL/door/cloned-v2", download=True)
 
 
-def test_a_download_reaches_the_real_hub_client_and_a_refused_network_is_one_clear_error(tmp_path):
-    """The real huggingface_hub client, the real download call, the network refused (a closed local port):
-    a missing client ("huggingface_hub is not installed") can never pass again."""
+def _fetch_in_a_fresh_process(tmp_path, endpoint):
     import os
     import subprocess
     import sys
+    import time
 
     code = ("from o2o.data.minari import fetch_minari\n"
             "try:\n    fetch_minari('D4RL/door/cloned-v2', download=True)\n"
             "except Exception as err:\n    print(type(err).__name__, err)\n")
-    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0", "MINARI_DATASETS_PATH": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env).stdout
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "MINARI_DATASETS_PATH": str(tmp_path)}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    return done.stdout, done.stderr, time.monotonic() - start
+
+
+def test_an_unreachable_hub_is_one_line_at_once_with_every_route(tmp_path):
+    """No network (a closed local port): one attempt, no retries, and the three routes with their commands."""
+    out, err, seconds = _fetch_in_a_fresh_process(tmp_path, "http://127.0.0.1:9")
+    assert out.startswith("DatasetError") and "cannot be reached" in out and out.count("\n") == 1, out
+    assert "minari download D4RL/door/cloned-v2" in out and "env.dataset.id=null env.dataset.path=DIR" in out
+    assert "o2o-data build-adroit --assets HAND_DAPG_DIR --tasks door" in out and "env.dataset.id=o2o/door/cloned-v0" in out
+    assert "Retry" not in err and "retry" not in err.lower(), err
+    assert seconds < 20, seconds  # the interpreter and imports; the retry storm took 50 s
+
+
+def test_a_reachable_hub_that_fails_goes_through_the_real_hub_client(tmp_path):
+    """A hub that answers but serves nothing (a local HTTP server answering 404): the real huggingface_hub client
+    and the real download call run, and their failure is one clear error (a missing client can never pass)."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out, _, _ = _fetch_in_a_fresh_process(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
     assert out.startswith("DatasetError") and "the download failed (" in out, out
-    assert "Connect" in out and "not installed" not in out and "ImportError" not in out, out
+    assert "not installed" not in out and "ImportError" not in out, out
     assert "o2o-data build-adroit" in out  # the offline route for Adroit
 
 

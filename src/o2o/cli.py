@@ -36,20 +36,23 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     try:
         final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
-    except UserError as err:
-        log.error("%s", err)
+    except (UserError, Diverged) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.error("%s", err)
             raise  # the sweep records this job as failed and goes on with the others
+        _log_to_files(err)  # the run's log keeps it; the terminal gets it once, below
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Diverged as err:
-        log.error("%s", err)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+        sys.exit(3 if isinstance(err, Diverged) else 2)
     headline = cfg.domain.metric  # the sweep's objective: the paper's score, fine-tuned if there was fine-tuning
     return final.get(M.summary(M.ONLINE, headline), final.get(M.summary(M.OFFLINE, headline)))
+
+
+def _log_to_files(err: Exception) -> None:
+    """The error into the run's log file (Hydra's file handler), not onto the console a second time."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (err,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ def check_finite(data: OfflineData) -> None:
             raise DatasetError(f"{data.source}: {bad} transitions with non-finite values (NaN or inf) in {name}; "
                                "clean the dataset or choose another one")
 
+
 def check_matches_env(data: OfflineData, cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> None:
     got_obs, got_act = data.observations.shape[1:], data.actions.shape[1:]
     if tuple(got_obs) != tuple(observation_shape) or tuple(got_act) != tuple(action_shape):
@@ -38,7 +39,9 @@ def check_matches_env(data: OfflineData, cfg: EnvConfig, observation_shape: tupl
             f"actions {tuple(action_shape)}. Choose the dataset recorded in this env (env.dataset.id / "
             "env.dataset.path) or fix env.obs_keys.")
 
+
 IGNORED_KWARGS = ("render_mode",)  # how an env is shown, not which task it is
+
 
 def effective_env_kwargs(gym_id: str, gym_kwargs: dict, keys) -> dict:
     """The kwargs the configured env really runs with, for ``keys``: the config's, else the registration's,
@@ -66,6 +69,7 @@ def effective_env_kwargs(gym_id: str, gym_kwargs: dict, keys) -> dict:
                 if k in params and params[k].default is not inspect.Parameter.empty and k not in merged:
                     merged[k] = params[k].default
     return {k: merged[k] for k in keys if k in merged}
+
 
 def check_recorded_env(recorded: dict, cfg: EnvConfig, source: str) -> None:
     """Stop with one line when the env option runs another task than the dataset records (id, horizon, kwargs)."""
@@ -96,6 +100,8 @@ def check_recorded_env(recorded: dict, cfg: EnvConfig, source: str) -> None:
 # the layout of mj_envs' v0 envs): door palm - handle, pen object orientation - desired orientation, relocate
 # object - target = (palm - target) - (palm - object).
 ADROIT_LAYOUT = {"AdroitHandDoor-v1": (35, 29, 32), "AdroitHandPen-v1": (42, 33, 36), "AdroitHandRelocate-v1": (36, 33, 30)}
+
+
 LAYOUT_TOLERANCE = 1e-3  # float32 storage of float64 positions of order 1
 
 

@@ -23,6 +23,7 @@ def load_d4rl_hdf5(path: str) -> OfflineData:
         raise DatasetError(f"{path} cannot be read as a D4RL HDF5 file ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else 'no detail'}): check the file, or download it again") from None
 
+
 def _read_d4rl_hdf5(path: str) -> OfflineData:
     """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
 

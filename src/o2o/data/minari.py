@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from o2o.config import EnvConfig
+from o2o.data.awac import TASKS as AWAC_GYM_IDS
 from o2o.data.checks import check_recorded_env
 from o2o.data.minari_hdf5 import concatenate_episodes, read_minari_hdf5
 from o2o.data.offline_data import OfflineData, float_or_none
@@ -19,30 +20,64 @@ from o2o.errors import DatasetError
 def minari_root() -> str:
     return os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
 
+
 def minari_is_local(dataset_id: str) -> bool:
     """A complete local copy: its data file and metadata (a folder without them is a partial leftover)."""
     data = os.path.join(minari_root(), dataset_id, "data")
     return all(os.path.isfile(os.path.join(data, name)) for name in ("main_data.hdf5", "metadata.json"))
 
+
 def minari_is_partial(dataset_id: str) -> bool:
     return os.path.isdir(os.path.join(minari_root(), dataset_id)) and not minari_is_local(dataset_id)
+
 
 def _offline_network() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
+
 ADROIT_TASKS = ("door", "pen", "relocate", "hammer")
+AWAC_TASKS = tuple(AWAC_GYM_IDS.values())  # the Adroit tasks the paper trains on AWAC's files
+
 
 def _missing_message(dataset_id: str, reason: str) -> str:
+    """Why the dataset cannot be had, and every route to it, each with its command."""
     parts = dataset_id.split("/")
-    offline_route = ""
+    here = os.path.join(minari_root(), dataset_id)
+    routes = [f"download it where there is network (`minari download {dataset_id}`) and copy the folder to {here} "
+              "(or set MINARI_DATASETS_PATH)"]
     if len(parts) == 3 and parts[0] == "D4RL" and parts[1] in ADROIT_TASKS:
-        offline_route = (f" Without network, build Adroit data from the DAPG assets (`o2o-data build-adroit --assets "
-                         f"DIR`) and use it with env.dataset.id=o2o/{parts[1]}/expert-v0"
-                         + (" (door also: o2o/door/cloned-v0, o2o/door/human-v0)." if parts[1] == "door" else "."))
-    return (f"Minari dataset '{dataset_id}' is not available locally (looked in {os.path.join(minari_root(), dataset_id)}; "
-            f"set MINARI_DATASETS_PATH to look elsewhere) and {reason}. "
-            f"Download it on a machine with network (`minari download {dataset_id}`) and copy it there, "
-            "or point env.dataset.path at a D4RL-format HDF5 file." + offline_route)
+        task = parts[1]
+        if task in AWAC_TASKS:
+            routes.append("train on the paper's own data, AWAC's files (linked from the Cal-QL README): "
+                          "`env.dataset.id=null env.dataset.path=DIR`")
+        built = f"o2o/{task}/cloned-v0" if task == "door" else f"o2o/{task}/expert-v0"
+        routes.append(f"build it offline from the hand_dapg repository's files (`o2o-data build-adroit --assets "
+                      f"HAND_DAPG_DIR --tasks {task}`), then `env.dataset.id={built}`")
+    else:
+        routes.append("point env.dataset.path at a D4RL-format HDF5 file (`env.dataset.id=null env.dataset.path=FILE`)")
+    numbered = "; ".join(f"({i}) {r}" for i, r in enumerate(routes, 1))
+    return f"Minari dataset '{dataset_id}' is not in {here} and {reason}. Routes: {numbered}."
+
+
+HUB_TIMEOUT_S = 5.0  # one connection attempt; a reachable hub answers a TCP connect in well under a second
+
+
+def hub_unreachable() -> str | None:
+    """None when the Hugging Face hub Minari downloads from accepts a connection, else why not. One attempt, so
+    that a machine without network learns it at once instead of through huggingface_hub's retries."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as err:
+        return f"the hub at {constants.ENDPOINT} cannot be reached ({type(err).__name__}: {err.strerror or err})"
+    return None
+
 
 def fetch_minari(dataset_id: str, download: bool):
     """Open a local Minari dataset, downloading it first if allowed and possible."""
@@ -56,13 +91,19 @@ def fetch_minari(dataset_id: str, download: bool):
             raise DatasetError(_missing_message(dataset_id, "env.dataset.download is false"))
         if _offline_network():
             raise DatasetError(_missing_message(dataset_id, "HF_HUB_OFFLINE=1 forbids a download"))
+        unreachable = hub_unreachable()
+        if unreachable:
+            raise DatasetError(_missing_message(dataset_id, unreachable))
         try:
             minari.download_dataset(dataset_id)
         except Exception as err:  # no network, unknown id, hub error
             raise DatasetError(_missing_message(dataset_id, f"the download failed ({type(err).__name__}: {err})")) from err
     return minari.load_dataset(dataset_id)
 
+
 @contextlib.contextmanager
+
+
 def collection_lock():
     os.makedirs(minari_root(), exist_ok=True)
     with open(os.path.join(minari_root(), ".o2o-collect.lock"), "w") as handle:
@@ -71,6 +112,7 @@ def collection_lock():
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
 
 def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True,
                 env_cfg: Optional[EnvConfig] = None) -> OfflineData:
@@ -95,6 +137,7 @@ def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True,
         source=f"minari:{dataset_id}", metadata={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     )
 
+
 def _read_minari_episodes(dataset, obs_keys: list[str]) -> dict[str, list]:
     parts: dict[str, list] = {k: [] for k in ("obs", "act", "rew", "term", "trunc", "success")}
     for episode in dataset.iterate_episodes():
@@ -105,6 +148,7 @@ def _read_minari_episodes(dataset, obs_keys: list[str]) -> dict[str, list]:
         if (episode.infos or {}).get("success") is not None:
             parts["success"].append(np.asarray(episode.infos["success"]))
     return parts
+
 
 def recorded_env_spec(metadata: dict) -> Optional[dict]:
     """The env a Minari dataset records for evaluation (``eval_env_spec``), else the one that generated it."""
@@ -118,6 +162,7 @@ def recorded_env_spec(metadata: dict) -> Optional[dict]:
             except json.JSONDecodeError:
                 continue
     return None
+
 
 def _flatten_batch(observations, keys: list[str]) -> np.ndarray:
     if isinstance(observations, dict):

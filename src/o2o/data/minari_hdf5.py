@@ -84,16 +84,19 @@ def read_minari_hdf5(path: str, obs_keys: list[str], episodes: int, total_steps:
                 proc.join()
     return {name: out.get(name) for name in first}
 
+
 def _shared_array(shape: tuple, dtype) -> np.ndarray:
     """An array in anonymous shared memory: forked processes write into it, the parent sees their writes."""
     count = int(np.prod(shape))
     return np.frombuffer(mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize)), dtype, count).reshape(shape)
+
 
 def _answer(pipe):
     message = pipe.recv()
     if isinstance(message, str):
         raise DatasetError(f"reading the dataset failed in a reading process: {message}")
     return message
+
 
 def _reading_process(path: str, obs_keys: list[str], first: int, last: int, with_success: bool, out: dict,
                      pipe) -> None:
@@ -111,6 +114,7 @@ def _reading_process(path: str, obs_keys: list[str], first: int, last: int, with
     except Exception as error:  # noqa: BLE001 - the parent raises it
         with contextlib.suppress(OSError):
             pipe.send(f"{type(error).__name__}: {error}")
+
 
 def _read_episode_range(path: str, obs_keys: list[str], first: int, last: int,
                         with_success: bool) -> dict[str, list]:
@@ -136,6 +140,7 @@ def _read_episode_range(path: str, obs_keys: list[str], first: int, last: int,
             if with_success:
                 parts["success"].append(read(ep, b"infos/success"))
     return parts
+
 
 def concatenate_episodes(parts: dict[str, list]) -> dict[str, np.ndarray]:
     """Per-episode arrays (observations one longer than actions) -> flat transitions."""

@@ -10,6 +10,8 @@ from o2o.errors import DatasetError
 
 
 @dataclass
+
+
 class OfflineData:
     observations: np.ndarray  # (N, obs_dim) float32
     actions: np.ndarray  # (N, act_dim) float32
@@ -45,10 +47,12 @@ class OfflineData:
                        rewards=self.rewards[mask], next_observations=self.next_observations[mask],
                        terminals=self.terminals[mask], timeouts=self.timeouts[mask], success=keep(self.success))
 
+
 def episode_slices(ends: np.ndarray) -> list[slice]:
     stops = np.flatnonzero(ends) + 1
     starts = np.concatenate([[0], stops[:-1]])
     return [slice(int(a), int(b)) for a, b in zip(starts, stops)]
+
 
 def apply_binary_success(data: OfflineData) -> OfflineData:
     """The Cal-QL authors' Adroit handling of offline data.
