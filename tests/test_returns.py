@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from conftest import compose
+from o2o.config import validate
 from o2o.returns import returns_to_go
 
 
@@ -51,3 +53,45 @@ def test_a_million_transitions_take_seconds(n):
     g = returns_to_go(rng.normal(size=n).astype(np.float32), ends, 0.99, fail_reward=-5.0)
     assert time.perf_counter() - start < 10.0
     assert g.shape == (n,) and np.isfinite(g).all()
+
+
+def authors_return_to_go(rewards, terminals, gamma, infinite_horizon):
+    """nakamotoo/Cal-QL (kitchen branch) JaxCQL/replay_buffer.py calc_return_to_go, dense branch, as written there."""
+    out, prev = [0.0] * len(rewards), (rewards[-1] / (1 - gamma) if infinite_horizon else 0.0)
+    for i in range(len(rewards)):
+        out[-i - 1] = rewards[-i - 1] + gamma * prev * (1 - terminals[-i - 1])
+        prev = out[-i - 1]
+    return np.array(out, dtype=np.float32)
+
+
+def test_kitchen_returns_carry_the_authors_tail_offline_and_online():
+    from o2o.returns import label_rewards, reference_returns
+
+    cfg = validate(compose(["env=kitchen_partial", "algo=calql"]))
+    assert cfg.domain.infinite_horizon
+    raw = np.array([0.0, 1.0, 1.0, 2.0, 2.0, 1.0, 3.0], np.float32)  # two episodes: 4 steps, then 3
+    ends = np.array([0, 0, 0, 1, 0, 0, 1], bool)
+    terminals = np.zeros(7, bool)
+    rewards, g = label_rewards(raw, ends, cfg.domain, cfg.algo, terminals)
+    gamma = cfg.algo.gamma
+    expected = np.concatenate([authors_return_to_go(rewards[:4], terminals[:4], gamma, True),
+                               authors_return_to_go(rewards[4:], terminals[4:], gamma, True)])
+    np.testing.assert_allclose(g, expected, rtol=1e-5)
+    assert g[3] == pytest.approx(rewards[3] / (1 - gamma), rel=1e-5)  # the last step: r_T for ever
+    # online: one finished episode at a time, the same numbers
+    np.testing.assert_allclose(reference_returns(rewards[4:], ends[4:], cfg.domain, cfg.algo, terminals[4:]),
+                               expected[4:], rtol=1e-5)
+    # a terminal last step gets no tail, as in the authors' (1 - terminal)
+    terminal_end = np.array([0, 0, 1], bool)
+    np.testing.assert_allclose(reference_returns(rewards[4:], ends[4:], cfg.domain, cfg.algo, terminal_end),
+                               authors_return_to_go(rewards[4:], terminal_end, gamma, True), rtol=1e-5)
+
+
+def test_finite_horizon_domains_have_no_tail():
+    from o2o.returns import label_rewards
+
+    cfg = validate(compose(["env=adroit_door_dense", "algo=calql"]))
+    assert not cfg.domain.infinite_horizon
+    raw = np.array([1.0, 2.0, 3.0], np.float32)
+    rewards, g = label_rewards(raw, np.array([0, 0, 1], bool), cfg.domain, cfg.algo, np.zeros(3, bool))
+    np.testing.assert_allclose(g, authors_return_to_go(rewards, np.zeros(3), cfg.algo.gamma, False), rtol=1e-6)

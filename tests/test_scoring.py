@@ -62,11 +62,24 @@ def test_kitchen_three_of_four_tasks_score_075_and_regret_025():
     script = []
     for task in ("microwave", "kettle", "light switch"):
         done = [*done, task]
-        script.append((float(len(done)), {"episode_task_completions": list(done)}))
+        script.append((float(len(done)), {"episode_task_completions": list(done), "step_task_completions": list(done)}))
     episode = run(SuccessFromTasks(Scripted(script)))
     scores = score_episodes([episode], [M.TASKS_SOLVED, M.SUCCESS_RATE])
     assert scores[M.TASKS_SOLVED] == 0.75 and scores[M.SUCCESS_RATE] == 0.0
     assert 1.0 - episode.goal_reached == 0.25  # the training episode's regret
+    assert 1.0 - episode.score == 0.25
+
+
+def test_kitchen_scores_the_tasks_in_their_goal_state_at_the_last_step():
+    """The authors' rewards[-1] / 4: a task completed and then undone counts as ever solved, not as solved."""
+    script = [(1.0, {"episode_task_completions": ["microwave"], "step_task_completions": ["microwave"]}),
+              (2.0, {"episode_task_completions": ["microwave", "kettle"], "step_task_completions": ["microwave", "kettle"]}),
+              (1.0, {"episode_task_completions": ["microwave", "kettle"], "step_task_completions": ["kettle"]})]
+    episode = run(SuccessFromTasks(Scripted(script)))
+    scores = score_episodes([episode], [M.TASKS_SOLVED, M.TASKS_EVER_SOLVED, M.SUCCESS_RATE])
+    assert scores[M.TASKS_SOLVED] == 0.25 == episode.task_rewards[-1] / 4  # kettle alone at the end
+    assert scores[M.TASKS_EVER_SOLVED] == 0.5 and scores[M.SUCCESS_RATE] == 0.0
+    assert episode.score == 0.25  # its regret is 0.75: the headline's measure
 
 
 def test_normalized_return_is_d4rls():
@@ -92,7 +105,7 @@ def test_episodes_end_at_the_first_success_where_the_authors_do(env, ends):
     ("adroit_door", M.SUCCESS_RATE, []),
     ("adroit_door_dense", M.NORMALIZED_RETURN, [M.SUCCESS_RATE]),
     ("antmaze_large_diverse", M.SUCCESS_RATE, [M.NORMALIZED_RETURN]),
-    ("kitchen_partial", M.TASKS_SOLVED, [M.SUCCESS_RATE]),
+    ("kitchen_partial", M.TASKS_SOLVED, [M.SUCCESS_RATE, M.TASKS_EVER_SOLVED]),
     ("hopper", M.NORMALIZED_RETURN, []),
     ("pointmaze_umaze", M.SUCCESS_RATE, [M.NORMALIZED_RETURN]),
 ])
@@ -144,3 +157,14 @@ def test_log_std_multiplier_and_offset_train_as_in_the_authors_policy(algo, agen
     agent.update(_batch())
     after = (agent.actor.log_std_multiplier.item(), agent.actor.log_std_offset.item())
     assert (after != before) is trained
+
+
+def test_the_kitchen_env_reports_the_tasks_held_at_each_step():
+    from o2o.envs import make_env
+
+    cfg = validate(compose(["env=kitchen_partial"]))
+    env = make_env(cfg.env, cfg.domain, seed=0)
+    episode = rollout(env, lambda obs: env.action_space.sample(), max_steps=5)
+    env.close()
+    assert episode.goal_held is not None and len(episode.goal_held) == 6
+    assert episode.score == episode.goal_held[-1] == episode.task_rewards[-1] / 4  # what the reward counts

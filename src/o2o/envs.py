@@ -57,7 +57,8 @@ class EndOnSuccess(gym.Wrapper):
 
 class SuccessFromTasks(gym.Wrapper):
     """Franka Kitchen: ``tasks_solved`` = fraction of the configured tasks completed so far in the episode;
-    success = all of them.
+    success = all of them; ``tasks_at_goal`` = the fraction in their goal state at this step (the authors' score at
+    an episode's last step).
 
     Read from ``episode_task_completions``, which counts every task once completed whether or not the env
     removes completed tasks from ``tasks_to_complete`` (the D4RL data keeps them: remove_task_when_completed
@@ -70,6 +71,8 @@ class SuccessFromTasks(gym.Wrapper):
         done = [task for task in info.get("episode_task_completions", []) if task in goal]
         info["tasks_solved"] = len(done) / len(goal)
         info["success"] = len(done) == len(goal)
+        # in their goal state now (with remove_task_when_completed false, the step's completions: what the reward counts)
+        info["tasks_at_goal"] = len([t for t in info.get("step_task_completions", []) if t in goal]) / len(goal)
         return obs, reward, terminated, truncated, info
 
 

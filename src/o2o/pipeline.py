@@ -212,7 +212,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
 
 def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
     """Labelled offline transitions (transformed rewards, returns-to-go), on the device."""
-    rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo)
+    rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo, data.terminals)
     buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
     buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns)
     return buffer

@@ -22,18 +22,24 @@ def transform_reward(reward, algo: AlgoConfig):
     return reward * algo.reward_scale + algo.reward_bias
 
 
-def label_rewards(raw_rewards: np.ndarray, episode_ends: np.ndarray, domain: DomainConfig,
-                  algo: AlgoConfig) -> tuple[np.ndarray, np.ndarray]:
+def label_rewards(raw_rewards: np.ndarray, episode_ends: np.ndarray, domain: DomainConfig, algo: AlgoConfig,
+                  terminals: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """(transformed rewards, returns-to-go) for a flat array of recorded rewards, float32 both."""
     rewards = transform_reward(np.asarray(raw_rewards, dtype=np.float32), algo)
-    return rewards, reference_returns(rewards, episode_ends, domain, algo)
+    return rewards, reference_returns(rewards, episode_ends, domain, algo, terminals)
 
 
-def reference_returns(rewards: np.ndarray, episode_ends: np.ndarray, domain: DomainConfig,
-                      algo: AlgoConfig) -> np.ndarray:
-    """The returns-to-go of already transformed rewards, with the domain's sparse failure rule."""
+def reference_returns(rewards: np.ndarray, episode_ends: np.ndarray, domain: DomainConfig, algo: AlgoConfig,
+                      terminals: Optional[np.ndarray] = None) -> np.ndarray:
+    """The returns-to-go of already transformed rewards, with the domain's sparse failure rule and, where the domain
+    says so (``domain.infinite_horizon``), the tail bootstrapped after each episode end that is not a terminal
+    (``terminals``: True at terminal steps; None: none)."""
     fail_reward = float(transform_reward(domain.fail_reward, algo)) if domain.sparse else None
-    return returns_to_go(rewards, episode_ends, algo.gamma, fail_reward)
+    tails = None
+    if domain.infinite_horizon:
+        tails = np.asarray(episode_ends, bool) & ~(np.zeros(len(rewards), bool) if terminals is None
+                                                   else np.asarray(terminals, bool))
+    return returns_to_go(rewards, episode_ends, algo.gamma, fail_reward, tails)
 
 
 def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
@@ -44,11 +50,14 @@ def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
 
 
 def returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float,
-                  fail_reward: Optional[float] = None) -> np.ndarray:
+                  fail_reward: Optional[float] = None, tails: Optional[np.ndarray] = None) -> np.ndarray:
     """Returns-to-go for a flat array of transformed rewards.
 
     ``episode_ends`` is True at the last step of each episode. ``fail_reward``
-    (already transformed) turns on the sparse failure rule.
+    (already transformed) turns on the sparse failure rule. ``tails``, True at
+    an episode's last step T, continues the return past it as if r_T repeated
+    for ever: G_t = sum_{k=t..T} gamma^(k-t) r_k + gamma^(T-t+1) r_T / (1 - gamma)
+    (the Cal-QL authors' calc_return_to_go, infinite_horizon=True).
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     out = np.empty_like(rewards)
@@ -62,5 +71,8 @@ def returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float,
             out[start:stop] = fail_reward / (1.0 - gamma)
         else:
             out[start:stop] = discounted_returns(episode, gamma)
+            if tails is not None and tails[stop - 1]:
+                steps_to_end = np.arange(stop - start, 0, -1)  # T - t + 1 for t = start .. T
+                out[start:stop] += gamma ** steps_to_end * episode[-1] / (1.0 - gamma)
         start = stop
     return out.astype(np.float32)

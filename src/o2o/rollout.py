@@ -19,6 +19,9 @@ class Episode:
     # (T + 1,) share of the goal reached so far: ``info["tasks_solved"]`` where the env has sub-tasks
     # (Kitchen), else 1.0 on success
     goal_fraction: np.ndarray
+    # (T + 1,) share of the goal held at each step: ``info["tasks_at_goal"]`` where the env has sub-tasks (Kitchen:
+    # the tasks in their goal state at that step), else the same as ``goal_fraction``
+    goal_held: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -34,8 +37,16 @@ class Episode:
 
     @property
     def goal_reached(self) -> float:
-        """The largest share of the goal reached at any step: 1 - this episode's regret."""
+        """The largest share of the goal reached at any step (Kitchen: the tasks ever completed)."""
         return float(self.goal_fraction[1:].max()) if len(self) else 0.0
+
+    @property
+    def score(self) -> float:
+        """The episode's share of the goal by the paper's measure, 1 - its regret: reached at any step, or for an env
+        with sub-tasks the share held at the last step (the Cal-QL authors' Kitchen score, ``rewards[-1] / 4``)."""
+        if self.goal_held is None:
+            return self.goal_reached
+        return float(self.goal_held[-1]) if len(self) else 0.0
 
     def stacked_observations(self, dtype=np.float32) -> Any:
         """(T + 1, D) for array observations, a dict of such arrays for dict observations."""
@@ -58,6 +69,7 @@ def rollout(env, policy: Callable[[Any], np.ndarray], *, seed: Optional[int] = N
     observations, actions, rewards, task_rewards, terms, truncs = [obs], [], [], [], [], []
     success = [bool(info.get("success", False))]
     goal_fraction = [_goal_fraction(info)]
+    goal_held = [info.get("tasks_at_goal")]
     done = False
     while not done and (max_steps is None or len(rewards) < max_steps):
         if stop():
@@ -75,11 +87,13 @@ def rollout(env, policy: Callable[[Any], np.ndarray], *, seed: Optional[int] = N
         truncs.append(bool(truncated))
         success.append(bool(info.get("success", False)))
         goal_fraction.append(_goal_fraction(info))
+        goal_held.append(info.get("tasks_at_goal"))
         done = terminated or truncated
     return Episode(observations, np.asarray(actions, dtype=np.float32), np.asarray(rewards, dtype=np.float64),
                    np.asarray(task_rewards, dtype=np.float64), np.asarray(terms, dtype=bool),
                    np.asarray(truncs, dtype=bool), np.asarray(success, dtype=bool),
-                   np.asarray(goal_fraction, dtype=np.float64))
+                   np.asarray(goal_fraction, dtype=np.float64),
+                   None if goal_held[-1] is None else np.asarray([g or 0.0 for g in goal_held], dtype=np.float64))
 
 
 def _goal_fraction(info: dict) -> float:

@@ -26,7 +26,7 @@ class OfflineProgress:
 class OnlineProgress:
     env_steps: int = 0
     episodes: int = 0
-    regret_sum: float = 0.0  # sum over training episodes of 1 - Episode.goal_reached (regret = regret_sum / episodes)
+    regret_sum: float = 0.0  # sum over training episodes of 1 - Episode.score (regret = regret_sum / episodes)
     pending_updates: int = 0  # gradient steps still owed to the collected env steps
     last_log_step: int = 0
     updates_since_log: int = 0

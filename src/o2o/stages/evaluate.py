@@ -31,7 +31,8 @@ def score_episodes(episodes: Sequence[Episode], metrics: Sequence[str], ref_min:
     mean_return = float(np.mean([e.task_rewards.sum() for e in episodes]))
     results = {M.RETURN: mean_return, M.EPISODE_LENGTH: float(np.mean([len(e) for e in episodes]))}
     compute = {M.SUCCESS_RATE: lambda: float(np.mean([e.succeeded for e in episodes])),
-               M.TASKS_SOLVED: lambda: float(np.mean([e.goal_reached for e in episodes])),
+               M.TASKS_SOLVED: lambda: float(np.mean([e.score for e in episodes])),
+               M.TASKS_EVER_SOLVED: lambda: float(np.mean([e.goal_reached for e in episodes])),
                M.NORMALIZED_RETURN: lambda: normalized_return(mean_return, ref_min, ref_max)}
     for name in metrics:
         results[name] = compute[name]()

@@ -38,10 +38,11 @@ class EpisodeLabeller:
     def __init__(self, cfg: Config, reference=None, tracker=None):
         self.cfg, self.reference, self.tracker = cfg, reference, tracker
 
-    def __call__(self, rewards: np.ndarray, observations, step: int) -> np.ndarray:
+    def __call__(self, rewards: np.ndarray, observations, step: int, terminated: bool) -> np.ndarray:
         ends = np.zeros(len(rewards), dtype=bool)
         ends[-1] = True
-        mc = reference_returns(np.asarray(rewards, dtype=np.float32), ends, self.cfg.domain, self.cfg.algo)
+        mc = reference_returns(np.asarray(rewards, dtype=np.float32), ends, self.cfg.domain, self.cfg.algo,
+                               ends & terminated)
         if self.reference is None:
             return mc
         v_ref = self.reference(observations)
@@ -89,7 +90,7 @@ class EpisodeCollector(Collector):
             return None
         observations = episode.stacked_observations()
         rewards = transform_reward(np.asarray(episode.rewards, dtype=np.float32), algo)
-        v_ref = self.labeller(rewards, observations[:-1], steps_before + len(episode))
+        v_ref = self.labeller(rewards, observations[:-1], steps_before + len(episode), episode.terminated)
         self.buffer.add(observations[:-1], episode.actions, rewards, observations[1:], episode.terminations, v_ref)
         progress.env_steps += len(episode)
         progress.pending_updates = max(progress.env_steps - max(algo.warmup_steps, steps_before), 0) * algo.utd_ratio
@@ -106,6 +107,7 @@ class StepCollector(Collector):
     def collect(self, max_steps: int) -> Episode | None:
         self.rows: list[torch.Tensor] = []  # buffer rows of the episode so far
         self.rewards: list[np.float32] = []  # their transformed rewards
+        self.terminated = False  # whether the last step so far ended the episode in a terminal state
         episode = self.rollout(max_steps, on_step=self.on_step)
         self.end_episode()  # an interrupted one too: learnt from already, so kept, as a truncated episode
         return episode
@@ -113,6 +115,7 @@ class StepCollector(Collector):
     def on_step(self, obs, action, reward, next_obs, terminated) -> None:
         reward = transform_reward(np.float32(reward), self.cfg.algo)
         self.rewards.append(reward)
+        self.terminated = bool(terminated)
         self.rows.append(self.buffer.add(obs[None], action[None], [reward], next_obs[None], [terminated], [0.0]))
         self.progress.env_steps += 1
         if self.progress.env_steps > self.cfg.algo.warmup_steps:
@@ -124,7 +127,8 @@ class StepCollector(Collector):
         if self.rows:
             rows = torch.cat(self.rows)
             v_ref = self.labeller(np.asarray(self.rewards, dtype=np.float32),
-                                  self.buffer.storage[rows, :self.buffer.obs_dim], self.progress.env_steps)
+                                  self.buffer.storage[rows, :self.buffer.obs_dim], self.progress.env_steps,
+                                  self.terminated)
             self.buffer.set_v_ref(rows, v_ref)
 
     def interrupted(self) -> None:
@@ -211,7 +215,7 @@ def _start(ctx: RunContext, cfg: Config) -> tuple[OnlineProgress, bool]:
 def _log_episode(ctx: RunContext, progress: OnlineProgress, episode: Episode) -> None:
     """A finished training episode: its return, success and length, and the run's regret so far."""
     progress.episodes += 1
-    progress.regret_sum += 1.0 - episode.goal_reached
+    progress.regret_sum += 1.0 - episode.score
     ctx.tracker.log_metrics({
         M.train(M.ONLINE, M.EPISODE_RETURN): float(episode.rewards.sum()),
         M.train(M.ONLINE, M.EPISODE_SUCCESS): float(episode.succeeded),
