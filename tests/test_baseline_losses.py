@@ -35,6 +35,7 @@ def test_iql_losses_equal_the_authors_equations():
     batch = make_batch()
     with torch.no_grad():
         _, m = agent.compute_losses(batch, {})
+        m["value_loss"] = agent.value_loss(batch, {})[0]
         value_loss = critic_loss = actor_loss = 0.0
         for b in range(B):
             s, a, s2 = batch.obs[b], batch.actions[b], batch.next_obs[b]
@@ -50,6 +51,36 @@ def test_iql_losses_equal_the_authors_equations():
     torch.testing.assert_close(m["value_loss"], value_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m["critic_loss"], critic_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m["actor_loss"], actor_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_iql_updates_v_first_and_q_and_the_actor_use_the_new_v():
+    """The authors' learner.py: update_v, then awr_update_actor and update_q with new_value; here against a plain
+    formulation: V stepped alone by Adam on the expectile loss, then the TD target and the weights from that V."""
+    import copy
+
+    agent = make(IQL, "iql", expectile=0.8, awr_temperature=3.0, gamma=0.9)
+    batch = make_batch()
+    plain = copy.deepcopy(agent)
+    v_params = list(plain.value.parameters())
+    adam = torch.optim.Adam(v_params, lr=plain.cfg.critic_lr)
+    loss, _ = plain.value_loss(batch, {})
+    adam.zero_grad()
+    loss.backward()
+    adam.step()  # V alone, one Adam step
+    with torch.no_grad():
+        new_v_next = plain.v(batch.next_obs)
+        old_v_next = agent.v(batch.next_obs)
+    before = {n: p.detach().clone() for n, p in agent.named_parameters()}
+    m = agent.update(batch)
+    for name, p in agent.named_parameters():
+        if name.startswith("value"):
+            torch.testing.assert_close(p, dict(plain.named_parameters())[name], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(new_v_next, old_v_next)  # the step moved V, so the test can tell them apart
+    td_target = batch.rewards + 0.9 * (1 - batch.dones) * new_v_next
+    torch.testing.assert_close(m["td_target"], td_target.mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(m["value_loss"], loss.detach(), rtol=1e-6, atol=1e-7)
+    assert any(not torch.equal(before[n], p) for n, p in agent.critic.named_parameters(prefix="critic"))
+    assert agent.grad_steps == 1
 
 
 def test_iql_policy_mean_is_tanh_bounded_and_its_std_state_independent():

@@ -47,6 +47,7 @@ def test_iql_losses_on_hand_built_values():
                   torch.tensor([0.0, 1.0, 0.0, 0.0]), torch.zeros(4))
     with torch.no_grad():
         _, m = agent.compute_losses(batch, {}, )
+        m["value_loss"] = agent.value_loss(batch, {})[0]
         q_t = agent.critic_target(batch.obs, batch.actions.unsqueeze(1)).amin(0)[:, 0]
         v = agent.v(batch.obs)
         target = batch.rewards + 0.5 * (1 - batch.dones) * agent.v(batch.next_obs)

@@ -57,9 +57,9 @@ class CompiledUpdate:
         self.params = [p for _, p in trainable]
         self.names = [name_of[id(p)] for p in self.params]
         self.group_of = [g for g, _ in trainable]
-        skipped = agent.actor_side_names()
-        self.trained = {True: list(range(len(self.params))),
-                        False: [i for i, name in enumerate(self.names) if name not in skipped]}
+        skipped, first = agent.actor_side_names(), agent.pre_updated_names()  # first: trained eagerly, before
+        self.trained = {True: [i for i, name in enumerate(self.names) if name not in first],
+                        False: [i for i, name in enumerate(self.names) if name not in skipped | first]}
         self.critic_names = [name for name, _ in agent.critic.named_parameters(prefix="critic")]
         # Stale RNG in the graph would break compiled == eager (IQL's dropout): inductor calls eager's RNG
         internals.inductor_calls_eager_rng()

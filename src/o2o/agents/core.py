@@ -135,14 +135,24 @@ class ActorCritic(nn.Module):
         # the last critic step of each block of actor_update_interval (RLPD: the actor after its 20 critic steps)
         update_actor = (self.grad_steps + 1) % self.cfg.actor_update_interval == 0
         noise = {**self.draw_noise(batch.obs.shape[0]), **self.draw_target_subset()}
+        first = self.pre_update(batch, noise)
         if self.compiled_update is not None:
             metrics = self.compiled_update(batch, noise, update_actor)
             self.grad_steps += 1
             self.after_step()
-            return metrics
+            return {**first, **metrics}
         loss, metrics = self.compute_losses(batch, noise, update_actor)
         self.step(loss)
-        return metrics
+        return {**first, **metrics}
+
+    def pre_update(self, batch: Batch, noise: dict) -> dict:
+        """A step that some agents take on part of their networks before the main one, on the same batch (IQL's
+        value function, which its authors update first); it returns its metrics. Most agents take none."""
+        return {}
+
+    def pre_updated_names(self) -> set[str]:
+        """The parameters :meth:`pre_update` trains; the main step leaves them (and their Adam state) alone."""
+        return set()
 
     def forward(self, batch: Batch, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
         """What ``torch.func.functional_call`` runs for the compiled update: the losses."""

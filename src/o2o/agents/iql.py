@@ -4,7 +4,8 @@ As the authors' code (ikostrikov/implicit_q_learning, learner.py, actor.py, crit
 ``algorithms/finetune/iql.py``: a Gaussian policy with a tanh mean and a state-independent log-std
 (``GaussianActor``), its learning rate on a cosine decay over all updates, twin Q-functions and a value
 function; V regresses min(Q_target) by the expectile, Q regresses r + gamma V(s'), the policy maximises
-exp(beta (Q_target - V)) (clipped at 100) times log pi(a|s).
+exp(beta (Q_target - V)) (clipped at 100) times log pi(a|s). Each update steps V first, then Q and the actor with
+the new V, as the authors' learner.py (update_v, awr_update_actor and update_q on new_value).
 """
 from __future__ import annotations
 
@@ -62,21 +63,40 @@ class IQL(ActorCritic):
     def draw_noise(self, batch_size: int) -> dict:
         return {}
 
+    def value_loss(self, batch: Batch, noise: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The expectile regression of V(s) on min Q_target(s, a); returns the loss and V(s)."""
+        with self.autocast():
+            with torch.no_grad():
+                q_target = self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)), noise)[:, 0]
+            v = self.v(batch.obs)
+        return expectile_loss(q_target - v, self.cfg.expectile), v
+
+    def pre_update(self, batch: Batch, noise: dict) -> dict:
+        """V's own step first, as the authors' learner.py (update_v, then the actor and Q with the new value)."""
+        loss, v = self.value_loss(batch, noise)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()  # only V has gradients: Adam leaves the other parameters and their state alone
+        return {"value_loss": loss.detach(), "v": v.detach().mean()}
+
+    def pre_updated_names(self) -> set[str]:
+        return {name for name, _ in self.value.named_parameters(prefix="value")}
+
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+        """Q and the actor against V as it stands: the value just updated by :meth:`pre_update`."""
         cfg = self.cfg
         with self.autocast():
             with torch.no_grad():
                 q_target = self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)), noise)[:, 0]
+                v = self.v(batch.obs)
                 td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * self.v(batch.next_obs)
-            v = self.v(batch.obs)
             q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        value_loss = expectile_loss(q_target - v, cfg.expectile)
         td_loss = (q_data - td_target).pow(2).mean(dim=1)
         critic_loss = td_loss.sum()
-        loss = critic_loss + value_loss
+        loss = critic_loss
         metrics = {}
         if update_actor:
-            weights = advantage_weights(q_target - v.detach(), cfg.awr_temperature, cfg.awr_max_weight)
+            weights = advantage_weights(q_target - v, cfg.awr_temperature, cfg.awr_max_weight)
             with self.autocast():
                 mean, log_std = self.actor(batch.obs)
             log_pi = GaussianActor.log_prob(mean, log_std, batch.actions)
@@ -85,5 +105,5 @@ class IQL(ActorCritic):
             metrics = {M.ACTOR_LOSS: actor_loss.detach(), "awr_weight": weights.mean(), "log_pi_data": log_pi.detach().mean()}
         metrics.update(self.q_metrics(q_data, batch))
         metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-                        "value_loss": value_loss.detach(), "v": v.detach().mean(), "td_target": td_target.mean()})
+                        "td_target": td_target.mean()})
         return loss, metrics
