@@ -101,3 +101,59 @@ def test_registering_a_model_needs_the_models_logged():
         validate(compose(["mlflow.registered_model=door-policy", "mlflow.log_models=false"]))
     with pytest.raises(ConfigError, match="system_metrics_interval_s must be > 0"):
         validate(compose(["mlflow.system_metrics_interval_s=0"]))
+
+
+def test_four_jobs_started_in_the_same_second_get_four_folders_and_four_complete_runs(tmp_path):
+    """Default run folders (no hydra.run.dir), four jobs at once on one store: each has its own folder and its own
+    MLflow run, with its own param and no duplicate steps."""
+    import os
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import ROOT, SMOKE
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "O2O_OUTPUTS": str(tmp_path / "out"), "MLFLOW_TRACKING_URI": store}
+    rates = ["1e-4", "2e-4", "3e-4", "4e-4"]
+    jobs = [subprocess.Popen([sys.executable, str(ROOT / "src" / "main.py"), *SMOKE, "schedule.online_steps=100",
+                              "mlflow_experiment=o2o-same-second", "mlflow.log_models=false", "progress=false",
+                              f"algo.critic_lr={lr}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True) for lr in rates]
+    errors = [job.communicate(timeout=600)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 4, errors
+    folders = sorted((tmp_path / "out" / "runs" / "pointmaze_umaze" / "calql" / "seed0").iterdir())
+    assert len(folders) == 4  # O2O_OUTPUTS moved them, and none is shared
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("o2o-same-second").experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(float(r.data.params["algo.critic_lr"]) for r in runs) == sorted(float(x) for x in rates)
+    assert len({r.data.tags["run_dir"] for r in runs}) == 4
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "online/eval/success_rate")]
+        assert steps == sorted(set(steps)), steps  # one writer per run: no duplicate steps
+        assert r.inputs.dataset_inputs, "each run logs its dataset"
+
+
+def test_a_run_folder_in_use_by_another_job_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from o2o.errors import ConfigError
+    from o2o.pipeline import claim_run_dir
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, 'src');"
+                               "from pathlib import Path; from o2o.pipeline import claim_run_dir;"
+                               f"claim_run_dir(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match="is in use by process"):
+            claim_run_dir(tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_run_dir(tmp_path)  # free again once the other process is gone

@@ -153,7 +153,11 @@ def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[s
     overrides = [f"env={env}", f"algo={algo}", *overrides]
     cfg = compose_config(overrides)
     if run_dir is None:
-        run_dir = str(Path("outputs/runs") / env / algo / f"seed{cfg.seed}" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        from o2o.config import job_id
+        from o2o.tracking import outputs_dir
+
+        run_dir = str(outputs_dir() / "runs" / env / algo / f"seed{cfg.seed}" /
+                      f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{job_id()}")
     return _run(cfg, run_dir, overrides)
 
 

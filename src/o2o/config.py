@@ -400,8 +400,19 @@ class Config:
         _require(bool(self.mlflow_experiment), "mlflow_experiment must be a non-empty name")
 
 
+def job_id() -> str:
+    """This process's id for default run folder names: two jobs started in the same second never share a folder."""
+    import os
+    import secrets
+
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
 def register_schema() -> None:
-    """Make the schemas available to ``conf/``: the root's and each algorithm family's."""
+    """Make the schemas available to ``conf/``: the root's and each algorithm family's; and ``${o2o.job_id:}``, one
+    value per process (cached), for the default run and sweep folder names."""
+    if not OmegaConf.has_resolver("o2o.job_id"):
+        OmegaConf.register_new_resolver("o2o.job_id", job_id, use_cache=True)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for family, schema in ALGO_SCHEMAS.items():

@@ -49,6 +49,36 @@ RUN_ID_FILE = "mlflow_run_id"
 RESOLVED_CONFIG = "resolved_config.yaml"
 
 
+RUN_CLAIM = ".o2o-run.lock"
+_claims: dict[str, object] = {}  # run folder -> its open, locked claim file, for this process's life
+
+
+def claim_run_dir(run_dir: Path):
+    """An exclusive claim on the run folder (an flock on a file in it, released when the process ends however it
+    ends): a second job pointed at the same folder while the first runs stops with one line instead of writing
+    into the same checkpoints and MLflow run. The same process may claim it again (a rerun through the Python API)."""
+    import fcntl
+
+    key = str(run_dir.resolve())
+    if key in _claims:
+        return _claims[key]
+    handle = open(run_dir / RUN_CLAIM, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"run folder {run_dir} is in use by {holder}: wait for it to end, or give this job its own "
+                          "hydra.run.dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}")
+    handle.flush()
+    _claims[key] = handle
+    return handle
+
+
 def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                  tags: dict | None = None) -> dict[str, float]:
     """Run every stage of one job and log it to MLflow; returns the final metrics.
@@ -58,6 +88,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    claim = claim_run_dir(run_dir)  # held until this process ends: one job per run folder
     resolved = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     checkpoints = Checkpoints(run_dir)
     resume = load_resume_state(checkpoints, resolved, run_dir)
