@@ -121,7 +121,8 @@ def run_bad(tmp, overrides, env_changes):
     fill = lambda text: text.replace("{tmp}", str(tmp))  # noqa: E731
     args = [fill(o) for o in overrides]
     if not any(a.startswith("hydra.run.dir=") for a in args):
-        args.append(f"hydra.run.dir={tmp}/runs/{abs(hash(tuple(args)))}")
+        # one folder per case: cases that differ only by their environment run at once, and a run folder has one job
+        args.append(f"hydra.run.dir={tmp}/runs/{abs(hash((tuple(args), tuple(sorted(env_changes.items())))))}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **{k: fill(v) for k, v in env_changes.items()}}
     smoke = SMOKE_ANY_ENV if any(a.startswith("env=") for a in args) else SMOKE  # PointMaze: collect a small dataset
     return subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *smoke, *args],
