@@ -177,3 +177,49 @@ def test_a_run_dir_without_a_checkpoint_refuses_another_config(tmp_path, monkeyp
     assert only.data.params["seed"] == "0" and only.info.status == "KILLED"
     final = run(algo="calql", run_dir=str(tmp_path), overrides=overrides)  # the same config continues it
     assert final["online/env_steps"] == 100 and client.get_run(only.info.run_id).info.status == "FINISHED"
+
+
+KILL_WINDOWS = {
+    # right after final.pt is written, before anything of the finish reaches the store
+    "after final.pt": "pipeline.publish_final = lambda *a, **k: os._exit(137)",
+    # during the final policy's export (the pre-trained one went through before)
+    "during the policy export": ("real = pipeline.publish_policy\n"
+                                 "pipeline.publish_policy = lambda agent, cfg, tracker, name: os._exit(137) "
+                                 "if name == 'policy' else real(agent, cfg, tracker, name)"),
+    # after final/* are sent, before the plots and the FINISHED status
+    "after the final metrics": "pipeline.run_plot = lambda *a, **k: os._exit(137)",
+}
+
+
+def _histories(client, run_id):
+    run = client.get_run(run_id)
+    return {key: [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))]
+            for key in run.data.metrics if "updates_per_second" not in key and not key.startswith("system/")}
+
+
+@pytest.mark.parametrize("window", KILL_WINDOWS)
+def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window):
+    """kill -9 (os._exit) inside the finish, then the same command: every metric history equals an uninterrupted
+    run's, point by point, without a duplicate."""
+    import subprocess
+    import sys
+
+    from o2o import run
+
+    overrides = [*SMOKE, "schedule.online_steps=100", "progress=false", "mlflow.system_metrics=false"]
+    experiment = f"o2o-finish-kill-{abs(hash(window))}"
+    run(algo="calql", run_dir=str(tmp_path / "whole"), overrides=[*overrides, f"mlflow_experiment={experiment}"])
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
+            "from o2o import pipeline, run\n"
+            f"{KILL_WINDOWS[window]}\n"
+            f"run(algo='calql', run_dir={str(tmp_path / 'killed')!r}, "
+            f"overrides={[*overrides, f'mlflow_experiment={experiment}']!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    run(algo="calql", run_dir=str(tmp_path / "killed"), overrides=[*overrides, f"mlflow_experiment={experiment}"])
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = {r.data.tags["run_dir"]: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+    whole, resumed = runs[str(tmp_path / "whole")], runs[str(tmp_path / "killed")]
+    assert resumed.info.status == "FINISHED"
+    assert _histories(client, resumed.info.run_id) == _histories(client, whole.info.run_id)

@@ -341,6 +341,7 @@ def finish(agent: ActorCritic, cfg: Config, ctx: RunContext, final: dict[str, fl
     state = ctx.state
     ctx.check_finite_parameters(agent, "final")
     state.stage, state.final, state.agent = FINAL_STAGE, final, agent.checkpoint()
+    ctx.tracker.flush()  # every point in the store before final.pt exists: a rerun after final.pt logs only final/*
     ctx.checkpoints.save(state)
     publish_final(ctx.tracker, ctx.checkpoints, final, agent, cfg, run_dir)
 
@@ -353,7 +354,8 @@ def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, f
     """
     tracker.log_artifact(checkpoints.folder / FINAL, "checkpoints")
     publish_policy(agent, cfg, tracker, POLICY)
-    tracker.log_metrics({M.final(k): v for k, v in final.items()}, agent.grad_steps)
+    logged = tracker.client.get_run(tracker.run_id).data.metrics  # a rerun after a stop here sends none twice
+    tracker.log_metrics({M.final(k): v for k, v in final.items() if M.final(k) not in logged}, agent.grad_steps)
     tracker.flush()
     tracker.log_artifact(run_plot(tracker.client, tracker.run_id, run_dir / "plots" / "run.png"), "plots")
     tracker.set_tags({"stage": "finished"})
