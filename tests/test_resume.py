@@ -223,3 +223,52 @@ def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window):
     whole, resumed = runs[str(tmp_path / "whole")], runs[str(tmp_path / "killed")]
     assert resumed.info.status == "FINISHED"
     assert _histories(client, resumed.info.run_id) == _histories(client, whole.info.run_id)
+
+
+@pytest.mark.parametrize("window, kill", [
+    ("right after the MLflow run is created", "pipeline._record_run = lambda *a, **k: os._exit(137)"),
+    ("after the params, before the run folder records the run",
+     "pipeline.log_dataset = lambda *a, **k: os._exit(137)"),
+])
+def test_a_kill_while_the_run_is_created_leaves_no_orphan_and_no_run_without_params(tmp_path, window, kill):
+    import subprocess
+    import sys
+
+    from o2o import run
+
+    experiment = f"o2o-create-kill-{abs(hash(window))}"
+    overrides = [*SMOKE, "schedule.online_steps=50", "progress=false", "mlflow.log_models=false",
+                 f"mlflow_experiment={experiment}"]
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
+            "from o2o import pipeline, run\n"
+            f"{kill}\n"
+            f"run(algo='calql', run_dir={str(tmp_path)!r}, overrides={overrides!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # none left RUNNING
+    (orphan,) = [r for r in runs if r.info.status == "FAILED"]
+    assert orphan.data.tags["failure"].startswith("orphaned")
+    (done,) = [r for r in runs if r.info.status == "FINISHED"]
+    assert (tmp_path / "mlflow_run_id").read_text().strip() == done.info.run_id
+    assert {"data.ref_min_score", "data.transitions"} <= set(done.data.params)
+    assert "resolved_config.yaml" in [a.path for a in client.list_artifacts(done.info.run_id)]
+
+
+def test_a_failure_before_the_training_loop_ends_the_run_failed_with_its_reason(tmp_path, monkeypatch):
+    from o2o import pipeline, run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the store refused the dataset")
+
+    monkeypatch.setattr(pipeline, "log_dataset", broken)
+    overrides = [*SMOKE, "progress=false", "mlflow.log_models=false", "mlflow_experiment=o2o-early-failure"]
+    with pytest.raises(RuntimeError):
+        run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (failed,) = client.search_runs([client.get_experiment_by_name("o2o-early-failure").experiment_id])
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["failure"] == "RuntimeError: the store refused the dataset"

@@ -135,15 +135,12 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         finish(agent, cfg, ctx, final, run_dir)
         print_summary(cfg, final, run_dir, tracker.run_id)
         return final
-    except KeyboardInterrupt:
-        tracker.end("KILLED")
-        raise
     except Diverged as err:
         tracker.set_tags({"stage": "diverged", "failure": str(err)[:5000]})
         tracker.end("FAILED")
         raise
-    except Exception:
-        tracker.end("FAILED")
+    except BaseException as err:  # an interrupt ends the run KILLED, any other error FAILED with its reason
+        end_with(tracker, err)
         raise
 
 
@@ -220,14 +217,37 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
     """The run's MLflow run (continued when the run dir has one), with its params and resolved config."""
     run_id_file = run_dir / RUN_ID_FILE
     run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
+    end_orphans(open_store(default_tracking_uri()), cfg.mlflow_experiment, run_dir, run_id)
     run_tags = {"env": cfg.env.name, "algo": cfg.algo.name, "dataset": cfg.env.dataset.id or cfg.env.dataset.path,
                 "seed": str(cfg.seed), "stage": "dataset", "device": str(device), "run_dir": str(run_dir),
                 **(tags or {})}
     tracker = Tracker(cfg.mlflow_experiment, cfg.run_name or f"{cfg.algo.name}-{cfg.env.name}-s{cfg.seed}",
                       resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV),
                       system_metrics_interval=cfg.mlflow.system_metrics_interval_s if cfg.mlflow.system_metrics else None)
-    run_id_file.write_text(tracker.run_id)
-    if run_id is None:
+    try:
+        _record_run(cfg, run_dir, run_id_file, run_id, tracker, resolved, data)
+    except BaseException as err:  # a run that exists in the store never stays RUNNING after its job is gone
+        end_with(tracker, err)
+        raise
+    return tracker
+
+
+def end_with(tracker: Tracker, err: BaseException) -> None:
+    """The MLflow run's end when its job stops on an error: KILLED for an interrupt, else FAILED with the reason."""
+    if isinstance(err, KeyboardInterrupt):
+        tracker.end("KILLED")
+        return
+    tracker.set_tags({"failure": f"{type(err).__name__}: {err}"[:5000]})
+    tracker.end("FAILED")
+
+
+def _record_run(cfg: Config, run_dir: Path, run_id_file: Path, run_id: Optional[str], tracker: Tracker,
+                resolved: dict, data: RunData) -> None:
+    """The params, resolved config and dataset inputs (once), then the run folder's link to its MLflow run, written
+    last: a job stopped before it leaves a run the next start marks FAILED (:func:`end_orphans`), never a linked
+    run without its params."""
+    logged = tracker.client.get_run(tracker.run_id).data.params if run_id is not None else {}
+    if "data.ref_min_score" not in logged:
         config_path = run_dir / RESOLVED_CONFIG
         config_path.write_text(OmegaConf.to_yaml(resolved))
         tracker.log_artifact(config_path)
@@ -238,7 +258,21 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
         log_dataset(tracker.client, tracker.run_id, offline_dataset(data.offline, cfg.env), OFFLINE_CONTEXT)
         log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s", data.offline.source,
                  len(data.offline), data.offline.num_episodes, data.ref_min, data.ref_max)
-    return tracker
+    run_id_file.write_text(tracker.run_id)
+
+
+def end_orphans(client, experiment: str, run_dir: Path, keep: Optional[str]) -> None:
+    """Runs of this run folder left RUNNING by a job that stopped before the folder recorded them (the folder's claim
+    means no live job owns them) end FAILED, with the reason."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return
+    folder = str(run_dir).replace("'", "\\'")
+    for run in client.search_runs([exp.experiment_id], f"tags.run_dir = '{folder}' and attributes.status = 'RUNNING'"):
+        if run.info.run_id != keep:
+            client.set_tag(run.info.run_id, "failure", "orphaned: its job stopped before the run folder recorded it")
+            client.set_terminated(run.info.run_id, "FAILED")
+            log.warning("MLflow run %s of %s was left RUNNING by a stopped job; marked FAILED", run.info.run_id, run_dir)
 
 
 def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
