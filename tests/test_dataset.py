@@ -262,3 +262,26 @@ def test_the_direct_hdf5_reader_gives_what_minaris_episode_iterator_gives(tmp_pa
         import multiprocessing
 
         assert not multiprocessing.active_children()
+
+
+def test_a_staging_folder_of_a_killed_writer_is_removed_at_the_next_write(monkeypatch, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from o2o.data.build.collectors import STAGING_PREFIX, write_minari_atomically
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{STAGING_PREFIX}{gone.stdout.strip()}"  # a writer that no longer runs
+    (stale / "half").mkdir(parents=True)
+    alive = tmp_path / f"{STAGING_PREFIX}1"  # pid 1 lives: another writer, left alone
+    alive.mkdir()
+
+    def write():
+        (Path(os.environ["MINARI_DATASETS_PATH"]) / "o2o-test" / "x-v0" / "data").mkdir(parents=True)
+
+    write_minari_atomically("o2o-test/x-v0", write)
+    assert not stale.exists() and alive.exists() and (tmp_path / "o2o-test" / "x-v0" / "data").is_dir()
+    assert not (tmp_path / f"{STAGING_PREFIX}{os.getpid()}").exists()

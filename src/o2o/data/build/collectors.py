@@ -119,11 +119,30 @@ def collect_pointmaze_waypoints(cfg: EnvConfig, reference_episodes: int = 20) ->
 COLLECTORS = {"pointmaze_waypoints": collect_pointmaze_waypoints}
 
 
+STAGING_PREFIX = ".o2o-staging-"
+
+
+def remove_stale_staging(root: Path) -> None:
+    """Staging folders of writers that are gone (killed mid-write): named by their process id, removed when no
+    process of that id lives."""
+    for folder in root.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name[len(STAGING_PREFIX):]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def write_minari_atomically(dataset_id: str, write: Callable[[], None]) -> None:
     """Run ``write`` (which creates ``dataset_id`` with Minari) against a staging folder beside the Minari root,
     then move the dataset into place in one rename: a kill never leaves a half-written dataset where loading looks."""
     root = Path(minari_root())
-    staging = root / f".o2o-staging-{os.getpid()}"
+    remove_stale_staging(root)
+    staging = root / f"{STAGING_PREFIX}{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     saved = os.environ.get("MINARI_DATASETS_PATH")
     os.environ["MINARI_DATASETS_PATH"] = str(staging)
