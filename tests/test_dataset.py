@@ -285,3 +285,20 @@ def test_a_staging_folder_of_a_killed_writer_is_removed_at_the_next_write(monkey
     write_minari_atomically("o2o-test/x-v0", write)
     assert not stale.exists() and alive.exists() and (tmp_path / "o2o-test" / "x-v0" / "data").is_dir()
     assert not (tmp_path / f"{STAGING_PREFIX}{os.getpid()}").exists()
+
+
+def test_a_cached_collected_dataset_is_reused_only_with_its_collector_params(monkeypatch, tmp_path):
+    from o2o.data.dataset import load_offline_data
+    from o2o.envs import make_env
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    cfg = validate(compose(["env.dataset.collector.steps=600"]))
+    env = make_env(cfg.env)
+    shapes = env.observation_space.shape, env.action_space.shape
+    first = load_offline_data(cfg.env, *shapes)
+    again = load_offline_data(cfg.env, *shapes)  # the same params: the cache
+    np.testing.assert_array_equal(again.observations, first.observations)
+    other = validate(compose(["env.dataset.collector.steps=900", "env.dataset.collector.noise=0.9"]))
+    with pytest.raises(DatasetError, match=r"was collected with .*noise=0\.3.*steps=600; this run asks for .*"
+                                           r"noise=0\.9.*steps=900: set env\.dataset\.id to a new id"):
+        load_offline_data(other.env, *shapes)

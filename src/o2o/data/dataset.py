@@ -81,10 +81,14 @@ def _env_observation(cfg: EnvConfig):
 
 
 def _collect_if_missing(cfg: EnvConfig) -> None:
-    """Datasets with a collector are built on first use; parallel jobs wait for the first one."""
-    if cfg.dataset.collector is not None and not minari_is_local(cfg.dataset.id):
-        from o2o.data.build.collectors import collect_dataset
+    """Datasets with a collector are built on first use (parallel jobs wait for the first one) and reused only by
+    runs with the same collector params."""
+    if cfg.dataset.collector is None:
+        return
+    from o2o.data.build.collectors import check_collected_with, collect_dataset
 
+    if not minari_is_local(cfg.dataset.id):
         with collection_lock():
             if not minari_is_local(cfg.dataset.id):  # missing, or a leftover of an older interrupted write: rebuilt
                 collect_dataset(cfg)
+    check_collected_with(cfg)

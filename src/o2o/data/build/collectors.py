@@ -165,9 +165,40 @@ def write_minari_atomically(dataset_id: str, write: Callable[[], None]) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+COLLECTOR_RECORD = "o2o_collector.json"  # beside a collected dataset's data/: the collector params it was built with
+
+
+def collector_params(cfg: EnvConfig) -> dict:
+    c = cfg.dataset.collector
+    return {"name": c.name, "steps": int(c.steps), "noise": float(c.noise), "seed": int(c.seed)}
+
+
 def collect_dataset(cfg: EnvConfig) -> None:
-    """Collect the configured dataset, written atomically."""
+    """Collect the configured dataset, written atomically with the record of its collector params."""
+    import json
+
     name = cfg.dataset.collector.name
     if name not in COLLECTORS:
         raise DatasetError(f"unknown env.dataset.collector.name {name!r}; known: {', '.join(COLLECTORS)}")
-    write_minari_atomically(cfg.dataset.id, lambda: COLLECTORS[name](cfg))
+
+    def write() -> None:
+        COLLECTORS[name](cfg)
+        record = Path(minari_root()) / cfg.dataset.id / COLLECTOR_RECORD  # inside the staging folder: moved with it
+        record.write_text(json.dumps(collector_params(cfg), sort_keys=True))
+
+    write_minari_atomically(cfg.dataset.id, write)
+
+
+def check_collected_with(cfg: EnvConfig) -> None:
+    """A cached collected dataset serves a run only if it was built with the run's collector params."""
+    import json
+
+    record = Path(minari_root()) / cfg.dataset.id / COLLECTOR_RECORD
+    recorded = json.loads(record.read_text()) if record.is_file() else None
+    wanted = collector_params(cfg)
+    if recorded != wanted:
+        built = ("records no collector params (built by an older version)" if recorded is None else
+                 "was collected with " + " ".join(f"{k}={recorded.get(k)}" for k in sorted(wanted)))
+        raise DatasetError(f"dataset {cfg.dataset.id} in {record.parent} {built}; this run asks for "
+                           + " ".join(f"{k}={v}" for k, v in sorted(wanted.items()))
+                           + ": set env.dataset.id to a new id for these params, or delete that folder to rebuild it")
