@@ -64,6 +64,12 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "hdf5 without D4RL keys": (["env.dataset.id=null", "env.dataset.path={tmp}/nokeys.hdf5"], {}, "is not a D4RL dataset"),
     "NaN in the data": (["env.dataset.id=null", "env.dataset.path={tmp}/nan.hdf5"], {}, "non-finite values"),
     "data of another env": (["env.dataset.id=null", "env.dataset.path={tmp}/wrongshape.hdf5"], {}, "does not match env"),
+    "reversed reference scores": (["env.dataset.id=null", "env.dataset.path={tmp}/reversed_refs.hdf5"], {},
+                                  "they must be finite with max above min"),
+    "NaN reference score": (["env.dataset.id=null", "env.dataset.path={tmp}/nan_refs.hdf5"], {},
+                            "they must be finite with max above min"),
+    "terminals of 0.5": (["env.dataset.id=null", "env.dataset.path={tmp}/half_terminals.hdf5"], {},
+                         "terminals holds values other than 0 and 1"),
     "key under a null node": (["env=adroit_door", "env.dataset.collector.steps=5"], {},
                               "env.dataset.collector is null with env=adroit_door; drop the override"),
     "dataset not downloadable": (["env=adroit_door"], {}, "o2o-data build-adroit"),
@@ -86,12 +92,20 @@ def world(tmp_path_factory):
     (tmp / "notdb.db").write_text("not a database")
     arrays = lambda n, obs: {"observations": np.zeros((n, obs), np.float32), "actions": np.zeros((n, 2), np.float32),  # noqa: E731
                              "rewards": np.zeros(n, np.float32), "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
-    for name, n, obs in (("truncated", 1000, 6), ("nan", 10, 6), ("wrongshape", 10, 3)):
+    for name, n, obs in (("truncated", 1000, 6), ("nan", 10, 6), ("wrongshape", 10, 3), ("reversed_refs", 10, 6),
+                         ("nan_refs", 10, 6), ("half_terminals", 10, 6)):
         with h5py.File(tmp / f"{name}.hdf5", "w") as f:
             for key, value in arrays(n, obs).items():
                 f[key] = value
             if name == "nan":
                 f["observations"][:4] = np.nan
+            if name == "reversed_refs":
+                f.attrs["ref_min_score"], f.attrs["ref_max_score"] = 100.0, 0.0
+            if name == "nan_refs":
+                f.attrs["ref_min_score"], f.attrs["ref_max_score"] = float("nan"), 1.0
+            if name == "half_terminals":
+                del f["terminals"]
+                f["terminals"] = np.full(n, 0.5, np.float32)
     data = (tmp / "truncated.hdf5").read_bytes()
     (tmp / "truncated.hdf5").write_bytes(data[: len(data) // 2])
     with h5py.File(tmp / "nokeys.hdf5", "w") as f:

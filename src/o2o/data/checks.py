@@ -127,3 +127,16 @@ def check_adroit_layout(data: OfflineData, cfg: EnvConfig, env_observation: np.n
         raise DatasetError(f"{data.source}: observations are not laid out as {cfg.gym_id}'s (obs[{d}:{d + 3}] should "
                            f"be obs[{a}:{a + 3}] - obs[{b}:{b + 3}]; off by up to {error:.3g}): the data was recorded "
                            "in another env or another observation order; choose the data of this env")
+
+
+def check_reference_scores(ref_min, ref_max, source: str) -> None:
+    """A dataset's reference scores, where it records them: finite, and the maximum above the minimum (reversed or NaN
+    scores would turn every normalized return into nonsense or drop it silently)."""
+    import math
+
+    if ref_min is None and ref_max is None:
+        return
+    if ref_min is None or ref_max is None or not (math.isfinite(ref_min) and math.isfinite(ref_max)) \
+            or ref_max <= ref_min:
+        raise DatasetError(f"{source} records reference scores min {ref_min} and max {ref_max}: they must be finite "
+                           "with max above min; fix the dataset's ref_min_score / ref_max_score")

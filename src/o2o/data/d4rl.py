@@ -41,12 +41,12 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
             raise DatasetError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
         obs = f["observations"][:].astype(np.float32)
         n = len(obs)
-        terminals = f["terminals"][:].astype(bool)
-        timeouts = f["timeouts"][:].astype(bool) if "timeouts" in f else np.zeros(n, bool)
+        terminals = _flags(f["terminals"][:], path, "terminals")
+        timeouts = _flags(f["timeouts"][:], path, "timeouts") if "timeouts" in f else np.zeros(n, bool)
         success = None
         for key in ("infos/success", "infos/goal_achieved"):
             if key in f:
-                success = f[key][:].astype(bool)
+                success = _flags(f[key][:], path, key)
         data = OfflineData(observations=obs, actions=f["actions"][:].astype(np.float32),
                            rewards=f["rewards"][:].astype(np.float32), next_observations=obs,
                            terminals=terminals, timeouts=timeouts, success=success, source=f"hdf5:{path}",
@@ -60,6 +60,16 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
     # the step before a dropped timeout step now ends its episode
     timeouts_shifted = np.concatenate([data.timeouts[1:], [True]]) & ~data.terminals
     return replace(data, next_observations=next_obs, timeouts=timeouts_shifted).select(keep)
+
+
+def _flags(values: np.ndarray, path: str, name: str) -> np.ndarray:
+    """A per-step flag array: 0 / 1 (or booleans) only; anything else (0.5, -1) would silently become True."""
+    values = np.asarray(values)
+    if values.dtype != bool and not np.isin(values, (0, 1)).all():
+        bad = values[~np.isin(values, (0, 1))]
+        raise DatasetError(f"{path}: {name} holds values other than 0 and 1 (e.g. {bad.flat[0]!r}, {bad.size} of them): "
+                           "a flag array must be 0 or 1; fix the file")
+    return values.astype(bool).reshape(-1)
 
 
 def d4rl_reference_scores(path: str) -> tuple[Optional[float], Optional[float]]:

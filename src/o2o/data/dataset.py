@@ -16,7 +16,8 @@ from typing import Optional
 
 from o2o.config import EnvConfig
 from o2o.data.awac import is_awac_folder, load_awac
-from o2o.data.checks import ADROIT_LAYOUT, check_adroit_layout, check_finite, check_matches_env, clip_actions
+from o2o.data.checks import (ADROIT_LAYOUT, check_adroit_layout, check_finite, check_matches_env,
+                             check_reference_scores, clip_actions)
 from o2o.data.d4rl import d4rl_reference_scores, load_d4rl_hdf5
 from o2o.data.minari import collection_lock, fetch_minari, load_minari, minari_is_local
 from o2o.data.offline_data import OfflineData, apply_binary_success, float_or_none
@@ -40,6 +41,7 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
     ``binary_from_success`` (the domain's reward rule) turns it into the binary-reward data.
     """
     data = read_source(cfg)
+    check_reference_scores(data.ref_min_score, data.ref_max_score, data.source)
     check_matches_env(data, cfg, observation_shape, action_shape)
     check_finite(data)
     if cfg.gym_id in ADROIT_LAYOUT:
@@ -62,12 +64,15 @@ def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[
     if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
         return None, None  # AWAC's files carry none: the env option's
     if cfg.dataset.path:
-        return d4rl_reference_scores(cfg.dataset.path)
-    _collect_if_missing(cfg)
-    if not minari_is_local(cfg.dataset.id):
-        return None, None
-    meta = fetch_minari(cfg.dataset.id, download=False).storage.metadata
-    return float_or_none(meta.get("ref_min_score")), float_or_none(meta.get("ref_max_score"))
+        scores = d4rl_reference_scores(cfg.dataset.path)
+    else:
+        _collect_if_missing(cfg)
+        if not minari_is_local(cfg.dataset.id):
+            return None, None
+        meta = fetch_minari(cfg.dataset.id, download=False).storage.metadata
+        scores = float_or_none(meta.get("ref_min_score")), float_or_none(meta.get("ref_max_score"))
+    check_reference_scores(*scores, cfg.dataset.path or cfg.dataset.id)
+    return scores
 
 
 def _env_observation(cfg: EnvConfig):
