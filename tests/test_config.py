@@ -181,3 +181,16 @@ def test_the_quickstart_preset_is_the_measured_small_run():
     assert cfg.algo.actor_hidden == cfg.algo.critic_hidden == [64, 64] and cfg.env.name == "pointmaze_umaze"
     from o2o.runtime import choose_threads  # threads=0: one thread for networks this small, on any machine
     assert cfg.threads == 0 and choose_threads(cfg.buffer.batch_size, cfg.algo.critic_hidden, torch.device("cpu"))[0] == 1
+
+
+def test_integral_scientific_notation_is_an_integer_where_the_key_is_one():
+    from o2o.cli import compose_config, integral_scientific
+
+    args = ["algo=iql", "schedule.offline_steps=1e3", "schedule.online_steps=2.5E4", "algo.critic_lr=3e-4",
+            "seed=0,1e1", "schedule.log_interval=1.5e-1", "experiment=smoke"]
+    out = integral_scientific(args)
+    assert out == ["algo=iql", "schedule.offline_steps=1000", "schedule.online_steps=25000", "algo.critic_lr=3e-4",
+                   "seed=0,10", "schedule.log_interval=1.5e-1", "experiment=smoke"]
+    cfg = compose_config([o for o in out if not o.startswith(("seed=", "schedule.log_interval"))])
+    assert cfg.schedule.offline_steps == 1000 and cfg.algo.critic_lr == 3e-4
+    assert integral_scientific(["seed=1"]) == ["seed=1"]  # nothing to rewrite: no extra composition

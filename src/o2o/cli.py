@@ -55,7 +55,38 @@ def _log_to_files(err: Exception) -> None:
             handler.handle(record)
 
 
+SCIENTIFIC = r"[+-]?\d+(\.\d*)?[eE][+-]?\d+"
+
+
+def integral_scientific(args: Sequence[str]) -> list[str]:
+    """``key=1e3`` for an integer key becomes ``key=1000`` (RL step counts are written so); a value that is not a
+    whole number stays as typed, to be refused with the reason. Sweeps' comma lists are rewritten value by value."""
+    import re
+
+    def whole(value: str) -> str | None:
+        return str(int(float(value))) if re.fullmatch(SCIENTIFIC, value) and float(value).is_integer() else None
+
+    candidates = [i for i, a in enumerate(args) if not a.startswith("-") and "=" in a
+                  and any(whole(v) for v in a.split("=", 1)[1].split(","))]
+    if not candidates:
+        return list(args)
+    from omegaconf import IntegerNode
+
+    cfg = compose_config([a for i, a in enumerate(args) if i not in candidates and not a.startswith(("-", "hydra."))
+                          and "=" in a and "." not in a.split("=", 1)[0]])  # the groups decide the schema
+    out = list(args)
+    for i in candidates:
+        key, values = args[i].split("=", 1)
+        parent, _, name = key.lstrip("+").rpartition(".")
+        node = (OmegaConf.select(cfg, parent) if parent else cfg)
+        node = node._get_node(name) if isinstance(node, DictConfig) and name in node else None
+        if isinstance(node, IntegerNode):
+            out[i] = f"{key}=" + ",".join(whole(v) or v for v in values.split(","))
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = integral_scientific(sys.argv[1:])
     args = sys.argv[1:]
     if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
         run_dirs = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
@@ -118,6 +149,20 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
     from o2o.config import known_keys
 
     text = str(err)
+    cause = str(err.__cause__ or "")
+    typed = re.search(r"Value '(.*)' of type '(\w+)' could not be converted to (\w+)\s+full_key: (\S+)", cause)
+    if typed:
+        value, _, expected, key = typed.groups()
+        kind = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false"}.get(expected, expected)
+        numeric = re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", value) is not None
+        hint = " (1e3 is accepted where it is a whole number)" if expected == "Integer" and numeric else ""
+        given = next((o for o in overrides if o.split("=", 1)[0].lstrip("+") == key), key)
+        return f"{given}: {key} must be {kind}, got {value!r}{hint}"
+    listed = re.search(r"Invalid value assigned: (\w+) is not a ListConfig.*\s+full_key: (\S+)", cause, re.S)
+    if listed:
+        key = listed.group(2)
+        given = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key), "?")
+        return f"{key} must be a list, e.g. {key}=[256,256], got {given!r}"
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)
