@@ -76,6 +76,12 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "steps not whole in scientific notation": (["schedule.offline_steps=1.5e-1"], {},
                                                "schedule.offline_steps must be an integer, got '0.15'"),
     "layers not a list": (["algo.actor_hidden=abc"], {}, "algo.actor_hidden must be a list, e.g. "),
+    "retraining key without retraining": (["retrain.mixing_ratio=0.5"], {},
+                                          "retrain.mixing_ratio does nothing in this run: offline retraining is off"),
+    "pre-training steps for an algorithm that does not pre-train": (
+        ["algo=sac", "schedule.offline_steps=20000"], {}, "schedule.offline_steps does nothing in this run: sac does not pre-train"),
+    "bonus coefficient without a bonus": (["exploration.coef=3"], {}, "exploration.coef does nothing in this run"),
+    "a misspelt mixing ratio": (["buffer.mix_ratio=0.5"], {}, "unknown key buffer.mix_ratio: did you mean algo.mixing_ratio?"),
     "key under a null node": (["env=adroit_door", "env.dataset.collector.steps=5"], {},
                               "env.dataset.collector is null with env=adroit_door; drop the override"),
     "dataset not downloadable": (["env=adroit_door"], {}, "o2o-data build-adroit"),

@@ -114,7 +114,8 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
         raise ConfigError(_one_line_hydra_error(err, overrides)) from None
     except AssertionError:  # OmegaConf asserts when an override sets a key under a null node
         raise ConfigError(_override_under_null(overrides)) from None
-    validate(cfg)
+    config = validate(cfg)
+    refuse_inert(config, overrides)
     if run_dir:  # an existing run dir refuses another config before Hydra writes its records there
         from pathlib import Path
 
@@ -122,6 +123,21 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
         from o2o.pipeline import load_resume_state
 
         load_resume_state(Checkpoints(Path(run_dir)), OmegaConf.to_container(cfg, resolve=True), Path(run_dir))
+
+
+def refuse_inert(config, overrides: Sequence[str]) -> None:
+    """A key typed on the command line that this run does not read stops it: its value would be logged as if it
+    applied (presets may set such keys for the algorithms of a sweep that do read them)."""
+    from o2o.config import inert_keys, inert_reason
+
+    inert = inert_keys(config)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if "=" not in override or "." not in key and key not in inert:
+            continue
+        why = inert_reason(key, inert)
+        if why and not (key.endswith((".bonus", ".value")) or key in ("retrain.steps", "retrain.interval")):
+            raise ConfigError(f"{key} does nothing in this run: {why}; drop the override")
 
 
 def _override_under_null(overrides: Sequence[str]) -> str:
@@ -139,6 +155,33 @@ def _override_under_null(overrides: Sequence[str]) -> str:
                 return (f"{'.'.join(parts)}: {'.'.join(parts[:depth])} is null with "
                         f"{chosen[-1] if chosen else 'the defaults'}; drop the override")
     return f"an override sets a key under a null node: {' '.join(overrides)}"
+
+
+def did_you_mean(key: str, cfg: DictConfig) -> str | None:
+    """The key the user most likely meant: a close key of the same group first; else among keys with a close last
+    name, one that the run reads (``algo.mixing_ratio`` before ``retrain.mixing_ratio`` when retraining is off)."""
+    import difflib
+
+    from o2o.config import inert_keys, inert_reason, known_keys, validate
+
+    keys = known_keys(cfg)
+    group = key.split(".")[0] + "."
+    same_group = difflib.get_close_matches(key, [k for k in keys if k.startswith(group)], n=1, cutoff=0.75)
+    if same_group:
+        return same_group[0]
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = difflib.get_close_matches(leaf, sorted({k.rsplit(".", 1)[-1] for k in keys}), n=3, cutoff=0.6)
+    candidates = [k for k in keys if k.rsplit(".", 1)[-1] in leaves]
+    try:
+        inert = inert_keys(validate(cfg))
+    except ConfigError:
+        inert = {}
+    read = [k for k in candidates if not inert_reason(k, inert)]
+    ranked = sorted(read or candidates, key=lambda k: -difflib.SequenceMatcher(None, key, k).ratio())
+    if ranked:
+        return ranked[0]
+    close = difflib.get_close_matches(key, keys, n=1)
+    return close[0] if close else None
 
 
 def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
@@ -166,8 +209,8 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)
-        close = difflib.get_close_matches(key, known_keys(compose_config([o for o in overrides if not o.startswith(key + "=")])), n=1)
-        return f"unknown key {key}" + (f": did you mean {close[0]}?" if close else "")
+        close = did_you_mean(key, compose_config([o for o in overrides if not o.startswith(key + "=")]))
+        return f"unknown key {key}" + (f": did you mean {close}?" if close else "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if len(lines) > 1 and lines[1].startswith("Available options"):  # a missing group option: list them
         options = []

@@ -430,6 +430,32 @@ def validate(cfg: DictConfig) -> Config:
     return config
 
 
+def inert_keys(config: "Config") -> dict[str, str]:
+    """Config keys (or ``prefix.`` groups) that this run does not read, each with why: a value typed for one of them
+    would be recorded in MLflow as if it applied. The command line refuses them (o2o.cli.preflight)."""
+    inert = {}
+    algo = config.algo
+    if not algo.pretrain:
+        why = f"{algo.name} does not pre-train"
+        inert.update({"schedule.offline_steps": why, "schedule.eval_interval_offline": why})
+    if not algo.uses_offline_data:
+        inert["calibration_batch"] = f"{algo.name} reads no offline data (the calibration batch is offline data)"
+    if not config.retrain.steps and not config.retrain.interval:
+        inert["retrain."] = "offline retraining is off (retrain=none): choose retrain=ooo"
+    if config.exploration.bonus == "none":
+        inert["exploration."] = "no intrinsic reward (exploration=none): choose exploration=rnd or exploration=sera"
+    if config.reference.value == "mc":
+        inert["reference."] = "V_ref is the Monte-Carlo return (reference=mc): choose reference=regression or td"
+    return inert
+
+
+def inert_reason(key: str, inert: dict[str, str]) -> str | None:
+    for name, why in inert.items():
+        if key == name or (name.endswith(".") and key.startswith(name)):
+            return why
+    return None
+
+
 def known_keys(cfg: DictConfig) -> list[str]:
     """Every dotted key of a composed config (for "did you mean")."""
     def walk(node, prefix):
