@@ -63,3 +63,22 @@ def test_domain_presets():
     assert (iql.algo.expectile, iql.algo.awr_temperature) == (0.7, 0.5)  # kitchen_config.py, the README's Adroit config
     iql = validate(compose(["env=kitchen_partial", "algo=iql"]))
     assert (iql.algo.expectile, iql.algo.awr_temperature) == (0.7, 0.5)
+
+
+def test_the_adroit_dense_notice_shows_only_for_the_dense_adroit_options():
+    """Gymnasium-Robotics prints its dense-reward notice at import; here only a dense Adroit run shows it."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys; sys.path.insert(0, {src!r})\n"
+            "from conftest import compose\n"
+            "from o2o.config import validate\n"
+            "from o2o.envs import make_env\n"
+            "make_env(validate(compose(['env={env}'])).env)\n")
+    for env, shown in (("pointmaze_umaze", False), ("adroit_door", False), ("adroit_door_dense", True)):
+        done = subprocess.run([sys.executable, "-c", code.format(src=str(ROOT / "src"), env=env)], capture_output=True,
+                              text=True, cwd=ROOT / "tests", timeout=120)
+        assert done.returncode == 0, done.stderr[-1000:]
+        assert ("reward functions were updated" in done.stderr + done.stdout) == shown, (env, done.stderr)

@@ -31,9 +31,24 @@ def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str]) -> dict[str, f
     return run_pipeline(config, run_dir, resolved, tags={"overrides": " ".join(overrides) or "(defaults)"})
 
 
+def routine_lines_to_the_log_file() -> None:
+    """MLflow's routine INFO lines (database set-up, system metrics, input-example checks) go to the run's log file,
+    not the terminal; its warnings and errors still reach both."""
+    mlflow_logger = logging.getLogger("mlflow")
+    for handler in mlflow_logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and handler not in mlflow_logger.handlers:
+            mlflow_logger.addHandler(handler)
+
+
 @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    import mlflow  # noqa: F401 - its loggers exist from here on
+
+    routine_lines_to_the_log_file()
     try:
         final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
     except (UserError, Diverged) as err:

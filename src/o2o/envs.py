@@ -76,7 +76,23 @@ class SuccessFromTasks(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+_ADROIT_DENSE_NOTICE: list[str] = []  # Gymnasium-Robotics' import-time notice, kept for the runs it concerns
+
+
 def register_robotics() -> None:
+    """Gymnasium-Robotics' envs. Its import prints a notice about the Adroit envs' dense rewards
+    (farama_notifications) on every run; it is held back here and shown by :func:`make_env` for the dense Adroit
+    options only, the runs it concerns."""
+    import sys
+
+    if "gymnasium_robotics" not in sys.modules:
+        try:
+            from farama_notifications import notifications
+
+            held = notifications.pop("gymnasium_robotics", {})
+            _ADROIT_DENSE_NOTICE.extend(sorted(set(held.values())))
+        except ImportError:
+            pass
     import gymnasium_robotics
 
     gym.register_envs(gymnasium_robotics)
@@ -124,6 +140,10 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
     """Build the configured env with a flat float32 observation, under the domain's episode rules if given
     (binary reward, end at success): training and evaluation envs alike."""
     register_robotics()
+    if cfg.gym_id.startswith("AdroitHand") and cfg.name.endswith("_dense") and _ADROIT_DENSE_NOTICE:
+        import logging
+
+        logging.getLogger("o2o").warning("Gymnasium-Robotics: %s", _ADROIT_DENSE_NOTICE.pop())
     kwargs = dict(cfg.gym_kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
