@@ -157,3 +157,14 @@ def test_a_run_trains_on_the_awac_files(tmp_path, awac_folder):
                            "schedule.offline_steps=10", "domain.eval_episodes=1", "mlflow_experiment=o2o-awac",
                            "calibration_batch=8", "mlflow.log_models=false"])
     assert "offline/success_rate" in final
+
+
+def test_the_loader_says_what_the_adroit_rule_removed(awac_folder, caplog):
+    import logging
+
+    from o2o.data.dataset import load_offline_data
+
+    root, _, _ = awac_folder
+    with caplog.at_level(logging.INFO, logger="o2o"):
+        load_offline_data(door_cfg(root), (OBS,), (ACT,), binary_from_success=True)
+    assert "the Adroit binary rule kept 8 of 14 transitions: 3 of 4 episodes reach success" in caplog.text

@@ -18,6 +18,9 @@ OFFLINE = [*(M.train(M.OFFLINE, k) for k in (M.CRITIC_LOSS, M.Q_DATA, M.V_REF, M
            *(M.evaluation(M.OFFLINE, k) for k in (M.NORMALIZED_RETURN, M.SUCCESS_RATE))]
 
 
+TERMINAL: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def sweep(main_py_module, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
@@ -32,6 +35,7 @@ def sweep(main_py_module, tmp_path_factory):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # one parent run for the sweep
     children = {r.data.tags["algo"]: r for r in runs if "algo" in r.data.tags}
     assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {parents[0].info.run_id}
+    TERMINAL["sweep"] = proc.stdout + proc.stderr  # what the terminal showed, for the one-footer check
     return client, children, out, parents[0]
 
 
@@ -104,3 +108,9 @@ def test_python_api_returns_final_metrics(tmp_path):
     assert final[M.ENV_STEPS] == 100
     assert 0.0 <= final[M.CUMULATIVE_REGRET] <= 1.0
     assert (tmp_path / "checkpoints" / "final.pt").is_file()
+
+
+def test_a_sweep_prints_one_summary_not_one_per_job(sweep):
+    output = TERMINAL["sweep"]
+    assert output.count("  run folder  ") == 0  # the per-job footer
+    assert output.count("sweep summary:") == 1

@@ -23,12 +23,13 @@ register_schema()
 warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name.*")
 
 
-def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str]) -> dict[str, float]:
+def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], summary: bool = True) -> dict[str, float]:
     from o2o.pipeline import run_pipeline
 
     config = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return run_pipeline(config, run_dir, resolved, tags={"overrides": " ".join(overrides) or "(defaults)"})
+    return run_pipeline(config, run_dir, resolved, tags={"overrides": " ".join(overrides) or "(defaults)"},
+                        summary=summary)
 
 
 def routine_lines_to_the_log_file() -> None:
@@ -50,7 +51,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
     routine_lines_to_the_log_file()
     try:
-        final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task))
+        # a sweep prints one summary at its end (launchers.MlflowSweepCallback), not one per job
+        final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
+                     summary=hydra_cfg.mode != RunMode.MULTIRUN)
     except (UserError, Diverged) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("%s", err)

@@ -80,7 +80,7 @@ def claim_run_dir(run_dir: Path):
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
-                 tags: dict | None = None) -> dict[str, float]:
+                 tags: dict | None = None, summary: bool = True) -> dict[str, float]:
     """Run every stage of one job and log it to MLflow; returns the final metrics.
 
     A run directory that holds a checkpoint resumes from it, in the same
@@ -94,7 +94,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     resume = load_resume_state(checkpoints, resolved, run_dir)
     if resume is not None and resume.finished:
         final = complete_finished(resume, checkpoints, cfg, run_dir)
-        print_summary(cfg, final, run_dir, resume.run_id)
+        if summary:
+            print_summary(cfg, final, run_dir, resume.run_id)
         return final
     runtime = setup_runtime(cfg)
     device = runtime.device
@@ -133,7 +134,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                 tracker.flush()
                 ctx.guard.finish()
         finish(agent, cfg, ctx, final, run_dir)
-        print_summary(cfg, final, run_dir, tracker.run_id)
+        if summary:
+            print_summary(cfg, final, run_dir, tracker.run_id)
         return final
     except Diverged as err:
         tracker.set_tags({"stage": "diverged", "failure": str(err)[:5000]})
@@ -257,8 +259,12 @@ def _record_run(cfg: Config, run_dir: Path, run_id_file: Path, run_id: Optional[
     if data.offline is not None:  # also when continuing: MLflow keeps one input per dataset and context
         log_dataset(tracker.client, tracker.run_id, offline_dataset(data.offline, cfg.env), OFFLINE_CONTEXT)
         log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s", data.offline.source,
-                 len(data.offline), data.offline.num_episodes, data.ref_min, data.ref_max)
+                 len(data.offline), data.offline.num_episodes, _score(data.ref_min), _score(data.ref_max))
     run_id_file.write_text(tracker.run_id)
+
+
+def _score(value: Optional[float]) -> str:
+    return "none" if value is None else f"{value:.6g}"
 
 
 def end_orphans(client, experiment: str, run_dir: Path, keep: Optional[str]) -> None:

@@ -12,6 +12,7 @@ in o2o.data.checks then apply to it as to every other.
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 from o2o.config import EnvConfig
@@ -20,8 +21,10 @@ from o2o.data.checks import (ADROIT_LAYOUT, check_adroit_layout, check_finite, c
                              check_reference_scores, clip_actions)
 from o2o.data.d4rl import d4rl_reference_scores, load_d4rl_hdf5
 from o2o.data.minari import collection_lock, fetch_minari, load_minari, minari_is_local
-from o2o.data.offline_data import OfflineData, apply_binary_success, float_or_none
+from o2o.data.offline_data import OfflineData, apply_binary_success, episode_slices, float_or_none
 from o2o.errors import DatasetError
+
+log = logging.getLogger("o2o")
 
 
 def read_source(cfg: EnvConfig) -> OfflineData:
@@ -48,7 +51,13 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         check_adroit_layout(data, cfg, _env_observation(cfg))
     data = clip_actions(data)
     if binary_from_success:
+        before = len(data)
+        episodes = episode_slices(data.episode_ends)
+        succeeding = sum(1 for e in episodes if data.success is not None and data.success[e].any())
         data = apply_binary_success(data)
+        log.info("%s: the Adroit binary rule kept %d of %d transitions: %d of %d episodes reach success and are cut "
+                 "after their last success (success steps terminal), the others dropped", data.source, len(data),
+                 before, succeeding, len(episodes))
         if len(data) == 0:
             raise DatasetError(f"{data.source}: no episode reaches task success, so the binary-reward data is empty")
     return data
