@@ -198,3 +198,40 @@ def test_the_calibration_plot_of_an_offline_study_has_no_empty_online_column():
 
     assert len(calibration_figure([record(False)], "t").axes) == 2
     assert len(calibration_figure([record(True)], "t").axes) == 4
+
+
+def test_rows_that_differ_by_a_preset_are_labelled_by_it_and_the_legend_stays_in_the_figure(tmp_path, monkeypatch):
+    """A whole experiment: runs with experiment=smoke beside runs without; the label is the preset, not the eleven
+    params it changes, and the legend lies below the plots, inside the figure."""
+    from mlflow.entities import RunTag
+
+    from o2o.report import _pyplot, curves_figure, load_runs, results_table
+
+    uri = f"sqlite:///{tmp_path / 'labels.db'}"
+    client = MlflowClient(uri)
+    for seed, preset in ((0, True), (1, True), (0, False)):
+        run_id = fill(client, "whole", "door", "calql", seed, [(1000, 50.0)], [(1000, 60.0)], [(1000, 0.5)])
+        changed = [Param(f"schedule.k{i}", "1" if preset else "2") for i in range(11)]  # what the preset sets
+        client.log_batch(run_id, params=changed, tags=[RunTag(
+            "overrides", f"{'experiment=smoke ' if preset else ''}seed={seed} threads=1 progress=false")])
+    records = load_runs(client, "whole", "", True)
+    labels = sorted(row["config"] for row in results_table(records))
+    assert labels == ["(no override)", "experiment=smoke"]
+    fig = curves_figure(records, "door")
+    fig.canvas.draw()
+    legend = fig.legends[0]
+    texts = sorted(t.get_text() for t in legend.get_texts())
+    assert texts == ["calql ((no override))", "calql (experiment=smoke)"]
+    box, figure_box = legend.get_window_extent(), fig.bbox
+    assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 and figure_box.y0 <= box.y0 and box.y1 <= figure_box.y1
+    for ax in fig.axes:  # below every plot: it covers no curve
+        assert box.y1 <= ax.get_window_extent().y0
+    _pyplot().close(fig)
+
+
+def test_long_labels_are_cut_in_legends_and_kept_whole_in_the_table():
+    from o2o.report import LABEL_CHARS, short_label
+
+    text = "calql (" + " ".join(f"algo.k{i}=v{i}" for i in range(20)) + ")"
+    assert len(short_label(text)) == LABEL_CHARS and short_label(text).endswith("…")
+    assert short_label("calql") == "calql"

@@ -48,6 +48,7 @@ class RunRecord:
     metric: str  # the paper's score for the run's domain (o2o.metrics.HEADLINE_METRICS)
     config: dict[str, str] = field(default_factory=dict)  # every param that changes what the run computes
     start_time: int = 0
+    overrides: str = ""  # the command line's overrides (tag), for short labels
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)] by step
 
     def last(self, key: str) -> float:
@@ -107,7 +108,7 @@ def _record(client, run) -> RunRecord:
     record = RunRecord(run.info.run_id, tags.get("env", "?"), tags.get("algo", "?"), tags.get("seed", "?"),
                        tags.get("dataset", "?"), float(params.get("schedule.online_steps", "nan")),
                        params.get(METRIC_PARAM, "?"), {k: v for k, v in params.items() if k not in NOT_CONFIG},
-                       run.info.start_time or 0)
+                       run.info.start_time or 0, tags.get("overrides", ""))
     for key in (*(record.score_key(phase) for phase in (*M.PHASES, M.RETRAIN)), *TRAIN_KEYS):
         stored = key if key in run.data.metrics else _legacy_name(key)
         if stored in run.data.metrics:
@@ -154,14 +155,40 @@ def group_runs(records: list[RunRecord]) -> tuple[dict[tuple, list[RunRecord]], 
 
 
 def _differences(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
-    """What sets this group apart from the others of its env and algorithm ('' when it is the only one)."""
+    """What sets this group apart from the others of its env and algorithm ('' when it is the only one): the
+    shortest description that tells them apart, the command-line overrides that differ (a preset's name when the
+    runs differ by a preset) when those tell them apart, else every param that differs."""
     env, algo, config = key
-    others = [dict(k[2]) for k in groups if k[:2] == (env, algo) and k != key]
-    if not others:
+    siblings = [k for k in groups if k[:2] == (env, algo)]
+    if len(siblings) == 1:
         return ""
+    by_overrides = _override_labels({k: groups[k] for k in siblings})
     config = dict(config)
+    others = [dict(k[2]) for k in siblings if k != key]
     keys = sorted({k for other in others for k in set(other) | set(config) if other.get(k) != config.get(k)})
-    return " ".join(f"{k}={config.get(k, '-')}" for k in keys)
+    by_params = " ".join(f"{k}={config.get(k, '-')}" for k in keys)
+    if by_overrides is not None and len(by_overrides[key]) <= len(by_params):
+        return by_overrides[key]
+    return by_params
+
+
+def _override_tokens(runs: list[RunRecord]) -> frozenset[str]:
+    """The overrides that shape what the runs compute (not the seed, not bookkeeping)."""
+    tokens = set()
+    for r in runs:
+        for token in r.overrides.split():
+            name = token.split("=", 1)[0].lstrip("+~")
+            if name not in NOT_CONFIG and not name.startswith("hydra") and "=" in token:
+                tokens.add(token)
+    return frozenset(tokens)
+
+
+def _override_labels(groups: dict[tuple, list[RunRecord]]) -> dict[tuple, str] | None:
+    """Each group's overrides that not every group shares; None when those do not tell the groups apart."""
+    tokens = {k: _override_tokens(runs) for k, runs in groups.items()}
+    shared = frozenset.intersection(*tokens.values())
+    labels = {k: " ".join(sorted(t - shared)) or "(no override)" for k, t in tokens.items()}
+    return labels if len(set(labels.values())) == len(labels) else None
 
 
 def results_table(records: list[RunRecord], dip_fraction: float = DIP_FRACTION) -> list[dict]:
@@ -317,19 +344,40 @@ def _pyplot():
     return plt
 
 
+LABEL_CHARS = 60  # a legend entry at most; the table's config column has the whole description
+
+
+def short_label(text: str, limit: int = LABEL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _by_algo(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     """One curve per configuration: the algorithm, with what sets its configuration apart when it has several."""
     groups, _ = group_runs(records)
     labelled = {}
     for key, runs in groups.items():
         diff = _differences(key, groups)
-        labelled[key[1] + (f" ({diff})" if diff else "")] = runs
+        labelled[short_label(key[1] + (f" ({diff})" if diff else ""))] = runs
     return labelled
+
+
+def _legend_below(fig, axes) -> None:
+    """One legend for the figure, under its plots, so that it never covers a curve or runs off the figure."""
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    if labels:
+        fig.legend([handles[label] for label in labels], labels, loc="outside lower center", fontsize=8,
+                   ncol=max(1, min(len(labels), 3 if max(len(label) for label in labels) < 30 else 1)))
 
 
 def curves_figure(records: list[RunRecord], title: str):
     plt, groups = _pyplot(), _by_algo(records)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True, gridspec_kw={"width_ratios": [1, 2]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True, gridspec_kw={"width_ratios": [1, 2]},
+                             layout="constrained")
     _plot_phases(axes, groups, score_series)
     axes[0].set(title="offline pre-training", xlabel="gradient steps",
                 ylabel=" / ".join(sorted({r.metric for r in records})))
@@ -339,20 +387,17 @@ def curves_figure(records: list[RunRecord], title: str):
                      textcoords="offset points", fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
-    legend_axis = axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0]
-    if legend_axis.get_legend_handles_labels()[0]:
-        legend_axis.legend(loc="best", fontsize=8)
+    _legend_below(fig, axes)
     seeds = max(len(runs) for runs in groups.values()) if groups else 0
     fig.suptitle(f"{title}: " + ("mean ± std over seeds" if seeds > 1 else "one run per curve"))
-    fig.tight_layout()
     return fig
 
 
 def qcal_figure(records: list[RunRecord], title: str):
     plt, groups = _pyplot(), _by_algo(records)
     algos = sorted(groups)
-    fig, axes = plt.subplots(len(algos), 2, figsize=(11, 2.8 * len(algos)), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 2]})
+    fig, axes = plt.subplots(len(algos), 2, figsize=(11, 2.8 * len(algos) + 0.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2]}, layout="constrained")
     styles = {M.Q_DATA: ("Q(s, a) on dataset actions", "-", "C0"),
               M.Q_POLICY: ("Q(s, a) on policy actions", "--", "C3"),
               M.V_REF: ("reference value V_ref(s)", ":", "k")}
@@ -360,20 +405,18 @@ def qcal_figure(records: list[RunRecord], title: str):
         for key, (label, linestyle, color) in styles.items():
             _plot_phases(row, {algo: groups[algo]}, lambda r, phase, key=key: r.history.get(M.train(phase, key), []),
                          label_of=lambda _, label=label: label, style={"linestyle": linestyle, "color": color})
-        row[0].set_ylabel(f"{algo}\nQ value")
+        row[0].set_ylabel(f"{short_label(algo, 24)}\nQ value")  # the configuration's whole name: its row's title
+        if algo != short_label(algo, 24):
+            row[1].set_title(algo, loc="left", fontsize=8)
         row[1].axvline(0, color="k", linestyle="--", linewidth=1)
         for ax in row:
             ax.grid(alpha=0.3)
-        for ax in row[::-1]:
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="best")
-                break
     axes[0][0].set_title("offline pre-training")
-    axes[0][1].set_title("online fine-tuning")
+    axes[0][1].set_title("online fine-tuning", loc="right")
     axes[-1][0].set_xlabel("gradient steps")
     axes[-1][1].set_xlabel("env steps")
-    fig.suptitle(f"{title}: Q-value calibration (learned Q vs. Monte-Carlo return of the batch)")
-    fig.tight_layout()
+    _legend_below(fig, axes[0])
+    fig.suptitle(f"{title}: Q-value calibration (learned Q vs. the reference value of the batch)")
     return fig
 
 
@@ -382,8 +425,9 @@ def calibration_figure(records: list[RunRecord], title: str):
     Monte-Carlo return, and how often Q falls below it (data actions; policy actions = Cal-QL's bound rate)."""
     plt, groups = _pyplot(), _by_algo(records)
     online = any(M.calibration(M.ONLINE, "q_data") in r.history for r in records)  # an offline study: one column
-    fig, axes = plt.subplots(2, 2 if online else 1, figsize=(11, 6.5) if online else (7, 6.5), sharex="col",
-                             squeeze=False, gridspec_kw={"width_ratios": [1, 2] if online else [1]})
+    fig, axes = plt.subplots(2, 2 if online else 1, figsize=(11, 7.5) if online else (7, 7.5), sharex="col",
+                             squeeze=False, gridspec_kw={"width_ratios": [1, 2] if online else [1]},
+                             layout="constrained")
 
     def series(name):
         return lambda r, phase: r.history.get(M.calibration(phase, name), [])
@@ -406,13 +450,8 @@ def calibration_figure(records: list[RunRecord], title: str):
             ax.axvline(0, color="k", linestyle="--", linewidth=1)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    for row in axes:
-        for ax in row[::-1]:
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="best")
-                break
+    _legend_below(fig, axes.flat)
     fig.suptitle(f"{title}: calibration on a fixed batch of offline transitions")
-    fig.tight_layout()
     return fig
 
 
