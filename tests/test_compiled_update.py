@@ -122,7 +122,36 @@ def test_compile_config_reaches_the_agent():
 
     cfg = validate(compose(["compile=true"]))
     assert make_agent(cfg, OBS, ACT, torch.device("cpu")).compiled_update is not None
-    assert make_agent(validate(compose()), OBS, ACT, torch.device("cpu")).compiled_update is None
+    assert make_agent(validate(compose(["compile=false"])), OBS, ACT, torch.device("cpu")).compiled_update is None
+
+
+def test_compile_auto_compiles_where_the_planned_updates_repay_it(monkeypatch):
+    import shutil
+
+    from o2o.runtime import COMPILE_BREAK_EVEN_UPDATES, choose_compile
+
+    cpu = torch.device("cpu")
+    assert choose_compile("true", cpu, 10) == (True, "set by compile=")
+    assert choose_compile(False, cpu, 10 ** 9) == (False, "set by compile=")
+    assert choose_compile("auto", cpu, COMPILE_BREAK_EVEN_UPDATES - 1)[0] is False
+    compiled, why = choose_compile("auto", cpu, COMPILE_BREAK_EVEN_UPDATES)
+    assert compiled and "repay" in why
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no C++ compiler
+    compiled, why = choose_compile("auto", cpu, 10 ** 9)
+    assert not compiled and "no C++ compiler" in why
+    assert choose_compile("auto", torch.device("meta"), 10 ** 9)[0] is False
+
+
+def test_the_smoke_preset_runs_eager_and_the_paper_schedule_compiles():
+    from o2o.config import validate
+    from o2o.pipeline import planned_updates
+    from o2o.runtime import COMPILE_BREAK_EVEN_UPDATES, choose_compile
+
+    for overrides, expected in ((["experiment=smoke"], False), ([], True)):
+        cfg = validate(compose(overrides))
+        assert cfg.compile == "auto"
+        assert (planned_updates(cfg) >= COMPILE_BREAK_EVEN_UPDATES) == expected
+        assert choose_compile(cfg.compile, torch.device("cpu"), planned_updates(cfg))[0] == expected
 
 
 def test_many_compiled_agents_in_one_process():

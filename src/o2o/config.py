@@ -368,7 +368,9 @@ class Config:
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     precision: str = MISSING  # auto | fp32 | bf16 (autocast); auto: o2o.runtime.choose_precision
     threads: int = MISSING  # torch intra-op threads; 0 = chosen by o2o.runtime.choose_threads
-    compile: bool = MISSING  # the whole update as one torch.compile graph, CUDA graphs on GPUs (o2o.agents.compiled)
+    # auto | true | false: the whole update as one torch.compile graph, CUDA graphs on GPUs (o2o.agents.compiled);
+    # auto: where a compiler is present and the planned updates repay compiling (o2o.runtime.choose_compile)
+    compile: str = MISSING
     mlflow_experiment: str = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
@@ -391,6 +393,8 @@ class Config:
         _require(not self.retrain.steps or (self.schedule.online_steps > 0 and self.algo.uses_offline_data),
                  "retrain retrains on the offline data and the online transitions: it needs schedule.online_steps > 0 "
                  f"and an algorithm that reads the offline data ({self.algo.name} does not)")
+        _require(str(self.compile).lower() in ("auto", "true", "false"),
+                 f"compile must be auto, true or false, got {self.compile!r}")
         _require(self.precision in ("auto", "fp32", "bf16"),
                  f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")

@@ -33,7 +33,7 @@ from o2o.returns import label_rewards
 from o2o.exploration import make_bonus
 from o2o.reference import LearnedReference
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RETRAIN_STAGE, RunState
-from o2o.runtime import ThreadGovernor, setup_runtime
+from o2o.runtime import ThreadGovernor, choose_compile, setup_runtime
 from o2o.stages.calibration import CalibrationProbe
 from o2o.stages.common import Learner, RunContext
 from o2o.stages.evaluate import Evaluator
@@ -107,7 +107,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
         tracker.set_tags({"stage": "reference_returns"})
         reference = fit_reference(offline, cfg, tracker, resume is None)
-        agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision)
+        agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id)
         governor = None
@@ -309,10 +309,14 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
     return reference
 
 
-def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, precision: str = "fp32") -> ActorCritic:
-    """The configured algorithm's agent; ``precision`` is what it computes in (``runtime.choose_precision``)."""
+def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, precision: str = "fp32",
+               compiled: bool | None = None) -> ActorCritic:
+    """The configured algorithm's agent; ``precision`` is what it computes in (``runtime.choose_precision``),
+    ``compiled`` whether its update is one compiled graph (None: as ``compile`` decides, ``runtime.choose_compile``)."""
     agent = AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, precision, planned_updates(cfg))
-    if cfg.compile:
+    if compiled is None:
+        compiled = choose_compile(cfg.compile, device, planned_updates(cfg))[0]
+    if compiled:
         agent.compile_update()  # compiles at the first update
     return agent
 
@@ -340,7 +344,8 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         return final
     online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device)
     def fresh_agent() -> ActorCritic:
-        return make_agent(cfg, agent.obs_dim, agent.act_dim, agent.device, agent.precision)
+        return make_agent(cfg, agent.obs_dim, agent.act_dim, agent.device, agent.precision,
+                          agent.compiled_update is not None)
 
     if state.stage == RETRAIN_STAGE:  # fine-tuning is done: its buffer and summary are in the checkpoint
         online.load_state(state.online.buffer)
@@ -425,7 +430,7 @@ def complete_finished(resume: RunState, checkpoints: Checkpoints, cfg: Config, r
     tracker = Tracker(cfg.mlflow_experiment, None, {}, {}, run_id=resume.run_id)
     setup_runtime(cfg)  # seeds and threads; the policy model is exported in fp32 whatever the precision
     (obs_dim,), (act_dim,) = env_shapes(cfg)
-    agent = make_agent(cfg, obs_dim, act_dim, torch.device("cpu"))
+    agent = make_agent(cfg, obs_dim, act_dim, torch.device("cpu"), compiled=False)  # only exported
     agent.restore(resume.agent)
     publish_final(tracker, checkpoints, resume.final, agent, cfg, run_dir)
     return resume.final

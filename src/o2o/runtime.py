@@ -146,11 +146,45 @@ class Runtime:
     threads_why: str
     precision: str  # fp32 | bf16: what the agent computes in
     precision_why: str
+    compile: bool = False  # the update as one compiled graph (o2o.agents.compiled)
+    compile_why: str = ""
 
     def tags(self) -> dict[str, str]:
         """What MLflow records of the choices (the config keeps what was asked: ``auto``, ``0``)."""
         return {"torch_threads": str(self.threads), "torch_threads_reason": self.threads_why,
-                "precision_used": self.precision, "precision_reason": self.precision_why}
+                "precision_used": self.precision, "precision_reason": self.precision_why,
+                "compile_used": str(self.compile).lower(), "compile_reason": self.compile_why}
+
+
+# Updates a run must plan for compiling to pay: measured on a 2-core AMD EPYC at the quickstart sizes (64x64,
+# batch 256, fp32, one thread; python scripts/bench_update.py --obs-dim 6 --act-dim 2 --hidden 64 --layers 2
+# --modes eager compiled --precision fp32 --threads 1 --steps 200): eager 58.2 and compiled 118.8 updates/s, 16.6 s
+# to compile one variant of the update, so one variant repays itself after 16.6 / (1/58.2 - 1/118.8) = 1,900
+# updates; a run compiles about two (offline and online, or with and without the actor step). Larger networks
+# repay sooner (a compiled update saves more per step; README "Speed").
+COMPILE_BREAK_EVEN_UPDATES = 4_000
+
+
+def choose_compile(asked, device: torch.device, planned_updates: int) -> tuple[bool, str]:
+    """``compile``: true / false as asked; ``auto``: compile where it can run and pays off, with the reason."""
+    import importlib.util
+    import shutil
+
+    asked = str(asked).lower()
+    if asked in ("true", "false"):
+        return asked == "true", "set by compile="
+    if device.type == "cpu":
+        if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+            return False, "no C++ compiler on this machine (inductor builds its CPU kernels with one)"
+    elif device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed (inductor's GPU kernels)"
+    else:
+        return False, f"torch.compile is not used on {device.type}"
+    if planned_updates < COMPILE_BREAK_EVEN_UPDATES:
+        return False, (f"{planned_updates} planned updates, fewer than the {COMPILE_BREAK_EVEN_UPDATES} that repay "
+                       "compiling (measured)")
+    return True, f"{planned_updates} planned updates repay compiling (break-even about {COMPILE_BREAK_EVEN_UPDATES})"
 
 
 def setup_runtime(cfg) -> Runtime:
@@ -169,4 +203,8 @@ def setup_runtime(cfg) -> Runtime:
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
                     "than fp32 (measured 0.2 vs 7 updates/s at 3x256 on an AVX2 CPU); use precision=fp32 here")
-    return Runtime(device, threads, why, precision, precision_why)
+    from o2o.pipeline import planned_updates
+
+    compiled, compile_why = choose_compile(cfg.compile, device, planned_updates(cfg))
+    log.info("update %s (%s)", "compiled" if compiled else "eager", compile_why)
+    return Runtime(device, threads, why, precision, precision_why, compiled, compile_why)
