@@ -144,7 +144,7 @@ def test_compile_auto_compiles_where_the_planned_updates_repay_it(monkeypatch):
 
 def test_the_smoke_preset_runs_eager_and_the_paper_schedule_compiles():
     from o2o.config import validate
-    from o2o.pipeline import planned_updates
+    from o2o.config import planned_updates
     from o2o.runtime import COMPILE_BREAK_EVEN_UPDATES, choose_compile
 
     for overrides, expected in ((["experiment=smoke"], False), ([], True)):

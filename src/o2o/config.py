@@ -434,6 +434,12 @@ def validate(cfg: DictConfig) -> Config:
     return config
 
 
+def planned_updates(cfg: "Config") -> int:
+    """The gradient steps the run will take: offline, then utd_ratio per online env step after the warm-up."""
+    offline = cfg.schedule.offline_steps if cfg.algo.pretrain else 0
+    return offline + max(cfg.schedule.online_steps - cfg.algo.warmup_steps, 0) * cfg.algo.utd_ratio
+
+
 def inert_keys(config: "Config") -> dict[str, str]:
     """Config keys (or ``prefix.`` groups) that this run does not read, each with why: a value typed for one of them
     would be recorded in MLflow as if it applied. The command line refuses them (o2o.cli.preflight)."""

@@ -21,7 +21,7 @@ from o2o.agents.iql import IQL
 from o2o.agents.sac import SAC
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
-from o2o.config import CQLConfig, Config, IQLConfig, SACConfig
+from o2o.config import CQLConfig, Config, IQLConfig, SACConfig, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.data.offline_data import OfflineData
 from o2o.envs import make_env
@@ -319,12 +319,6 @@ def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, pr
     if compiled:
         agent.compile_update()  # compiles at the first update
     return agent
-
-
-def planned_updates(cfg: Config) -> int:
-    """The gradient steps the run will take: offline, then utd_ratio per online env step after the warm-up."""
-    offline = cfg.schedule.offline_steps if cfg.algo.pretrain else 0
-    return offline + max(cfg.schedule.online_steps - cfg.algo.warmup_steps, 0) * cfg.algo.utd_ratio
 
 
 def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Config, ctx: RunContext,

@@ -203,7 +203,7 @@ def setup_runtime(cfg) -> Runtime:
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
                     "than fp32 (measured 0.2 vs 7 updates/s at 3x256 on an AVX2 CPU); use precision=fp32 here")
-    from o2o.pipeline import planned_updates
+    from o2o.config import planned_updates
 
     compiled, compile_why = choose_compile(cfg.compile, device, planned_updates(cfg))
     log.info("update %s (%s)", "compiled" if compiled else "eager", compile_why)
