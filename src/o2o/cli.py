@@ -204,10 +204,7 @@ def did_you_mean(key: str, cfg: DictConfig) -> str | None:
 
 def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
     """Hydra's message, first line; an unknown key gets "did you mean" (never Hydra's "+key" hint, which would be ignored)."""
-    import difflib
     import re
-
-    from o2o.config import known_keys
 
     text = str(err)
     cause = str(err.__cause__ or "")
@@ -254,7 +251,6 @@ def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[s
     >>> run(env="pointmaze_umaze", algo="calql", overrides=["schedule=smoke", "seed=1"])
     """
     import time
-    from pathlib import Path
 
     overrides = [f"env={env}", f"algo={algo}", *overrides]
     cfg = compose_config(overrides)

@@ -88,7 +88,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    claim = claim_run_dir(run_dir)  # held until this process ends: one job per run folder
+    claim_run_dir(run_dir)  # held until this process ends: one job per run folder
     resolved = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     checkpoints = Checkpoints(run_dir)
     resume = load_resume_state(checkpoints, resolved, run_dir)
