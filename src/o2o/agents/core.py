@@ -7,13 +7,14 @@ checkpoint format. An agent adds its losses in ``compute_losses``.
 from __future__ import annotations
 
 import contextlib
+
 import torch
 from torch import nn
 
 from o2o import metrics as M
 from o2o.agents import torch_internals as internals
-from o2o.buffers import Batch
 from o2o.agents.networks import EnsembleCritic, TanhGaussianActor
+from o2o.buffers import Batch
 from o2o.config import AlgoConfig, SoftActorConfig
 
 
@@ -135,7 +136,7 @@ class ActorCritic(nn.Module):
         # the last critic step of each block of actor_update_interval (RLPD: the actor after its 20 critic steps)
         update_actor = (self.grad_steps + 1) % self.cfg.actor_update_interval == 0
         noise = {**self.draw_noise(batch.obs.shape[0]), **self.draw_target_subset()}
-        first = self.pre_update(batch, noise)
+        first = self.pre_update(batch, noise)  # may add to ``noise`` what it computed for the main step
         if self.compiled_update is not None:
             metrics = self.compiled_update(batch, noise, update_actor)
             self.grad_steps += 1
@@ -147,7 +148,8 @@ class ActorCritic(nn.Module):
 
     def pre_update(self, batch: Batch, noise: dict) -> dict:
         """A step that some agents take on part of their networks before the main one, on the same batch (IQL's
-        value function, which its authors update first); it returns its metrics. Most agents take none."""
+        value function, which its authors update first); it returns its metrics and may put into ``noise`` what the
+        main step would compute again. Most agents take none."""
         return {}
 
     def pre_updated_names(self) -> set[str]:

@@ -13,9 +13,9 @@ import torch
 
 from o2o import metrics as M
 from o2o.agents.core import ActorCritic
-from o2o.buffers import Batch
 from o2o.metrics import ONLINE
 from o2o.agents.networks import TanhGaussianActor
+from o2o.buffers import Batch
 
 
 def calql_bound(q_current: torch.Tensor, q_next: torch.Tensor, v_ref: torch.Tensor):

@@ -15,8 +15,8 @@ import torch
 
 from o2o import metrics as M
 from o2o.agents.core import ActorCritic
-from o2o.buffers import Batch
 from o2o.agents.networks import GaussianActor
+from o2o.buffers import Batch
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -63,16 +63,24 @@ class IQL(ActorCritic):
     def draw_noise(self, batch_size: int) -> dict:
         return {}
 
+    def q_target(self, batch: Batch, noise: dict) -> torch.Tensor:
+        """min Q_target(s, a) on the batch's actions; the value step computes it and the main step reuses it
+        (``noise["q_target"]``): the target critic does not move in between."""
+        if "q_target" in noise:
+            return noise["q_target"]
+        with self.autocast(), torch.no_grad():
+            return self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)), noise)[:, 0]
+
     def value_loss(self, batch: Batch, noise: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The expectile regression of V(s) on min Q_target(s, a); returns the loss and V(s)."""
+        q_target = self.q_target(batch, noise)
         with self.autocast():
-            with torch.no_grad():
-                q_target = self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)), noise)[:, 0]
             v = self.v(batch.obs)
         return expectile_loss(q_target - v, self.cfg.expectile), v
 
     def pre_update(self, batch: Batch, noise: dict) -> dict:
         """V's own step first, as the authors' learner.py (update_v, then the actor and Q with the new value)."""
+        noise["q_target"] = self.q_target(batch, noise)  # an input of the main step too, computed once
         loss, v = self.value_loss(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -85,9 +93,9 @@ class IQL(ActorCritic):
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         """Q and the actor against V as it stands: the value just updated by :meth:`pre_update`."""
         cfg = self.cfg
+        q_target = self.q_target(batch, noise)
         with self.autocast():
             with torch.no_grad():
-                q_target = self.target_min(self.critic_target(batch.obs, batch.actions.unsqueeze(1)), noise)[:, 0]
                 v = self.v(batch.obs)
                 td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * self.v(batch.next_obs)
             q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)

@@ -11,8 +11,8 @@ import torch
 
 from o2o import metrics as M
 from o2o.agents.core import ActorCritic
-from o2o.buffers import Batch
 from o2o.agents.networks import TanhGaussianActor
+from o2o.buffers import Batch
 
 
 class SAC(ActorCritic):
