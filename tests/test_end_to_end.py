@@ -36,6 +36,8 @@ def sweep(main_py_module, tmp_path_factory):
     children = {r.data.tags["algo"]: r for r in runs if "algo" in r.data.tags}
     assert {r.data.tags["mlflow.parentRunId"] for r in children.values()} == {parents[0].info.run_id}
     TERMINAL["sweep"] = proc.stdout + proc.stderr  # what the terminal showed, for the one-footer check
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir() and (p / "checkpoints" / "final.pt").exists())
+    assert folders == sorted(f"algo={a},env.dataset.collector.steps=1500,experiment=smoke" for a in ALGOS), folders
     return client, children, out, parents[0]
 
 

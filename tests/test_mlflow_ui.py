@@ -61,3 +61,30 @@ def test_runs_with_algo_tags_a_metric_column_and_their_dataset_appear(ui_server,
     assert "calql" in cells and "cql" in cells, cells
     assert any("o2o/pointmaze/umaze-waypoints-v0" in c for c in cells), cells  # the Dataset column: the offline input
     assert (tmp_path / "mlflow_runs.png").stat().st_size > 20_000
+
+
+def test_the_experiment_opens_on_the_comparison_view(ui_server, tmp_path):
+    """The link in the experiment's description opens the runs grouped by algo and env with the score columns, with
+    no click: MLflow reads the shared view from the experiment tag every run publishes."""
+    from mlflow.tracking import MlflowClient
+
+    from o2o import mlflow_view
+
+    base, experiment_id = ui_server
+    description = MlflowClient(base).get_experiment(experiment_id).tags[mlflow_view.DESCRIPTION_TAG]
+    assert mlflow_view.view_url("http://127.0.0.1:5000", experiment_id) in description  # the runs were on sqlite
+    url = mlflow_view.view_url(base, experiment_id)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 2400, "height": 900})
+        page.goto(url)
+        for column in mlflow_view.score_columns("success_rate"):
+            page.get_by_role("columnheader", name=column).first.wait_for(timeout=60_000)
+        page.get_by_text("calql", exact=False).first.wait_for()
+        cells = page.get_by_role("gridcell").all_inner_texts()
+        page.screenshot(path=str(tmp_path / "mlflow_view.png"), full_page=True)
+        browser.close()
+    groups = [c for c in cells if "algo" in c and "env" in c]
+    assert len(groups) == 2 and any("calql" in g for g in groups) and any("cql" in g for g in groups), cells

@@ -157,3 +157,16 @@ def test_a_run_folder_in_use_by_another_job_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     claim_run_dir(tmp_path)  # free again once the other process is gone
+
+
+def test_a_sweep_job_folder_is_one_short_level_named_by_its_overrides():
+    from o2o.config import JOB_FOLDER_MAX, job_folder
+
+    assert job_folder("algo=cql,seed=1") == "algo=cql,seed=1"
+    assert job_folder("env.dataset.path=/data/awac,seed=0") == "env.dataset.path=_data_awac,seed=0"
+    long_a = ",".join(f"algo.key{i}={i}" for i in range(40))
+    long_b = long_a + ",seed=1"
+    names = {job_folder(long_a), job_folder(long_b)}
+    assert len(names) == 2 and all(len(n) == JOB_FOLDER_MAX for n in names)
+    assert job_folder(long_a) == job_folder(long_a) and job_folder(long_a).startswith("algo.key0=0,algo.key1=1")
+    assert job_folder("") == "job"

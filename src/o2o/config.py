@@ -412,11 +412,29 @@ def job_id() -> str:
     return f"{os.getpid()}-{secrets.token_hex(2)}"
 
 
+JOB_FOLDER_MAX = 120  # characters of a sweep job's folder name (file systems stop at 255 bytes)
+
+
+def job_folder(overrides: str) -> str:
+    """A sweep job's folder name: its overrides (``algo=cql,seed=1``) as Hydra writes them, one path level (a ``/``
+    in a value becomes ``_``), and past JOB_FOLDER_MAX characters their start plus a hash of the whole, so that
+    the same overrides always name the same folder and different ones never share it."""
+    import hashlib
+
+    name = overrides.replace("/", "_") or "job"
+    if len(name) <= JOB_FOLDER_MAX:
+        return name
+    digest = hashlib.sha256(overrides.encode()).hexdigest()[:12]
+    return f"{name[:JOB_FOLDER_MAX - 13]}-{digest}"
+
+
 def register_schema() -> None:
-    """Make the schemas available to ``conf/``: the root's and each algorithm family's; and ``${o2o.job_id:}``, one
-    value per process (cached), for the default run and sweep folder names."""
+    """Make the schemas available to ``conf/``: the root's and each algorithm family's; ``${o2o.job_id:}``, one
+    value per process (cached), for the default run and sweep folder names; ``${o2o.job_folder:...}``."""
     if not OmegaConf.has_resolver("o2o.job_id"):
         OmegaConf.register_new_resolver("o2o.job_id", job_id, use_cache=True)
+    if not OmegaConf.has_resolver("o2o.job_folder"):
+        OmegaConf.register_new_resolver("o2o.job_folder", job_folder)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for family, schema in ALGO_SCHEMAS.items():

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from o2o import metrics as M
+from o2o import metrics as M, mlflow_view
 from o2o.agents.core import ActorCritic
 from o2o.agents.cql import CQL
 from o2o.agents.iql import IQL
@@ -228,6 +228,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
                       system_metrics_interval=cfg.mlflow.system_metrics_interval_s if cfg.mlflow.system_metrics else None)
     try:
         _record_run(cfg, run_dir, run_id_file, run_id, tracker, resolved, data)
+        mlflow_view.publish(tracker.client, tracker.experiment_id, cfg.domain.metric, ui_address(tracker.uri))
     except BaseException as err:  # a run that exists in the store never stays RUNNING after its job is gone
         end_with(tracker, err)
         raise
@@ -401,16 +402,22 @@ def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, f
     tracker.end("FINISHED")
 
 
+def ui_address(uri: str) -> str:
+    """Where a person opens the MLflow UI of ``uri``: the tracking server itself, else a local ``mlflow ui``."""
+    return uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
 def print_summary(cfg: Config, final: dict[str, float], run_dir: Path, run_id: str) -> None:
     """Where the run went and how to look at it, on stdout (the command line and the Python API alike)."""
     uri = default_tracking_uri()
     keys = [M.summary(phase, cfg.domain.metric) for phase in (*M.PHASES, M.RETRAIN)] + [M.CUMULATIVE_REGRET]
     scores = ", ".join(f"{k} {final[k]:.3f}" for k in keys if k in final)
-    look = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri
+    look = f"mlflow ui --backend-store-uri {uri}, then open" if not uri.startswith("http") else "open"
+    experiment_id = open_store(uri).get_run(run_id).info.experiment_id
     print(f"\n{cfg.algo.name} on {cfg.env.name}, seed {cfg.seed}: {scores or 'no scores'}\n"
           f"  run folder  {run_dir}\n"
           f"  MLflow      run {run_id}, experiment {cfg.mlflow_experiment}, store {uri}\n"
-          f"  look        {look}   (then open http://127.0.0.1:5000)\n"
+          f"  look        {look} {mlflow_view.view_url(ui_address(uri), experiment_id)}\n"
           f"  compare     o2o-report --experiment {cfg.mlflow_experiment}", flush=True)
 
 

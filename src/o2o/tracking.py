@@ -135,16 +135,17 @@ class Tracker:
         self._monitor = None
         if run_id is not None:
             self.run_id = run_id
+            self.experiment_id = self.client.get_run(run_id).info.experiment_id
             self.client.update_run(run_id, status="RUNNING")
             self.set_tags(tags)
             for key in self.client.get_run(run_id).data.metrics:
                 self._logged_up_to[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
         else:
-            experiment_id = ensure_experiment(self.client, experiment, self.uri)
+            self.experiment_id = ensure_experiment(self.client, experiment, self.uri)
             tags = {k: str(v) for k, v in tags.items()}  # the REST store takes strings only
             if parent_run_id:
                 tags["mlflow.parentRunId"] = parent_run_id
-            self.run_id = self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
             self.log_params(params)
         if system_metrics_interval:
             self._start_system_metrics(system_metrics_interval, resumed=run_id is not None)
