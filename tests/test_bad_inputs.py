@@ -90,6 +90,42 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "store not a database": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/notdb.db"}, "file is not a database"),
     "unreachable tracking server": ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "is unreachable"),
     "corrupt checkpoint": (["hydra.run.dir={tmp}/corrupt-run"], {}, "cannot be read"),
+    "negative seed": (["seed=-1"], {}, "seed must be in [0, 2147483647], got -1"),
+    "seed beyond numpy's range": (["seed=99999999999999"], {}, "seed must be in [0, 2147483647]"),
+    "rewards of shape (N, 1)": (["env.dataset.id=null", "env.dataset.path={tmp}/rewards_n1.hdf5"], {},
+                                "rewards has shape (10, 1); D4RL stores it as (N,)"),
+    "rewards of shape (N, 3)": (["env.dataset.id=null", "env.dataset.path={tmp}/rewards_n3.hdf5"], {},
+                                "rewards has shape (10, 3)"),
+    "arrays of unequal lengths": (["env.dataset.id=null", "env.dataset.path={tmp}/unequal.hdf5"], {},
+                                  "its arrays differ in length (observations 10, actions 10, rewards 7"),
+    "zero transitions": (["env.dataset.id=null", "env.dataset.path={tmp}/zero.hdf5"], {}, "holds no steps"),
+    "one transition without an episode end": (["env.dataset.id=null", "env.dataset.path={tmp}/one.hdf5"], {},
+                                              "holds no transitions"),
+    "observations stored as a group": (["env.dataset.id=null", "env.dataset.path={tmp}/obs_group.hdf5"], {},
+                                       "observations is a group of ['x'], not one array"),
+    "run dir under /proc": (["hydra.run.dir=/proc/o2o-run"], {}, "hydra.run.dir /proc/o2o-run cannot be written"),
+    "run dir at a file": (["hydra.run.dir={tmp}/corrupt.hdf5"], {}, "cannot be written ({tmp}/corrupt.hdf5 is a file)"),
+    "run dir with =": (["hydra.run.dir={tmp}/a=b"], {}, "Hydra reads '=' and ',' in a value as syntax; quote the path"),
+    "run dir with ,": (["hydra.run.dir={tmp}/a,b"], {}, "quote the path, e.g. 'hydra.run.dir=\"{tmp}/a,b\"'"),
+    "garbage resolved config": (["hydra.run.dir={tmp}/garbage-config-run"], {},
+                                "resolved_config.yaml cannot be read (ParserError)"),
+    "run of a deleted MLflow run": (["hydra.run.dir={tmp}/deleted-run"], {}, "which was deleted in sqlite"),
+    "run dir of another store": (["hydra.run.dir={tmp}/other-store-run"], {}, "which the store sqlite"),
+    "outputs under a file": ([], {"O2O_OUTPUTS": "{tmp}/corrupt.hdf5/outputs"},
+                             "the outputs folder (O2O_OUTPUTS) {tmp}/corrupt.hdf5/outputs cannot be written"),
+    "Minari folder under a file": ([], {"MINARI_DATASETS_PATH": "{tmp}/corrupt.hdf5/minari"},
+                                   "the Minari datasets folder (MINARI_DATASETS_PATH)"),
+    "networks beyond memory": (["algo.critic_hidden=[100000,100000,100000]"], {},
+                               "use smaller networks or batches"),
+    "batch beyond memory": (["buffer.batch_size=100000000"], {}, "use smaller networks or batches"),
+    "more threads than cores": (["threads=4096"], {}, "threads=4096 is more than the"),
+    "system metrics every 0.1 ms": (["mlflow.system_metrics_interval_s=0.0001"], {},
+                                    "mlflow.system_metrics_interval_s must be >= 1 (seconds)"),
+    "whitespace experiment name": (["mlflow_experiment=' '"], {}, "mlflow_experiment must be a non-empty name"),
+    "reward scale NaN": (["algo.reward_scale=nan"], {}, "algo.reward_scale must be a finite number, got nan"),
+    "learning rate inf": (["algo.critic_lr=inf"], {}, "algo.critic_lr must be a finite number, got inf"),
+    "store of a newer MLflow": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/newer.db"},
+                                "was written by a newer MLflow than this one"),
 }
 if not torch.cuda.is_available():
     BAD["cuda without a GPU"] = (["device=cuda"], {}, "torch sees no CUDA GPU")
@@ -122,12 +158,40 @@ def world(tmp_path_factory):
     (tmp / "truncated.hdf5").write_bytes(data[: len(data) // 2])
     with h5py.File(tmp / "nokeys.hdf5", "w") as f:
         f["foo"] = np.zeros(3)
+    ended = lambda n: {**arrays(n, 6), "timeouts": np.arange(n) == n - 1}  # noqa: E731  one episode, cut at its end
+    odd = {"rewards_n1": {"rewards": np.zeros((10, 1), np.float32)}, "rewards_n3": {"rewards": np.zeros((10, 3), np.float32)},
+           "unequal": {"rewards": np.zeros(7, np.float32)}, "obs_group": {"observations": None}}
+    for name, change in odd.items():
+        with h5py.File(tmp / f"{name}.hdf5", "w") as f:
+            for key, value in {**ended(10), **change}.items():
+                if value is None:
+                    f.create_group(key)["x"] = np.zeros((10, 6), np.float32)
+                else:
+                    f[key] = value
+    for name, n in (("zero", 0), ("one", 1)):
+        with h5py.File(tmp / f"{name}.hdf5", "w") as f:
+            for key, value in arrays(n, 6).items():  # "one": a step whose episode never ends
+                f[key] = value
+    (tmp / "garbage-config-run").mkdir()
+    (tmp / "garbage-config-run" / "resolved_config.yaml").write_text(":: [not yaml")
+    newer = tmp / "newer.db"
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{newer}").search_experiments()
+    with sqlite3.connect(newer) as db:
+        db.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")  # a revision this MLflow never had
+    deleted = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    gone = deleted.create_run(deleted.create_experiment("deleted-runs")).info.run_id
+    deleted.delete_run(gone)
+    for name, run_id in (("deleted-run", gone), ("other-store-run", "0123456789abcdef0123456789abcdef")):
+        (tmp / name).mkdir()
+        (tmp / name / "mlflow_run_id").write_text(run_id)
     (tmp / "partial" / "D4RL" / "door" / "cloned-v2" / "data").mkdir(parents=True)
     (tmp / "corrupt-run" / "checkpoints").mkdir(parents=True)
     (tmp / "corrupt-run" / "checkpoints" / "latest.pt").write_bytes(b"garbage")
     store, run_dir = Path(os.environ["MLFLOW_TRACKING_URI"][len("sqlite:///"):]), tmp / "existing-run"
-    from mlflow.tracking import MlflowClient
-
     MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).create_experiment("existing")
     run_dir.mkdir()
     (run_dir / "mlflow_run_id").write_text("abc")
@@ -146,7 +210,7 @@ def fingerprint(paths):
 def run_bad(tmp, overrides, env_changes):
     fill = lambda text: text.replace("{tmp}", str(tmp))  # noqa: E731
     args = [fill(o) for o in overrides]
-    if not any(a.startswith("hydra.run.dir=") for a in args):
+    if not any(a.startswith("hydra.run.dir=") for a in args) and "O2O_OUTPUTS" not in env_changes:
         # one folder per case: cases that differ only by their environment run at once, and a run folder has one job
         args.append(f"hydra.run.dir={tmp}/runs/{abs(hash((tuple(args), tuple(sorted(env_changes.items())))))}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **{k: fill(v) for k, v in env_changes.items()}}
@@ -163,7 +227,7 @@ def test_every_bad_input_stops_with_one_line_and_touches_nothing(world):
         results = dict(zip(BAD, pool.map(lambda case: run_bad(tmp, *case[:2]), BAD.values())))
     failures = []
     for name, proc in results.items():
-        expected = BAD[name][2]
+        expected = BAD[name][2].replace("{tmp}", str(tmp))
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         if proc.returncode != 2 or len(errors) != 1 or expected not in errors[0] or "Traceback" in proc.stderr:
             failures.append(f"{name}: exit {proc.returncode}, {errors or proc.stderr[-400:]}")

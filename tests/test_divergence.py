@@ -29,6 +29,9 @@ def test_a_diverging_run_stops_failed_with_its_last_finite_checkpoint(tmp_path):
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["failure"]
     assert not (run_dir / "checkpoints" / "final.pt").exists()
     latest = run_dir / "checkpoints" / "latest.pt"
+    # the line names the checkpoint only when one was written
+    assert (f"the last finite checkpoint is kept: {latest}" in errors[0]) == latest.exists(), errors[0]
+    assert latest.exists() or "no checkpoint was written before it" in errors[0]
     if latest.exists():  # a checkpoint before the divergence: finite weights only
         state = torch.load(latest, weights_only=False)
         assert all(torch.isfinite(v).all() for v in state["agent"]["model"].values() if torch.is_tensor(v))
@@ -61,7 +64,7 @@ def test_non_finite_weights_are_never_saved_or_evaluated(tmp_path):
                      state=RunState(config={}, run_id="x"))
     with torch.no_grad():
         agent.critic.weights[0][0, 0, 0] = float("nan")
-    with pytest.raises(Diverged, match="parameters critic.weights.0 not finite"):
+    with pytest.raises(Diverged, match="parameters critic.weights.0 not finite; no checkpoint was written before it"):
         ctx.save(agent, "offline", [])
     with pytest.raises(Diverged):
         ctx.evaluate(agent, "offline", 10)

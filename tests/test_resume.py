@@ -186,6 +186,11 @@ KILL_WINDOWS = {
     "during the policy export": ("real = pipeline.publish_policy\n"
                                  "pipeline.publish_policy = lambda agent, cfg, tracker, name: os._exit(137) "
                                  "if name == 'policy' else real(agent, cfg, tracker, name)"),
+    # inside the final policy's export, after its logged model is created (PENDING) and before it is finished
+    "inside the model export": ("from mlflow.models import Model\n"
+                                "real_log = Model.log\n"
+                                "Model.log = classmethod(lambda cls, *a, **k: os._exit(137) if k.get('name') == 'policy' "
+                                "else real_log.__func__(cls, *a, **k))"),
     # after final/* are sent, before the plots and the FINISHED status
     "after the final metrics": "pipeline.run_plot = lambda *a, **k: os._exit(137)",
 }
@@ -223,6 +228,10 @@ def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window):
     whole, resumed = runs[str(tmp_path / "whole")], runs[str(tmp_path / "killed")]
     assert resumed.info.status == "FINISHED"
     assert _histories(client, resumed.info.run_id) == _histories(client, whole.info.run_id)
+    models = client.search_logged_models(experiment_ids=[resumed.info.experiment_id],
+                                         filter_string=f"source_run_id = '{resumed.info.run_id}'")
+    assert sorted((m.name, str(m.status)) for m in models) == [  # no PENDING model left behind, none twice
+        ("policy", "READY"), ("pretrained_policy", "READY")]
 
 
 @pytest.mark.parametrize("window, kill", [

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from o2o.errors import CheckpointError
+from o2o.errors import CheckpointError, DiskFull, disk_full
 from o2o.run_state import RunState
 
 log = logging.getLogger("o2o")
@@ -49,11 +49,39 @@ def restore_rng(state: dict, envs: list) -> None:
 
 
 def save_atomic(payload: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``payload`` to ``path`` through a temporary file: a kill or a full disk never leaves half a checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError, often without errno
+        full = disk_full(err) or disk_nearly_full(path.parent)
+        tmp.unlink(missing_ok=True)
+        if not full:
+            raise
+        raise disk_full_error(path) from None
     return path
+
+
+def disk_nearly_full(folder: Path) -> bool:
+    """Less than 1 MiB left: what a write that failed without saying why most likely met."""
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+def disk_full_error(path: Path) -> DiskFull:
+    import shutil
+
+    free = shutil.disk_usage(path.parent if path.parent.exists() else path.anchor).free
+    kept = sorted(p for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+    keep = f"the last good checkpoint {kept[-1]} is kept" if kept else "no checkpoint was written before"
+    return DiskFull(f"no space left to write {path} ({free / 2**20:.1f} MiB free on its disk): {keep}; free space, "
+                    "then run the same command again to resume")
 
 
 class Checkpoints:
@@ -79,8 +107,14 @@ class Checkpoints:
         progress = {"stage": state.stage, "grad_steps": (state.agent or {}).get("grad_steps"),
                     "env_steps": state.online.env_steps if state.online else 0}
         tmp = self.folder / "progress.json.tmp"
-        tmp.write_text(json.dumps(progress))
-        os.replace(tmp, self.folder / "progress.json")
+        try:
+            tmp.write_text(json.dumps(progress))
+            os.replace(tmp, self.folder / "progress.json")
+        except OSError as err:
+            if not disk_full(err):
+                raise
+            tmp.unlink(missing_ok=True)
+            raise disk_full_error(tmp) from None
         return path
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from o2o import metrics as M
 from o2o.config import register_schema, validate
-from o2o.errors import ConfigError, Diverged, UserError
+from o2o.errors import ConfigError, DiskFull, Diverged, UserError, disk_full
 
 log = logging.getLogger("o2o")
 CONFIG_MODULE = "o2o_conf"
@@ -32,6 +32,12 @@ def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], summary: bool 
                         summary=summary)
 
 
+def not_a_reraised_database_error(record: logging.LogRecord) -> bool:
+    """MLflow logs every failed SQL statement with its traceback, then raises it; what raises reaches the terminal
+    as one line (or the sweep's report), so the traceback goes to the log file only."""
+    return not (record.name == "mlflow.store.db.utils" and record.getMessage().startswith("SQLAlchemy database error"))
+
+
 def routine_lines_to_the_log_file() -> None:
     """MLflow's routine INFO lines (database set-up, system metrics, input-example checks) go to the run's log file,
     not the terminal; its warnings and errors still reach both."""
@@ -39,6 +45,7 @@ def routine_lines_to_the_log_file() -> None:
     for handler in mlflow_logger.handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setLevel(logging.WARNING)
+            handler.addFilter(not_a_reraised_database_error)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and handler not in mlflow_logger.handlers:
             mlflow_logger.addHandler(handler)
@@ -52,8 +59,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
     routine_lines_to_the_log_file()
     try:
         # a sweep prints one summary at its end (launchers.MlflowSweepCallback), not one per job
-        final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
-                     summary=hydra_cfg.mode != RunMode.MULTIRUN)
+        try:
+            final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
+                         summary=hydra_cfg.mode != RunMode.MULTIRUN)
+        except Exception as err:  # the store's disk or the log's filled up mid-run: one line, as for a checkpoint
+            if isinstance(err, UserError) or not disk_full(err):
+                raise
+            raise DiskFull(f"no space left on a disk the run writes to ({str(err).splitlines()[0][:200]}): the "
+                           "store keeps what was committed and the run folder its last good checkpoint; free space, "
+                           "then run the same command again to resume") from None
     except (UserError, Diverged) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("%s", err)
@@ -104,13 +118,13 @@ def integral_scientific(args: Sequence[str]) -> list[str]:
 
 
 def main() -> None:
+    logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per line
     sys.argv[1:] = integral_scientific(sys.argv[1:])
     args = sys.argv[1:]
     if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
-        run_dirs = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
         try:
             preflight([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))],
-                      run_dirs[-1] if run_dirs else None)
+                      run_dir_override(args))
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -134,6 +148,15 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
         raise ConfigError(_override_under_null(overrides)) from None
     config = validate(cfg)
     refuse_inert(config, overrides)
+    from o2o.tracking import outputs_dir
+
+    check_writable_folder(run_dir or str(outputs_dir()), "hydra.run.dir" if run_dir else "the outputs folder (O2O_OUTPUTS)")
+    if config.env.dataset.id:  # a dataset to download or collect is written there; a present one is only read
+        from o2o.data.minari import minari_is_local, minari_root
+
+        if not minari_is_local(config.env.dataset.id):
+            check_writable_folder(minari_root(), f"the Minari datasets folder (MINARI_DATASETS_PATH), where "
+                                  f"{config.env.dataset.id} would be written,")
     if run_dir:  # an existing run dir refuses another config before Hydra writes its records there
         from pathlib import Path
 
@@ -141,6 +164,47 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
         from o2o.pipeline import load_resume_state
 
         load_resume_state(Checkpoints(Path(run_dir)), OmegaConf.to_container(cfg, resolve=True), Path(run_dir))
+
+
+def run_dir_override(args: Sequence[str]) -> str | None:
+    """The last ``hydra.run.dir=`` value, unquoted; Hydra reads ``=`` and ``,`` in an unquoted value as syntax."""
+    values = [arg.split("=", 1)[1] for arg in args if arg.startswith("hydra.run.dir=")]
+    if not values:
+        return None
+    value = values[-1]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    if any(c in value for c in "=,"):
+        raise ConfigError(f"hydra.run.dir={value}: Hydra reads '=' and ',' in a value as syntax; quote the path, "
+                          f"e.g. 'hydra.run.dir=\"{value}\"', or choose a folder without them")
+    return value
+
+
+def check_writable_folder(path: str, what: str) -> None:
+    """``path`` is, or can be made, a folder this process writes in; what the check creates, it removes."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(path).expanduser().absolute()
+    made = []
+    try:
+        for parent in [*reversed(folder.parents), folder]:
+            if not parent.exists():
+                parent.mkdir()
+                made.append(parent)
+            elif not parent.is_dir():
+                raise NotADirectoryError(f"{parent} is a file")
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(f"{what} {folder} cannot be written ({reason}): choose a folder you can write in") from None
+    finally:
+        for created in reversed(made):
+            try:
+                os.rmdir(created)
+            except OSError:
+                pass
 
 
 def refuse_inert(config, overrides: Sequence[str]) -> None:

@@ -351,8 +351,10 @@ class MlflowConfig:
     system_metrics_interval_s: float = MISSING
 
     def check(self) -> None:
-        _require(self.system_metrics_interval_s > 0,
-                 f"mlflow.system_metrics_interval_s must be > 0, got {self.system_metrics_interval_s}")
+        # at least a second: MLflow's monitor sends one request per sample (samples_before_logging=1), so 1e-4 s
+        # would send about 10,000 a second to the store; MLflow's own default is 10 s
+        _require(self.system_metrics_interval_s >= 1,
+                 f"mlflow.system_metrics_interval_s must be >= 1 (seconds), got {self.system_metrics_interval_s}")
         _require(self.registered_model is None or (self.log_models and bool(self.registered_model.strip())),
                  "mlflow.registered_model needs mlflow.log_models=true and a non-empty name")
 
@@ -401,7 +403,9 @@ class Config:
         _require(self.calibration_batch >= 0, f"calibration_batch must be >= 0, got {self.calibration_batch}")
         _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        _require(bool(self.mlflow_experiment), "mlflow_experiment must be a non-empty name")
+        _require(bool(self.mlflow_experiment.strip()), "mlflow_experiment must be a non-empty name")
+        _require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed} (numpy's seeds are "
+                 "below 2**32 and the run derives others by adding offsets)")
 
 
 def job_id() -> str:
@@ -441,6 +445,9 @@ def register_schema() -> None:
         store.store(group="schema/algo", name=family, node=schema)
 
 
+MAX_SEED = 2**31 - 1  # leaves room below numpy's 2**32 for the offsets added to it (evaluation env, retraining)
+
+
 def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into checked objects; raise ConfigError on a bad value."""
     try:
@@ -448,8 +455,27 @@ def validate(cfg: DictConfig) -> Config:
     except Exception as err:  # missing mandatory values, failed interpolations
         raise ConfigError(str(err).splitlines()[0]) from err
     _refuse_unknown_keys(config)
+    _refuse_non_finite(config)
     config.check()
     return config
+
+
+def _refuse_non_finite(node: Any, prefix: str = "") -> None:
+    """No setting of the pipeline means anything as NaN or infinity (``algo.reward_scale=nan``)."""
+    import dataclasses
+    import math
+
+    if dataclasses.is_dataclass(node):
+        for field in dataclasses.fields(node):
+            _refuse_non_finite(getattr(node, field.name), f"{prefix}{field.name}.")
+    elif isinstance(node, (list, tuple)):
+        for i, item in enumerate(node):
+            _refuse_non_finite(item, f"{prefix[:-1]}[{i}].")
+    elif isinstance(node, dict):
+        for key, item in node.items():
+            _refuse_non_finite(item, f"{prefix}{key}.")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{prefix[:-1]} must be a finite number, got {node}")
 
 
 def planned_updates(cfg: "Config") -> int:

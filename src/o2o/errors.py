@@ -26,3 +26,23 @@ class Diverged(RuntimeError):
 
     Not a user error (nothing was wrong before the work started), so the CLI exits 3, not 2.
     """
+
+
+class DiskFull(UserError, OSError):
+    """A write found its disk full: the run stops with one line, its last good checkpoint and the store kept."""
+
+
+def disk_full(err: BaseException) -> bool:
+    """An error (or one it was raised from) that says the disk or the database is full."""
+    import errno
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(err)
+        if "No space left on device" in text or "database or disk is full" in text or "file write failed" in text:
+            return True
+        err = err.__cause__ or err.__context__
+    return False

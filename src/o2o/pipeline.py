@@ -25,7 +25,7 @@ from o2o.config import CQLConfig, Config, IQLConfig, SACConfig, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.data.offline_data import OfflineData
 from o2o.envs import make_env
-from o2o.errors import ConfigError, DatasetError, Diverged
+from o2o.errors import ConfigError, DatasetError, Diverged, disk_full
 from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, online_dataset
 from o2o.policy_model import POLICY, PRETRAINED_POLICY, RETRAINED_POLICY, log_policy, policy_metadata
 from o2o.report import run_plot
@@ -92,6 +92,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     resolved = resolved if resolved is not None else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     checkpoints = Checkpoints(run_dir)
     resume = load_resume_state(checkpoints, resolved, run_dir)
+    check_linked_run(run_dir)
     if resume is not None and resume.finished:
         final = complete_finished(resume, checkpoints, cfg, run_dir)
         if summary:
@@ -101,7 +102,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     device = runtime.device
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
-    check_buffer_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
+    check_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
     tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
@@ -146,12 +147,40 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         raise
 
 
+def check_linked_run(run_dir: Path) -> None:
+    """A run folder linked to an MLflow run continues that run: it must be in this store, and not deleted."""
+    run_id_file = run_dir / RUN_ID_FILE
+    if not run_id_file.exists():
+        return
+    uri = default_tracking_uri()
+    check_store(uri)
+    run_id = run_id_file.read_text().strip()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = open_store(uri).get_run(run_id)
+    except MlflowException:
+        raise ConfigError(f"{run_dir} continues MLflow run {run_id!r}, which the store {uri} does not hold (another "
+                          "store, or deleted for good): set MLFLOW_TRACKING_URI to the store it was logged to, or give "
+                          "this run its own run directory (hydra.run.dir=...)") from None
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(f"{run_dir} continues MLflow run {run_id}, which was deleted in {uri}: restore it "
+                          f"(mlflow runs restore --run-id {run_id}), or give this run its own run directory "
+                          "(hydra.run.dir=...)")
+
+
 def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -> Optional[RunState]:
     """The run directory's checkpoint, if any; it must come from the same config."""
     resume = checkpoints.load()
     recorded = run_dir / RESOLVED_CONFIG
     if resume is None and recorded.exists():  # started, no checkpoint yet: its config still binds the run dir
-        if OmegaConf.to_container(OmegaConf.load(recorded), resolve=True) != resolved:
+        try:
+            before = OmegaConf.to_container(OmegaConf.load(recorded), resolve=True)
+        except Exception as err:  # not YAML, or interpolations that no longer resolve
+            raise ConfigError(f"{recorded} cannot be read ({type(err).__name__}), so what this run dir was started "
+                              "with is unknown: restore the file, or give this run its own run directory "
+                              "(hydra.run.dir=...)") from None
+        if before != resolved:
             raise ConfigError(f"{run_dir} holds a run started with another config: rerun it with the same overrides, "
                               "or give this one its own run directory (hydra.run.dir=...)")
         return None
@@ -166,18 +195,45 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
     return resume
 
 
-def check_buffer_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transitions: int, device: torch.device) -> None:
-    """The buffers are allocated whole: refuse sizes the device cannot hold before any work."""
-    row = (2 * obs_dim + act_dim + 3) * 4  # TransitionBuffer's float32 row
-    need = (cfg.buffer.online_capacity + offline_transitions) * row
+def free_memory(device: torch.device) -> int:
     if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    if need > free:
-        raise ConfigError(f"buffer.online_capacity={cfg.buffer.online_capacity} needs {need / 2**30:.1f} GiB of buffers "
+        return torch.cuda.mem_get_info(device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def mlp_parameters(widths: list[int]) -> int:
+    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def update_memory_lower_bound(cfg: Config, obs_dim: int, act_dim: int) -> int:
+    """Bytes an update needs at least (float32): the critics, their targets and the actor with gradients and Adam's
+    two moments, and one batch through every critic layer (CQL's sampled actions multiply this; not counted)."""
+    algo = cfg.algo
+    critic = algo.ensemble_size * mlp_parameters([obs_dim + act_dim, *algo.critic_hidden, 1])
+    actor = mlp_parameters([obs_dim, *algo.actor_hidden, 2 * act_dim])
+    weights = critic * 2 + actor + 3 * (critic + actor)  # + targets; grads, Adam m and v of what is trained
+    batch = cfg.buffer.batch_size
+    activations = batch * (algo.ensemble_size * sum(algo.critic_hidden) + sum(algo.actor_hidden))
+    return 4 * (weights + activations + batch * (2 * obs_dim + act_dim + 3))
+
+
+def check_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transitions: int, device: torch.device) -> None:
+    """The buffers are allocated whole, and the networks and one batch's activations must fit beside them: refuse
+    sizes the device cannot hold before any work."""
+    row = (2 * obs_dim + act_dim + 3) * 4  # TransitionBuffer's float32 row
+    buffers = (cfg.buffer.online_capacity + offline_transitions) * row
+    update = update_memory_lower_bound(cfg, obs_dim, act_dim)
+    free = free_memory(device)
+    if buffers > free:
+        raise ConfigError(f"buffer.online_capacity={cfg.buffer.online_capacity} needs {buffers / 2**30:.1f} GiB of buffers "
                           f"({offline_transitions} offline transitions beside it), {free / 2**30:.1f} GiB are free on "
                           f"{device.type}: lower buffer.online_capacity")
+    if buffers + update > free:
+        raise ConfigError(f"algo.critic_hidden={list(cfg.algo.critic_hidden)}, algo.actor_hidden="
+                          f"{list(cfg.algo.actor_hidden)} and buffer.batch_size={cfg.buffer.batch_size} need at least "
+                          f"{update / 2**30:.1f} GiB (the networks with their Adam state and one batch's activations) "
+                          f"beside {buffers / 2**30:.1f} GiB of buffers; {free / 2**30:.1f} GiB are free on "
+                          f"{device.type}: use smaller networks or batches")
 
 
 @dataclass
@@ -236,12 +292,18 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
 
 
 def end_with(tracker: Tracker, err: BaseException) -> None:
-    """The MLflow run's end when its job stops on an error: KILLED for an interrupt, else FAILED with the reason."""
-    if isinstance(err, KeyboardInterrupt):
-        tracker.end("KILLED")
-        return
-    tracker.set_tags({"failure": f"{type(err).__name__}: {err}"[:5000]})
-    tracker.end("FAILED")
+    """The MLflow run's end when its job stops on an error: KILLED for an interrupt, else FAILED with the reason.
+    A store that cannot take even that (its disk is full) keeps the run RUNNING; the next start ends it."""
+    try:
+        if isinstance(err, KeyboardInterrupt):
+            tracker.end("KILLED")
+            return
+        tracker.set_tags({"failure": f"{type(err).__name__}: {err}"[:5000]})
+        tracker.end("FAILED")
+    except Exception as failed:
+        if not disk_full(failed) and not disk_full(err):
+            raise
+        log.warning("the MLflow run could not be ended (%s)", str(failed).splitlines()[0][:200])
 
 
 def _record_run(cfg: Config, run_dir: Path, run_id_file: Path, run_id: Optional[str], tracker: Tracker,

@@ -59,6 +59,18 @@ def logged_model_names(client, run_id: str) -> set[str]:
     return {client.get_logged_model(m.model_id).name for m in (outputs.model_outputs if outputs else [])}
 
 
+def remove_unfinished_models(client, experiment_id: str, run_id: str, name: str) -> None:
+    """A job killed while exporting ``name`` left its logged model PENDING (created, never finished): the export
+    that follows replaces it, so that the run has one model of that name, READY."""
+    from mlflow.entities import LoggedModelStatus
+
+    found = client.search_logged_models(experiment_ids=[experiment_id],
+                                        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'")
+    for model in found:
+        if model.status == LoggedModelStatus.PENDING:
+            client.delete_logged_model(model.model_id)
+
+
 def log_policy(client, run_id: str, actor: nn.Module, example_obs: np.ndarray, name: str, step: int,
                metadata: dict, registered_model: Optional[str] = None) -> None:
     """Log ``actor`` as the pyfunc model ``name`` of the run (once: a rerun that finds it logged does nothing)."""
@@ -74,6 +86,7 @@ def log_policy(client, run_id: str, actor: nn.Module, example_obs: np.ndarray, n
         export_policy(policy, example.shape[1], path)
         actions = policy(torch.as_tensor(example))
         experiment_id = client.get_run(run_id).info.experiment_id
+        remove_unfinished_models(client, experiment_id, run_id, name)
         # created here so the model lives in the run's experiment (Model.log alone picks the active experiment)
         model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id)
         Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, model_id=model.model_id,

@@ -192,6 +192,9 @@ def setup_runtime(cfg) -> Runtime:
     while training)."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
+    if cfg.threads > usable_cores():
+        raise ConfigError(f"threads={cfg.threads} is more than the {usable_cores()} cores this job may use (more "
+                          f"threads than cores only contend): use threads=0 (chosen per run) or at most {usable_cores()}")
     if cfg.threads:
         threads, why = cfg.threads, "set by threads="
     else:

@@ -81,8 +81,33 @@ def check_store(uri: str) -> None:
     try:
         open_store(uri)
     except Exception as err:  # unknown scheme, not a database, no permission
+        newer = schema_newer_than_mlflow(str(err), uri)
+        if newer:
+            raise TrackingError(newer) from None
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise TrackingError(f"MLflow store {uri} cannot be opened ({detail[:300]}): {fix}") from None
+
+
+def schema_newer_than_mlflow(message: str, uri: str) -> str | None:
+    """MLflow says "run mlflow db upgrade" for any schema it does not expect; for a store written by a newer MLflow
+    (a revision its own migrations do not know) that would not help: say so, with what does."""
+    import re
+
+    found = re.search(r"found version (\w+)", message)
+    if not found:
+        return None
+    import mlflow
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+    from mlflow.store.db.utils import _get_alembic_config
+
+    try:
+        ScriptDirectory.from_config(_get_alembic_config(uri)).get_revision(found.group(1))
+        return None  # an older schema this MLflow can migrate: its own advice (mlflow db upgrade) holds
+    except CommandError:
+        return (f"MLflow store {uri} was written by a newer MLflow than this one ({mlflow.__version__}; schema "
+                f"{found.group(1)} is unknown to it): install that MLflow here (pip install -U mlflow), or set "
+                "MLFLOW_TRACKING_URI to another store")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

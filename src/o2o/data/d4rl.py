@@ -39,6 +39,7 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
         missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
         if missing:
             raise DatasetError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
+        _check_arrays(f, path)
         obs = f["observations"][:].astype(np.float32)
         n = len(obs)
         terminals = _flags(f["terminals"][:], path, "terminals")
@@ -60,6 +61,35 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
     # the step before a dropped timeout step now ends its episode
     timeouts_shifted = np.concatenate([data.timeouts[1:], [True]]) & ~data.terminals
     return replace(data, next_observations=next_obs, timeouts=timeouts_shifted).select(keep)
+
+
+# D4RL's layout (d4rl.qlearning_dataset): one row per step, observations and actions (N, dim), the rest (N,)
+MATRICES = ("observations", "actions", "next_observations")
+VECTORS = ("rewards", "terminals", "timeouts", "infos/success", "infos/goal_achieved")
+
+
+def _check_arrays(f, path: str) -> None:
+    """Every array D4RL reads is one dataset of the same number of rows, of its rank; a file built otherwise
+    (rewards of shape (N, 1), observations stored as a group of keys, arrays of unequal lengths) stops here."""
+    import h5py
+
+    lengths = {}
+    for key in (*MATRICES, *VECTORS):
+        if key not in f:
+            continue
+        if not isinstance(f[key], h5py.Dataset):
+            raise DatasetError(f"{path}: {key} is a group of {sorted(f[key].keys())[:5]}, not one array; D4RL stores "
+                               f"{key} as one array with a row per step: flatten it when building the file")
+        rank = 2 if key in MATRICES else 1
+        if f[key].ndim != rank:
+            raise DatasetError(f"{path}: {key} has shape {f[key].shape}; D4RL stores it as "
+                               f"{'(N, dim)' if rank == 2 else '(N,)'}, one row per step: fix the file")
+        lengths[key] = f[key].shape[0]
+    if len(set(lengths.values())) > 1:
+        raise DatasetError(f"{path}: its arrays differ in length ({', '.join(f'{k} {n}' for k, n in lengths.items())}); "
+                           "every array holds one row per step: fix the file")
+    if lengths["observations"] == 0:
+        raise DatasetError(f"{path} holds no steps: choose another dataset")
 
 
 def _flags(values: np.ndarray, path: str, name: str) -> np.ndarray:

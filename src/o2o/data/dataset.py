@@ -44,6 +44,9 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
     ``binary_from_success`` (the domain's reward rule) turns it into the binary-reward data.
     """
     data = read_source(cfg)
+    if len(data) == 0:
+        raise DatasetError(f"{data.source} holds no transitions (D4RL's reading drops the last step of an episode "
+                           "that never ends): choose another dataset")
     check_reference_scores(data.ref_min_score, data.ref_max_score, data.source)
     check_matches_env(data, cfg, observation_shape, action_shape)
     check_finite(data)

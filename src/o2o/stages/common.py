@@ -76,8 +76,11 @@ class RunContext:
             self.threads.tick()
 
     def _what_now(self) -> str:
-        return (f"; the last finite checkpoint is kept in {self.checkpoints.folder} (lower the learning rates or the "
-                "reward scale, or set divergence_guard=false to let it run)")
+        fix = "lower the learning rates or the reward scale, or set divergence_guard=false to let it run"
+        kept = sorted(p.name for p in self.checkpoints.folder.glob("*.pt")) if self.checkpoints.folder.is_dir() else []
+        if not kept:
+            return f"; no checkpoint was written before it ({fix})"
+        return f"; the last finite checkpoint is kept: {self.checkpoints.folder / kept[-1]} ({fix})"
 
     def check_finite_metrics(self, metrics: dict[str, float], phase: str, step: int) -> None:
         """Stop at a non-finite training metric (losses, Q-values): the run has diverged."""
