@@ -124,6 +124,7 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "whitespace experiment name": (["mlflow_experiment=' '"], {}, "mlflow_experiment must be a non-empty name"),
     "reward scale NaN": (["algo.reward_scale=nan"], {}, "algo.reward_scale must be a finite number, got nan"),
     "learning rate inf": (["algo.critic_lr=inf"], {}, "algo.critic_lr must be a finite number, got inf"),
+    "store that is a folder": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/partial"}, "names a folder, not a sqlite file"),
     "store of a newer MLflow": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/newer.db"},
                                 "was written by a newer MLflow than this one"),
 }

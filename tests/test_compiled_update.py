@@ -14,7 +14,7 @@ from o2o.metrics import OFFLINE, ONLINE
 from conftest import algo_config, compose
 
 OBS, ACT, B, STEPS = 5, 3, 16, 6
-AGENTS = {"calql": CQL, "cql": CQL, "sac": SAC, "rlpd": SAC, "iql": IQL}
+AGENTS = {"calql": CQL, "cql": CQL, "sac": SAC, "rlpd": SAC, "iql": IQL, "wsrl": CQL}
 
 
 def make(name, compiled_backend=None, precision="fp32", **overrides):
@@ -92,6 +92,15 @@ def test_a_phase_switch_recompiles_to_the_new_losses():
     runs = [train(agent, data[:2]) + train(agent, data[2:], ONLINE) for agent in (eager, compiled)]
     assert_same_training(eager, compiled, *runs)
     assert "calql_bound_rate" in runs[1][1] and "calql_bound_rate" not in runs[1][2]
+
+
+def test_wsrl_recompiles_from_cal_ql_to_sac_losses():
+    """WSRL: Cal-QL offline (10 LayerNorm critics, LayerNorm policy), SAC online (no regulariser, another backup)."""
+    data = batches(4)
+    eager, compiled = (make("wsrl", backend, actor_update_interval=2) for backend in (None, "aot_eager"))
+    runs = [train(agent, data[:2]) + train(agent, data[2:], ONLINE) for agent in (eager, compiled)]
+    assert_same_training(eager, compiled, *runs)
+    assert "cql_gap" in runs[1][1] and "cql_gap" not in runs[1][2]
 
 
 def test_inductor_bf16_on_cpu_stays_finite_and_close_to_eager():

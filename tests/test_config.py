@@ -91,17 +91,20 @@ def test_every_config_key_has_one_owner_and_one_default():
 
 
 def test_a_per_domain_algo_file_never_repeats_its_algorithms_own_keys():
+    """A per-domain file sets what differs by domain; a key its algorithm sets it may only change (WSRL pre-trains
+    locomotion with CQL, not Cal-QL), never restate."""
     for algo in ALGOS:
-        chain, file = set(), CONF / "algo" / f"{algo}.yaml"
-        while file is not None:  # the option and the options it extends
+        chain, file = {}, CONF / "algo" / f"{algo}.yaml"
+        while file is not None:  # the option and the options it extends (nearer ones win)
             data = yaml.safe_load(file.read_text()) or {}
-            chain |= set(_keys({k: v for k, v in data.items() if k != "defaults"}))
+            chain = {**{k: data[k] for k in data if k != "defaults"}, **chain}
             parents = [d for d in data.get("defaults", []) if isinstance(d, str) and d != "_self_"]
             file = CONF / "algo" / f"{parents[0]}.yaml" if parents else None
         for domain_file in (CONF / "algo" / "per_domain" / algo).glob("*.yaml"):
             cfg = validate(compose([f"algo={algo}", f"env={_an_env_of(domain_file.stem)}"]))
-            own = set(_keys(yaml.safe_load(domain_file.read_text()) or {})) - {"defaults"}
-            assert not own & chain, f"{domain_file} repeats {own & chain}"
+            own = {k: v for k, v in (yaml.safe_load(domain_file.read_text()) or {}).items() if k != "defaults"}
+            repeated = {k for k in own if k in chain and own[k] == chain[k]}
+            assert not repeated, f"{domain_file} repeats {repeated}"
             assert cfg.domain.name == domain_file.stem
 
 

@@ -1,4 +1,4 @@
-"""``python src/main.py -m algo=calql,cql,iql,sac,rlpd experiment=smoke`` runs every stage of every
+"""``python src/main.py -m algo=calql,cql,iql,sac,rlpd,wsrl experiment=smoke`` runs every stage of every
 algorithm and leaves complete MLflow runs whose metric names and steps line up."""
 import os
 import subprocess
@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from conftest import SMOKE
 from o2o import metrics as M
 
-ALGOS = ["calql", "cql", "iql", "sac", "rlpd"]
+ALGOS = ["calql", "cql", "iql", "sac", "rlpd", "wsrl"]
 # what every algorithm logs, on the same axes: the compare view lines these up
 COMMON = [*(M.train(M.ONLINE, k) for k in (M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.V_REF, M.Q_DATA_MINUS_V_REF,
                                           M.UPDATES_PER_SECOND, M.GRAD_STEPS, M.EPISODE_RETURN)),
@@ -61,12 +61,13 @@ def test_sweep_run_logs_every_stage(sweep, algo):
     assert tags["dataset"] == "o2o/pointmaze/umaze-waypoints-v0"
     assert run.data.params["algo.name"] == algo and run.data.params["schedule.offline_steps"] == "40"
     metrics = run.data.metrics
-    pretrains = algo in ("calql", "cql", "iql")
+    pretrains = algo in ("calql", "cql", "iql", "wsrl")
     for key in COMMON + (OFFLINE if pretrains else []):
         assert key in metrics, key
     assert not pretrains or M.train(M.OFFLINE, M.ACTOR_LOSS) in metrics
     for phase in M.PHASES:
-        assert (M.train(phase, M.CALQL_BOUND_RATE) in metrics) == (algo == "calql")
+        # WSRL pre-trains with Cal-QL and fine-tunes as SAC
+        assert (M.train(phase, M.CALQL_BOUND_RATE) in metrics) == (algo == "calql" or (algo, phase) == ("wsrl", M.OFFLINE))
     if pretrains:
         history = client.get_metric_history(run.info.run_id, M.train(M.OFFLINE, M.CRITIC_LOSS))
         assert [m.step for m in history] == [10, 20, 30, 40]

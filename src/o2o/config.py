@@ -139,7 +139,8 @@ class AlgoConfig:
     # Fine-tuning schedule: ``episode`` = collect an episode, then len(episode) * utd_ratio updates (the
     # Cal-QL authors'); ``step`` = an update block of utd_ratio updates after every env step (RLPD, SAC, IQL).
     update_schedule: str = MISSING
-    warmup_steps: int = MISSING  # first online env steps: uniform random actions and no updates (RLPD's start_training)
+    warmup_steps: int = MISSING  # first online env steps: no updates (RLPD's start_training, WSRL's warmup_steps)
+    warmup_actions: str = MISSING  # what acts during them: random (uniform; RLPD, SAC) | policy (the pre-trained; WSRL)
     # The reward the learner sees, r * reward_scale + reward_bias, before returns-to-go: each
     # algorithm's authors have their own per domain (per_domain/<algo>/<domain>.yaml)
     reward_scale: float = MISSING
@@ -175,6 +176,8 @@ class AlgoConfig:
         _require(self.actor_update_interval >= 1,
                  f"algo.actor_update_interval must be >= 1, got {self.actor_update_interval}")
         _require(self.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {self.warmup_steps}")
+        _require(self.warmup_actions in ("random", "policy"),
+                 f"algo.warmup_actions must be random or policy, got {self.warmup_actions!r}")
         _require(self.update_schedule in ("episode", "step"),
                  f"algo.update_schedule must be episode or step, got {self.update_schedule!r}")
         _require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
@@ -195,6 +198,7 @@ class SoftActorConfig(AlgoConfig):
     target_entropy_scale: float = MISSING  # target entropy = -scale * |A| (SAC: 1, RLPD: 1/2)
     backup_entropy: bool = MISSING
     actor_q: str = MISSING  # how the actor's loss reduces the ensemble: min | mean
+    actor_layer_norm: bool = MISSING  # LayerNorm after each hidden layer of the policy (WSRL's)
 
     def check(self) -> None:
         super().check()
@@ -216,6 +220,10 @@ class CQLConfig(SoftActorConfig):
     # Cal-QL: bound policy-action Q-values by the reference return, per phase
     calibrate_offline: bool = MISSING
     calibrate_online: bool = MISSING
+    # Fine-tuning: with the regulariser (CQL, Cal-QL: their authors keep it) or as plain SAC (WSRL), and its
+    # own max-target backup (WSRL's SAC agent: only on AntMaze)
+    online_regulariser: bool = MISSING
+    online_max_target_backup: bool = MISSING
 
     def check(self) -> None:
         super().check()

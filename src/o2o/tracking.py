@@ -78,6 +78,9 @@ def check_store(uri: str) -> None:
         except requests.RequestException as err:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}): {fix}") from None
         return
+    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).is_dir():  # MLflow would retry for minutes
+        raise TrackingError(f"MLflow store {uri} names a folder, not a sqlite file: name a file in it, e.g. "
+                            f"sqlite:///{Path(uri[len('sqlite:///'):]) / 'mlflow.db'}")
     try:
         open_store(uri)
     except Exception as err:  # unknown scheme, not a database, no permission

@@ -42,7 +42,7 @@ class ActorCritic(nn.Module):
     def make_actor(self) -> nn.Module:
         cfg = self.cfg
         return TanhGaussianActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.orthogonal_init,
-                                 cfg.trainable_log_std_transform, cfg.log_std_offset)
+                                 cfg.trainable_log_std_transform, cfg.log_std_offset, cfg.actor_layer_norm)
 
     def make_critic(self, act_dim: int | None = None, ensemble_size: int | None = None) -> EnsembleCritic:
         cfg = self.cfg
@@ -103,6 +103,24 @@ class ActorCritic(nn.Module):
             loss = loss + alpha_loss
         return loss, {M.ACTOR_LOSS: actor_loss.detach(), "alpha": self.alpha.detach(),
                       "entropy": -log_pi.detach().mean()}
+
+    def soft_losses(self, batch: Batch, td_target: torch.Tensor, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
+        """SAC's losses for a given TD target: every critic's mean squared TD error (summed over the ensemble), and
+        with ``update_actor`` the actor's and the temperature's."""
+        with self.autocast():
+            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
+        td_loss = (q_data - td_target).pow(2).mean(dim=1)
+        critic_loss = td_loss.sum()
+        loss, metrics = critic_loss, {}
+        if update_actor:
+            with self.autocast():
+                mean, log_std = self.actor(batch.obs)
+                actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
+            loss = loss + actor_loss
+        metrics.update(self.q_metrics(q_data, batch))
+        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+                        "td_target": td_target.mean()})
+        return loss, metrics
 
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)

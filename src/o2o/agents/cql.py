@@ -33,10 +33,12 @@ class CQL(ActorCritic):
             extra.append({"params": [self.log_alpha_prime], "lr": cfg.critic_lr})
         self.build_optimizer(extra)
         self.calibrate = False  # set per phase by begin_phase
+        self.regularise = True  # CQL's regulariser; off while fine-tuning as plain SAC (WSRL)
+        self.max_target_backup = cfg.max_target_backup
 
     @property
     def n_backup(self) -> int:
-        return self.cfg.n_actions if self.cfg.max_target_backup else 1
+        return self.cfg.n_actions if self.max_target_backup else 1
 
     def draw_noise(self, batch_size: int) -> dict:
         n, a, dev = self.cfg.n_actions, self.act_dim, self.device
@@ -48,11 +50,17 @@ class CQL(ActorCritic):
         }
 
     def begin_phase(self, phase: str) -> None:
-        """Cal-QL's switch: calibrate offline and/or online as ``algo.calibrate_offline/online`` say."""
+        """Cal-QL's switch: calibrate offline and/or online as ``algo.calibrate_offline/online`` say; and whether
+        fine-tuning keeps the regulariser (``algo.online_regulariser``; WSRL fine-tunes as SAC)."""
         super().begin_phase(phase)
-        self.calibrate = self.cfg.calibrate_online if phase == ONLINE else self.cfg.calibrate_offline  # retraining is offline
+        online = phase == ONLINE  # retraining is offline
+        self.calibrate = self.cfg.calibrate_online if online else self.cfg.calibrate_offline
+        self.regularise = self.cfg.online_regulariser if online else True
+        self.max_target_backup = self.cfg.online_max_target_backup if online else self.cfg.max_target_backup
 
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
+        if not self.regularise:
+            return self.sac_losses(batch, noise, update_actor)
         cfg, n = self.cfg, self.cfg.n_actions
         with self.autocast():
             mean, log_std = self.actor(batch.obs)
@@ -109,10 +117,20 @@ class CQL(ActorCritic):
         })
         return loss, metrics
 
+    def sac_losses(self, batch: Batch, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
+        """SAC's losses on the same networks, without the regulariser: WSRL's fine-tuning (zhouzypaul/wsrl,
+        wsrl/agents/sac.py: every critic's TD error against the min over a random subset of target critics, the
+        actor on the min over the ensemble)."""
+        with self.autocast(), torch.no_grad():
+            next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs),
+                                                                 noise["eps_next"][:, self.cfg.n_actions:])
+            td_target = self._td_target(batch, next_actions, next_log_pi, noise)
+        return self.soft_losses(batch, td_target, noise, update_actor)
+
     def _td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_pi: torch.Tensor, noise: dict) -> torch.Tensor:
         """r + gamma (1 - done) Q_target(s', a'); with max-target backup the max over sampled a'."""
         q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)  # (B, K)
         if self.cfg.backup_entropy:
             q_next = q_next - self.alpha.detach() * next_log_pi
-        q_next = q_next.amax(dim=1) if self.cfg.max_target_backup else q_next[:, 0]
+        q_next = q_next.amax(dim=1) if self.max_target_backup else q_next[:, 0]
         return batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next

@@ -10,11 +10,12 @@ from torch import nn
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 
-def mlp(obs_dim: int, hidden: list[int], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
-    """ReLU layers of the given widths (dropout after each when > 0); returns them and the last width."""
+def mlp(obs_dim: int, hidden: list[int], dropout: float = 0.0, layer_norm: bool = False) -> tuple[nn.Sequential, int]:
+    """ReLU layers of the given widths (dropout after each when > 0; with ``layer_norm`` a LayerNorm between each
+    linear layer and its ReLU, as WSRL's MLP); returns them and the last width."""
     layers, width = [], obs_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
+        layers += [nn.Linear(width, h), *([nn.LayerNorm(h)] if layer_norm else []), nn.ReLU()]
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = h
@@ -36,11 +37,11 @@ class TanhGaussianActor(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], orthogonal_init: bool = True,
-                 trainable_log_std_transform: bool = False, log_std_offset: float = 0.0):
+                 trainable_log_std_transform: bool = False, log_std_offset: float = 0.0, layer_norm: bool = False):
         super().__init__()
         self.log_std_multiplier = nn.Parameter(torch.tensor(1.0), requires_grad=trainable_log_std_transform)
         self.log_std_offset = nn.Parameter(torch.tensor(float(log_std_offset)), requires_grad=trainable_log_std_transform)
-        self.trunk, width = mlp(obs_dim, hidden)
+        self.trunk, width = mlp(obs_dim, hidden, layer_norm=layer_norm)
         self.head = nn.Linear(width, 2 * act_dim)
         if orthogonal_init:
             for module in self.trunk:

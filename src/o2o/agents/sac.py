@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from o2o import metrics as M
 from o2o.agents.core import ActorCritic
 from o2o.agents.networks import TanhGaussianActor
 from o2o.buffers import Batch
@@ -21,23 +20,10 @@ class SAC(ActorCritic):
         self.build_optimizer()
 
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
-        with self.autocast():
-            with torch.no_grad():
-                next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), noise["eps_next"])
-                q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)[:, 0]  # (B,)
-                if self.cfg.backup_entropy:
-                    q_next = q_next - self.alpha.detach() * next_log_pi[:, 0]
-                td_target = batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next
-            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        td_loss = (q_data - td_target).pow(2).mean(dim=1)
-        critic_loss = td_loss.sum()
-        loss, metrics = critic_loss, {}
-        if update_actor:
-            with self.autocast():
-                mean, log_std = self.actor(batch.obs)
-                actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
-            loss = loss + actor_loss
-        metrics.update(self.q_metrics(q_data, batch))
-        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-                        "td_target": td_target.mean()})
-        return loss, metrics
+        with self.autocast(), torch.no_grad():
+            next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), noise["eps_next"])
+            q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)[:, 0]  # (B,)
+            if self.cfg.backup_entropy:
+                q_next = q_next - self.alpha.detach() * next_log_pi[:, 0]
+            td_target = batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next
+        return self.soft_losses(batch, td_target, noise, update_actor)

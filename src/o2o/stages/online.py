@@ -6,8 +6,8 @@
 - ``step`` (RLPD, SAC, IQL), :class:`StepCollector`: every env step is stored at once and followed by an
   update block of ``utd_ratio`` gradient steps; the episode's V_ref is written when it ends.
 
-Either way the first ``algo.warmup_steps`` env steps take uniform random actions and no updates, and batches
-mix offline and online data by the mixing ratio.
+Either way the first ``algo.warmup_steps`` env steps take no updates and act at random (or with the policy, for
+WSRL), and batches mix offline and online data by the mixing ratio.
 
 A preemption request is honoured between two gradient steps or during collection. On the episode schedule the
 checkpoint records how many of the episode's updates remain, or the random state from the episode's start so the
@@ -60,9 +60,12 @@ class Collector:
         self.cfg, self.progress, self.loop = cfg, progress, loop
 
     def rollout(self, max_steps: int, on_step) -> Episode | None:
-        """The stochastic policy, its first actions uniform random until the warm-up's env steps are taken."""
+        """The stochastic policy; during the warm-up's env steps uniform random actions instead, unless the
+        warm-up acts with the policy (``algo.warmup_actions=policy``, WSRL's)."""
         agent, bar, ctx = self.learner.agent, self.loop.bar, self.loop.ctx
         random_steps, taken = max(self.cfg.algo.warmup_steps - self.progress.env_steps, 0), 0
+        if self.cfg.algo.warmup_actions == "policy":
+            random_steps = 0
 
         def policy(obs):
             nonlocal taken

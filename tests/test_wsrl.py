@@ -1,0 +1,118 @@
+"""WSRL (zhouzypaul/wsrl) as its authors run it: the recipe per domain, its SAC fine-tuning loss against a plain
+formulation, and its warm-up (the pre-trained policy acts, no updates) and fine-tuning without offline data."""
+import pytest
+import torch
+
+from conftest import SMOKE, algo_config, compose, plain_q
+from test_baseline_losses import ACT, B, OBS, make_batch
+from test_cql_losses import plain_policy
+from o2o import metrics as M
+from o2o.agents.cql import CQL
+from o2o.config import validate
+
+
+def test_the_recipe_is_the_authors_on_adroit():
+    algo = validate(compose(["algo=wsrl", "env=adroit_door"])).algo
+    assert (algo.utd_ratio, algo.actor_update_interval, algo.update_schedule) == (4, 4, "step")
+    assert (algo.ensemble_size, algo.target_subset, algo.layer_norm, algo.actor_layer_norm) == (10, 2, True, True)
+    assert (algo.warmup_steps, algo.warmup_actions, algo.mixing_ratio) == (5000, "policy", 0.0)
+    assert algo.calibrate_offline and not algo.calibrate_online and not algo.online_regulariser
+    assert algo.max_target_backup and not algo.online_max_target_backup  # Cal-QL's backup offline, SAC's online
+    assert (algo.critic_hidden, algo.actor_hidden, algo.cql_weight) == ([512] * 3, [512] * 2, 1.0)
+    assert (algo.reward_scale, algo.reward_bias, algo.gamma, algo.target_entropy_scale) == (10.0, 5.0, 0.99, 1.0)
+    assert (algo.actor_lr, algo.critic_lr, algo.tau, algo.backup_entropy) == (1e-4, 3e-4, 5e-3, False)
+
+
+@pytest.mark.parametrize("env, calibrate, backup, bias", [
+    ("antmaze_umaze", True, True, -5.0),  # antmaze_wsrl: max_target_backup
+    ("kitchen_mixed", True, False, -4.0),  # launch_wsrl_finetune.sh: --reward_bias -4.0
+    ("halfcheetah", False, False, 0.0),  # README: CQL pre-training on locomotion
+])
+def test_the_recipe_per_domain(env, calibrate, backup, bias):
+    algo = validate(compose(["algo=wsrl", f"env={env}"])).algo
+    assert (algo.calibrate_offline, algo.online_max_target_backup, algo.reward_bias) == (calibrate, backup, bias)
+    assert algo.mixing_ratio == 0.0
+
+
+def test_fine_tuning_is_sac_on_the_pre_trained_networks():
+    """Online: every critic's TD error against r + gamma (1 - d) min over the subset of target critics at one
+    policy action (no max backup, no entropy), the actor on the min over all ten; no CQL term. Offline the same
+    agent's loss has the regulariser."""
+    torch.manual_seed(0)
+    cfg = algo_config("wsrl", actor_hidden=[8, 8], critic_hidden=[8, 8], gamma=0.9,
+                      online_max_target_backup=False)  # the Adroit recipe (PointMaze follows AntMaze's)
+    agent = CQL(OBS, ACT, cfg, torch.device("cpu"))
+    batch = make_batch()
+    agent.begin_phase(M.OFFLINE)
+    torch.manual_seed(7)
+    noise = {**agent.draw_noise(B), **agent.draw_target_subset()}
+    with torch.no_grad():
+        _, offline = agent.compute_losses(batch, noise, update_actor=True)
+    agent.begin_phase(M.ONLINE)
+    torch.manual_seed(7)
+    noise = {**agent.draw_noise(B), **agent.draw_target_subset()}
+    with torch.no_grad():
+        _, m = agent.compute_losses(batch, noise, update_actor=True)
+        torch.manual_seed(7)
+        agent.draw_noise(B)
+        chosen = torch.randperm(10)[:2].tolist()
+        alpha = agent.log_alpha.exp()
+        critic_loss = actor_loss = 0.0
+        for b in range(B):
+            s, a, s2 = batch.obs[b], batch.actions[b], batch.next_obs[b]
+            a2, _ = plain_policy(agent.actor, s2, noise["eps_next"][b, cfg.n_actions])
+            target = batch.rewards[b] + 0.9 * (1 - batch.dones[b]) * min(
+                plain_q(agent.critic_target, i, s2, a2) for i in chosen)
+            critic_loss += sum((plain_q(agent.critic, i, s, a) - target) ** 2 for i in range(10)) / B
+            a_pi, log_pi = plain_policy(agent.actor, s, noise["eps_actor"][b, 0])
+            actor_loss += (alpha * log_pi - min(plain_q(agent.critic, i, s, a_pi) for i in range(10))) / B
+    torch.testing.assert_close(m[M.CRITIC_LOSS], critic_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m[M.ACTOR_LOSS], actor_loss, rtol=1e-5, atol=1e-5)
+    assert "cql_gap" in offline and "cql_gap" not in m and M.CALQL_BOUND_RATE in offline
+    assert offline[M.CRITIC_LOSS] > m[M.CRITIC_LOSS]  # the regulariser is gone online
+
+
+def test_the_policy_has_layer_norm_between_its_layers_and_relus():
+    agent = CQL(OBS, ACT, algo_config("wsrl", actor_hidden=[8, 8], critic_hidden=[8, 8]), torch.device("cpu"))
+    kinds = [type(m).__name__ for m in agent.actor.trunk]
+    assert kinds == ["Linear", "LayerNorm", "ReLU", "Linear", "LayerNorm", "ReLU"]
+
+
+def test_the_warm_up_acts_with_the_pre_trained_policy_without_updates_and_no_offline_data_follows(tmp_path,
+                                                                                                   monkeypatch):
+    """The first warmup_steps env steps: no uniform random action, no update; after them utd_ratio updates per env
+    step, every batch from the online buffer only."""
+    from o2o import run
+    from o2o.buffers import TransitionBuffer
+    from o2o.stages import online
+
+    seen = {"random": 0, "updates": 0, "offline_rows": 0}
+    online_buffers = []
+    real_add, real_update = online.StepCollector.on_step, CQL.update
+
+    def on_step(self, *transition):
+        if not online_buffers:
+            online_buffers.append(self.buffer)
+            self.env.action_space.sample = lambda: seen.__setitem__("random", seen["random"] + 1)
+        real_add(self, *transition)
+
+    def update(self, batch):
+        if self.phase == M.ONLINE:
+            seen["updates"] += 1
+        return real_update(self, batch)
+
+    real_rows = TransitionBuffer.sample_rows
+
+    def sample_rows(self, n):
+        if online_buffers and self is not online_buffers[0]:
+            seen["offline_rows"] += n
+        return real_rows(self, n)
+
+    monkeypatch.setattr(online.StepCollector, "on_step", on_step)
+    monkeypatch.setattr(CQL, "update", update)
+    monkeypatch.setattr(TransitionBuffer, "sample_rows", sample_rows)
+    final = run(algo="wsrl", run_dir=str(tmp_path), overrides=[*SMOKE, "schedule.online_steps=120",
+                                                               "algo.warmup_steps=100", "algo.utd_ratio=2",
+                                                               "mlflow.log_models=false", "mlflow_experiment=o2o-wsrl"])
+    assert final[M.ENV_STEPS] == 120
+    assert seen == {"random": 0, "updates": (120 - 100) * 2, "offline_rows": 0}
