@@ -11,6 +11,15 @@ Monte-Carlo returns (V_ref), the report and offline retraining (stages/retrain.p
   both 2x512 ReLU MLPs with a 512-wide output, orthogonal init, on next observations normalised by a running
   mean and variance and clipped to [-5, 5]; the bonus is the largest squared feature error divided by the running
   standard deviation of the bonus; the predictor trains with Adam 1e-4 on a random quarter of each batch.
+  Not yet OOO's in three ways (issue 27, open): OOO updates the bonus statistics with the already normalised
+  bonus, starts the output layer at orthogonal gain 1e-2 (hidden layers sqrt 2), and trains RND and adds the bonus
+  from the start of pre-training. And what OOO's published runs computed differs again: its ``_train_step`` is
+  ``jax.jit`` with ``self`` static and reads the RND predictor and both running statistics from
+  ``self._train_states`` (not from its ``train_states`` argument), so they are trace-time constants; with the
+  static arguments of ooo_for_calql_scripts.md fixed for the whole run it is traced once, at the first
+  pre-training step, and every later step scores next states with the initial predictor, observations
+  unnormalised (mean 0, variance 1, then clipped to [-5, 5]) and the bonus divided by 1 (read in
+  MaxSobolMark/OOO, OOO_for_calql/conservative_sac.py ``_train_step`` and ``train``): a bonus that never decays.
 - **SERA** (Zhang et al., "Sample Efficient Reward Augmentation in offline-to-online RL", arXiv 2310.19805):
   a Q-conditioned state entropy bonus. For each state of the batch its k-th nearest neighbour is found in the
   joint space of state and value, with the maximum of the two distances (the value-conditional estimator of Kim
