@@ -178,7 +178,47 @@ def test_learned_reference_and_exploration_options_are_checked():
         with pytest.raises(ConfigError, match=message):
             validate(compose(overrides))
     cfg = validate(compose(["retrain=ooo", "exploration=sera", "exploration.coef=1.0"]))
-    assert cfg.retrain.steps == cfg.schedule.offline_steps and cfg.exploration.knn_k == 3
+    assert cfg.exploration.knn_k == 3
+    retrain = cfg.retrain  # conservative_sac_exploitation.py and the exploitation commands of ooo_for_calql_scripts.md
+    assert (retrain.steps, retrain.algorithm, retrain.clip_targets, retrain.feature_normalization) == (
+        1_000_000, "cql", True, True)
+    assert retrain.eval_episodes == 100 and retrain.mixing_ratio == cfg.algo.mixing_ratio
+    with pytest.raises(ConfigError, match="retrain=ooo retrains with CQL, as OOO does"):
+        validate(compose(["algo=iql", "retrain=ooo"]))
+    iql = validate(compose(["algo=iql", "retrain=same"]))  # the run's own algorithm and pre-training's budget
+    same = iql.retrain
+    assert (same.algorithm, same.clip_targets, same.feature_normalization) == ("run", False, False)
+    assert same.steps == iql.schedule.offline_steps and same.eval_episodes == iql.domain.eval_episodes
+
+
+def test_ooo_retrains_cal_ql_runs_with_cql_on_normalised_features_and_bounded_targets():
+    from o2o.pipeline import retraining_config
+
+    cfg = validate(compose(["algo=calql", "retrain=ooo"]))
+    assert cfg.algo.calibrate_offline and not retraining_config(cfg).algo.calibrate_offline
+    assert validate(compose(["algo=calql", "retrain=same"])) == retraining_config(
+        validate(compose(["algo=calql", "retrain=same"])))
+    torch.manual_seed(0)
+    agent = CQL(3, 2, algo_config("cql", critic_hidden=[8, 8], actor_hidden=[8], gamma=0.9), torch.device("cpu"))
+    obs, actions = torch.randn(5, 3), torch.rand(5, 1, 2) * 2 - 1
+    plain = []
+    with torch.no_grad():
+        for member in range(2):  # OOO's FullyConnectedNetwork: the last hidden activations divided by their norm
+            x = torch.relu(torch.cat([obs, actions[:, 0]], 1) @ agent.critic.weights[0][member] + agent.critic.biases[0][member])
+            x = torch.relu(x @ agent.critic.weights[1][member] + agent.critic.biases[1][member])
+            x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+            plain.append((x @ agent.critic.weights[2][member] + agent.critic.biases[2][member])[:, 0])
+        agent.critic.normalize_features = True
+        torch.testing.assert_close(agent.critic(obs, actions)[..., 0], torch.stack(plain))
+        batch = Batch(obs, actions[:, 0], torch.zeros(5), obs, torch.zeros(5), torch.zeros(5))
+        noise = agent.draw_noise(5)
+        from o2o.agents.networks import TanhGaussianActor
+
+        nxt, logp = TanhGaussianActor.sample(*agent.actor(obs), noise["eps_next"][:, agent.cfg.n_actions:])
+        free = agent._td_target(batch, nxt, logp, noise)
+        agent.target_bounds = (float(free.min()) / 0.9 + 1e-3, float(free.max()) / 0.9 - 1e-3)  # binds at both ends
+        bounded = agent._td_target(batch, nxt, logp, noise)
+    torch.testing.assert_close(bounded, 0.9 * (free / 0.9).clamp(*agent.target_bounds))
 
 
 # --------------------------------------------------------------------------- offline retraining
@@ -207,11 +247,19 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
         return {}
 
     monkeypatch.setattr(retrain_module, "pretrain", fake_pretrain)
-    cfg = SimpleNamespace(seed=0, algo=SimpleNamespace(name="cql"), buffer=SimpleNamespace(batch_size=64),
-                          retrain=SimpleNamespace(steps=50, mixing_ratio=-1.0))
+    cfg = SimpleNamespace(seed=0, algo=SimpleNamespace(name="cql", gamma=0.99), buffer=SimpleNamespace(batch_size=64),
+                          retrain=SimpleNamespace(steps=50, mixing_ratio=-1.0, algorithm="cql", clip_targets=True,
+                                                  feature_normalization=True, eval_episodes=7))
     agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]), torch.device("cpu"))
     state = SimpleNamespace(stage="online", online=SimpleNamespace(buffer=None), retrain=None)
-    ctx = SimpleNamespace(state=state)
+    ctx = SimpleNamespace(state=state, evaluator=SimpleNamespace(episodes=2))
+    real_fake = fake_pretrain
+
+    def fake_pretrain(agent, learner, steps, ctx, phase):  # noqa: F811  the retrained agent is scored on 7 episodes
+        assert ctx.evaluator.episodes == 7
+        return real_fake(agent, learner, steps, ctx, phase)
+
+    monkeypatch.setattr(retrain_module, "pretrain", fake_pretrain)
     _, fresh = retrain_module.retrain(agent, lambda: CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]),
                                                          torch.device("cpu")), offline, online, cfg, ctx, {})
     rows = torch.cat(seen)
@@ -220,6 +268,9 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
     assert match.any(1).all()  # every sampled row is a stored transition, rewards untouched (no bonus)
     from_online = match[:, 300:].any(1).float().mean().item()
     assert from_online == pytest.approx(100 / 400, abs=0.03)  # uniform over all of it (mixing ratio -1)
+    rewards = torch.cat([offline.storage[:300, 5], online.storage[:100, 5]])
+    assert fresh.target_bounds == pytest.approx((float(rewards.min()) / 0.01, float(rewards.max()) / 0.01))  # data range
+    assert fresh.critic.normalize_features and fresh.critic_target.normalize_features and ctx.evaluator.episodes == 2
     assert state.finetuned_agent["grad_steps"] == agent.grad_steps and state.online.buffer["rows"].shape[0] == 100
     assert fresh is not agent
 
@@ -227,7 +278,8 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
 RESUMABLE = [*SMOKE, "mlflow_experiment=o2o-extensions", "schedule.offline_steps=100", "schedule.online_steps=300",
              "schedule.checkpoint_interval=50", "schedule.log_interval=10", "schedule.eval_interval_offline=50",
              "schedule.eval_interval_online=150", "domain.eval_episodes=1", "progress=false", "exploration=rnd",
-             "retrain=ooo", "reference=regression", "reference.fit_steps=100", "mlflow.system_metrics=false"]
+             "retrain=ooo", "retrain.steps=100", "retrain.eval_episodes=1", "reference=regression",
+             "reference.fit_steps=100", "mlflow.system_metrics=false"]
 
 
 def command(run_dir):
@@ -292,7 +344,7 @@ def test_retraining_at_intervals_scores_the_data_so_far_and_leaves_fine_tuning_a
     from o2o.cli import run
 
     plain = run(overrides=base, run_dir=str(tmp_path / "plain"))
-    every = run(overrides=[*base, "retrain=ooo", "retrain.steps=20", "retrain.interval=100"],
+    every = run(overrides=[*base, "retrain=ooo", "retrain.steps=20", "retrain.interval=100", "retrain.eval_episodes=1"],
                 run_dir=str(tmp_path / "every"))
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run_id = (tmp_path / "every" / "mlflow_run_id").read_text().strip()

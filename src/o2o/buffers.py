@@ -54,6 +54,10 @@ class TransitionBuffer:
         self.size = min(self.size + keep, self.capacity)
         return idx
 
+    def rewards(self) -> torch.Tensor:
+        """The (transformed) rewards of every stored transition."""
+        return self.storage[: self.size, self.obs_dim + self.act_dim]
+
     def set_v_ref(self, idx: torch.Tensor, v_ref: np.ndarray) -> None:
         """Write the reference values of rows added before they were known (their episode had not ended)."""
         values = torch.as_tensor(np.asarray(v_ref, np.float32), device=self.device)

@@ -340,9 +340,15 @@ class RetrainConfig:
     steps: int = MISSING  # gradient steps of a fresh agent on offline + online data
     mixing_ratio: float = MISSING  # offline share of its batches; -1: in proportion (uniform over all data)
     interval: int = MISSING  # env steps between retrainings during fine-tuning as well (0: only at the end)
+    algorithm: str = MISSING  # cql: CQL without calibration (OOO's enable_calql=False) | run: the run's own
+    clip_targets: bool = MISSING  # target Q within [min r, max r] / (1 - gamma) of the data (OOO's bound)
+    feature_normalization: bool = MISSING  # the critics' last hidden features scaled to unit length (OOO's)
+    eval_episodes: int = MISSING  # episodes per evaluation of the retrained agent
 
     def check(self) -> None:
         _require(self.steps >= 0, f"retrain.steps must be >= 0, got {self.steps}")
+        _require(self.algorithm in ("cql", "run"), f"retrain.algorithm must be cql or run, got {self.algorithm!r}")
+        _require(self.eval_episodes >= 1, f"retrain.eval_episodes must be >= 1, got {self.eval_episodes}")
         _require(self.interval >= 0, f"retrain.interval must be >= 0, got {self.interval}")
         _require(not self.interval or self.steps > 0, "retrain.interval needs retrain.steps > 0 (retrain=ooo)")
         _require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
@@ -400,6 +406,11 @@ class Config:
                  f"reference={self.reference.value} fits V_ref on the offline data, which {self.algo.name} does not read")
         _require(self.exploration.bonus == "none" or self.schedule.online_steps > 0,
                  f"exploration={self.exploration.bonus} acts during fine-tuning: schedule.online_steps is 0")
+        _require(not self.retrain.steps or self.retrain.algorithm == "run" or isinstance(self.algo, CQLConfig),
+                 f"retrain=ooo retrains with CQL, as OOO does, on the run's CQL settings, which {self.algo.name} "
+                 "does not have: use algo=cql or calql, or retrain=same to retrain with the run's own algorithm")
+        _require(not self.retrain.clip_targets or isinstance(self.algo, CQLConfig),
+                 f"retrain.clip_targets bounds CQL's TD target; {self.algo.name} retrains without one")
         _require(not self.retrain.steps or (self.schedule.online_steps > 0 and self.algo.uses_offline_data),
                  "retrain retrains on the offline data and the online transitions: it needs schedule.online_steps > 0 "
                  f"and an algorithm that reads the offline data ({self.algo.name} does not)")

@@ -5,6 +5,7 @@ function below it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -401,7 +402,7 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         return final
     online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device)
     def fresh_agent() -> ActorCritic:
-        return make_agent(cfg, agent.obs_dim, agent.act_dim, agent.device, agent.precision,
+        return make_agent(retraining_config(cfg), agent.obs_dim, agent.act_dim, agent.device, agent.precision,
                           agent.compiled_update is not None)
 
     if state.stage == RETRAIN_STAGE:  # fine-tuning is done: its buffer and summary are in the checkpoint
@@ -425,6 +426,14 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         state.retrained_agent = retrained.checkpoint()
         publish_policy(retrained, cfg, ctx.tracker, RETRAINED_POLICY)
     return final
+
+
+def retraining_config(cfg: Config) -> Config:
+    """The config a retrained agent is built from: the run's, with CQL's calibration off for ``retrain.algorithm=cql``
+    (OOO retrains with CQL, enable_calql=False)."""
+    if cfg.retrain.algorithm != "cql":
+        return cfg
+    return dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, calibrate_offline=False, calibrate_online=False))
 
 
 def publish_policy(agent: ActorCritic, cfg: Config, tracker: Tracker, name: str) -> None:

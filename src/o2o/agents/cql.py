@@ -35,6 +35,7 @@ class CQL(ActorCritic):
         self.calibrate = False  # set per phase by begin_phase
         self.regularise = True  # CQL's regulariser; off while fine-tuning as plain SAC (WSRL)
         self.max_target_backup = cfg.max_target_backup
+        self.target_bounds: tuple[float, float] | None = None  # (min, max) of the target Q (OOO's retraining)
 
     @property
     def n_backup(self) -> int:
@@ -133,4 +134,6 @@ class CQL(ActorCritic):
         if self.cfg.backup_entropy:
             q_next = q_next - self.alpha.detach() * next_log_pi
         q_next = q_next.amax(dim=1) if self.max_target_backup else q_next[:, 0]
+        if self.target_bounds is not None:  # OOO: after the max backup (with no entropy backup, the CQL presets')
+            q_next = q_next.clamp(*self.target_bounds)
         return batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next

@@ -146,6 +146,7 @@ class EnsembleCritic(nn.Module):
         self.norm_scales = nn.ParameterList(nn.Parameter(torch.ones(ensemble_size, 1, h)) for h in hidden)
         self.norm_shifts = nn.ParameterList(nn.Parameter(torch.zeros(ensemble_size, 1, h)) for h in hidden)
         self.layer_norm = layer_norm
+        self.normalize_features = False  # the last hidden features scaled to unit length (OOO's retraining)
         if not layer_norm:
             self.norm_scales, self.norm_shifts = nn.ParameterList(), nn.ParameterList()
         last = len(self.weights) - 1
@@ -177,5 +178,8 @@ class EnsembleCritic(nn.Module):
         for i in range(1, len(weights)):
             if self.layer_norm:
                 x = F.layer_norm(x, x.shape[-1:]) * scales[i - 1] + shifts[i - 1]
-            x = torch.baddbmm(biases[i], F.relu(x), weights[i])
+            x = F.relu(x)
+            if self.normalize_features and i == len(weights) - 1:  # OOO's FullyConnectedNetwork: x / max(|x|, 1e-8)
+                x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+            x = torch.baddbmm(biases[i], x, weights[i])
         return x.view(self.ensemble_size, batch, k).float()

@@ -9,6 +9,8 @@ the fine-tuned agent beside the retraining one, so a preempted retraining resume
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from o2o import metrics as M
@@ -17,6 +19,27 @@ from o2o.checkpoints import capture_rng, restore_rng
 from o2o.run_state import RETRAIN_STAGE
 from o2o.stages.common import Learner, RunContext, log
 from o2o.stages.offline import pretrain
+
+
+def prepare(agent, cfg, offline: TransitionBuffer, online: TransitionBuffer) -> None:
+    """OOO's retraining options on a fresh agent: the critics' last hidden features normalised, and the TD target
+    bounded by the data's rewards, min and max over 1 - gamma (conservative_sac_exploitation.py,
+    bound_q_functions_according_to_data: over the offline data and the replay buffer)."""
+    if cfg.retrain.feature_normalization:
+        agent.critic.normalize_features = agent.critic_target.normalize_features = True
+    if cfg.retrain.clip_targets:
+        rewards = torch.cat([offline.rewards(), online.rewards()])
+        agent.target_bounds = (float(rewards.min()) / (1 - cfg.algo.gamma), float(rewards.max()) / (1 - cfg.algo.gamma))
+
+
+@contextlib.contextmanager
+def evaluated_on(evaluator, episodes: int):
+    """The evaluator runs ``retrain.eval_episodes`` while a retrained agent is scored (OOO: 100)."""
+    before, evaluator.episodes = evaluator.episodes, episodes
+    try:
+        yield
+    finally:
+        evaluator.episodes = before
 
 
 def retrain_during_finetuning(make_fresh_agent, offline: TransitionBuffer, online: TransitionBuffer, cfg,
@@ -32,12 +55,14 @@ def retrain_during_finetuning(make_fresh_agent, offline: TransitionBuffer, onlin
         with torch.random.fork_rng(devices=[] if offline.device.type == "cpu" else [offline.device]):
             torch.manual_seed(cfg.seed + env_step)
             agent = make_fresh_agent()
+            prepare(agent, cfg, offline, online)
             agent.begin_phase(M.RETRAIN)
             sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.retrain.mixing_ratio)
             for _ in range(cfg.retrain.steps):
                 agent.update(sampler.sample())
             ctx.check_finite_parameters(agent, M.ONLINE_RETRAINED)
-            results = ctx.evaluator(agent)
+            with evaluated_on(ctx.evaluator, cfg.retrain.eval_episodes):
+                results = ctx.evaluator(agent)
         restore_rng(saved, envs)
         ctx.tracker.log_metrics({M.evaluation(M.ONLINE_RETRAINED, k): v for k, v in results.items()}, env_step)
         log.info("retrained on the data of %d env steps: %s", env_step,
@@ -59,7 +84,10 @@ def retrain(finetuned, make_fresh_agent, offline: TransitionBuffer, online: Tran
         agent = make_fresh_agent()
     if state.stage == RETRAIN_STAGE and state.retrain is not None:
         agent.restore(state.agent)
+    prepare(agent, cfg, offline, online)
     sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.retrain.mixing_ratio)
-    log.info("offline retraining: a fresh %s on %d offline and %d online transitions, %d gradient steps",
-             cfg.algo.name, len(offline), len(online), cfg.retrain.steps)
-    return pretrain(agent, Learner(agent, sampler.sample), cfg.retrain.steps, ctx, phase=M.RETRAIN), agent
+    log.info("offline retraining: a fresh %s (%s) on %d offline and %d online transitions, %d gradient steps",
+             cfg.algo.name, "CQL, no calibration" if cfg.retrain.algorithm == "cql" else "the run's algorithm",
+             len(offline), len(online), cfg.retrain.steps)
+    with evaluated_on(ctx.evaluator, cfg.retrain.eval_episodes):
+        return pretrain(agent, Learner(agent, sampler.sample), cfg.retrain.steps, ctx, phase=M.RETRAIN), agent
