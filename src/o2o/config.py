@@ -284,7 +284,7 @@ class ScheduleConfig:
         _require(self.log_interval >= 1, f"schedule.log_interval must be >= 1, got {self.log_interval}")
 
 
-REFERENCE_SOURCES = ("mc", "regression", "td")  # where V_ref comes from (o2o.reference)
+REFERENCE_SOURCES = ("mc", "regression", "td", "quantile")  # where V_ref comes from (o2o.reference)
 EXPLORATION_BONUSES = ("none", "rnd", "sera")  # intrinsic rewards while fine-tuning (o2o.exploration)
 
 
@@ -292,18 +292,22 @@ EXPLORATION_BONUSES = ("none", "rnd", "sera")  # intrinsic rewards while fine-tu
 class ReferenceConfig:
     """Where Cal-QL's V_ref(s) comes from (o2o.reference): ``mc``, the data's returns-to-go, or a fitted value."""
 
-    value: str = MISSING  # mc | regression | td
+    value: str = MISSING  # mc | regression | td | quantile
     # the fit of a learned value (regression, td): set by those options, absent for mc
     fit_steps: Optional[int] = None  # gradient steps
     hidden: List[int] = field(default_factory=list)
     lr: Optional[float] = None
     batch_size: Optional[int] = None
     target_rate: Optional[float] = None  # td: Polyak rate of the target network
+    tau: Optional[float] = None  # quantile: which quantile of the episodes' returns is the one threshold (rlox's)
 
     def check(self) -> None:
         _require(self.value in REFERENCE_SOURCES,
                  f"reference.value must be one of {', '.join(REFERENCE_SOURCES)}, got {self.value!r}")
-        if self.value != "mc":
+        if self.value == "quantile":
+            _require(self.tau is not None and 0 <= self.tau <= 1,
+                     f"reference=quantile needs reference.tau in [0, 1], got {self.tau}")
+        elif self.value != "mc":
             _require(all((v or 0) > 0 for v in (self.fit_steps, self.batch_size, self.lr)) and bool(self.hidden),
                      f"reference={self.value} needs reference.fit_steps, batch_size, lr > 0 and hidden layers")
             _require(self.value != "td" or 0 < (self.target_rate or 0) <= 1,
@@ -518,7 +522,12 @@ def inert_keys(config: "Config") -> dict[str, str]:
     if config.exploration.bonus == "none":
         inert["exploration."] = "no intrinsic reward (exploration=none): choose exploration=rnd or exploration=sera"
     if config.reference.value == "mc":
-        inert["reference."] = "V_ref is the Monte-Carlo return (reference=mc): choose reference=regression or td"
+        inert["reference."] = "V_ref is the Monte-Carlo return (reference=mc): choose reference=regression, td or quantile"
+    elif config.reference.value == "quantile":
+        why = "reference=quantile fits nothing (one threshold from the returns)"
+        inert.update({f"reference.{k}": why for k in ("fit_steps", "hidden", "lr", "batch_size", "target_rate")})
+    else:
+        inert["reference.tau"] = f"reference.tau is reference=quantile's; reference={config.reference.value} fits a value"
     return inert
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -32,7 +34,7 @@ from o2o.policy_model import POLICY, PRETRAINED_POLICY, RETRAINED_POLICY, log_po
 from o2o.report import run_plot
 from o2o.returns import label_rewards
 from o2o.exploration import make_bonus
-from o2o.reference import LearnedReference
+from o2o.reference import LearnedReference, QuantileReference, reference_error
 from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RETRAIN_STAGE, RunState
 from o2o.runtime import ThreadGovernor, choose_compile, setup_runtime
 from o2o.stages.calibration import CalibrationProbe
@@ -108,7 +110,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
         tracker.set_tags({"stage": "reference_returns"})
-        reference = fit_reference(offline, cfg, tracker, resume is None)
+        reference = fit_reference(offline, cfg, tracker, data.offline.episode_ends if offline is not None else None,
+                                  resume is None)
         agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id)
@@ -353,15 +356,25 @@ def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> Tran
     return buffer
 
 
-def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tracker,
-                  log_fit: bool = True) -> Optional[LearnedReference]:
+def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tracker, episode_ends: np.ndarray,
+                  log_fit: bool = True) -> Optional[LearnedReference | QuantileReference]:
     """A learned reference: with ``reference=regression|td``, a value network fitted on the offline data becomes V_ref
     (o2o.reference); its error against the Monte-Carlo returns goes to MLflow. Deterministic, so a resumed run
     fits it again (logging it once)."""
     if cfg.reference.value == "mc":
         return None
-    reference = LearnedReference(offline.obs_dim, cfg.reference, cfg.algo.gamma, cfg.seed, offline.device)
     b = offline.to_batch(offline.storage[: len(offline)])
+    if cfg.reference.value == "quantile":  # the offline episodes' returns: V_ref (their returns-to-go) at each start
+        starts = torch.as_tensor(np.concatenate([[0], np.flatnonzero(episode_ends[:-1]) + 1]), device=offline.device)
+        reference = QuantileReference(cfg.reference.tau, b.v_ref[starts].cpu().numpy())
+        errors = reference_error(torch.full_like(b.v_ref, reference.threshold), b.v_ref)
+        reference.attach(offline)
+        if log_fit:
+            tracker.log_metrics({M.reference(M.OFFLINE, k): v for k, v in errors.items() if math.isfinite(v)}, 0)
+        log.info("V_ref: one threshold, the %g-quantile of the returns of %d offline episodes: %.3f",
+                 cfg.reference.tau, len(starts), reference.threshold)
+        return reference
+    reference = LearnedReference(offline.obs_dim, cfg.reference, cfg.algo.gamma, cfg.seed, offline.device)
     errors = reference.fit(b.obs, b.rewards, b.next_obs, b.dones, b.v_ref,
                            log=tracker.log_metrics if log_fit else None)
     all_rows = torch.arange(len(offline), device=offline.device)
@@ -386,7 +399,7 @@ def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, pr
 
 
 def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Config, ctx: RunContext,
-               resume_rng: Optional[dict], reference: Optional[LearnedReference] = None) -> dict[str, float]:
+               resume_rng: Optional[dict], reference: Optional[LearnedReference | QuantileReference] = None) -> dict[str, float]:
     """Offline pre-training, online fine-tuning, then (``retrain=ooo``) offline retraining, each from its
     checkpoint when resuming."""
     state = ctx.state
@@ -401,6 +414,8 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
     if not cfg.schedule.online_steps:
         return final
     online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device)
+    if reference is not None:
+        reference.attach(online)
     def fresh_agent() -> ActorCritic:
         return make_agent(retraining_config(cfg), agent.obs_dim, agent.act_dim, agent.device, agent.precision,
                           agent.compiled_update is not None)

@@ -8,7 +8,9 @@ online episode:
 
 - ``regression``: least squares on the Monte-Carlo returns-to-go, V(s) ~ G(s);
 - ``td``: TD(0) on the behaviour policy, V(s) ~ r + gamma (1 - done) V_target(s'), a target network updated by
-  Polyak averaging (no Monte-Carlo returns needed: the setting where they are unavailable).
+  Polyak averaging (no Monte-Carlo returns needed: the setting where they are unavailable);
+- ``quantile``: not a value function but one threshold for all states, rlox's simplification
+  (:class:`QuantileReference`, conf/reference/quantile.yaml).
 
 Network, optimiser and batch follow the IQL authors' value network (ikostrikov/implicit_q_learning: 2x256 ReLU,
 Adam 3e-4, batch 256, target rate 0.005). The fit is seeded from the run's seed in its own random streams, so a
@@ -73,10 +75,63 @@ class LearnedReference:
                 log({M.reference(M.OFFLINE, "fit_loss"): loss.item()}, step)
         return reference_error(self(obs), mc_returns)
 
+    def attach(self, buffer) -> None:
+        """A learned V_ref is per state and written with its episode: nothing to keep up to date."""
+
+    def episode_values(self, mc_returns: torch.Tensor, observations) -> torch.Tensor:
+        """V_ref of a finished episode's states."""
+        return self(observations)
+
+    def state(self) -> None:
+        return None  # fitted again, deterministically, on resume
+
+    def load_state(self, state) -> None:
+        pass
+
     @torch.no_grad()
     def __call__(self, obs) -> torch.Tensor:
         obs = torch.as_tensor(np.asarray(obs, np.float32) if not torch.is_tensor(obs) else obs, device=self.device)
         return torch.cat([self.net(chunk) for chunk in obs.split(65536)]) if len(obs) else obs.new_zeros(0)
+
+
+class QuantileReference:
+    """rlox's calibration threshold as V_ref: one value for every state, the ``tau``-quantile of the returns of the
+    episodes seen so far (conf/reference/quantile.yaml). Each new episode's return moves it, and every buffer it is
+    attached to is rewritten with the new value, so that all transitions share the one current threshold."""
+
+    def __init__(self, tau: float, offline_returns: np.ndarray):
+        self.tau = tau
+        self.offline_returns = np.asarray(offline_returns, np.float64)
+        self.online_returns: list[float] = []
+        self.buffers: list = []
+
+    @property
+    def threshold(self) -> float:
+        return float(np.quantile(np.concatenate([self.offline_returns, self.online_returns]), self.tau))
+
+    def attach(self, buffer) -> None:
+        """Keep ``buffer``'s V_ref column at the threshold (it is written now)."""
+        self.buffers.append(buffer)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        value = self.threshold
+        for buffer in self.buffers:
+            buffer.storage[: len(buffer), buffer.width - 1] = value
+
+    def episode_values(self, mc_returns: torch.Tensor, observations) -> torch.Tensor:
+        """A finished episode: its return (the return-to-go at its first step) joins the others; every state's
+        V_ref becomes the new threshold."""
+        self.online_returns.append(float(mc_returns[0]))
+        self._rewrite()
+        return torch.full_like(mc_returns, self.threshold)
+
+    def state(self) -> dict:
+        return {"online_returns": list(self.online_returns)}
+
+    def load_state(self, state: dict) -> None:
+        self.online_returns = list(state["online_returns"])
+        self._rewrite()
 
 
 def reference_error(v_ref: torch.Tensor, mc_returns: torch.Tensor) -> dict[str, float]:

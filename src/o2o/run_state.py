@@ -36,6 +36,7 @@ class OnlineProgress:
     averager: Optional[dict] = None
     buffer: Optional[dict] = None  # TransitionBuffer.state() of the online buffer
     bonus: Optional[dict] = None  # the intrinsic reward's state (o2o.exploration), when fine-tuning explores with one
+    reference: Optional[dict] = None  # a reference's online state (reference=quantile: the online episodes' returns)
     next_retrain: int = 0  # env step of the next retraining during fine-tuning (retrain.interval), 0: none
 
     @property

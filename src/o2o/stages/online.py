@@ -45,8 +45,9 @@ class EpisodeLabeller:
                                ends & terminated)
         if self.reference is None:
             return mc
-        v_ref = self.reference(observations)
-        errors = reference_error(v_ref, torch.as_tensor(mc, device=v_ref.device))
+        mc = torch.as_tensor(mc)
+        v_ref = self.reference.episode_values(mc, observations)
+        errors = reference_error(v_ref, mc.to(v_ref.device))
         self.tracker.log_metrics({M.reference(M.ONLINE, k): v for k, v in errors.items() if np.isfinite(v)}, step)
         return v_ref.cpu().numpy()
 
@@ -159,6 +160,8 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
         restore_rng(resume_rng, envs)
         if bonus is not None and progress.bonus is not None:
             bonus.load_state(progress.bonus)
+        if reference is not None and progress.reference is not None:
+            reference.load_state(progress.reference)
     agent.begin_phase(M.ONLINE)
     if not resumed and not ctx.state.eval_history:  # no pre-training: score the initial policy at env step 0
         progress.results = ctx.evaluate(agent, M.ONLINE, 0)
@@ -167,6 +170,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
         progress.averager, progress.buffer = loop.averager.state(), sampler.online.state()
         progress.updates_since_log = loop.updates_since_log
         progress.bonus = bonus.state() if bonus is not None else None
+        progress.reference = reference.state() if reference is not None else None
         ctx.save(agent, ONLINE_STAGE, envs, rng)
 
     def describe(m: dict) -> tuple[str, dict]:
