@@ -36,8 +36,8 @@ def batch_of(obs, rewards=None):
 # --------------------------------------------------------------------------- RND
 
 
-def rnd_config(**over):
-    cfg = validate(compose(["exploration=rnd"])).exploration
+def rnd_config(preset="rnd_trained", **over):
+    cfg = validate(compose([f"exploration={preset}"])).exploration
     for k, v in over.items():
         setattr(cfg, k, v)
     return cfg
@@ -76,6 +76,46 @@ def test_the_rnd_bonus_is_the_error_over_its_running_std_and_trains_on_a_quarter
     assert torch.allclose(bonus, expected)  # computed before the predictor moves
     assert any(not torch.equal(a, b) for a, b in zip(before, rnd.predictor.parameters()))
     assert rnd.bonus_rms.count > 399 and rnd.obs_rms.count > 399
+
+
+def test_the_bonus_statistics_follow_the_normalised_bonus_as_in_ooos_code():
+    """rnd_net.py / conservative_sac.py: the reward statistics are updated with the bonus already divided by their
+    std, so the next bonus is divided by the std of those."""
+    from o2o.exploration import RunningMeanStd
+
+    rnd = RND(3, rnd_config(), seed=1, device=torch.device("cpu"))
+    first, second = torch.randn(300, 3), torch.randn(300, 3) + 1.0
+    b1 = train_step(rnd, batch_of(first))
+    stats = RunningMeanStd(())
+    stats.update(b1)  # the normalised bonus (the initial std is 1)
+    assert rnd.bonus_rms.var.item() == pytest.approx(stats.var.item())
+    expected = rnd.error(second) / stats.var.sqrt().float()
+    assert torch.allclose(train_step(rnd, batch_of(second)), expected)
+
+
+def test_ooos_published_bonus_is_the_initial_predictors_error_on_clipped_states_and_never_moves():
+    """exploration=rnd: OOO's jitted step scores with its trace-time (initial) predictor and statistics."""
+    rnd = RND(4, rnd_config("rnd"), seed=3, device=torch.device("cpu"))
+    states = torch.randn(200, 4) * 4.0  # some beyond [-5, 5]
+    with torch.no_grad():
+        x = states.clamp(-5.0, 5.0)  # the initial statistics: mean 0, variance 1
+        direct = (rnd.predictor(x) - rnd.target(x)).pow(2).amax(dim=1)  # / sqrt(1)
+    before = [p.clone() for p in rnd.predictor.parameters()]
+    first = train_step(rnd, batch_of(states))
+    for _ in range(20):
+        later = train_step(rnd, batch_of(states))
+    torch.testing.assert_close(first, direct)
+    torch.testing.assert_close(later, direct)
+    assert all(torch.equal(a, b) for a, b in zip(before, rnd.predictor.parameters()))
+
+
+def test_rnd_networks_start_as_ooos_orthogonal_init():
+    rnd = RND(5, rnd_config(rnd_hidden=[64, 64]), seed=0, device=torch.device("cpu"))
+    linears = [m for m in rnd.predictor if isinstance(m, torch.nn.Linear)]
+    hidden, output = linears[0].weight, linears[-1].weight  # (64, 5) and (64, 64)
+    torch.testing.assert_close(hidden.T @ hidden, 2.0 * torch.eye(5), atol=1e-5, rtol=0)  # gain sqrt(2)
+    torch.testing.assert_close(output @ output.T, 1e-4 * torch.eye(64), atol=1e-7, rtol=0)  # gain 1e-2
+    assert all(torch.count_nonzero(m.bias) == 0 for m in linears)
 
 
 def test_the_learner_adds_coef_times_bonus_and_reports_it():
@@ -369,3 +409,6 @@ def test_every_algorithm_fine_tunes_with_either_intrinsic_reward(algo, bonus, tm
     run_id = (tmp_path / "mlflow_run_id").read_text().strip()
     means = client.get_metric_history(run_id, M.train(M.ONLINE, "intrinsic_reward_mean"))
     assert means and all(math.isfinite(m.value) for m in means)
+    # OOO's RND acts from the first pre-training step; SERA on fine-tuning only
+    offline = client.get_metric_history(run_id, M.train(M.OFFLINE, "intrinsic_reward_mean"))
+    assert bool(offline) == (bonus == "rnd" and algo != "sac")

@@ -323,16 +323,22 @@ class ExplorationConfig:
     rnd_hidden: List[int] = field(default_factory=list)
     rnd_lr: Optional[float] = None
     rnd_update_proportion: Optional[float] = None  # the share of each batch the RND predictor trains on
+    # rnd: whether the predictor and the running statistics learn (rnd_trained) or stay as initialised, as in OOO's
+    # published runs (rnd; o2o.exploration)
+    rnd_trains: Optional[bool] = None
     knn_k: Optional[int] = None  # sera: the neighbour whose distance is the particle estimate
+    pretraining: Optional[bool] = None  # the bonus from the first pre-training step (OOO's RND), not from fine-tuning
 
     def check(self) -> None:
         _require(self.bonus in EXPLORATION_BONUSES,
                  f"exploration.bonus must be one of {', '.join(EXPLORATION_BONUSES)}, got {self.bonus!r}")
         if self.bonus != "none":
             _require((self.coef or 0) > 0, f"exploration={self.bonus} needs exploration.coef > 0, got {self.coef}")
+            _require(self.pretraining is not None, f"exploration={self.bonus} needs exploration.pretraining")
         if self.bonus == "rnd":
-            _require(bool(self.rnd_hidden) and (self.rnd_lr or 0) > 0 and 0 < (self.rnd_update_proportion or 0) <= 1,
-                     "exploration=rnd needs rnd_hidden, rnd_lr > 0 and rnd_update_proportion in (0, 1]")
+            _require(bool(self.rnd_hidden) and (self.rnd_lr or 0) > 0 and 0 < (self.rnd_update_proportion or 0) <= 1
+                     and self.rnd_trains is not None,
+                     "exploration=rnd needs rnd_hidden, rnd_lr > 0, rnd_update_proportion in (0, 1] and rnd_trains")
         if self.bonus == "sera":
             _require((self.knn_k or 0) >= 1, f"exploration.knn_k must be >= 1, got {self.knn_k}")
 

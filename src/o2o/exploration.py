@@ -1,4 +1,4 @@
-"""Intrinsic rewards during online fine-tuning: ``exploration=rnd`` (OOO's) or ``exploration=sera``.
+"""Intrinsic rewards: ``exploration=rnd`` (OOO's, from the start of pre-training), ``rnd_trained`` or ``sera``.
 
 Each intrinsic reward has ``reward(batch, agent)``, the bonus of a batch, and ``update(batch)``, a step of its own
 model on that batch (RND's predictor; SERA has none); o2o.stages.common.Learner calls both for every sampled batch,
@@ -7,19 +7,22 @@ update: ``r + coef * bonus``. The buffers keep the task's rewards, so the
 Monte-Carlo returns (V_ref), the report and offline retraining (stages/retrain.py) never see the bonus.
 
 - **RND** (Burda et al. 2019) as OOO uses it (Sobol Mark et al., "Offline Retraining for Online RL",
-  MaxSobolMark/OOO, OOO_for_calql/rnd_net.py and conservative_sac.py): a fixed random network and a predictor,
-  both 2x512 ReLU MLPs with a 512-wide output, orthogonal init, on next observations normalised by a running
-  mean and variance and clipped to [-5, 5]; the bonus is the largest squared feature error divided by the running
-  standard deviation of the bonus; the predictor trains with Adam 1e-4 on a random quarter of each batch.
-  Not yet OOO's in three ways (issue 27, open): OOO updates the bonus statistics with the already normalised
-  bonus, starts the output layer at orthogonal gain 1e-2 (hidden layers sqrt 2), and trains RND and adds the bonus
-  from the start of pre-training. And what OOO's published runs computed differs again: its ``_train_step`` is
+  MaxSobolMark/OOO, OOO_for_calql/rnd_net.py, model.py, conservative_sac.py and conservative_sac_main.py): a fixed
+  random network and a predictor, both 2x512 ReLU MLPs with a 512-wide output (orthogonal init, gain sqrt 2, the
+  output 1e-2), on next observations normalised by a running mean and variance and clipped to [-5, 5]; the bonus
+  is the largest squared feature error divided by the running standard deviation of the bonus, whose statistics
+  are updated with the bonus already so divided (as OOO's code does); the predictor trains with Adam 1e-4 on a
+  random quarter of each batch. OOO adds it to every training batch from the first pre-training step
+  (``exploration.pretraining``), so the predictor knows the offline states when fine-tuning begins.
+  What OOO's published runs computed differs (``exploration=rnd``, ``rnd_trains: false``): its ``_train_step`` is
   ``jax.jit`` with ``self`` static and reads the RND predictor and both running statistics from
   ``self._train_states`` (not from its ``train_states`` argument), so they are trace-time constants; with the
-  static arguments of ooo_for_calql_scripts.md fixed for the whole run it is traced once, at the first
-  pre-training step, and every later step scores next states with the initial predictor, observations
-  unnormalised (mean 0, variance 1, then clipped to [-5, 5]) and the bonus divided by 1 (read in
-  MaxSobolMark/OOO, OOO_for_calql/conservative_sac.py ``_train_step`` and ``train``): a bonus that never decays.
+  static arguments of ooo_for_calql_scripts.md fixed for the whole run, and the same batch structure offline and
+  online (``concatenate_batches`` keeps the offline batch's keys), it is traced once, at the first pre-training
+  step, and every later step scores next states with the initial predictor, observations normalised by the initial
+  statistics (mean 0, variance 1, so only clipped) and the bonus divided by 1: a bonus that never decays. The
+  code as it reads is ``exploration=rnd_trained``. OOO's intrinsic Monte-Carlo returns for Cal-QL's bound have no
+  effect in its code (``mc_returns += ...`` rebinds a local; the bound reads ``batch["mc_returns"]``) and none here.
 - **SERA** (Zhang et al., "Sample Efficient Reward Augmentation in offline-to-online RL", arXiv 2310.19805):
   a Q-conditioned state entropy bonus. For each state of the batch its k-th nearest neighbour is found in the
   joint space of state and value, with the maximum of the two distances (the value-conditional estimator of Kim
@@ -62,13 +65,14 @@ class RunningMeanStd:
 
 
 def _features(obs_dim: int, hidden: list[int]) -> nn.Sequential:
-    """RND's network: the hidden layers, then a linear output as wide as the last of them; orthogonal init."""
+    """RND's network, OOO's FullyConnectedNetwork with orthogonal_init (OOO_for_calql/model.py): the hidden layers at
+    orthogonal gain sqrt(2), a linear output as wide as the last of them at gain 1e-2, zero biases."""
     body, width = mlp(obs_dim, hidden)
     net = nn.Sequential(*body, nn.Linear(width, hidden[-1]))
-    for layer in net:
-        if isinstance(layer, nn.Linear):
-            nn.init.orthogonal_(layer.weight)
-            nn.init.zeros_(layer.bias)
+    linears = [layer for layer in net if isinstance(layer, nn.Linear)]
+    for layer in linears:
+        nn.init.orthogonal_(layer.weight, gain=1e-2 if layer is linears[-1] else 2.0 ** 0.5)
+        nn.init.zeros_(layer.bias)
     return net
 
 
@@ -96,25 +100,31 @@ class RND:
         return (self.predictor(x) - self.target(x)).pow(2).amax(dim=1)
 
     def reward(self, batch: Batch, agent=None) -> torch.Tensor:
-        """The bonus of the batch's next states, by the predictor as it stands (before its step on this batch)."""
+        """The bonus of the batch's next states, by the predictor as it stands (before its step on this batch):
+        the largest squared feature error over the running std of the bonus."""
         x = self._normalise(batch.next_obs)
-        squared = (self.predictor(x) - self.target(x)).pow(2)  # one forward for the bonus and the loss
-        raw = squared.detach().amax(dim=1)
-        self._last = batch, squared, raw
-        return raw / self.bonus_rms.var.sqrt().float()
+        with torch.set_grad_enabled(self.cfg.rnd_trains):
+            squared = (self.predictor(x) - self.target(x)).pow(2)  # one forward for the bonus and the loss
+        bonus = squared.detach().amax(dim=1) / self.bonus_rms.var.sqrt().float()
+        self._last = batch, squared, bonus
+        return bonus
 
     def update(self, batch: Batch) -> None:
-        """One predictor step on the batch, then the running statistics: the batch's states become familiar."""
+        """One predictor step on the batch, then the running statistics, the bonus's updated with the normalised
+        bonus as OOO's code does: the batch's states become familiar. With ``rnd_trains`` off (OOO's published
+        runs), nothing changes."""
+        if not self.cfg.rnd_trains:
+            return
         if self._last is None or self._last[0] is not batch:
             self.reward(batch)
-        _, squared, raw = self._last
+        _, squared, bonus = self._last
         self._last = None
         keep = torch.rand(len(squared), generator=self.generator, device=self.device) < self.cfg.rnd_update_proportion
         loss = (squared.mean(dim=1) * keep).sum() / keep.sum().clamp(min=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.bonus_rms.update(raw)
+        self.bonus_rms.update(bonus)
         self.obs_rms.update(batch.obs)
 
     def state(self) -> dict:

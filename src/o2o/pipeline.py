@@ -404,9 +404,13 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
     checkpoint when resuming."""
     state = ctx.state
     final: dict[str, float] = {}
+    bonus = make_bonus(cfg.exploration, agent.obs_dim, cfg.seed, agent.device)  # one for the whole run
     if cfg.algo.pretrain and cfg.schedule.offline_steps and state.stage == OFFLINE_STAGE:
         ctx.tracker.set_tags({"stage": "offline"})
-        learner = Learner(agent, lambda: offline.sample(cfg.buffer.batch_size))
+        from_start = bonus if cfg.exploration.pretraining else None  # OOO's RND: from the first pre-training step
+        if from_start is not None and state.offline is not None and state.offline.bonus is not None:
+            from_start.load_state(state.offline.bonus)
+        learner = Learner(agent, lambda: offline.sample(cfg.buffer.batch_size), from_start, cfg.exploration.coef or 0.0)
         final.update(pretrain(agent, learner, cfg.schedule.offline_steps, ctx))
         publish_policy(agent, cfg, ctx.tracker, PRETRAINED_POLICY)
     elif state.stage in (ONLINE_STAGE, RETRAIN_STAGE):
@@ -427,7 +431,6 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         ctx.tracker.set_tags({"stage": "online"})
         state.offline_final = final.copy()
         sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.algo.mixing_ratio)
-        bonus = make_bonus(cfg.exploration, agent.obs_dim, cfg.seed, agent.device)
         retrain_now = (retrain_during_finetuning(fresh_agent, offline, online, cfg, ctx)
                        if cfg.retrain.interval else None)
         final.update(finetune(agent, sampler, cfg, ctx, resume_rng, reference, bonus, retrain_now))

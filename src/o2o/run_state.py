@@ -20,6 +20,7 @@ class OfflineProgress:
     step: int = 0  # gradient steps taken
     averager: Optional[dict] = None  # MetricAverager.state() since the last log
     results: dict = field(default_factory=dict)  # the latest evaluation
+    bonus: Optional[dict] = None  # the intrinsic reward's state, when it acts from pre-training (OOO's RND)
 
 
 @dataclass

@@ -25,6 +25,7 @@ def pretrain(agent, learner: Learner, steps: int, ctx: RunContext, phase: str = 
 
     def save(rng=None) -> None:
         progress.averager = loop.averager.state()
+        progress.bonus = learner.bonus.state() if learner.bonus is not None else None
         ctx.save(agent, phase, [ctx.evaluator.env], rng)
 
     def describe(m: dict) -> tuple[str, dict]:
