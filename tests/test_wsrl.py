@@ -60,7 +60,7 @@ def test_fine_tuning_is_sac_on_the_pre_trained_networks():
         critic_loss = actor_loss = 0.0
         for b in range(B):
             s, a, s2 = batch.obs[b], batch.actions[b], batch.next_obs[b]
-            a2, _ = plain_policy(agent.actor, s2, noise["eps_next"][b, cfg.n_actions])
+            a2, _ = plain_policy(agent.actor, s2, noise["eps_next"][b, 0])  # SAC's one backup sample
             target = batch.rewards[b] + 0.9 * (1 - batch.dones[b]) * min(
                 plain_q(agent.critic_target, i, s2, a2) for i in chosen)
             critic_loss += sum((plain_q(agent.critic, i, s, a) - target) ** 2 for i in range(10)) / B

@@ -50,10 +50,16 @@ def restore_rng(state: dict, envs: list) -> None:
 
 def save_atomic(payload: dict, path: Path) -> Path:
     """``payload`` to ``path`` through a temporary file: a kill or a full disk never leaves half a checkpoint."""
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
+
+
+def write_atomic(path: Path, write) -> Path:
+    """``write(tmp)``, then ``tmp`` renamed to ``path``; a full disk stops with one line (:class:`DiskFull`) and
+    leaves no temporary file."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(payload, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError, often without errno
         full = disk_full(err) or disk_nearly_full(path.parent)
@@ -106,15 +112,7 @@ class Checkpoints:
         path = save_atomic(state.to_dict(), self.folder / (FINAL if state.finished else LATEST))
         progress = {"stage": state.stage, "grad_steps": (state.agent or {}).get("grad_steps"),
                     "env_steps": state.online.env_steps if state.online else 0}
-        tmp = self.folder / "progress.json.tmp"
-        try:
-            tmp.write_text(json.dumps(progress))
-            os.replace(tmp, self.folder / "progress.json")
-        except OSError as err:
-            if not disk_full(err):
-                raise
-            tmp.unlink(missing_ok=True)
-            raise disk_full_error(tmp) from None
+        write_atomic(self.folder / "progress.json", lambda tmp: tmp.write_text(json.dumps(progress)))
         return path
 
 

@@ -43,11 +43,16 @@ def view_state(metric_columns: list[str], order_by: str) -> dict:
     }
 
 
+def ui_address(uri: str) -> str:
+    """Where a person opens the MLflow UI of tracking store ``uri``: the server itself, else a local ``mlflow ui``."""
+    return uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
 def view_url(base: str, experiment_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
 
-def publish(client, experiment_id: str, headline: str, base: str = "http://127.0.0.1:5000") -> None:
+def publish(client, experiment_id: str, headline: str, base: str) -> None:
     """Add this run's score columns to the experiment's comparison view (the first run's headline orders the
     rows), and link the view from the experiment's description when that is empty or ours."""
     experiment = client.get_experiment(experiment_id)

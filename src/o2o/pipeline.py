@@ -26,7 +26,7 @@ from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import CQLConfig, Config, IQLConfig, SACConfig, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
-from o2o.data.offline_data import OfflineData
+from o2o.data.offline_data import OfflineData, episode_slices
 from o2o.envs import make_env
 from o2o.errors import ConfigError, DatasetError, Diverged, disk_full
 from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, online_dataset
@@ -288,7 +288,8 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
                       system_metrics_interval=cfg.mlflow.system_metrics_interval_s if cfg.mlflow.system_metrics else None)
     try:
         _record_run(cfg, run_dir, run_id_file, run_id, tracker, resolved, data)
-        mlflow_view.publish(tracker.client, tracker.experiment_id, cfg.domain.metric, ui_address(tracker.uri))
+        mlflow_view.publish(tracker.client, tracker.experiment_id, cfg.domain.metric,
+                            mlflow_view.ui_address(tracker.uri))
     except BaseException as err:  # a run that exists in the store never stays RUNNING after its job is gone
         end_with(tracker, err)
         raise
@@ -365,7 +366,7 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
         return None
     b = offline.to_batch(offline.storage[: len(offline)])
     if cfg.reference.value == "quantile":  # the offline episodes' returns: V_ref (their returns-to-go) at each start
-        starts = torch.as_tensor(np.concatenate([[0], np.flatnonzero(episode_ends[:-1]) + 1]), device=offline.device)
+        starts = torch.as_tensor([e.start for e in episode_slices(episode_ends)], device=offline.device)
         reference = QuantileReference(cfg.reference.tau, b.v_ref[starts].cpu().numpy())
         errors = reference_error(torch.full_like(b.v_ref, reference.threshold), b.v_ref)
         reference.attach(offline)
@@ -491,11 +492,6 @@ def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, f
     tracker.end("FINISHED")
 
 
-def ui_address(uri: str) -> str:
-    """Where a person opens the MLflow UI of ``uri``: the tracking server itself, else a local ``mlflow ui``."""
-    return uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-
-
 def print_summary(cfg: Config, final: dict[str, float], run_dir: Path, run_id: str) -> None:
     """Where the run went and how to look at it, on stdout (the command line and the Python API alike)."""
     uri = default_tracking_uri()
@@ -506,7 +502,7 @@ def print_summary(cfg: Config, final: dict[str, float], run_dir: Path, run_id: s
     print(f"\n{cfg.algo.name} on {cfg.env.name}, seed {cfg.seed}: {scores or 'no scores'}\n"
           f"  run folder  {run_dir}\n"
           f"  MLflow      run {run_id}, experiment {cfg.mlflow_experiment}, store {uri}\n"
-          f"  look        {look} {mlflow_view.view_url(ui_address(uri), experiment_id)}\n"
+          f"  look        {look} {mlflow_view.view_url(mlflow_view.ui_address(uri), experiment_id)}\n"
           f"  compare     o2o-report --experiment {cfg.mlflow_experiment}", flush=True)
 
 

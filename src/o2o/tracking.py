@@ -163,10 +163,11 @@ class Tracker:
         self._monitor = None
         if run_id is not None:
             self.run_id = run_id
-            self.experiment_id = self.client.get_run(run_id).info.experiment_id
+            run = self.client.get_run(run_id)
+            self.experiment_id = run.info.experiment_id
             self.client.update_run(run_id, status="RUNNING")
             self.set_tags(tags)
-            for key in self.client.get_run(run_id).data.metrics:
+            for key in run.data.metrics:
                 self._logged_up_to[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
         else:
             self.experiment_id = ensure_experiment(self.client, experiment, self.uri)

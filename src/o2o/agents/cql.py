@@ -43,6 +43,9 @@ class CQL(ActorCritic):
 
     def draw_noise(self, batch_size: int) -> dict:
         n, a, dev = self.cfg.n_actions, self.act_dim, self.device
+        if not self.regularise:  # SAC's losses: the actor's sample and the backup's
+            return {"eps_actor": torch.randn(batch_size, 1, a, device=dev),
+                    "eps_next": torch.randn(batch_size, self.n_backup, a, device=dev)}
         return {
             "random_actions": torch.rand(batch_size, n, a, device=dev) * 2.0 - 1.0,
             "eps_actor": torch.randn(batch_size, 1, a, device=dev),  # pi(.|s) for the actor loss
@@ -123,8 +126,7 @@ class CQL(ActorCritic):
         wsrl/agents/sac.py: every critic's TD error against the min over a random subset of target critics, the
         actor on the min over the ensemble)."""
         with self.autocast(), torch.no_grad():
-            next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs),
-                                                                 noise["eps_next"][:, self.cfg.n_actions:])
+            next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), noise["eps_next"])
             td_target = self._td_target(batch, next_actions, next_log_pi, noise)
         return self.soft_losses(batch, td_target, noise, update_actor)
 
