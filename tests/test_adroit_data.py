@@ -37,7 +37,7 @@ def built_door():
     from o2o.data.build.adroit import build
 
     report = build(ASSETS, namespace="o2o-test", tasks=["door"], expert_episodes=2, cloned_episodes=2, bc_steps=50,
-                   reference_episodes=1, seed=0)
+                   reference_episodes=1, seed=0, awac_rollouts=2, awac_bc_max_steps=300)
     return report
 
 
@@ -45,13 +45,31 @@ def built_door():
 def test_built_datasets_report_sizes_and_honest_metadata(built_door):
     import minari
 
-    assert set(built_door) == {"o2o-test/door/expert-v0", "o2o-test/door/human-v0", "o2o-test/door/cloned-v0"}
+    assert set(built_door) == {"o2o-test/door/expert-v0", "o2o-test/door/human-v0", "o2o-test/door/cloned-v0",
+                               "o2o-test/door/awac-recipe-v0"}
     human = built_door["o2o-test/door/human-v0"]
     assert human["episodes"] == 25 and human["transitions"] == 6729 - 25
     assert built_door["o2o-test/door/cloned-v0"]["episodes"] == 27
     assert built_door["o2o-test/door/expert-v0"]["success_rate"] == 1.0
     meta = minari.load_dataset("o2o-test/door/cloned-v0").storage.metadata
     assert meta["ref_max_score"] > meta["ref_min_score"] and "behaviour-cloning" in meta["description"]
+
+
+@needs_assets
+def test_the_awac_recipe_is_the_demonstrations_then_full_length_bc_rollouts(built_door):
+    import minari
+
+    from o2o.data.build.adroit import HORIZON
+    from o2o.data.build.awac_recipe import AWAC_HORIZON
+
+    summary = built_door["o2o-test/door/awac-recipe-v0"]
+    assert summary["episodes"] == 25 + 2 and summary["bc_max_steps"] == 300
+    assert summary["bc_step_kept"] == 300  # one check below 500 steps
+    dataset = minari.load_dataset("o2o-test/door/awac-recipe-v0")
+    lengths = [len(e.actions) for e in dataset.iterate_episodes()]
+    assert sum(lengths[:25]) == 6729 - 25 and lengths[25:] == [AWAC_HORIZON] * 2 == [HORIZON["door"]] * 2
+    description = dataset.storage.metadata["description"]
+    assert "NOT AWAC's" in description and "step" in description
 
 
 @needs_assets
@@ -95,3 +113,34 @@ def test_official_namespace_is_refused():
 
     with pytest.raises(SystemExit):
         main(["build-adroit", "--namespace", "D4RL"])
+
+
+def test_gaussian_bc_is_rlkits_policy_and_keeps_its_best_held_out_step():
+    import torch
+
+    from o2o.data.build.awac_recipe import GaussianBC, fit_gaussian_bc, sampling_policy
+
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((400, 5)).astype(np.float32)
+    act = np.tanh(obs[:, :2] * 0.8 + 0.05 * rng.standard_normal((400, 2))).astype(np.float32)
+    policy, fit = fit_gaussian_bc(obs, act, seed=0, max_steps=60, check_every=10)
+    steps, nlls = zip(*fit["bc_held_out_history"])
+    assert steps == (10, 20, 30, 40, 50, 60) and fit["bc_step_kept"] == steps[int(np.argmin(nlls))]
+    # the weights kept are the ones of that check: their held-out NLL, recomputed, is the minimum
+    held = torch.randperm(400, generator=torch.Generator().manual_seed(0))[:40]
+    with torch.no_grad():
+        assert float(policy.nll(torch.as_tensor(obs)[held], torch.as_tensor(act)[held])) == pytest.approx(min(nlls), rel=1e-5)
+    # the NLL is the diagonal Gaussian's, with the log-std in rlkit's [-6, 0] through a sigmoid
+    fresh = GaussianBC(5, 2)
+    with torch.no_grad():
+        fresh.log_std_logits.copy_(torch.tensor([0.0, 3.0]))
+        log_std = -6 + 6 / (1 + np.exp(-np.array([0.0, 3.0])))
+        mean = fresh(torch.as_tensor(obs[:3])).mean.numpy()
+        direct = (0.5 * ((act[:3] - mean) / np.exp(log_std)) ** 2 + log_std + 0.5 * np.log(2 * np.pi)).sum(1).mean()
+        assert float(fresh.nll(torch.as_tensor(obs[:3]), torch.as_tensor(act[:3]))) == pytest.approx(direct, rel=1e-5)
+        assert np.allclose(fresh(torch.as_tensor(obs[:1])).stddev.numpy(), np.exp(log_std))
+    # sampling: the mean plus the fitted std times the seeded noise, clipped to the action bounds
+    sample = sampling_policy(fresh, np.random.default_rng(3))(obs[0])
+    noise = np.random.default_rng(3).standard_normal(2)
+    expected = np.clip(fresh(torch.as_tensor(obs[0])).mean.detach().numpy() + np.exp(log_std) * noise, -1, 1)
+    np.testing.assert_allclose(sample, expected, rtol=1e-5)

@@ -5,6 +5,8 @@ arrays), the way D4RL made its Adroit data.
 - ``o2o/<task>/expert-v0``: episodes of the DAPG expert policy with its own noise.
 - ``o2o/door/cloned-v0``: a behaviour-cloning policy trained on the demonstrations,
   rolled out with noise, mixed with the demonstrations.
+- ``o2o/door/awac-recipe-v0``: the demonstrations and 500 rollouts of a maximum-likelihood Gaussian BC policy, the
+  recipe of AWAC's door files (the Cal-QL paper's data) as far as it is published (o2o.data.build.awac_recipe).
 
 Every dataset records per-step task success (``infos/success``) for the binary
 reward, and reference scores measured as Minari does: the mean return of a
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from o2o.data.build import awac_recipe
 from o2o.data.build.collectors import write_minari_atomically
 from o2o.data.build.hand_dapg import door_demonstrations, expert_policy
 from o2o.envs import register_robotics
@@ -172,15 +175,16 @@ def write_minari(dataset_id: str, task: str, episodes: list[Episode], ref: tuple
 
 def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert_episodes: int = 50,
           cloned_episodes: int = 50, bc_steps: int = 2000, bc_noise: float = 0.1, reference_episodes: int = 10,
-          seed: int = 0, overwrite: bool = False) -> dict[str, dict]:
-    """Build the datasets; returns a summary per dataset id."""
+          seed: int = 0, overwrite: bool = False, awac_rollouts: int = awac_recipe.AWAC_BC_ROLLOUTS,
+          awac_bc_max_steps: int = 20_000) -> dict[str, dict]:
+    """Build the datasets (``awac_rollouts=0`` skips the AWAC recipe); returns a summary per dataset id."""
     import minari
 
     assets = Path(assets)
     rng = np.random.default_rng(seed)
     report: dict[str, dict] = {}
 
-    def save(dataset_id, task, episodes, ref, description):
+    def save(dataset_id, task, episodes, ref, description, extra=None):
         if dataset_id in minari.list_local_datasets():
             if not overwrite:
                 log.info("%s exists; skipped (--overwrite rebuilds it)", dataset_id)
@@ -188,7 +192,7 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
                 return
             minari.delete_dataset(dataset_id)
         write_minari(dataset_id, task, episodes, ref, description)
-        report[dataset_id] = {**summarize(episodes), "ref_min_score": ref[0], "ref_max_score": ref[1]}
+        report[dataset_id] = {**summarize(episodes), "ref_min_score": ref[0], "ref_max_score": ref[1], **(extra or {})}
 
     for task in tasks:
         expert = DapgPolicy(expert_policy(assets, task), rng)
@@ -219,4 +223,28 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
              f"The 25 door demonstrations mixed with {cloned_episodes} episodes of a behaviour-cloning policy "
              f"(MLP 256-256, {bc_steps} steps on the demonstrations) rolled out with Gaussian action noise "
              f"std {bc_noise}, as D4RL made door-cloned.")
+        if awac_rollouts:
+            save(f"{namespace}/door/awac-recipe-v0", task, *awac_door(human, ref, awac_rollouts, awac_bc_max_steps, seed))
     return report
+
+
+def awac_door(human: list[Episode], ref: tuple[float, float], rollouts: int, bc_max_steps: int, seed: int):
+    """The demonstrations and ``rollouts`` episodes of the maximum-likelihood Gaussian BC policy (save's arguments
+    after the id and task)."""
+    policy, fit = awac_recipe.fit_gaussian_bc(np.concatenate([e.observations[:-1] for e in human]),
+                                              np.concatenate([e.actions for e in human]), seed, bc_max_steps)
+    log.info("AWAC-recipe BC: kept step %d of %d (held-out NLL %.2f, train %.2f), mean action std %.3f",
+             fit["bc_step_kept"], bc_max_steps, fit["bc_held_out_nll"], fit["bc_train_nll"], fit["bc_action_std_mean"])
+    env = make_adroit("door")
+    act = awac_recipe.sampling_policy(policy, np.random.default_rng([seed, 7]))
+    episodes = [run_episode(env, act, seed * 100_000 + 70_000 + i)
+                for i in tqdm(range(rollouts), desc="door AWAC-recipe BC", disable=None)]
+    env.close()
+    description = (
+        f"Built by o2o; NOT AWAC's door2_sparse.npy / door_bc_sparse4.npy (the Cal-QL paper's data: read those with "
+        f"env.dataset.path). Their recipe as far as it is published: the 25 DAPG door demonstrations and {rollouts} "
+        f"episodes of {awac_recipe.AWAC_HORIZON} steps of a Gaussian BC policy (rlkit's GaussianPolicy 256-256 as "
+        f"AWAC's hand experiments configure it, fit by maximum likelihood, kept at step {fit['bc_step_kept']} of "
+        f"{bc_max_steps} by held-out NLL) sampled with its own std (mean {fit['bc_action_std_mean']:.3f}). "
+        "Unpublished and so chosen here: the BC steps, any extra noise. See o2o.data.build.awac_recipe.")
+    return human + episodes, ref, description, fit

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from o2o.data.build.awac_recipe import AWAC_BC_ROLLOUTS
 from o2o.data.build.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
 from o2o.data.minari import minari_root
 from o2o.errors import DatasetError
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--cloned-episodes", type=int, default=50, help="BC episodes mixed with the 25 demonstrations")
     b.add_argument("--d4rl-size", action="store_true",
                    help=f"D4RL's sizes: {D4RL_EXPERT_EPISODES} expert and {D4RL_CLONED_EPISODES} cloned episodes")
+    b.add_argument("--awac-rollouts", type=int, default=AWAC_BC_ROLLOUTS,
+                   help="BC rollouts of o2o/door/awac-recipe-v0 (AWAC's files hold 500); 0 skips that dataset")
     b.add_argument("--bc-steps", type=int, default=2000)
     b.add_argument("--bc-noise", type=float, default=0.1)
     b.add_argument("--reference-episodes", type=int, default=10)
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         args.expert_episodes, args.cloned_episodes)
     try:
         report = build(args.assets, args.namespace, args.tasks, expert, cloned, args.bc_steps, args.bc_noise,
-                       args.reference_episodes, args.seed, args.overwrite)
+                       args.reference_episodes, args.seed, args.overwrite, args.awac_rollouts)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
