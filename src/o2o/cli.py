@@ -117,7 +117,23 @@ def integral_scientific(args: Sequence[str]) -> list[str]:
     return out
 
 
+def make_launchers_visible() -> None:
+    """Hydra finds launchers by walking the ``hydra_plugins`` namespace's folders with pkgutil, which cannot list an
+    editable install's import hook (``pip install -e .``): the o2o launchers would be "Unknown plugin class" unless
+    ``src/`` happens to be on sys.path (``python src/main.py``). Their real folder joins the namespace's path."""
+    import importlib.util
+    from pathlib import Path
+
+    import hydra_plugins
+
+    spec = importlib.util.find_spec("hydra_plugins.o2o_launcher")
+    folder = str(Path(spec.origin).parent.parent) if spec and spec.origin else None
+    if folder and folder not in list(hydra_plugins.__path__):
+        hydra_plugins.__path__.append(folder)
+
+
 def main() -> None:
+    make_launchers_visible()
     logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per line
     sys.argv[1:] = integral_scientific(sys.argv[1:])
     args = sys.argv[1:]

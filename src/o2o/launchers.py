@@ -60,12 +60,20 @@ class MlflowSweepCallback(Callback):
         client = open_store(uri)
         with store_lock(uri):
             experiment_id = ensure_experiment(client, config.mlflow_experiment, uri)
-        overrides = " ".join(config.hydra.overrides.task)
-        run = client.create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}",
-                                tags={"sweep": "true", "overrides": overrides or "(defaults)",
-                                      "sweep_dir": str(config.hydra.sweep.dir)})
-        os.environ[PARENT_RUN_ENV] = run.info.run_id
-        log.info("MLflow parent run %s for this sweep (store %s)", run.info.run_id, uri)
+        overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
+        sweep_dir = str(config.hydra.sweep.dir)
+        earlier = client.search_runs([experiment_id], f"tags.sweep = 'true' and tags.sweep_dir = '{sweep_dir}'",
+                                     order_by=["attributes.start_time DESC"], max_results=1)
+        if earlier:  # the same sweep folder again: its jobs resume, so they stay children of the same parent
+            run_id = earlier[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+            client.set_tag(run_id, "overrides", overrides)
+            log.info("MLflow parent run %s continues for this sweep folder (store %s)", run_id, uri)
+        else:
+            run_id = client.create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}",
+                                       tags={"sweep": "true", "overrides": overrides, "sweep_dir": sweep_dir}).info.run_id
+            log.info("MLflow parent run %s for this sweep (store %s)", run_id, uri)
+        os.environ[PARENT_RUN_ENV] = run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         client, parent = _parent_client()

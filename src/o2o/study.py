@@ -82,6 +82,15 @@ def sweep_command(name: str, budget: str, launcher: str, sweep_dir: Path, overri
             f"hydra.sweep.dir={sweep_dir}", *extra, *overrides]
 
 
+def study_sweep_dir(folder: Path, new: bool) -> Path:
+    """The study's latest sweep folder, so that the same command continues it (a study may span sessions), or a new
+    timestamped one (``--new``, or none yet)."""
+    earlier = sorted(p for p in folder.glob("*") if p.is_dir()) if folder.is_dir() else []
+    if earlier and not new:
+        return earlier[-1].resolve()
+    return (folder / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+
+
 def find_parent(client, experiment: str, sweep_dir: Path) -> str:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], f"tags.sweep = 'true' and tags.sweep_dir = '{sweep_dir}'") if exp else []
@@ -209,7 +218,7 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
         lines += [f"![{png.stem}]({stem}/{png.name})", ""]
     lines += ["## How this page was made", "", "```", command, "```", "",
               f"Commit: `{commit}`. Machine: {machine()}. Written {time.strftime('%Y-%m-%d %H:%M %Z')}"
-              + (f"; the sweep took {wall_s / 60:.0f} min." if wall_s else "."), ""]
+              + (f"; the sweep took {wall_s / 60:.0f} min in all its parts." if wall_s else "."), ""]
     page = out / f"{stem}.md"
     page.write_text("\n".join(lines))
     for path in (page, *result["files"]):
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
                                                              "outputs/study-pages, never docs/results)")
     parser.add_argument("--experiment", default="o2o", help="the MLflow experiment the runs go to")
     parser.add_argument("--page-only", metavar="PARENT_RUN_ID", help="write the page of a sweep that has run")
+    parser.add_argument("--new", action="store_true",
+                        help="start a new sweep folder (by default the same command continues the study's latest one)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every job, e.g. hydra.sweeper.params.seed=0,1")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -269,9 +280,14 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         command = tags.get("study_command") or f"o2o-study {args.name} --budget {args.budget}  # sweep overrides: " + \
             tags.get("overrides", "?")
         commit = tags.get("study_commit") or git_commit() + " (when the page was written)"
+        wall = float(tags["study_wall_s"]) if "study_wall_s" in tags else None
     else:
         commit = git_commit()  # the code the sweep runs, before any later edit
-        sweep_dir = (outputs_dir() / "studies" / f"{args.name}-{args.budget}" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+        folder = f"{args.name}-{args.budget}" + ("" if args.experiment == "o2o" else f"-{args.experiment}")
+        sweep_dir = study_sweep_dir(outputs_dir() / "studies" / folder, args.new)
+        if sweep_dir.exists():
+            print(f"continuing the sweep in {sweep_dir} (finished jobs are kept, unfinished ones resume; --new "
+                  "starts another)", flush=True)
         cmd = sweep_command(args.name, args.budget, args.launcher, sweep_dir, overrides)
         print("running:", shlex.join(cmd), flush=True)
         start = time.time()
@@ -281,8 +297,13 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         if code:
             print(f"the sweep exited with status {code}; the page shows the runs that finished", file=sys.stderr)
         command = shlex.join(["o2o-study", *(argv_of(args))])
+        tags = client.get_run(parent).data.tags
+        if tags.get("study_commit") and commit not in tags["study_commit"]:  # a study continued at a later commit
+            commit = f"{tags['study_commit']}; continued at {commit}"
+        wall += float(tags.get("study_wall_s", 0))
         client.set_tag(parent, "study_command", command)
         client.set_tag(parent, "study_commit", commit)
+        client.set_tag(parent, "study_wall_s", f"{wall:.0f}")
     page = write_page(client, args.experiment, parent, args.name, args.budget, out, command, commit, wall)
     print(f"results page: {page} (and in the sweep's MLflow run {parent}, artifacts study/)")
 
