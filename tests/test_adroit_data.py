@@ -144,3 +144,21 @@ def test_gaussian_bc_is_rlkits_policy_and_keeps_its_best_held_out_step():
     noise = np.random.default_rng(3).standard_normal(2)
     expected = np.clip(fresh(torch.as_tensor(obs[0])).mean.detach().numpy() + np.exp(log_std) * noise, -1, 1)
     np.testing.assert_allclose(sample, expected, rtol=1e-5)
+
+
+@needs_assets
+def test_pen_awac_recipe_has_expert_episodes_standing_in_and_says_so():
+    import minari
+
+    from o2o.data.build.adroit import build
+
+    report = build(ASSETS, namespace="o2o-test-pen", tasks=["pen"], expert_episodes=1, reference_episodes=1, seed=0,
+                   awac_rollouts=2, awac_bc_max_steps=50)
+    assert set(report) == {"o2o-test-pen/pen/expert-v0", "o2o-test-pen/pen/awac-recipe-expert-demos-v0"}
+    dataset = minari.load_dataset("o2o-test-pen/pen/awac-recipe-expert-demos-v0")
+    assert [len(e.actions) for e in dataset.iterate_episodes()] == [100] * 27  # 25 stand-ins + 2 rollouts, the env's 100
+    description = dataset.storage.metadata["description"]
+    assert "NOT AWAC's pen2_sparse.npy" in description and "expert policy" in description and "standing in" in description
+    again = build(ASSETS, namespace="o2o-test-pen", tasks=["pen"], expert_episodes=1, reference_episodes=1, seed=0,
+                  awac_rollouts=2, awac_bc_max_steps=50)
+    assert again["o2o-test-pen/pen/awac-recipe-expert-demos-v0"] == {"skipped": True}

@@ -48,7 +48,7 @@ def test_the_cpu_presets_keep_the_papers_recipe_but_size():
         assert cpu.algo.reward_scale == paper.algo.reward_scale and cpu.algo.reward_bias == paper.algo.reward_bias
         assert cpu.schedule.offline_steps <= paper.schedule.offline_steps and cpu.algo.gamma == paper.algo.gamma
     door = compose(["experiment=study/door_calibration/cpu", "algo=cql"])
-    assert door.schedule.online_steps == 0 and door.env.dataset.id == "o2o/door/cloned-v0"
+    assert door.schedule.online_steps == 0 and door.env.dataset.id == "o2o/door/awac-recipe-v0"
 
 
 def test_smoke_budget_is_the_smoke_preset():

@@ -7,6 +7,8 @@ arrays), the way D4RL made its Adroit data.
   rolled out with noise, mixed with the demonstrations.
 - ``o2o/door/awac-recipe-v0``: the demonstrations and 500 rollouts of a maximum-likelihood Gaussian BC policy, the
   recipe of AWAC's door files (the Cal-QL paper's data) as far as it is published (o2o.data.build.awac_recipe).
+- ``o2o/{pen,relocate}/awac-recipe-expert-demos-v0``: the same recipe with 25 expert episodes standing in for the
+  human demonstrations, which hand_dapg publishes for door only.
 
 Every dataset records per-step task success (``infos/success``) for the binary
 reward, and reference scores measured as Minari does: the mean return of a
@@ -39,6 +41,8 @@ HORIZON = {"door": 200, "pen": 100, "relocate": 200, "hammer": 200}  # D4RL's ep
 DOOR_HINGE_INDEX, DOOR_OPEN_ANGLE = 28, 1.35  # the env's success: hinge angle >= 1.35 rad
 D4RL_EXPERT_EPISODES = 5000  # D4RL's expert datasets: 5000 full-length episodes
 D4RL_CLONED_EPISODES = 2500
+AWAC_TASKS = ("door", "pen", "relocate")  # the tasks of AWAC's offpolicy_hand_data files (o2o.data.awac)
+AWAC_DEMONSTRATIONS = 25  # AWAC's {task}2_sparse.npy: 25 human demonstrations each
 
 
 class DapgPolicy:
@@ -205,10 +209,20 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
              f"{expert_episodes} episodes of the DAPG expert policy for {task} sampled with its own Gaussian noise "
              f"in {TASKS[task]}, {HORIZON[task]} steps each. ref scores: uniform random policy / sampled expert, "
              f"{reference_episodes} episodes each. Built by o2o from the hand_dapg assets.")
-        demos = door_demonstrations(assets) if task == "door" else None
-        if demos is None:
+        dataset_id = awac_recipe_id(namespace, task)
+        if task in AWAC_TASKS and awac_rollouts and (overwrite or dataset_id not in minari.list_local_datasets()):
+            if task == "door":
+                demos = human_door_episodes(door_demonstrations(assets))
+            else:  # hand_dapg has human demonstrations for door only: the expert's episodes stand in
+                env = make_adroit(task)
+                demos = [run_episode(env, expert, seed * 100_000 + 90_000 + i) for i in range(AWAC_DEMONSTRATIONS)]
+                env.close()
+            save(dataset_id, task, *awac_dataset(task, demos, ref, awac_rollouts, awac_bc_max_steps, seed))
+        elif task in AWAC_TASKS and awac_rollouts:
+            save(dataset_id, task, [], ref, "")  # reports it as skipped
+        if task != "door":
             continue
-        human = human_door_episodes(demos)
+        human = human_door_episodes(door_demonstrations(assets))
         save(f"{namespace}/door/human-v0", task, human, ref,
              "The 25 DAPG teleoperated door demonstrations (D4RL door-human) as recorded in the old door-v0 "
              "(rewards as recorded; success = hinge angle >= 1.35 rad; the last step of each demonstration, "
@@ -223,28 +237,35 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
              f"The 25 door demonstrations mixed with {cloned_episodes} episodes of a behaviour-cloning policy "
              f"(MLP 256-256, {bc_steps} steps on the demonstrations) rolled out with Gaussian action noise "
              f"std {bc_noise}, as D4RL made door-cloned.")
-        if awac_rollouts:
-            save(f"{namespace}/door/awac-recipe-v0", task, *awac_door(human, ref, awac_rollouts, awac_bc_max_steps, seed))
     return report
 
 
-def awac_door(human: list[Episode], ref: tuple[float, float], rollouts: int, bc_max_steps: int, seed: int):
-    """The demonstrations and ``rollouts`` episodes of the maximum-likelihood Gaussian BC policy (save's arguments
-    after the id and task)."""
-    policy, fit = awac_recipe.fit_gaussian_bc(np.concatenate([e.observations[:-1] for e in human]),
-                                              np.concatenate([e.actions for e in human]), seed, bc_max_steps)
-    log.info("AWAC-recipe BC: kept step %d of %d (held-out NLL %.2f, train %.2f), mean action std %.3f",
+def awac_recipe_id(namespace: str, task: str) -> str:
+    """Door's data has AWAC's own kind of demonstrations; the other tasks' ids say that expert rollouts stand in."""
+    return f"{namespace}/{task}/awac-recipe-v0" if task == "door" else f"{namespace}/{task}/awac-recipe-expert-demos-v0"
+
+
+def awac_dataset(task: str, demos: list[Episode], ref: tuple[float, float], rollouts: int, bc_max_steps: int,
+                 seed: int):
+    """The demonstrations and ``rollouts`` episodes of the maximum-likelihood Gaussian BC policy fit on them (save's
+    arguments after the id and task)."""
+    policy, fit = awac_recipe.fit_gaussian_bc(np.concatenate([e.observations[:-1] for e in demos]),
+                                              np.concatenate([e.actions for e in demos]), seed, bc_max_steps)
+    log.info("%s AWAC-recipe BC: kept step %d of %d (held-out NLL %.2f, train %.2f), mean action std %.3f", task,
              fit["bc_step_kept"], bc_max_steps, fit["bc_held_out_nll"], fit["bc_train_nll"], fit["bc_action_std_mean"])
-    env = make_adroit("door")
+    env = make_adroit(task)
     act = awac_recipe.sampling_policy(policy, np.random.default_rng([seed, 7]))
     episodes = [run_episode(env, act, seed * 100_000 + 70_000 + i)
-                for i in tqdm(range(rollouts), desc="door AWAC-recipe BC", disable=None)]
+                for i in tqdm(range(rollouts), desc=f"{task} AWAC-recipe BC", disable=None)]
     env.close()
+    source = ("the 25 DAPG door demonstrations" if task == "door" else
+              f"{len(demos)} episodes of the DAPG {task} expert policy with its own noise standing in for AWAC's 25 "
+              f"human demonstrations (none are public for {task})")
     description = (
-        f"Built by o2o; NOT AWAC's door2_sparse.npy / door_bc_sparse4.npy (the Cal-QL paper's data: read those with "
-        f"env.dataset.path). Their recipe as far as it is published: the 25 DAPG door demonstrations and {rollouts} "
-        f"episodes of {awac_recipe.AWAC_HORIZON} steps of a Gaussian BC policy (rlkit's GaussianPolicy 256-256 as "
-        f"AWAC's hand experiments configure it, fit by maximum likelihood, kept at step {fit['bc_step_kept']} of "
-        f"{bc_max_steps} by held-out NLL) sampled with its own std (mean {fit['bc_action_std_mean']:.3f}). "
-        "Unpublished and so chosen here: the BC steps, any extra noise. See o2o.data.build.awac_recipe.")
-    return human + episodes, ref, description, fit
+        f"Built by o2o; NOT AWAC's {task}2_sparse.npy / {task}_bc_sparse4.npy (the Cal-QL paper's data: read those "
+        f"with env.dataset.path). Their recipe as far as it is published: {source}, and {rollouts} episodes of "
+        f"{HORIZON[task]} steps of a Gaussian BC policy fit on them (rlkit's GaussianPolicy 256-256 as AWAC's hand "
+        f"experiments configure it, fit by maximum likelihood, kept at step {fit['bc_step_kept']} of {bc_max_steps} by "
+        f"held-out NLL) sampled with its own std (mean {fit['bc_action_std_mean']:.3f}). Unpublished and so chosen "
+        "here: the BC steps, any extra noise. See o2o.data.build.awac_recipe.")
+    return demos + episodes, ref, description, fit

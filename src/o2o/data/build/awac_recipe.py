@@ -10,8 +10,13 @@ What is traced, and to where:
   2023-08-02): "22 expert demos, and then 450 BC trajectories", after RLPD's 0.9 train split of each file
   (rlkit ``awac_rl.py``: ``train_split=0.9`` for ``door_bc_sparse4.npy``), so the BC file holds 500. Cal-QL uses
   the whole file.
-- **Horizon**: 200 steps (rlkit ``rlkit/launchers/experiments/awac/awac_rl.py``: ``'door-binary-v0':
-  max_path_length 200``), the same as D4RL's door.
+- **Horizon**: door 200 steps (rlkit ``rlkit/launchers/experiments/awac/awac_rl.py``: ``'door-binary-v0':
+  max_path_length 200``), the same as D4RL's door. For pen rlkit also says 200, but the env registers 100 (mj_envs
+  ``pen-v0``, Gymnasium-Robotics ``AdroitHandPen-v1``, D4RL's pen data, the paper's pen episodes): the builder
+  uses the env's 100, a departure for pen.
+- **Pen and relocate** (``o2o/<task>/awac-recipe-expert-demos-v0``): hand_dapg publishes human demonstrations for
+  door only, so 25 episodes of the DAPG expert policy, sampled with its own noise, stand in for AWAC's 25 human
+  ones; the ids say so.
 - **The BC policy's form and loss**: the policy class of AWAC's hand experiments (rlkit
   ``examples/awac/hand/awac1.py``: ``GaussianPolicy``, hidden 256-256, ``std_architecture="values"``, log-std in
   [-6, 0]; ``rlkit/torch/sac/policies/gaussian_policy.py``: tanh mean, relu hidden layers, a state-independent
@@ -38,7 +43,7 @@ import torch
 from torch import nn
 
 AWAC_BC_ROLLOUTS = 500  # rlpd issue #2: 450 after a 0.9 split
-AWAC_HORIZON = 200  # rlkit awac_rl.py, door-binary-v0
+AWAC_HORIZON = 200  # rlkit awac_rl.py, door-binary-v0 (and the other two; the builder keeps pen at its env's 100)
 HIDDEN, LOG_STD_RANGE = (256, 256), (-6.0, 0.0)  # rlkit awac1.py policy_kwargs
 LR, WEIGHT_DECAY, BATCH = 3e-4, 1e-4, 128  # awac1.py trainer_kwargs; AWACTrainer's bc_batch_size default
 HELD_OUT = 0.1  # rlkit's train_split 0.9
