@@ -1,4 +1,4 @@
-"""The companion methods on hand-made cases: RND's bonus, SERA's k-NN estimate, learned reference values, and
+"""The companion methods on hand-made cases: RND's bonus, the Q-conditioned k-NN estimate (qknn), learned reference values, and
 offline retraining (OOO), which sees exactly the offline and online transitions, without the bonus, and resumes."""
 import json
 import math
@@ -144,7 +144,7 @@ def test_the_learner_adds_coef_times_bonus_and_reports_it():
     assert len(bonus.updated) == 1 and bonus.updated[0] is sampled  # the bonus's own model trains on the batch it scored, with the task reward
 
 
-# --------------------------------------------------------------------------- SERA
+# --------------------------------------------------------------------------- QKNN (after SERA's idea)
 
 
 def test_knn_entropy_on_evenly_spaced_points():
@@ -210,14 +210,15 @@ def test_a_learned_reference_recovers_the_monte_carlo_returns(source, tolerance)
 
 
 def test_learned_reference_and_exploration_options_are_checked():
-    for overrides, message in ((["exploration=sera"], "exploration.coef"),
+    for overrides, message in ((["exploration=qknn"], "exploration.coef"),
+                               (["exploration=sera"], "could not be traced to its paper"),
                                (["exploration=rnd", "schedule.online_steps=0"], "fine-tuning"),
                                (["retrain=ooo", "schedule.online_steps=0"], "online_steps > 0"),
                                (["reference=td", "reference.target_rate=0"], "target_rate"),
                                (["retrain=ooo", "retrain.mixing_ratio=2"], "retrain.mixing_ratio")):
         with pytest.raises(ConfigError, match=message):
             validate(compose(overrides))
-    cfg = validate(compose(["retrain=ooo", "exploration=sera", "exploration.coef=1.0"]))
+    cfg = validate(compose(["retrain=ooo", "exploration=qknn", "exploration.coef=1.0"]))
     assert cfg.exploration.knn_k == 3
     retrain = cfg.retrain  # conservative_sac_exploitation.py and the exploitation commands of ooo_for_calql_scripts.md
     assert (retrain.steps, retrain.algorithm, retrain.clip_targets, retrain.feature_normalization) == (
@@ -396,8 +397,8 @@ def test_retraining_at_intervals_scores_the_data_so_far_and_leaves_fine_tuning_a
         assert every[key] == plain[key]  # the retrainings ran on forked random streams
 
 
-@pytest.mark.parametrize("algo, bonus", [("cql", "sera"), ("iql", "rnd"), ("iql", "sera"), ("sac", "rnd"),
-                                         ("sac", "sera")])
+@pytest.mark.parametrize("algo, bonus", [("cql", "qknn"), ("iql", "rnd"), ("iql", "qknn"), ("sac", "rnd"),
+                                         ("sac", "qknn")])
 def test_every_algorithm_fine_tunes_with_either_intrinsic_reward(algo, bonus, tmp_path):
     from o2o.cli import run
 
@@ -409,6 +410,6 @@ def test_every_algorithm_fine_tunes_with_either_intrinsic_reward(algo, bonus, tm
     run_id = (tmp_path / "mlflow_run_id").read_text().strip()
     means = client.get_metric_history(run_id, M.train(M.ONLINE, "intrinsic_reward_mean"))
     assert means and all(math.isfinite(m.value) for m in means)
-    # OOO's RND acts from the first pre-training step; SERA on fine-tuning only
+    # OOO's RND acts from the first pre-training step; qknn on fine-tuning only
     offline = client.get_metric_history(run_id, M.train(M.OFFLINE, "intrinsic_reward_mean"))
     assert bool(offline) == (bonus == "rnd" and algo != "sac")

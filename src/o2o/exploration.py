@@ -1,7 +1,7 @@
-"""Intrinsic rewards: ``exploration=rnd`` (OOO's, from the start of pre-training), ``rnd_trained`` or ``sera``.
+"""Intrinsic rewards: ``exploration=rnd`` (OOO's, from the start of pre-training), ``rnd_trained`` or ``qknn``.
 
 Each intrinsic reward has ``reward(batch, agent)``, the bonus of a batch, and ``update(batch)``, a step of its own
-model on that batch (RND's predictor; SERA has none); o2o.stages.common.Learner calls both for every sampled batch,
+model on that batch (RND's predictor; QKNN has none); o2o.stages.common.Learner calls both for every sampled batch,
 offline and online transitions alike, and adds the bonus to the batch's (transformed) rewards before the agent's
 update: ``r + coef * bonus``. The buffers keep the task's rewards, so the
 Monte-Carlo returns (V_ref), the report and offline retraining (stages/retrain.py) never see the bonus.
@@ -23,10 +23,13 @@ Monte-Carlo returns (V_ref), the report and offline retraining (stages/retrain.p
   statistics (mean 0, variance 1, so only clipped) and the bonus divided by 1: a bonus that never decays. The
   code as it reads is ``exploration=rnd_trained``. OOO's intrinsic Monte-Carlo returns for Cal-QL's bound have no
   effect in its code (``mc_returns += ...`` rebinds a local; the bound reads ``batch["mc_returns"]``) and none here.
-- **SERA** (Zhang et al., "Sample Efficient Reward Augmentation in offline-to-online RL", arXiv 2310.19805):
-  a Q-conditioned state entropy bonus. For each state of the batch its k-th nearest neighbour is found in the
+- **QKNN** (``exploration=qknn``), this project's Q-conditioned state-entropy bonus, after the idea of SERA (Zhang
+  et al., "Sample Efficient Reward Augmentation in offline-to-online RL", arXiv 2310.19805) but not SERA: SERA's
+  own estimator, the Q it conditions on, its neighbour set and its experiments' coefficients could not be read
+  here (the paper's method section is not in the stored copies; no public code of it was found), so no switch
+  carries its name (``exploration=sera`` is refused with that reason). For each state of the batch its k-th nearest neighbour is found in the
   joint space of state and value, with the maximum of the two distances (the value-conditional estimator of Kim
-  et al. 2023, arXiv 2305.19476, on which SERA builds), each distance divided by its mean over the batch so the
+  et al. 2023, arXiv 2305.19476, on which SERA says it builds), each distance divided by its mean over the batch so the
   two are comparable; the bonus is the particle estimate log(1 + ||s - s_kNN||) (RE3, Seo et al. 2021: k = 3,
   the + 1 inside the log). The value is the critic ensemble's minimum Q(s, a) at the batch's actions.
   Differs on purpose: the neighbours come from the training batch, not from a separate buffer sample.
@@ -142,7 +145,7 @@ class RND:
 
 
 def q_conditioned_entropy(states: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
-    """SERA's bonus for each of a set of states: log(1 + ||s - s_kNN||), the neighbour taken in the joint
+    """QKNN's bonus for each of a set of states: log(1 + ||s - s_kNN||), the neighbour taken in the joint
     (state, value) space under the maximum of the two mean-normalised distances."""
     n = len(states)
     k = min(k, n - 1)
@@ -157,7 +160,7 @@ def q_conditioned_entropy(states: torch.Tensor, values: torch.Tensor, k: int) ->
     return torch.log1p(d_state.gather(1, neighbour[:, None]).squeeze(1)).float()
 
 
-class SERA:
+class QKNN:
     def __init__(self, cfg):
         self.k = cfg.knn_k
 
@@ -181,6 +184,6 @@ def make_bonus(cfg, obs_dim: int, seed: int, device: torch.device):
     """The configured intrinsic reward, or None (``exploration=none``)."""
     if cfg.bonus == "rnd":
         return RND(obs_dim, cfg, seed, device)
-    if cfg.bonus == "sera":
-        return SERA(cfg)
+    if cfg.bonus == "qknn":
+        return QKNN(cfg)
     return None
