@@ -53,6 +53,9 @@ def test_domain_presets():
     ant = validate(compose(["env=antmaze_large_diverse"]))
     assert ant.algo.lagrange and ant.algo.target_action_gap == 0.8 and ant.algo.critic_hidden == [256] * 4
     assert (ant.algo.reward_scale, ant.algo.reward_bias) == (10.0, -5.0)
+    for algo in ("cql", "calql"):  # PointMaze follows the AntMaze recipe, Lagrange CQL included
+        maze = validate(compose(["env=pointmaze_umaze", f"algo={algo}"])).algo
+        assert (maze.lagrange, maze.cql_weight, maze.target_action_gap) == (True, ant.algo.cql_weight, 0.8)
     kitchen = validate(compose(["env=kitchen_mixed"]))
     assert not kitchen.algo.importance_sampling and kitchen.algo.mixing_ratio == 0.25
     assert validate(compose(["env=adroit_pen"])).schedule.online_steps == 200_000
