@@ -49,6 +49,14 @@ def test_the_cpu_presets_keep_the_papers_recipe_but_size():
         assert cpu.schedule.offline_steps <= paper.schedule.offline_steps and cpu.algo.gamma == paper.algo.gamma
     door = compose(["experiment=study/door_calibration/cpu", "algo=cql"])
     assert door.schedule.online_steps == 0 and door.env.dataset.id == "o2o/door/awac-recipe-v0"
+    from o2o.data.build.adroit import awac_recipe_id
+
+    for study, task in (("door_o2o", "door"), ("door_calibration", "door"), ("pen_o2o", "pen")):
+        for budget in ("cpu", "paper"):  # AWAC's recipe as o2o-data build-adroit names it, never downloaded
+            dataset = compose([f"experiment=study/{study}/{budget}", "algo=cql"]).env.dataset
+            assert (dataset.id, dataset.download) == (awac_recipe_id("o2o", task), False), (study, budget)
+    pen = compose(["experiment=study/pen_o2o/cpu", "algo=calql"])
+    assert pen.schedule.online_steps == 200_000 and pen.env.max_episode_steps == 100  # the paper's pen budget
 
 
 def test_smoke_budget_is_the_smoke_preset():
