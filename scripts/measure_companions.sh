@@ -4,7 +4,7 @@
 #   scripts/measure_companions.sh [seeds...]    (default 0 1), then: o2o-report --experiment companions
 set -e
 for seed in ${@:-0 1}; do
-  for variant in "ooo:exploration=rnd retrain=ooo" "sera:exploration=sera exploration.coef=1.0" \
+  for variant in "ooo:exploration=rnd retrain=ooo" "qknn:exploration=qknn exploration.coef=1.0" \
                  "regression:reference=regression" "td:reference=td"; do
     name=${variant%%:*}
     python src/main.py experiment=study/pointmaze_o2o/cpu algo=calql seed=$seed ${variant#*:} \
