@@ -22,11 +22,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke", "threads=1", "env.dataset.collector.steps=1500", "mlflow.system_metrics=false",
          "mlflow.log_models=false", "progress=false"]
+# the Q-conditioned k-NN bonus was exploration=sera before December 2026: record such a commit with
+# O2O_GOLDEN_QKNN=sera
+QKNN = os.environ.get("O2O_GOLDEN_QKNN", "qknn")
 RUNS = {
     "calql_episode": ["algo=calql"],
     "cql_episode_rnd_retrain": ["algo=cql", "exploration=rnd", "retrain=same", "retrain.steps=30",
                                 "retrain.interval=150"],
-    "calql_episode_sera_td": ["algo=calql", "exploration=sera", "exploration.coef=1.0", "reference=td",
+    "calql_episode_qknn_td": ["algo=calql", f"exploration={QKNN}", "exploration.coef=1.0", "reference=td",
                               "reference.fit_steps=50"],
     "calql_step_regression": ["algo=calql", "algo.update_schedule=step", "reference=regression",
                               "reference.fit_steps=50"],
@@ -34,7 +37,7 @@ RUNS = {
     "rlpd_step_rnd": ["algo=rlpd", "exploration=rnd", "retrain=same", "retrain.steps=30"],
     "calql_episode_ooo_retrain": ["algo=calql", "retrain=ooo", "retrain.steps=30", "retrain.eval_episodes=2"],
     "sac_step": ["algo=sac"],
-    "sac_step_sera_offline_data": ["algo=sac", "algo.mixing_ratio=0.5", "exploration=sera", "exploration.coef=0.5"],
+    "sac_step_qknn_offline_data": ["algo=sac", "algo.mixing_ratio=0.5", f"exploration={QKNN}", "exploration.coef=0.5"],
     # intervals that are no divisor of the steps, and checkpoints: the tickers' every case
     "cql_episode_odd_intervals": ["algo=cql", "schedule.log_interval=7", "schedule.eval_interval_offline=13",
                                   "schedule.eval_interval_online=70", "schedule.checkpoint_interval=25"],
