@@ -1,5 +1,6 @@
 """The report's numbers against hand computation on a store filled with known metric values."""
 
+import math
 import numpy as np
 import pytest
 from mlflow.entities import Metric, Param
@@ -235,3 +236,14 @@ def test_long_labels_are_cut_in_legends_and_kept_whole_in_the_table():
     text = "calql (" + " ".join(f"algo.k{i}=v{i}" for i in range(20)) + ")"
     assert len(short_label(text)) == LABEL_CHARS and short_label(text).endswith("…")
     assert short_label("calql") == "calql"
+
+
+def test_improvement_is_the_mean_online_score_above_the_pretrained_one():
+    from o2o.report import RunRecord
+
+    record = RunRecord("r", "maze", "calql", "0", "d", 1000.0, "success_rate",
+                       history={"offline/eval/success_rate": [(0, 0.1), (100, 0.4)],
+                                "online/eval/success_rate": [(250, 0.2), (500, 0.6), (1000, 1.0)]})
+    assert record.improvement() == pytest.approx((0.2 + 0.6 + 1.0) / 3 - 0.4)
+    assert record.dip() == pytest.approx(0.2 - 0.4)  # the same record's dip, for contrast
+    assert math.isnan(RunRecord("r", "maze", "calql", "0", "d", 0.0, "success_rate").improvement())

@@ -109,10 +109,10 @@ def test_claims_are_judged_by_the_intervals():
     poi = metrics.probability_of_improvement
     seeds = {"calql": {"gap": [5.0, 4.0, 6.0, 5.5, 4.5], "bound_rate": [0.0, 0.01, 0.0, 0.02, 0.0],
                        "below_v_ref": [0.1] * 5, "dip": [-0.05, 0.0, -0.02, 0.01, 0.0],
-                       "regret": [0.2, 0.22, 0.18, 0.21, 0.19]},
+                       "regret": [0.2, 0.22, 0.18, 0.21, 0.19], "improvement": [0.2, 0.25, 0.22, 0.18, 0.24]},
              "cql": {"gap": [-10.0, -12.0, -9.0, -11.0, -8.0], "bound_rate": [0.6, 0.7, 0.5, 0.65, 0.55],
                      "below_v_ref": [0.9] * 5, "dip": [-0.4, -0.3, -0.5, -0.35, -0.45],
-                     "regret": [0.4, 0.45, 0.38, 0.42, 0.41]},
+                     "regret": [0.4, 0.45, 0.38, 0.42, 0.41], "improvement": [0.21, 0.1, 0.3, 0.15, 0.2]},
              "iql": {"gap": [math.nan] * 5, "bound_rate": [math.nan] * 5, "below_v_ref": [math.nan] * 5,
                      "dip": [math.nan] * 5, "regret": [0.1, 0.5, 0.2, 0.3, 0.25]}}
     verdicts = {c: v for c, v, _ in claims(seeds)}
@@ -127,6 +127,9 @@ def test_claims_are_judged_by_the_intervals():
     low, high = direct(poi, seeds["iql"]["regret"], seeds["calql"]["regret"])[1:]
     assert low <= 0.5 <= high
     assert verdicts["Cal-QL has the lowest cumulative regret"] == S.INCONCLUSIVE
+    # improvement: Cal-QL's values sit inside CQL's spread, so P(Cal-QL's larger) has an interval across 0.5
+    low, high = direct(poi, seeds["calql"]["improvement"], seeds["cql"]["improvement"])[1:]
+    assert low <= 0.5 <= high and verdicts["Cal-QL improves faster than CQL once fine-tuning starts"] == S.INCONCLUSIVE
     seeds["cql"]["gap"] = [3.0, 4.0, 2.5, 3.5, 3.2]  # CQL above the return on every seed
     verdicts = {c: v for c, v, _ in claims(seeds)}
     assert verdicts["After pre-training, CQL's policy Q is below the Monte-Carlo return"] == S.CONTRADICTED

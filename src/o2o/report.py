@@ -67,6 +67,15 @@ class RunRecord:
         window = [v for s, v in points if s <= fraction * self.online_steps] or [points[0][1]]
         return min(window) - self.last(self.score_key(M.OFFLINE))
 
+    def improvement(self) -> float:
+        """How fast fine-tuning improves on the pre-trained policy: the mean over the online evaluations of the score
+        minus the score after pre-training (the area between the learning curve and its starting level, per
+        evaluation; evaluations are evenly spaced). Higher is faster; negative when fine-tuning mostly unlearns."""
+        points = self.history.get(self.score_key(M.ONLINE))
+        if not points:
+            return math.nan
+        return sum(v for _, v in points) / len(points) - self.last(self.score_key(M.OFFLINE))
+
 
 # --------------------------------------------------------------------------- reading MLflow
 

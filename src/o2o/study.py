@@ -127,7 +127,8 @@ def machine() -> str:
 def claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str]]:
     """The paper's claims that this study's numbers can check: (claim, verdict, the numbers), judged by the one rule
     of o2o.statistics on each algorithm's per-seed values (``seeds[algo][name]``: ``gap``, Q(s, a~pi) - V_ref after
-    pre-training; ``bound_rate``; ``below_v_ref``; ``dip``; ``regret``). Calibration is the paper's (Def. 4.1): the
+    pre-training; ``bound_rate``; ``below_v_ref``; ``dip``; ``improvement``, o2o.report.RunRecord.improvement;
+    ``regret``). Calibration is the paper's (Def. 4.1): the
     learned policy's Q, Q(s, a ~ pi), against the behaviour policy's return V_ref(s)."""
     out = []
     calql, cql = seeds.get("calql"), seeds.get("cql")
@@ -158,6 +159,12 @@ def claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str
                     f"dip (lowest score in the first 10% of fine-tuning minus the pre-trained score): CQL "
                     f"{cql_dip.format(3)}, Cal-QL {S.mean_interval(calql['dip']).format(3)}; P(Cal-QL's dip "
                     f"smaller) = {p.format(2)}"))
+    if calql and cql and has(calql.get("improvement")) and has(cql.get("improvement")):
+        verdict, p = S.improves(calql["improvement"], cql["improvement"])
+        out.append(("Cal-QL improves faster than CQL once fine-tuning starts", verdict,
+                    f"improvement (mean online score minus the pre-trained score, over the online evaluations): "
+                    f"Cal-QL {S.mean_interval(calql['improvement']).format(3)}, CQL "
+                    f"{S.mean_interval(cql['improvement']).format(3)}; P(Cal-QL's larger) = {p.format(2)}"))
     if calql and has(calql["regret"]):
         others = {a: v for a, v in seeds.items() if a != "calql" and has(v["regret"])}
         if others:
@@ -183,6 +190,7 @@ def study_seeds(records) -> dict[str, dict[str, list[float]]]:
         seeds[algo]["gap"] = [r.last(M.calibration(M.OFFLINE, "q_policy")) - r.last(M.calibration(M.OFFLINE, "v_ref"))
                               for r in runs]
         seeds[algo]["bound_rate"] = [r.last(M.calibration(M.OFFLINE, "bound_rate")) for r in runs]
+        seeds[algo]["improvement"] = [r.improvement() for r in runs]
     return seeds
 
 
