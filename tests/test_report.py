@@ -247,3 +247,19 @@ def test_improvement_is_the_mean_online_score_above_the_pretrained_one():
     assert record.improvement() == pytest.approx((0.2 + 0.6 + 1.0) / 3 - 0.4)
     assert record.dip() == pytest.approx(0.2 - 0.4)  # the same record's dip, for contrast
     assert math.isnan(RunRecord("r", "maze", "calql", "0", "d", 0.0, "success_rate").improvement())
+
+
+def test_an_offline_study_has_no_empty_online_column():
+    from o2o.report import RunRecord, calibration_figure, curves_figure, qcal_figure
+
+    history = {"offline/eval/success_rate": [(0, 0.0), (100, 0.5)], "offline/train/q_data": [(100, -3.0)],
+               "offline/calibration/q_data": [(100, -3.0)], "offline/calibration/v_ref": [(100, -4.0)],
+               "offline/calibration/below_v_ref": [(100, 0.2)]}
+    offline = [RunRecord("r", "door", algo, "0", "d", 0.0, "success_rate", history=dict(history))
+               for algo in ("calql", "cql")]
+    assert len(curves_figure(offline, "door").axes) == 1
+    assert len(qcal_figure(offline, "door").axes) == 2  # one row per algorithm, one column
+    assert len(calibration_figure(offline, "door").axes) == 2
+    both = [RunRecord("r", "door", "calql", "0", "d", 100.0, "success_rate",
+                      history={**history, "online/eval/success_rate": [(100, 1.0)], "online/train/q_data": [(100, -1.0)]})]
+    assert len(curves_figure(both, "door").axes) == 2 and len(qcal_figure(both, "door").axes) == 2

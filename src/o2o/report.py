@@ -383,17 +383,25 @@ def _legend_below(fig, axes) -> None:
                    ncol=max(1, min(len(labels), 3 if max(len(label) for label in labels) < 30 else 1)))
 
 
+def has_online(records: list[RunRecord]) -> bool:
+    """Whether any run logged fine-tuning; an offline study's figures have no online column."""
+    return any(key.startswith(f"{M.ONLINE}/") for r in records for key in r.history)
+
+
 def curves_figure(records: list[RunRecord], title: str):
     plt, groups = _pyplot(), _by_algo(records)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True, gridspec_kw={"width_ratios": [1, 2]},
-                             layout="constrained")
+    online = has_online(records)
+    fig, axes = plt.subplots(1, 2 if online else 1, figsize=(11, 4.5) if online else (6, 4.5), sharey=True,
+                             gridspec_kw={"width_ratios": [1, 2] if online else [1]}, layout="constrained", squeeze=False)
+    axes = axes[0]
     _plot_phases(axes, groups, score_series)
     axes[0].set(title="offline pre-training", xlabel="gradient steps",
                 ylabel=" / ".join(sorted({r.metric for r in records})))
-    axes[1].set(title="online fine-tuning", xlabel="env steps")
-    axes[1].axvline(0, color="k", linestyle="--", linewidth=1)
-    axes[1].annotate("offline → online", xy=(0, 0), xycoords=("data", "axes fraction"), xytext=(4, 4),
-                     textcoords="offset points", fontsize=8)
+    if online:
+        axes[1].set(title="online fine-tuning", xlabel="env steps")
+        axes[1].axvline(0, color="k", linestyle="--", linewidth=1)
+        axes[1].annotate("offline → online", xy=(0, 0), xycoords=("data", "axes fraction"), xytext=(4, 4),
+                         textcoords="offset points", fontsize=8)
     for ax in axes:
         ax.grid(alpha=0.3)
     _legend_below(fig, axes)
@@ -404,9 +412,10 @@ def curves_figure(records: list[RunRecord], title: str):
 
 def qcal_figure(records: list[RunRecord], title: str):
     plt, groups = _pyplot(), _by_algo(records)
-    algos = sorted(groups)
-    fig, axes = plt.subplots(len(algos), 2, figsize=(11, 2.8 * len(algos) + 0.8), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 2]}, layout="constrained")
+    algos, online = sorted(groups), has_online(records)
+    fig, axes = plt.subplots(len(algos), 2 if online else 1, figsize=(11 if online else 6, 2.8 * len(algos) + 0.8),
+                             squeeze=False, gridspec_kw={"width_ratios": [1, 2] if online else [1]},
+                             layout="constrained")
     styles = {M.Q_DATA: ("Q(s, a) on dataset actions", "-", "C0"),
               M.Q_POLICY: ("Q(s, a) on policy actions", "--", "C3"),
               M.V_REF: ("reference value V_ref(s)", ":", "k")}
@@ -416,14 +425,16 @@ def qcal_figure(records: list[RunRecord], title: str):
                          label_of=lambda _, label=label: label, style={"linestyle": linestyle, "color": color})
         row[0].set_ylabel(f"{short_label(algo, 24)}\nQ value")  # the configuration's whole name: its row's title
         if algo != short_label(algo, 24):
-            row[1].set_title(algo, loc="left", fontsize=8)
-        row[1].axvline(0, color="k", linestyle="--", linewidth=1)
+            row[-1].set_title(algo, loc="left", fontsize=8)
+        if online:
+            row[1].axvline(0, color="k", linestyle="--", linewidth=1)
         for ax in row:
             ax.grid(alpha=0.3)
     axes[0][0].set_title("offline pre-training")
-    axes[0][1].set_title("online fine-tuning", loc="right")
     axes[-1][0].set_xlabel("gradient steps")
-    axes[-1][1].set_xlabel("env steps")
+    if online:
+        axes[0][1].set_title("online fine-tuning", loc="right")
+        axes[-1][1].set_xlabel("env steps")
     _legend_below(fig, axes[0])
     fig.suptitle(f"{title}: Q-value calibration (learned Q vs. the reference value of the batch)")
     return fig
@@ -433,7 +444,7 @@ def calibration_figure(records: list[RunRecord], title: str):
     """The fixed-batch diagnostics (stages/calibration.py) of every configuration: Q on data actions against the
     Monte-Carlo return, and how often Q falls below it (data actions; policy actions = Cal-QL's bound rate)."""
     plt, groups = _pyplot(), _by_algo(records)
-    online = any(M.calibration(M.ONLINE, "q_data") in r.history for r in records)  # an offline study: one column
+    online = has_online(records)  # an offline study: one column
     fig, axes = plt.subplots(2, 2 if online else 1, figsize=(11, 7.5) if online else (7, 7.5), sharex="col",
                              squeeze=False, gridspec_kw={"width_ratios": [1, 2] if online else [1]},
                              layout="constrained")
