@@ -98,3 +98,23 @@ def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch)
     assert choose_precision("auto", torch.device("cuda"), 32, [32])[0] == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert choose_precision("auto", torch.device("cuda"), *PAPER)[0] == "fp32"
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_in(tmp_path):
+    """precision=auto chooses per machine; a run resumed on another machine must not switch from bf16 to fp32 (or back)
+    half-way, so the precision its checkpoint records wins over this machine's choice."""
+    from conftest import compose
+    from o2o import run
+    from o2o.checkpoints import Checkpoints
+    from o2o.config import validate
+    from o2o.runtime import setup_runtime
+
+    run(run_dir=str(tmp_path / "r"), overrides=["experiment=smoke", "env.dataset.collector.steps=1500",
+                                               "mlflow_experiment=o2o-precision", "schedule.online_steps=100"])
+    assert Checkpoints(tmp_path / "r").load().precision == "fp32"  # the choice, recorded in the run's state
+    cfg = validate(compose(["experiment=smoke"]))  # a small update: this machine's own choice is fp32
+    assert setup_runtime(cfg).precision == "fp32"
+    kept = setup_runtime(cfg, started_precision="bf16")
+    assert kept.precision == "bf16" and "kept on resuming" in kept.precision_why and "fp32" in kept.precision_why
+    explicit = validate(compose(["experiment=smoke", "precision=fp32"]))
+    assert setup_runtime(explicit, started_precision="bf16").precision == "fp32"  # an explicit setting is the setting

@@ -38,6 +38,7 @@ def discounts(study, budget, extra=()):
 @pytest.mark.parametrize("study,budget", PRESETS)
 def test_every_study_preset_runs_the_papers_discount(study, budget):
     assert discounts(study, budget) == {PAPER_DISCOUNT}
+    assert compose([f"experiment=study/{study}/{budget}"]).precision == "fp32"  # the same numbers on every machine
     assert discounts(study, budget, ["algo.gamma=0.95"]) != {PAPER_DISCOUNT}  # a changed discount is seen
 
 

@@ -101,7 +101,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         if summary:
             print_summary(cfg, final, run_dir, resume.run_id)
         return final
-    runtime = setup_runtime(cfg)
+    runtime = setup_runtime(cfg, started_precision=resume.precision if resume is not None else None)
     device = runtime.device
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
@@ -114,7 +114,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                                   resume is None)
         agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
-        state = resume or RunState(config=resolved, run_id=tracker.run_id)
+        state = resume or RunState(config=resolved, run_id=tracker.run_id, precision=runtime.precision)
         governor = None
         if not cfg.threads and device.type == "cpu":
             governor = ThreadGovernor(cfg.buffer.batch_size, cfg.algo.critic_hidden, runtime.threads,

@@ -49,6 +49,9 @@ class OnlineProgress:
 class RunState:
     config: dict  # the resolved config the run was started with
     run_id: str  # MLflow run id
+    # what the agent computes in (runtime.choose_precision), chosen when the run starts: a resumed run keeps it, also
+    # on a machine whose own choice would differ, so that one run's numbers never mix fp32 and bf16
+    precision: Optional[str] = None
     stage: str = OFFLINE_STAGE  # the stage the checkpoint was taken in, or "final"
     agent: Optional[dict] = None  # ActorCritic.checkpoint()
     rng: Optional[dict] = None  # checkpoints.capture_rng()

@@ -187,9 +187,9 @@ def choose_compile(asked, device: torch.device, planned_updates: int) -> tuple[b
     return True, f"{planned_updates} planned updates repay compiling (break-even about {COMPILE_BREAK_EVEN_UPDATES})"
 
 
-def setup_runtime(cfg) -> Runtime:
+def setup_runtime(cfg, started_precision: str | None = None) -> Runtime:
     """Seeds, the device, threads and precision (a :class:`ThreadGovernor` keeps an automatic thread count right
-    while training)."""
+    while training). ``started_precision``: what a resumed run started in, which ``precision=auto`` keeps."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if cfg.threads > usable_cores():
@@ -202,6 +202,10 @@ def setup_runtime(cfg) -> Runtime:
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU thread%s (%s)", threads, "s" * (threads > 1), why)
     precision, precision_why = choose_precision(cfg.precision, device, cfg.buffer.batch_size, cfg.algo.critic_hidden)
+    if cfg.precision == "auto" and started_precision and started_precision != precision:
+        precision_why = (f"the precision this run started in, kept on resuming (this machine would choose {precision}: "
+                         f"{precision_why})")
+        precision = started_precision
     log.info("precision %s (%s)", precision, precision_why)
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         log.warning("precision=bf16 on a CPU without AMX or AVX512-BF16: matmuls are emulated and much slower "
