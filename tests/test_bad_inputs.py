@@ -254,3 +254,32 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted: run the same command again to resume")
+
+
+def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run():
+    """Python prints "Exception ignored" for a KeyboardInterrupt raised inside a finalizer and goes on; the handler's
+    flag makes the loop raise it at its next step."""
+    import signal
+
+    from o2o.checkpoints import INTERRUPTED, catch_interrupts, raise_if_interrupted
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        catch_interrupts()
+        handler = signal.getsignal(signal.SIGINT)
+        assert handler is not signal.default_int_handler
+        swallowed = []
+        try:  # what a finalizer does with it: the exception goes nowhere
+            handler(signal.SIGINT, None)
+        except KeyboardInterrupt:
+            swallowed.append(True)
+        assert swallowed and INTERRUPTED.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored (a background job): left alone
+        catch_interrupts()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        INTERRUPTED.clear()
+        signal.signal(signal.SIGINT, previous)

@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,30 @@ class PreemptionGuard:
         if callable(previous):
             previous(self._signum, None)
         sys.exit(128 + (self._signum or 0))
+
+
+INTERRUPTED = threading.Event()  # Ctrl-C was pressed (catch_interrupts)
+
+
+def catch_interrupts() -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is; inside a finalizer (SQLAlchemy's weakref callbacks
+    run during MLflow calls) Python only prints "Exception ignored" and the run goes on. The handler also sets a flag
+    that the training loop checks at every step (raise_if_interrupted), so one Ctrl-C always stops the run. A SIGINT
+    that is ignored or handled by someone else (a background job, an embedding program) is left as it is."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def interrupt(signum, frame):
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+
+
+def raise_if_interrupted() -> None:
+    """The loop's check: a Ctrl-C whose KeyboardInterrupt was swallowed stops the run here."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 class Preempted(Exception):

@@ -133,7 +133,10 @@ def make_launchers_visible() -> None:
 
 
 def main() -> None:
+    from o2o.checkpoints import catch_interrupts
+
     make_launchers_visible()
+    catch_interrupts()
     logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per line
     sys.argv[1:] = integral_scientific(sys.argv[1:])
     args = sys.argv[1:]

@@ -16,7 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from o2o import metrics as M
 from o2o.buffers import Batch
-from o2o.checkpoints import Checkpoints, Preempted, PreemptionGuard, capture_rng
+from o2o.checkpoints import Checkpoints, Preempted, PreemptionGuard, capture_rng, raise_if_interrupted
 from o2o.config import ScheduleConfig
 from o2o.errors import Diverged
 from o2o.run_state import RunState
@@ -226,6 +226,7 @@ class PhaseLoop:
 
     def honour_preemption(self, where: str, rng: Optional[dict] = None) -> None:
         """A requested stop: checkpoint (with ``rng``, the random state to resume from, if not the present one)."""
+        raise_if_interrupted()
         if self.ctx.guard.requested:
             self.save(rng)
             raise Preempted(where)
