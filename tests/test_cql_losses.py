@@ -67,7 +67,7 @@ def plain_losses(agent, batch, noise, calibrate):
 
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_update_matches_plain_formulation(calibrate):
-    agent = make_agent(cql_weight=2.0)
+    agent = make_agent(cql_weight=2.0, lagrange=False)  # the fixed weight (the Lagrange version: its own test)
     batch = make_batch(mc_scale=0.05)
     noise = agent.draw_noise(B)
     with torch.no_grad():

@@ -118,7 +118,8 @@ class CompiledUpdate:
         return torch.func.functional_call(self.agent, trained, (batch, noise, update_actor))
 
     def _step(self, batch, noise, update_actor, exp_avgs, exp_avg_sqs, steps, lrs) -> dict:
-        idx = self.trained[update_actor]
+        idle = self.agent.idle_names()  # read while tracing: a phase that changes it compiles its own variant
+        idx = [i for i in self.trained[update_actor] if self.names[i] not in idle]
         trained = {self.names[i]: self.params[i].detach() for i in idx}
         grads, metrics = torch.func.grad(self._loss, has_aux=True)(trained, batch, noise, update_actor)
         with torch.no_grad():

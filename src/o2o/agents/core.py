@@ -185,6 +185,11 @@ class ActorCritic(nn.Module):
         cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.compiled_update = CompiledUpdate(self, cuda_graphs, backend)
 
+    def idle_names(self) -> set[str]:
+        """Parameters the present phase's losses do not use: they get no gradient, so eager Adam leaves them and their
+        state alone, and the compiled update must too."""
+        return set()
+
     def actor_side_names(self) -> set[str]:
         """Parameters that get no gradient when the actor is not updated this step (their Adam state stays put)."""
         names = {name for name, _ in self.actor.named_parameters(prefix="actor")}

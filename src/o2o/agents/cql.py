@@ -62,6 +62,10 @@ class CQL(ActorCritic):
         self.regularise = self.cfg.online_regulariser if online else True
         self.max_target_backup = self.cfg.online_max_target_backup if online else self.cfg.max_target_backup
 
+    def idle_names(self) -> set[str]:
+        """Without the regulariser (WSRL's SAC phase) the Lagrange multiplier has no loss."""
+        return {"log_alpha_prime"} if self.cfg.lagrange and not self.regularise else set()
+
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         if not self.regularise:
             return self.sac_losses(batch, noise, update_actor)
