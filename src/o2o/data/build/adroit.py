@@ -188,15 +188,22 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
     rng = np.random.default_rng(seed)
     report: dict[str, dict] = {}
 
-    def save(dataset_id, task, episodes, ref, description, extra=None):
-        if dataset_id in minari.list_local_datasets():
-            if not overwrite:
-                log.info("%s exists; skipped (--overwrite rebuilds it)", dataset_id)
-                report[dataset_id] = {"skipped": True}
-                return
+    def wanted(dataset_id) -> bool:
+        """Whether to build it: absent, or ``overwrite`` (the old one deleted); one that exists is reported skipped."""
+        if dataset_id not in minari.list_local_datasets():
+            return True
+        if overwrite:
             minari.delete_dataset(dataset_id)
-        write_minari(dataset_id, task, episodes, ref, description)
-        report[dataset_id] = {**summarize(episodes), "ref_min_score": ref[0], "ref_max_score": ref[1], **(extra or {})}
+            return True
+        log.info("%s exists; skipped (--overwrite rebuilds it)", dataset_id)
+        report[dataset_id] = {"skipped": True}
+        return False
+
+    def save(dataset_id, task, episodes, ref, description, extra=None):
+        if wanted(dataset_id):
+            write_minari(dataset_id, task, episodes, ref, description)
+            report[dataset_id] = {**summarize(episodes), "ref_min_score": ref[0], "ref_max_score": ref[1],
+                                  **(extra or {})}
 
     for task in tasks:
         expert = DapgPolicy(expert_policy(assets, task), rng)
@@ -209,20 +216,17 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
              f"{expert_episodes} episodes of the DAPG expert policy for {task} sampled with its own Gaussian noise "
              f"in {TASKS[task]}, {HORIZON[task]} steps each. ref scores: uniform random policy / sampled expert, "
              f"{reference_episodes} episodes each. Built by o2o from the hand_dapg assets.")
+        human = human_door_episodes(door_demonstrations(assets)) if task == "door" else None
         dataset_id = awac_recipe_id(namespace, task)
-        if task in AWAC_TASKS and awac_rollouts and (overwrite or dataset_id not in minari.list_local_datasets()):
-            if task == "door":
-                demos = human_door_episodes(door_demonstrations(assets))
-            else:  # hand_dapg has human demonstrations for door only: the expert's episodes stand in
+        if task in AWAC_TASKS and awac_rollouts and wanted(dataset_id):
+            demos = human
+            if demos is None:  # hand_dapg has human demonstrations for door only: the expert's episodes stand in
                 env = make_adroit(task)
                 demos = [run_episode(env, expert, seed * 100_000 + 90_000 + i) for i in range(AWAC_DEMONSTRATIONS)]
                 env.close()
             save(dataset_id, task, *awac_dataset(task, demos, ref, awac_rollouts, awac_bc_max_steps, seed))
-        elif task in AWAC_TASKS and awac_rollouts:
-            save(dataset_id, task, [], ref, "")  # reports it as skipped
-        if task != "door":
+        if human is None:
             continue
-        human = human_door_episodes(door_demonstrations(assets))
         save(f"{namespace}/door/human-v0", task, human, ref,
              "The 25 DAPG teleoperated door demonstrations (D4RL door-human) as recorded in the old door-v0 "
              "(rewards as recorded; success = hinge angle >= 1.35 rad; the last step of each demonstration, "
