@@ -54,3 +54,55 @@ def test_a_view_written_over_by_hand_is_replaced_by_a_whole_one(tmp_path):
     client.set_experiment_tag(eid, V.SHARE_TAG_PREFIX + V.VIEW_KEY, "{not json")
     V.publish(client, eid, "tasks_solved", V.ui_address(client.tracking_uri))
     assert view(client, eid)["orderByKey"] == "metrics.`final/online_tasks_solved`"
+
+
+def unique_violation(table: str):
+    """What MLflow's sqlite store raises when a parallel job inserted the same row first (ManagedSessionMaker wraps
+    SQLAlchemy's IntegrityError in an MlflowException)."""
+    import sqlite3
+
+    import sqlalchemy.exc
+    from mlflow.exceptions import MlflowException
+
+    cause = sqlite3.IntegrityError(f"UNIQUE constraint failed: {table}.key, {table}.experiment_id")
+    return MlflowException(message=sqlalchemy.exc.IntegrityError("INSERT INTO experiment_tags ...", {}, cause))
+
+
+def test_a_job_that_loses_the_race_to_create_the_view_reads_it_again_and_adds_its_columns(tmp_path, monkeypatch):
+    """Four jobs starting together on one store: between this job's read of the tags and its insert, another job
+    (here a kitchen run) created the view; MLflow's insert fails on the unique key. The run goes on, and the view
+    holds both jobs' columns."""
+    client, eid = experiment(tmp_path)
+    other = MlflowClient(client.tracking_uri)
+    real, calls = client.set_experiment_tag, []
+
+    def racing(experiment_id, key, value):
+        calls.append(key)
+        if len(calls) == 1:  # the other job's publish lands first, then this insert hits the existing row
+            V.publish(other, eid, "tasks_solved", V.ui_address(other.tracking_uri))
+            raise unique_violation("experiment_tags")
+        return real(experiment_id, key, value)
+
+    monkeypatch.setattr(client, "set_experiment_tag", racing)
+    V.publish(client, eid, "success_rate", V.ui_address(client.tracking_uri))
+    metrics = [c for c in view(client, eid)["selectedColumns"] if c.startswith("metrics.")]
+    assert metrics[:3] == [f"metrics.`{c}`" for c in V.score_columns("tasks_solved")]  # the winner's order kept
+    assert metrics[3:] == [f"metrics.`{c}`" for c in V.score_columns("success_rate")[:2]]  # regret already there
+    assert calls[0] == V.SHARE_TAG_PREFIX + V.VIEW_KEY and len(calls) == 2  # one retry, no description to write
+
+
+def test_an_error_that_is_no_race_stops_the_publish(tmp_path, monkeypatch):
+    import pytest
+    from mlflow.exceptions import MlflowException
+
+    client, eid = experiment(tmp_path)
+    calls = []
+
+    def broken(*args):
+        calls.append(args)
+        raise MlflowException("Experiment 'e' must be in the 'active' state")
+
+    monkeypatch.setattr(client, "set_experiment_tag", broken)
+    with pytest.raises(MlflowException, match="active"):
+        V.publish(client, eid, "success_rate", V.ui_address(client.tracking_uri))
+    assert len(calls) == 1  # not tried again

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from o2o.tracking import retry_create_race
+
 OFFLINE_CONTEXT, ONLINE_CONTEXT = "offline", "online"
 DIGEST_CHARS = 16  # MLflow stores digests of up to 36 characters
 
@@ -87,27 +89,14 @@ def online_dataset(buffer, env_name: str, episodes: int):
                     f"{env_name}-online", content, buffer.obs_dim, buffer.act_dim, profile)
 
 
-DATASET_LOG_ATTEMPTS = 5
-
-
 def log_dataset(client, run_id: str, dataset, context: str) -> None:
     """The dataset as an input of the run. Jobs on one store that log the same dataset at once race to create it
-    (sqlite: UNIQUE constraint failed on datasets): the loser tries again and finds it, a few times at most."""
-    import time
-
+    (sqlite: UNIQUE constraint failed on datasets): the loser tries again and finds it."""
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
-    for attempt in range(DATASET_LOG_ATTEMPTS):
-        try:
-            client.log_inputs(run_id, inputs)
-            return
-        except Exception as err:  # noqa: BLE001 - MLflow wraps the database's IntegrityError in its own exception
-            if "UNIQUE constraint failed" not in str(err) and "IntegrityError" not in str(err) \
-                    or attempt == DATASET_LOG_ATTEMPTS - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    retry_create_race(lambda: client.log_inputs(run_id, inputs))
 
 
 def logged_datasets(client, run_id: str) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from o2o import metrics as M
+from o2o.tracking import retry_create_race
 
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "o2o-comparison"
@@ -54,7 +55,12 @@ def view_url(base: str, experiment_id: str) -> str:
 
 def publish(client, experiment_id: str, headline: str, base: str) -> None:
     """Add this run's score columns to the experiment's comparison view (the first run's headline orders the
-    rows), and link the view from the experiment's description when that is empty or ours."""
+    rows), and link the view from the experiment's description when that is empty or ours. Jobs starting together
+    race to create the same tags (MLflow reads, then inserts): the loser reads the view again and adds to it."""
+    retry_create_race(lambda: _publish(client, experiment_id, headline, base))
+
+
+def _publish(client, experiment_id: str, headline: str, base: str) -> None:
     experiment = client.get_experiment(experiment_id)
     tags = experiment.tags
     columns, order_by = [], score_columns(headline)[1]

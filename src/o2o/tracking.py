@@ -141,6 +141,25 @@ def ensure_experiment(client, name: str, uri: str) -> str:
         return found.experiment_id
 
 
+CREATE_RACE_ATTEMPTS = 5
+
+
+def retry_create_race(write, attempts: int = CREATE_RACE_ATTEMPTS):
+    """``write()``, tried again when a parallel job on the same store created the same row between this job's read
+    and its insert (MLflow reads, then inserts: datasets, experiment tags); the next try reads that row and uses it.
+    Other errors, and the last try's, are raised."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except Exception as err:  # noqa: BLE001 - MLflow wraps the database's IntegrityError in its own exception
+            text = str(err)
+            raced = ("UNIQUE constraint failed" in text or "IntegrityError" in text
+                     or "duplicate key value violates unique constraint" in text)  # sqlite, any, PostgreSQL
+            if not raced or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 PARENT_RUN_ENV = "O2O_PARENT_RUN_ID"  # a sweep's parent run id, handed to its jobs
 
 
