@@ -24,10 +24,16 @@ PAPER_DISCOUNT = 0.99  # the Cal-QL paper's, every domain (the authors' scripts)
 @pytest.mark.parametrize("study,budget", PRESETS)
 def test_every_study_preset_composes_for_each_of_its_algorithms(study, budget):
     params = sweep_params(study, budget)
-    assert len(params["seed"]) >= S.MIN_SEEDS and {"calql", "cql"} <= set(params["algo"])
+    assert len(params["seed"]) >= S.MIN_SEEDS
+    if "companion" in params:  # companion methods against plain Cal-QL, the baseline first
+        assert params["algo"] == ["calql"] and params["companion"][0] == "plain" and len(params["companion"]) > 1
+    else:
+        assert {"calql", "cql"} <= set(params["algo"])
     for algo in params["algo"]:
-        cfg = validate(compose([f"experiment=study/{study}/{budget}", f"algo={algo}"]))
-        assert cfg.algo.name == algo
+        for companion in params.get("companion", [None]):
+            extra = [f"companion={companion}"] if companion else []
+            cfg = validate(compose([f"experiment=study/{study}/{budget}", f"algo={algo}", *extra]))
+            assert cfg.algo.name == algo
 
 
 def discounts(study, budget, extra=()):
