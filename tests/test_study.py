@@ -247,3 +247,49 @@ def test_the_same_study_command_continues_its_sweep_and_new_starts_another(tmp_p
     parents, children = sweeps()
     assert len(parents) == 2 and parents[1].data.tags["sweep_dir"] != first.data.tags["sweep_dir"]
     assert len(children) == 2
+
+
+def test_a_companion_study_judges_each_variant_against_plain_calql():
+    """study_seeds names each variant by what sets it apart (companion=...), and companion_claims judges regret,
+    score after fine-tuning and, for the retraining variant, retrained against fine-tuned, by the one rule."""
+    from rliable import metrics
+
+    from o2o import metrics as M
+    from o2o.report import RunRecord
+    from o2o.study import PLAIN, companion_claims, study_seeds
+
+    def run(companion, seed, final, regret, retrained=None):
+        history = {M.evaluation(M.OFFLINE, "success_rate"): [(20000, 0.5)],
+                   M.evaluation(M.ONLINE, "success_rate"): [(300, 0.5), (6000, final)],
+                   "online/cumulative_regret": [(6000, regret)]}
+        if retrained is not None:
+            history[M.evaluation(M.RETRAIN, "success_rate")] = [(20000, retrained)]
+        bonus = {"plain": "none", "qknn": "qknn", "ooo_short_retrain": "rnd"}[companion]
+        return RunRecord(f"{companion}-{seed}", "pointmaze_umaze", "calql", str(seed), "d", 6000.0, "success_rate",
+                         config={"exploration.bonus": bonus}, start_time=seed,
+                         overrides=f"algo=calql seed={seed} companion={companion} experiment=study/companions/cpu",
+                         history=history)
+
+    plain_final, plain_regret = [0.6, 0.65, 0.7, 0.6, 0.62], [0.40, 0.42, 0.38, 0.41, 0.39]
+    qknn_final, qknn_regret = [0.9, 0.95, 0.92, 0.97, 0.93], [0.20, 0.22, 0.18, 0.21, 0.19]  # better on every seed
+    ooo_final, ooo_regret = [0.62, 0.7, 0.55, 0.66, 0.6], [0.41, 0.37, 0.43, 0.39, 0.40]  # inside plain's spread
+    ooo_retrained = [0.3, 0.35, 0.25, 0.3, 0.32]  # below its fine-tuned policy on every seed
+    records = [run("plain", s, plain_final[s], plain_regret[s]) for s in range(5)]
+    records += [run("qknn", s, qknn_final[s], qknn_regret[s]) for s in range(5)]
+    records += [run("ooo_short_retrain", s, ooo_final[s], ooo_regret[s], ooo_retrained[s]) for s in range(5)]
+    seeds = study_seeds(records)
+    assert set(seeds) == {PLAIN, "companion=qknn", "companion=ooo_short_retrain"}
+    assert seeds["companion=qknn"]["final"] == qknn_final and seeds[PLAIN]["regret"] == plain_regret
+    verdicts = {c: v for c, v, _ in companion_claims(seeds)}
+    poi = metrics.probability_of_improvement
+    assert direct(poi, plain_regret, qknn_regret)[1] > 0.5
+    assert verdicts["`companion=qknn` lowers Cal-QL's cumulative regret"] == S.HOLDS
+    assert verdicts["`companion=qknn` raises Cal-QL's score after fine-tuning"] == S.HOLDS
+    low, high = direct(poi, ooo_final, plain_final)[1:]
+    assert low <= 0.5 <= high
+    assert verdicts["`companion=ooo_short_retrain` raises Cal-QL's score after fine-tuning"] == S.INCONCLUSIVE
+    assert direct(poi, ooo_retrained, ooo_final)[2] < 0.5
+    assert verdicts["`companion=ooo_short_retrain`: the retrained policy scores higher than the fine-tuned one it "
+                    "was retrained from"] == S.CONTRADICTED
+    assert not any("qknn`: the retrained" in c for c in verdicts)  # no retraining, no such claim
+    assert claims(seeds) == []  # no algorithm pair in a companion study

@@ -163,10 +163,11 @@ def group_runs(records: list[RunRecord]) -> tuple[dict[tuple, list[RunRecord]], 
     return groups, left_out
 
 
-def _differences(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
+def config_label(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
     """What sets this group apart from the others of its env and algorithm ('' when it is the only one): the
-    shortest description that tells them apart, the command-line overrides that differ (a preset's name when the
-    runs differ by a preset) when those tell them apart, else every param that differs."""
+    shortest description that tells them apart: the command-line overrides that differ (a preset's or a group's
+    option when the runs differ by one, whatever its length) when those tell them apart, else every param that
+    differs."""
     env, algo, config = key
     siblings = [k for k in groups if k[:2] == (env, algo)]
     if len(siblings) == 1:
@@ -176,9 +177,15 @@ def _differences(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
     others = [dict(k[2]) for k in siblings if k != key]
     keys = sorted({k for other in others for k in set(other) | set(config) if other.get(k) != config.get(k)})
     by_params = " ".join(f"{k}={config.get(k, '-')}" for k in keys)
-    if by_overrides is not None and len(by_overrides[key]) <= len(by_params):
+    if by_overrides is not None and (len(by_overrides[key]) <= len(by_params) or _top_level(by_overrides[key])):
         return by_overrides[key]
     return by_params
+
+
+def _top_level(label: str) -> bool:
+    """Every override in ``label`` sets a top-level choice (a group's option such as companion=ooo, or a top-level
+    key), which names what sets the runs apart better than the params it expands to."""
+    return all("." not in token.split("=", 1)[0] for token in label.split())
 
 
 def _override_tokens(runs: list[RunRecord]) -> frozenset[str]:
@@ -206,7 +213,7 @@ def results_table(records: list[RunRecord], dip_fraction: float = DIP_FRACTION) 
     for key, runs in sorted(groups.items(), key=lambda item: item[0][:2]):
         env, algo = key[:2]
         per_seed = {}
-        row = {"env": env, "algo": algo, "config": _differences(key, groups),
+        row = {"env": env, "algo": algo, "config": config_label(key, groups),
                "dataset": ",".join(sorted({r.dataset for r in runs})),
                "metric": ",".join(sorted({r.metric for r in runs})), "seeds": len(runs)}
         for name, values in (("offline", [r.last(r.score_key(M.OFFLINE)) for r in runs]),
@@ -365,7 +372,7 @@ def _by_algo(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     groups, _ = group_runs(records)
     labelled = {}
     for key, runs in groups.items():
-        diff = _differences(key, groups)
+        diff = config_label(key, groups)
         labelled[short_label(key[1] + (f" ({diff})" if diff else ""))] = runs
     return labelled
 

@@ -176,21 +176,54 @@ def claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str
     return out
 
 
+PLAIN = "companion=plain"  # the companion study's baseline (conf/companion/plain.yaml)
+
+
+def companion_claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str]]:
+    """Each companion method against plain Cal-QL, by the one rule of o2o.statistics: does it lower the cumulative
+    regret, does it raise the score after fine-tuning, and, where it retrains (OOO), does the retrained policy score
+    higher than the fine-tuned one it was retrained from (OOO's claim: the exploitation policy beats the exploring
+    one). ``seeds`` as :func:`study_seeds` gives it, keyed ``companion=<name>``."""
+    plain = seeds.get(PLAIN)
+    if not plain:
+        return []
+    out = []
+    for name, v in sorted(seeds.items()):
+        if name == PLAIN or not name.startswith("companion="):
+            continue
+        verdict, p = S.improves(v["regret"], plain["regret"], higher_is_better=False)
+        out.append((f"`{name}` lowers Cal-QL's cumulative regret", verdict,
+                    f"P(lower than plain) = {p.format(2)}; means: {S.mean_interval(v['regret']).format(3)} against "
+                    f"{S.mean_interval(plain['regret']).format(3)}"))
+        verdict, p = S.improves(v["final"], plain["final"])
+        out.append((f"`{name}` raises Cal-QL's score after fine-tuning", verdict,
+                    f"P(higher than plain) = {p.format(2)}; means: {S.mean_interval(v['final']).format(3)} against "
+                    f"{S.mean_interval(plain['final']).format(3)}"))
+        if any(not math.isnan(x) for x in v["retrained"]):
+            verdict, p = S.improves(v["retrained"], v["final"])
+            out.append((f"`{name}`: the retrained policy scores higher than the fine-tuned one it was retrained from",
+                        verdict, f"P(retrained higher) = {p.format(2)}; means: retrained "
+                        f"{S.mean_interval(v['retrained']).format(3)}, fine-tuned {S.mean_interval(v['final']).format(3)}"))
+    return out
+
+
 # --------------------------------------------------------------------------- the page
 
 
 def study_seeds(records) -> dict[str, dict[str, list[float]]]:
-    """Per algorithm, the per-seed values the claims need (one configuration per algorithm in a study): the report's
-    table columns, and Q(s, a~pi) - V_ref and the bound rate at the end of pre-training."""
-    from o2o.report import PER_SEED, group_runs, results_table
+    """Per configuration, the per-seed values the claims need: the report's table columns, and Q(s, a~pi) - V_ref
+    and the bound rate at the end of pre-training. A configuration is named by its algorithm where the study has one
+    per algorithm, else by what sets it apart (o2o.report's label, e.g. ``companion=qknn``)."""
+    from o2o.report import PER_SEED, config_label, group_runs, results_table
 
     groups, _ = group_runs(records)
-    seeds = {row["algo"]: dict(row[PER_SEED]) for row in results_table(records)}
-    for (_, algo, _), runs in groups.items():
-        seeds[algo]["gap"] = [r.last(M.calibration(M.OFFLINE, "q_policy")) - r.last(M.calibration(M.OFFLINE, "v_ref"))
-                              for r in runs]
-        seeds[algo]["bound_rate"] = [r.last(M.calibration(M.OFFLINE, "bound_rate")) for r in runs]
-        seeds[algo]["improvement"] = [r.improvement() for r in runs]
+    seeds = {row["config"] or row["algo"]: dict(row[PER_SEED]) for row in results_table(records)}
+    for key, runs in groups.items():
+        values = seeds[config_label(key, groups) or key[1]]
+        values["gap"] = [r.last(M.calibration(M.OFFLINE, "q_policy")) - r.last(M.calibration(M.OFFLINE, "v_ref"))
+                         for r in runs]
+        values["bound_rate"] = [r.last(M.calibration(M.OFFLINE, "bound_rate")) for r in runs]
+        values["improvement"] = [r.improvement() for r in runs]
     return seeds
 
 
@@ -211,13 +244,14 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
         " at the size of conf/experiment/smoke.yaml (a check that the study runs; its numbers mean nothing)"
         if budget == SMOKE else "")
     n_seeds = min(len(v["regret"]) for v in seeds.values()) if seeds else 0
-    lines = [f"# Study `{name}` at the {budget} scale ({n_seeds} seeds per algorithm)", "", preset_header(name, budget),
+    per = "variant" if PLAIN in seeds else "algorithm"
+    lines = [f"# Study `{name}` at the {budget} scale ({n_seeds} seeds per {per})", "", preset_header(name, budget),
              "", f"Preset: `{preset}`. MLflow: experiment `{experiment}`, sweep parent "
              f"run `{parent}`, {result['runs']} finished runs.", "",
              "## The paper's claims at this scale", "",
              "| claim | verdict | numbers (point estimate [95% interval]) |", "|---|---|---|"]
-    checked = claims(seeds)
-    lines += [f"| {c} | {v} | {n} |" for c, v, n in checked] or ["| (none: the study has no Cal-QL and CQL pair) | | |"]
+    checked = claims(seeds) + companion_claims(seeds)
+    lines += [f"| {c} | {v} | {n} |" for c, v, n in checked] or ["| (none: the study has no Cal-QL and CQL pair, nor a plain Cal-QL among companions) | | |"]
     lines += ["", S.RULE + (f" With fewer than {S.MIN_SEEDS} seeds the intervals are too wide to decide much."
                             if n_seeds < S.MIN_SEEDS else ""), "",
               "## Results", "", table, "", "### Statistics (rliable)", "",
