@@ -63,7 +63,8 @@ def test_preempted_job_is_requeued_and_finishes_in_one_run(tmp_path):
     while time.time() < deadline and head.poll() is None:
         progress = list((tmp_path / "sweep").glob("*/checkpoints/progress.json"))
         if progress and '"online"' in progress[0].read_text():
-            job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+            # this sweep's own job (submitit's folder per job id), not whatever else the queue holds
+            job = sorted(p.name for p in (tmp_path / "sweep" / ".submitit").iterdir() if p.is_dir())
             break
         time.sleep(0.2)
     assert job, "the job never reached online fine-tuning"
