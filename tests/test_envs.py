@@ -15,6 +15,7 @@ DATASET_SHAPES = {
                                            "large_play", "large_diverse")},
     "kitchen_partial": (59, 9), "kitchen_mixed": (59, 9), "kitchen_complete": (59, 9),
     "halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6), "pointmaze_umaze": (6, 2),
+    "pointmaze_medium": (6, 2),
 }
 ENVS = sorted(p.stem for p in (ROOT / "conf" / "env").glob("*.yaml"))
 
