@@ -10,6 +10,7 @@ which huggingface_hub reads on import, is set before the imports for every case.
 """
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -18,11 +19,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL = 2
+CASE_TIMEOUT_S = 300  # as the subprocess timeout the cases had: a hung case dies instead of hanging the suite
 
 
 def child(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
     """In the forked child: become ``python src/main.py *argv`` and never return."""
     code = 1
+    signal.alarm(CASE_TIMEOUT_S)  # SIGALRM's default action ends the child
     try:
         for fd, path in ((1, out), (2, err)):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
