@@ -197,7 +197,7 @@ def test_the_study_command_writes_a_page_whose_table_equals_the_store(tmp_path):
         mean, iqm = S.aggregates(final)["mean"], S.aggregates(final)["iqm"]
         assert f"| {algo} | - | 2 |" in page and f"{mean.format(3)}, {iqm.format(3)}" in page
     verdict, p = S.improves(per_seed["calql"]["regret"], per_seed["cql"]["regret"], higher_is_better=False)
-    assert (f"| pointmaze_umaze | cql | cumulative regret (lower is better) | {p.format(2)} | {verdict} |" in page
+    assert (f"| pointmaze_umaze | calql | cql | cumulative regret (lower is better) | {p.format(2)} | {verdict} |" in page
             and f"P(Cal-QL's regret lower than cql's) = {p.format(2)}" in page)
     assert "at the smoke scale (2 seeds per algorithm)" in page and "too wide to decide" in page
     assert "## The paper's claims at this scale" in page and "Cal-QL has the lowest cumulative regret" in page
@@ -293,3 +293,84 @@ def test_a_companion_study_judges_each_variant_against_plain_calql():
                     "was retrained from"] == S.CONTRADICTED
     assert not any("qknn`: the retrained" in c for c in verdicts)  # no retraining, no such claim
     assert claims(seeds) == []  # no algorithm pair in a companion study
+
+
+def _companion_run(companion, seed, final=0.5, history=()):
+    from o2o.report import RunRecord
+
+    base = {M.evaluation(M.OFFLINE, "success_rate"): [(20000, 0.5)],
+            M.evaluation(M.ONLINE, "success_rate"): [(300, 0.5), (6000, final)],
+            "online/cumulative_regret": [(6000, 0.4)]}
+    return RunRecord(f"{companion}-{seed}", "pointmaze_medium", "calql", str(seed), "d", 6000.0, "success_rate",
+                     config={"companion": companion}, start_time=seed,
+                     overrides=f"algo=calql seed={seed} companion={companion} experiment=study/companions/cpu",
+                     history={**base, **dict(history)})
+
+
+def test_a_companion_page_says_what_each_variant_did():
+    """companion_effects: per variant the bound rate, the mean bonus over fine-tuning, the V_ref errors and OOO's
+    retraining gain, each the rliable mean interval of the per-seed values computed here by hand; a column only where
+    some variant has its metric, '-' for a variant without it."""
+    from rliable import metrics
+
+    from o2o.report import BONUS
+    from o2o.study import PLAIN, companion_effects, study_seeds
+
+    bound = M.calibration(M.OFFLINE, "bound_rate")
+    online_mae = M.reference(M.ONLINE, "v_ref_mae")
+    records = [_companion_run("plain", s, history={bound: [(20000, 0.01 * s)]}) for s in range(5)]
+    bonus_per_step = [[0.2 + s, 0.4 + s, 0.9 + s] for s in range(5)]  # each seed's bonus at three log flushes
+    records += [_companion_run("qknn", s, history={bound: [(20000, 0.02)],
+                                                   BONUS: list(zip((500, 1000, 1500), bonus_per_step[s]))})
+                for s in range(5)]
+    maes = [[1.0 + s, 3.0, 5.0 - s, 4.0] for s in range(5)]  # per finished episode
+    records += [_companion_run("v_ref_regression", s, history={bound: [(20000, 0.03)],
+                                                               online_mae: list(zip(range(4), maes[s]))})
+                for s in range(5)]
+    finals, retrained = [0.5, 0.6, 0.7, 0.6, 0.5], [0.7, 0.6, 0.9, 0.8, 0.8]
+    records += [_companion_run("ooo_short_retrain", s, final=finals[s],
+                               history={bound: [(20000, 0.02)],
+                                        M.evaluation(M.RETRAIN, "success_rate"): [(20000, retrained[s])]})
+                for s in range(5)]
+    lines = companion_effects(study_seeds(records))
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["variant", "policy Q below the run's V_ref after pre-training (bound rate)",
+                      "bonus added to the reward during fine-tuning (mean)", "the same on the online episodes: MAE, mean",
+                      "retrained minus fine-tuned score"]  # no online bound rate, no offline V_ref error: no column
+    table = {row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")[1:]] for row in lines[2:]}
+    assert list(table) == [PLAIN, "companion=ooo_short_retrain", "companion=qknn", "companion=v_ref_regression"]
+    mean = metrics.aggregate_mean
+    point, low, high = direct(mean, [0.01 * s for s in range(5)])
+    assert table[PLAIN][0] == f"{point:.3f} [{low:.3f}, {high:.3f}]" and table[PLAIN][1:] == ["-", "-", "-"]
+    point, low, high = direct(mean, [sum(b) / 3 for b in bonus_per_step])
+    assert table["companion=qknn"][1] == f"{point:.3f} [{low:.3f}, {high:.3f}]"
+    point, low, high = direct(mean, [sum(m) / 4 for m in maes])
+    assert table["companion=v_ref_regression"][2].startswith(f"{point:.2f} [{low:.2f}, {high:.2f}]")
+    point, low, high = direct(mean, [r - f for r, f in zip(retrained, finals)])
+    assert table["companion=ooo_short_retrain"][3] == f"{point:.3f} [{low:.3f}, {high:.3f}]"
+    assert companion_effects(study_seeds([r for r in records if "plain" not in r.run_id])) == []  # no baseline
+
+
+def test_each_pair_of_calql_rows_is_compared_once_and_named():
+    """The report's probability-of-improvement table with two Cal-QL rows and a CQL row: Cal-QL A against B once
+    (not B against A as well), each Cal-QL row against CQL, each row named by its label."""
+    from rliable import metrics
+
+    from o2o.report import RunRecord, results_table, statistics_markdown
+
+    finals = {"plain": [0.5, 0.6, 0.4, 0.5, 0.6], "qknn": [0.7, 0.8, 0.6, 0.9, 0.7]}
+    records = [_companion_run(c, s, final=finals[c][s]) for c in finals for s in range(5)]
+    records += [RunRecord(f"cql-{s}", "pointmaze_medium", "cql", str(s), "d", 6000.0, "success_rate",
+                          config={"companion": "plain"}, start_time=s,
+                          overrides=f"algo=cql seed={s} companion=plain experiment=study/companions/cpu",
+                          history={M.evaluation(M.ONLINE, "success_rate"): [(6000, 0.3)]}) for s in range(5)]
+    text = statistics_markdown(results_table(records))
+    pairs = [line for line in text.splitlines() if "is better) |" in line]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[1:4]) for line in pairs}
+    calql_pairs = {(a, b) for a, b, _ in rows if b.startswith("calql")}
+    assert len(calql_pairs) == 1 and len({r[:2] for r in rows}) == 3  # A-B once, A-CQL, B-CQL
+    (a, b), = calql_pairs
+    first, second = (finals["plain"], finals["qknn"]) if "plain" in a else (finals["qknn"], finals["plain"])
+    point, low, high = direct(metrics.probability_of_improvement, first, second)
+    line = next(l for l in pairs if b in l.split("|")[3] and "fine-tuning" in l)
+    assert f"{point:.2f} [{low:.2f}, {high:.2f}]" in line

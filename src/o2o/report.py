@@ -28,6 +28,9 @@ Q_OVER_V_REF = M.calibration(M.OFFLINE, "q_data_over_v_ref")  # on the fixed bat
 BELOW_V_REF = M.calibration(M.OFFLINE, "below_v_ref")
 CALIBRATION = tuple(M.calibration(phase, k) for phase in M.PHASES for k in M.CALIBRATION_KEYS)
 TRAIN_KEYS = (REGRET, *CALIBRATION, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
+# What a companion method did (o2o.study's companion table): the bonus it added, how far its V_ref is from the returns
+BONUS = M.train(M.ONLINE, M.INTRINSIC_KEYS[0])
+REFERENCE_ERRORS = tuple(M.reference(phase, k) for phase in M.PHASES for k in ("v_ref_mae", "v_ref_bias"))
 DIP_FRACTION = 0.1  # the dip: lowest score in the first 10% of fine-tuning minus the pre-trained score
 METRIC_PARAM = "domain.metric"  # each run's headline: the paper's score for its domain
 # Params that do not change what a run computes (conf/config.yaml's override_dirname exclusions, and the seed):
@@ -118,7 +121,8 @@ def _record(client, run) -> RunRecord:
                        tags.get("dataset", "?"), float(params.get("schedule.online_steps", "nan")),
                        params.get(METRIC_PARAM, "?"), {k: v for k, v in params.items() if k not in NOT_CONFIG},
                        run.info.start_time or 0, tags.get("overrides", ""))
-    for key in (*(record.score_key(phase) for phase in (*M.PHASES, M.RETRAIN)), *TRAIN_KEYS):
+    for key in (*(record.score_key(phase) for phase in (*M.PHASES, M.RETRAIN)), *TRAIN_KEYS,
+                BONUS, *REFERENCE_ERRORS):
         stored = key if key in run.data.metrics else _legacy_name(key)
         if stored in run.data.metrics:
             record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, stored))
@@ -247,22 +251,31 @@ def statistics_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['env']} | {r['algo']} | {r['config'] or '-'} | {r['seeds']} | {cells[0]} | {cells[1]} | "
                      f"{'-' if math.isnan(regret.point) else regret.format(3)} |")
     pairs = []
-    for calql in (r for r in rows if r["algo"] == "calql"):
+    calqls = [r for r in rows if r["algo"] == "calql"]
+    for i, calql in enumerate(calqls):
         for other in (r for r in rows if r["env"] == calql["env"] and r is not calql):
+            if any(other is r for r in calqls[:i]):  # each pair of Cal-QL rows once: P(B > A) is 1 - P(A > B)
+                continue
             for name, label, higher in (("final", "score after fine-tuning", True),
                                         ("offline", "score after pre-training", True), ("regret", "cumulative regret", False)):
                 x, y = calql[PER_SEED][name], other[PER_SEED][name]
                 if all(math.isnan(v) for v in x) or all(math.isnan(v) for v in y):
                     continue
                 verdict, p = S.improves(x, y, higher)
-                pairs.append(f"| {calql['env']} | {other['algo']}{' (' + other['config'] + ')' if other['config'] else ''} | "
+                pairs.append(f"| {calql['env']} | {_row_name(calql)} | {_row_name(other)} | "
                              f"{label} ({'higher' if higher else 'lower'} is better) | {p.format(2)} | {verdict} |")
     out = "\n".join(lines)
     if pairs:
-        out += ("\n\nProbability that a Cal-QL run improves on a run of the other row (rliable, 95% interval):\n\n"
-                "| env | against | on | P(Cal-QL better) | verdict |\n|---|---|---|---|---|\n" + "\n".join(pairs))
+        out += ("\n\nProbability that a run of a Cal-QL row improves on a run of the row it is set against (rliable, "
+                "95% interval; each pair of Cal-QL rows once, since P(B better) is 1 - P(A better)):\n\n"
+                "| env | Cal-QL row | against | on | P(Cal-QL row better) | verdict |\n|---|---|---|---|---|---|\n"
+                + "\n".join(pairs))
     return out + ("\n\nMeans and interquartile means (IQM) over seeds with 95% stratified-bootstrap confidence "
                   f"intervals, {S.BOOTSTRAP_REPS} resamples (rliable). " + S.RULE + "\n")
+
+
+def _row_name(row: dict) -> str:
+    return f"{row['algo']} ({row['config']})" if row["config"] else row["algo"]
 
 
 def _pm(mean: float, std: float, digits: int) -> str:

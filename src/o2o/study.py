@@ -214,7 +214,7 @@ def study_seeds(records) -> dict[str, dict[str, list[float]]]:
     """Per configuration, the per-seed values the claims need: the report's table columns, and Q(s, a~pi) - V_ref
     and the bound rate at the end of pre-training. A configuration is named by its algorithm where the study has one
     per algorithm, else by what sets it apart (o2o.report's label, e.g. ``companion=qknn``)."""
-    from o2o.report import PER_SEED, config_label, group_runs, results_table
+    from o2o.report import BONUS, PER_SEED, config_label, group_runs, results_table
 
     groups, _ = group_runs(records)
     seeds = {row["config"] or row["algo"]: dict(row[PER_SEED]) for row in results_table(records)}
@@ -224,7 +224,53 @@ def study_seeds(records) -> dict[str, dict[str, list[float]]]:
                          for r in runs]
         values["bound_rate"] = [r.last(M.calibration(M.OFFLINE, "bound_rate")) for r in runs]
         values["improvement"] = [r.improvement() for r in runs]
+        values["bound_rate_online"] = [r.last(M.calibration(M.ONLINE, "bound_rate")) for r in runs]
+        values["bonus"] = [_mean_over_history(r, BONUS) for r in runs]
+        values["retrained_gain"] = [a - b for a, b in zip(values["retrained"], values["final"])]
+        for phase in M.PHASES:
+            for name in ("v_ref_mae", "v_ref_bias"):  # offline: one value after the fit; online: per finished episode
+                values[f"{name}_{phase}"] = [_mean_over_history(r, M.reference(phase, name)) for r in runs]
     return seeds
+
+
+def _mean_over_history(record, key: str) -> float:
+    points = record.history.get(key)
+    return sum(v for _, v in points) / len(points) if points else math.nan
+
+
+# What each companion did, beside its verdicts: (column, study_seeds' value, digits)
+COMPANION_EFFECTS = (
+    ("policy Q below the run's V_ref after pre-training (bound rate)", "bound_rate", 3),
+    ("the same after fine-tuning", "bound_rate_online", 3),
+    ("bonus added to the reward during fine-tuning (mean)", "bonus", 3),
+    ("V_ref - return after pre-training: MAE, mean", ("v_ref_mae_offline", "v_ref_bias_offline"), 2),
+    ("the same on the online episodes: MAE, mean", ("v_ref_mae_online", "v_ref_bias_online"), 2),
+    ("retrained minus fine-tuned score", "retrained_gain", 3),
+)
+
+
+def companion_effects(seeds: dict[str, dict[str, list[float]]]) -> list[str]:
+    """A table of what each variant of a companion study did (means over seeds, rliable 95% intervals): how often
+    Cal-QL's bound binds on the fixed batch, the exploration bonus it added, how far a learned or single-threshold
+    V_ref is from the Monte-Carlo returns, and OOO's retraining gain; a column only where some variant has it."""
+    if PLAIN not in seeds:
+        return []
+
+    def cell(values, keys, digits):
+        parts = [S.mean_interval(values[k]) for k in ((keys,) if isinstance(keys, str) else keys)]
+        if all(math.isnan(i.point) for i in parts):
+            return "-"
+        return ", ".join(i.format(digits) for i in parts)
+
+    def present(keys):
+        keys = (keys,) if isinstance(keys, str) else keys
+        return any(not math.isnan(x) for v in seeds.values() for k in keys for x in v.get(k, []))
+
+    columns = [c for c in COMPANION_EFFECTS if present(c[1])]
+    lines = ["| variant | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in [PLAIN, *sorted(n for n in seeds if n != PLAIN)]:
+        lines.append(f"| {name} | " + " | ".join(cell(seeds[name], keys, d) for _, keys, d in columns) + " |")
+    return lines
 
 
 def write_page(client, experiment: str, parent: str, name: str, budget: str, out: Path, command: str,
@@ -253,7 +299,15 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     checked = claims(seeds) + companion_claims(seeds)
     lines += [f"| {c} | {v} | {n} |" for c, v, n in checked] or ["| (none: the study has no Cal-QL and CQL pair, nor a plain Cal-QL among companions) | | |"]
     lines += ["", S.RULE + (f" With fewer than {S.MIN_SEEDS} seeds the intervals are too wide to decide much."
-                            if n_seeds < S.MIN_SEEDS else ""), "",
+                            if n_seeds < S.MIN_SEEDS else ""), ""]
+    effects = companion_effects(seeds)
+    if effects:
+        lines += ["## What each variant did", "", *effects, "",
+                  "Means over seeds with 95% stratified-bootstrap intervals (rliable). The bound rate is the fraction "
+                  "of Q(s, a ~ pi) below the V_ref the run uses, on its fixed batch of offline states: where Cal-QL's "
+                  "max(Q, V_ref) lifts Q. The V_ref errors are against the Monte-Carlo return-to-go of the same "
+                  "states (o2o.reference), offline after the fit and online averaged over the finished episodes.", ""]
+    lines += [
               "## Results", "", table, "", "### Statistics (rliable)", "",
               (figures / "statistics.md").read_text(), ""]
     for png in sorted(figures.glob("*.png")):
