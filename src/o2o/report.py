@@ -58,6 +58,11 @@ class RunRecord:
         points = self.history.get(key)
         return points[-1][1] if points else math.nan
 
+    def mean(self, key: str) -> float:
+        """The mean of a metric over its logged points (evaluations, log flushes, finished episodes)."""
+        points = self.history.get(key)
+        return sum(v for _, v in points) / len(points) if points else math.nan
+
     def score_key(self, phase: str) -> str:
         return M.evaluation(phase, self.metric)
 
@@ -74,10 +79,7 @@ class RunRecord:
         """How fast fine-tuning improves on the pre-trained policy: the mean over the online evaluations of the score
         minus the score after pre-training (the area between the learning curve and its starting level, per
         evaluation; evaluations are evenly spaced). Higher is faster; negative when fine-tuning mostly unlearns."""
-        points = self.history.get(self.score_key(M.ONLINE))
-        if not points:
-            return math.nan
-        return sum(v for _, v in points) / len(points) - self.last(self.score_key(M.OFFLINE))
+        return self.mean(self.score_key(M.ONLINE)) - self.last(self.score_key(M.OFFLINE))
 
 
 # --------------------------------------------------------------------------- reading MLflow

@@ -225,27 +225,22 @@ def study_seeds(records) -> dict[str, dict[str, list[float]]]:
         values["bound_rate"] = [r.last(M.calibration(M.OFFLINE, "bound_rate")) for r in runs]
         values["improvement"] = [r.improvement() for r in runs]
         values["bound_rate_online"] = [r.last(M.calibration(M.ONLINE, "bound_rate")) for r in runs]
-        values["bonus"] = [_mean_over_history(r, BONUS) for r in runs]
+        values["bonus"] = [r.mean(BONUS) for r in runs]
         values["retrained_gain"] = [a - b for a, b in zip(values["retrained"], values["final"])]
         for phase in M.PHASES:
             for name in ("v_ref_mae", "v_ref_bias"):  # offline: one value after the fit; online: per finished episode
-                values[f"{name}_{phase}"] = [_mean_over_history(r, M.reference(phase, name)) for r in runs]
+                values[f"{name}_{phase}"] = [r.mean(M.reference(phase, name)) for r in runs]
     return seeds
 
 
-def _mean_over_history(record, key: str) -> float:
-    points = record.history.get(key)
-    return sum(v for _, v in points) / len(points) if points else math.nan
-
-
-# What each companion did, beside its verdicts: (column, study_seeds' value, digits)
+# What each companion did, beside its verdicts: (column, study_seeds' values shown in it, digits)
 COMPANION_EFFECTS = (
-    ("policy Q below the run's V_ref after pre-training (bound rate)", "bound_rate", 3),
-    ("the same after fine-tuning", "bound_rate_online", 3),
-    ("bonus added to the reward during fine-tuning (mean)", "bonus", 3),
+    ("policy Q below the run's V_ref after pre-training (bound rate)", ("bound_rate",), 3),
+    ("the same after fine-tuning", ("bound_rate_online",), 3),
+    ("bonus added to the reward during fine-tuning (mean)", ("bonus",), 3),
     ("V_ref - return after pre-training: MAE, mean", ("v_ref_mae_offline", "v_ref_bias_offline"), 2),
     ("the same on the online episodes: MAE, mean", ("v_ref_mae_online", "v_ref_bias_online"), 2),
-    ("retrained minus fine-tuned score", "retrained_gain", 3),
+    ("retrained minus fine-tuned score", ("retrained_gain",), 3),
 )
 
 
@@ -257,13 +252,12 @@ def companion_effects(seeds: dict[str, dict[str, list[float]]]) -> list[str]:
         return []
 
     def cell(values, keys, digits):
-        parts = [S.mean_interval(values[k]) for k in ((keys,) if isinstance(keys, str) else keys)]
+        parts = [S.mean_interval(values[k]) for k in keys]
         if all(math.isnan(i.point) for i in parts):
             return "-"
         return ", ".join(i.format(digits) for i in parts)
 
     def present(keys):
-        keys = (keys,) if isinstance(keys, str) else keys
         return any(not math.isnan(x) for v in seeds.values() for k in keys for x in v.get(k, []))
 
     columns = [c for c in COMPANION_EFFECTS if present(c[1])]
