@@ -201,6 +201,36 @@ def test_the_calibration_plot_of_an_offline_study_has_no_empty_online_column():
     assert len(calibration_figure([record(True)], "t").axes) == 4
 
 
+def test_the_calibration_legend_names_each_configuration_once_and_leaves_the_axis_labels_apart():
+    """Six configurations (the companions study): colours name them, once each; four black lines explain the line
+    styles. The legend lies below the plots, and the two rows' y-axis labels do not overlap (they did when the
+    legend listed 24 entries and squeezed the plots)."""
+    from o2o.report import RunRecord, _pyplot, calibration_figure
+
+    records = []
+    for i in range(6):
+        r = RunRecord("id", "maze", "calql", "0", "d", 0.0, "success_rate", config={"algo.companion": f"variant_{i}"})
+        for phase in ("offline", "online"):
+            for name in ("q_data", "v_ref", "below_v_ref", "bound_rate"):
+                r.history[f"{phase}/calibration/{name}"] = [(100, -1.0 - i), (200, -2.0 - i)]
+        records.append(r)
+    fig = calibration_figure(records, "maze")
+    fig.canvas.draw()
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert len(texts) == 10 and len(set(texts)) == 10
+    assert sum("variant_" in t for t in texts) == 6
+    assert [t for t in texts if "variant_" not in t] == [
+        "top: Q(s, a_data)", "top: V_ref (Monte-Carlo return)", "bottom: share of Q(s, a_data) < V_ref",
+        "bottom: share of Q(s, a~pi) < V_ref (bound rate)"]
+    box = legend.get_window_extent()
+    for ax in fig.axes:
+        assert box.y1 <= ax.get_window_extent().y0
+    top, bottom = (ax.yaxis.label.get_window_extent() for ax in (fig.axes[0], fig.axes[2]))
+    assert bottom.y1 <= top.y0  # the labels stand apart, the lower one wholly below the upper one
+    _pyplot().close(fig)
+
+
 def test_rows_that_differ_by_a_preset_are_labelled_by_it_and_the_legend_stays_in_the_figure(tmp_path, monkeypatch):
     """A whole experiment: runs with experiment=smoke beside runs without; the label is the preset, not the eleven
     params it changes, and the legend lies below the plots, inside the figure."""

@@ -392,17 +392,20 @@ def _by_algo(records: list[RunRecord]) -> dict[str, list[RunRecord]]:
     return labelled
 
 
-def _legend_below(fig, axes) -> None:
-    """One legend for the figure, under its plots, so that it never covers a curve or runs off the figure."""
+def _legend_below(fig, axes, extra=()) -> int:
+    """One legend for the figure, under its plots, so that it never covers a curve or runs off the figure; ``extra``:
+    handles that explain a line style rather than name a curve. Returns the legend's number of rows."""
     handles, labels = {}, []
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in handles:
-                handles[label] = handle
-                labels.append(label)
-    if labels:
-        fig.legend([handles[label] for label in labels], labels, loc="outside lower center", fontsize=8,
-                   ncol=max(1, min(len(labels), 3 if max(len(label) for label in labels) < 30 else 1)))
+    for handle in [h for ax in axes for h in ax.get_legend_handles_labels()[0]] + list(extra):
+        label = handle.get_label()
+        if label not in handles:
+            handles[label] = handle
+            labels.append(label)
+    if not labels:
+        return 0
+    ncol = max(1, min(len(labels), 3 if max(len(label) for label in labels) < 30 else 1))
+    fig.legend([handles[label] for label in labels], labels, loc="outside lower center", fontsize=8, ncol=ncol)
+    return -(-len(labels) // ncol)
 
 
 def has_online(records: list[RunRecord]) -> bool:
@@ -474,17 +477,15 @@ def calibration_figure(records: list[RunRecord], title: str):
     def series(name):
         return lambda r, phase: r.history.get(M.calibration(phase, name), [])
 
+    hidden = "_"  # matplotlib leaves a label starting with it out of legends: each configuration is named once
     for i, (algo, runs) in enumerate(sorted(groups.items())):  # V_ref per algorithm: reward transforms differ
         color, one = f"C{i}", {algo: runs}
-        _plot_phases(axes[0], one, series("q_data"), label_of=lambda a: f"{a}: Q(s, a_data)", style={"color": color})
-        _plot_phases(axes[0], one, series("v_ref"), label_of=lambda a: f"{a}: V_ref (Monte-Carlo return)",
-                     style={"color": color, "linestyle": ":"})
-        _plot_phases(axes[1], one, series("below_v_ref"), label_of=lambda a: f"{a}: Q(s, a_data) < V_ref",
-                     style={"color": color})
-        _plot_phases(axes[1], one, series("bound_rate"), label_of=lambda a: f"{a}: Q(s, a~pi) < V_ref",
-                     style={"color": color, "linestyle": "--"})
-    axes[0][0].set(title="offline pre-training", ylabel="mean over the fixed batch")
-    axes[1][0].set(xlabel="gradient steps", ylabel="fraction of the batch")
+        _plot_phases(axes[0], one, series("q_data"), style={"color": color})
+        for row, name, linestyle in ((0, "v_ref", ":"), (1, "below_v_ref", "-"), (1, "bound_rate", "--")):
+            _plot_phases(axes[row], one, series(name), label_of=lambda a: hidden + a,
+                         style={"color": color, "linestyle": linestyle})
+    axes[0][0].set(title="offline pre-training", ylabel="Q value (batch mean)")
+    axes[1][0].set(xlabel="gradient steps", ylabel="share below V_ref")
     if online:
         axes[0][1].set(title="online fine-tuning")
         axes[1][1].set(xlabel="env steps")
@@ -492,7 +493,14 @@ def calibration_figure(records: list[RunRecord], title: str):
             ax.axvline(0, color="k", linestyle="--", linewidth=1)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes.flat)
+    from matplotlib.lines import Line2D
+
+    styles = [Line2D([], [], color="k", linestyle="-", label="top: Q(s, a_data)"),
+              Line2D([], [], color="k", linestyle=":", label="top: V_ref (Monte-Carlo return)"),
+              Line2D([], [], color="k", linestyle="-", label="bottom: share of Q(s, a_data) < V_ref"),
+              Line2D([], [], color="k", linestyle="--", label="bottom: share of Q(s, a~pi) < V_ref (bound rate)")]
+    rows = _legend_below(fig, axes.flat, extra=styles)
+    fig.set_figheight(6.5 + 0.17 * rows)  # the legend takes its rows from the figure, not from the two plot rows
     fig.suptitle(f"{title}: calibration on a fixed batch of offline transitions")
     return fig
 
