@@ -52,6 +52,7 @@ def test_the_cpu_presets_keep_the_papers_recipe_but_size():
     for study in STUDIES:
         cpu, paper = (compose([f"experiment=study/{study}/{b}", "algo=calql"]) for b in ("cpu", "paper"))
         assert cpu.env.name == paper.env.name and cpu.algo.cql_weight == paper.algo.cql_weight
+        assert cpu.env.dataset == paper.env.dataset, study  # both presets state the data: the same data
         assert cpu.algo.reward_scale == paper.algo.reward_scale and cpu.algo.reward_bias == paper.algo.reward_bias
         assert cpu.schedule.offline_steps <= paper.schedule.offline_steps and cpu.algo.gamma == paper.algo.gamma
     door = compose(["experiment=study/door_calibration/cpu", "algo=cql"])
