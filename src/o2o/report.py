@@ -470,7 +470,8 @@ def calibration_figure(records: list[RunRecord], title: str):
     Monte-Carlo return, and how often Q falls below it (data actions; policy actions = Cal-QL's bound rate)."""
     plt, groups = _pyplot(), _by_algo(records)
     online = has_online(records)  # an offline study: one column
-    fig, axes = plt.subplots(2, 2 if online else 1, figsize=(11, 7.5) if online else (7, 7.5), sharex="col",
+    height = 6.5  # the two plot rows; the legend's rows are added to it below
+    fig, axes = plt.subplots(2, 2 if online else 1, figsize=(11 if online else 7, height), sharex="col",
                              squeeze=False, gridspec_kw={"width_ratios": [1, 2] if online else [1]},
                              layout="constrained")
 
@@ -500,7 +501,7 @@ def calibration_figure(records: list[RunRecord], title: str):
               Line2D([], [], color="k", linestyle="-", label="bottom: share of Q(s, a_data) < V_ref"),
               Line2D([], [], color="k", linestyle="--", label="bottom: share of Q(s, a~pi) < V_ref (bound rate)")]
     rows = _legend_below(fig, axes.flat, extra=styles)
-    fig.set_figheight(6.5 + 0.17 * rows)  # the legend takes its rows from the figure, not from the two plot rows
+    fig.set_figheight(height + 0.17 * rows)  # the legend takes its rows from the figure, not from the plots
     fig.suptitle(f"{title}: calibration on a fixed batch of offline transitions")
     return fig
 
