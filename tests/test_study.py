@@ -375,3 +375,56 @@ def test_each_pair_of_calql_rows_is_compared_once_and_named():
     point, low, high = direct(metrics.probability_of_improvement, first, second)
     line = next(l for l in pairs if b in l.split("|")[3] and "fine-tuning" in l)
     assert f"{point:.2f} [{low:.2f}, {high:.2f}]" in line
+
+
+KILLED_PART = """
+import sys, threading, time
+from mlflow.tracking import MlflowClient
+from o2o.study import StudyClock, run_counting
+store, sweep_dir = sys.argv[1:3]
+client = MlflowClient(store)
+clock = StudyClock(client, "o2o-clock", sweep_dir, "o2o-study x --launcher slurm", "def456")
+def make_parent():  # the sweep makes its parent a little after it starts: the first ticks find none
+    time.sleep(1.0)
+    run = client.create_run(client.create_experiment("o2o-clock"),
+                            tags={"sweep": "true", "sweep_dir": sweep_dir, "study_wall_s": "100", "study_commit": "abc123"})
+    print("parent", run.info.run_id, clock.start, flush=True)
+threading.Thread(target=make_parent).start()
+run_counting([sys.executable, "-c", "import time; time.sleep(600)"], clock, every=0.5)
+"""
+
+
+def test_a_study_part_killed_with_its_session_keeps_its_time_and_commit(tmp_path):
+    """A study may span sessions, and a session's end kills ``o2o-study`` (SIGKILL, no cleanup): the clock ticking on
+    the parent run while the sweep runs keeps that part's time (losing at most one tick) and its commit, and the next
+    part adds its own to both."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from o2o.study import StudyClock, run_counting
+
+    store, sweep_dir = f"sqlite:///{tmp_path / 'clock.db'}", str(tmp_path / "sweep")
+    part = subprocess.Popen([sys.executable, "-c", KILLED_PART, store, sweep_dir], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    _, parent, started = part.stdout.readline().split()
+    client = MlflowClient(store)
+    wall = lambda: float(client.get_run(parent).data.tags.get("study_wall_s", 100))  # noqa: E731
+    deadline = time.time() + 60
+    while wall() < 102 and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(part.pid, signal.SIGKILL)
+    killed_after = time.time() - float(started)
+    part.wait()
+    tags = client.get_run(parent).data.tags
+    lost = 100 + killed_after - float(tags["study_wall_s"])  # the tag is in whole seconds
+    assert -0.5 <= lost <= 0.5 + 0.5 + 1.0  # a tick (0.5 s) at most, and a second for a tick's own writes
+    assert tags["study_commit"] == "abc123; continued at def456" and tags["study_command"] == "o2o-study x --launcher slurm"
+
+    before = float(tags["study_wall_s"])
+    again = StudyClock(client, "o2o-clock", tmp_path / "sweep", "o2o-study x --launcher slurm", "def456")
+    assert run_counting([sys.executable, "-c", "import time; time.sleep(1)"], again, every=0.2) == 0
+    total = again.tick(parent)
+    assert before + 1 <= total < before + 10 and client.get_run(parent).data.tags["study_wall_s"] == f"{total:.0f}"
+    assert client.get_run(parent).data.tags["study_commit"] == "abc123; continued at def456"  # the same commit once

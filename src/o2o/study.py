@@ -12,6 +12,7 @@ that has run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import os
@@ -97,6 +98,55 @@ def find_parent(client, experiment: str, sweep_dir: Path) -> str:
     if not runs:
         raise UserError(f"no MLflow sweep run for {sweep_dir}: the sweep did not start (see its output above)")
     return runs[0].info.run_id
+
+
+HEARTBEAT_S = 60  # how often a running study adds its time to its parent run: a killed part loses at most this
+
+
+class StudyClock:
+    """The study's wall time in all its parts, kept on its sweep's parent run (tag ``study_wall_s``) while the sweep
+    runs, so that a part killed with its session still counts (a study may span sessions; a clock read only when the
+    command returns lost every killed part). The first tick that finds the parent also records the command and adds
+    this part's commit to ``study_commit``."""
+
+    def __init__(self, client, experiment: str, sweep_dir: Path, command: str, commit: str):
+        self.client, self.experiment, self.sweep_dir = client, experiment, sweep_dir
+        self.command, self.commit = command, commit
+        self.start = time.time()
+        self.earlier: float | None = None  # the parts before this one, read from the parent at the first tick
+
+    def tick(self, parent: str | None = None) -> float:
+        """Write earlier parts + this part's time so far to the parent (found by the sweep folder once the sweep has
+        made it); returns that total."""
+        parent = parent or find_parent(self.client, self.experiment, self.sweep_dir)
+        if self.earlier is None:
+            tags = self.client.get_run(parent).data.tags
+            commit = tags.get("study_commit")
+            if commit and self.commit not in commit:  # a study continued at a later commit
+                commit = f"{commit}; continued at {self.commit}"
+            self.client.set_tag(parent, "study_command", self.command)
+            self.client.set_tag(parent, "study_commit", commit or self.commit)
+            self.earlier = float(tags.get("study_wall_s", 0))
+        total = self.earlier + time.time() - self.start
+        self.client.set_tag(parent, "study_wall_s", f"{total:.0f}")
+        return total
+
+
+def run_counting(cmd: list[str], clock: StudyClock, every: float = HEARTBEAT_S) -> int:
+    """Run the sweep command, ticking the study's clock every ``every`` seconds; its exit status. A tick that fails
+    (no parent run yet, the store briefly unreachable) is retried at the next one."""
+    with subprocess.Popen(cmd) as proc:
+        while True:
+            try:
+                return proc.wait(timeout=every)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(Exception):  # the sweep goes on; the clock catches up at the next tick
+                    clock.tick()
+            except BaseException:  # Ctrl-C: as subprocess.call does, stop the sweep command too, and count its time
+                proc.kill()
+                with contextlib.suppress(Exception):
+                    clock.tick()
+                raise
 
 
 def git_commit() -> str:
@@ -380,20 +430,14 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
                   "starts another)", flush=True)
         cmd = sweep_command(args.name, args.budget, args.launcher, sweep_dir, overrides)
         print("running:", shlex.join(cmd), flush=True)
-        start = time.time()
-        code = subprocess.call(cmd)
-        wall = time.time() - start
+        command = shlex.join(["o2o-study", *(argv_of(args))])
+        clock = StudyClock(client, args.experiment, sweep_dir, command, commit)
+        code = run_counting(cmd, clock)
         parent = find_parent(client, args.experiment, sweep_dir)
         if code:
             print(f"the sweep exited with status {code}; the page shows the runs that finished", file=sys.stderr)
-        command = shlex.join(["o2o-study", *(argv_of(args))])
-        tags = client.get_run(parent).data.tags
-        if tags.get("study_commit") and commit not in tags["study_commit"]:  # a study continued at a later commit
-            commit = f"{tags['study_commit']}; continued at {commit}"
-        wall += float(tags.get("study_wall_s", 0))
-        client.set_tag(parent, "study_command", command)
-        client.set_tag(parent, "study_commit", commit)
-        client.set_tag(parent, "study_wall_s", f"{wall:.0f}")
+        wall = clock.tick(parent)
+        commit = client.get_run(parent).data.tags["study_commit"]
     page = write_page(client, args.experiment, parent, args.name, args.budget, out, command, commit, wall)
     print(f"results page: {page} (and in the sweep's MLflow run {parent}, artifacts study/)")
 
