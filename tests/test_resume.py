@@ -10,6 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, SMOKE
+from o2o.runtime import machine
 
 RESUMABLE = [*SMOKE, "mlflow_experiment=o2o-resume", "schedule.offline_steps=300", "schedule.online_steps=900",
              "schedule.checkpoint_interval=50", "schedule.log_interval=10", "schedule.eval_interval_offline=100",
@@ -78,6 +79,7 @@ def test_kill_9_mid_stage_then_rerun_equals_uninterrupted(stage, uninterrupted, 
     assert online == sorted(set(online)) and online[-1] == 900
     runs = client.search_runs([run.info.experiment_id], f"tags.run_dir = '{tmp_path}'")
     assert len(runs) == 1
+    assert run.data.tags["machines"] == machine()  # both parts on this machine: named once
 
 
 def test_preemption_signal_saves_and_the_rerun_resumes(uninterrupted, tmp_path):

@@ -83,6 +83,20 @@ def test_a_run_records_its_thread_count_and_why(tmp_path):
     assert runs[0].data.tags["precision_used"] == "fp32" and runs[0].data.params["precision"] == "auto"  # the default
     assert runs[1].data.params["precision"] == "auto"
     assert runs[1].data.tags["precision_used"] == "fp32"  # auto keeps small updates in fp32
+    assert runs[0].data.tags["machines"] == runtime.machine() and "cores" in runtime.machine()
+
+
+def test_a_resumed_run_keeps_every_machine_it_ran_on():
+    """RunState.machines: this machine once; a checkpoint from before runs recorded it says so first."""
+    from o2o.run_state import NOT_RECORDED, RunState, add_machine
+
+    fresh = RunState(config={}, run_id="r")
+    assert add_machine(fresh, "A, 2 cores", resumed=False) == "A, 2 cores"
+    again = RunState.from_dict(fresh.to_dict())
+    assert add_machine(again, "A, 2 cores", resumed=True) == "A, 2 cores"
+    assert add_machine(again, "B, 8 cores", resumed=True) == "A, 2 cores; B, 8 cores"
+    old = {k: v for k, v in fresh.to_dict().items() if k != "machines"}  # a checkpoint written before the field
+    assert add_machine(RunState.from_dict(old), "B, 8 cores", resumed=True) == f"{NOT_RECORDED}; B, 8 cores"
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_computes_it(monkeypatch):

@@ -12,6 +12,7 @@ from conftest import ROOT, compose
 from o2o import metrics as M
 from o2o.config import validate
 from o2o import statistics as S
+from o2o.runtime import machine
 from o2o.study import available, claims, main, smoke_overrides, sweep_params
 
 STUDIES = available()
@@ -208,6 +209,7 @@ def test_the_study_command_writes_a_page_whose_table_equals_the_store(tmp_path):
     for image in images:
         assert (tmp_path / image).stat().st_size > 10_000
     assert "o2o-study pointmaze_o2o --budget smoke" in page and "Commit: `" in page
+    assert f". Machine: {machine()}. Written" in page  # the one machine its runs recorded
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} >= {"study/pointmaze_o2o-smoke.md",
                                                                                   "study/table.md"}
     # the page of a sweep that ran, written again: same table, same command and commit
@@ -428,3 +430,20 @@ def test_a_study_part_killed_with_its_session_keeps_its_time_and_commit(tmp_path
     total = again.tick(parent)
     assert before + 1 <= total < before + 10 and client.get_run(parent).data.tags["study_wall_s"] == f"{total:.0f}"
     assert client.get_run(parent).data.tags["study_commit"] == "abc123; continued at def456"  # the same commit once
+
+
+def test_a_page_names_every_machine_its_runs_ran_on_and_says_where_it_cannot():
+    """A study may span sessions on different machines: the page lists each machine its runs' ``machines`` tags name,
+    once, and says how many runs ran in part before runs recorded theirs."""
+    from types import SimpleNamespace
+
+    from o2o.study import machines_line
+
+    tags = {"a": {"machines": "A, 2 cores"}, "b": {"machines": "not recorded; A, 2 cores; B, 8 cores"}, "c": {}}
+    client = SimpleNamespace(get_run=lambda rid: SimpleNamespace(data=SimpleNamespace(tags=tags[rid])))
+    runs = lambda *ids: [SimpleNamespace(run_id=i) for i in ids]  # noqa: E731
+    assert machines_line(client, runs("a")) == "Machine: A, 2 cores"
+    assert machines_line(client, runs("a", "b")) == (f"Machines: A, 2 cores; B, 8 cores (1 of 2 runs ran in part "
+                                                     f"before runs recorded their machine; this page was written on "
+                                                     f"{machine()})")
+    assert machines_line(client, runs("c")) == f"Machine: not recorded by its runs (this page was written on {machine()})"

@@ -35,8 +35,9 @@ from o2o.report import run_plot
 from o2o.returns import label_rewards
 from o2o.exploration import make_bonus
 from o2o.reference import LearnedReference, QuantileReference, reference_error
-from o2o.run_state import FINAL_STAGE, OFFLINE_STAGE, ONLINE_STAGE, RETRAIN_STAGE, RunState
-from o2o.runtime import ThreadGovernor, choose_compile, setup_runtime
+from o2o.run_state import (FINAL_STAGE, MACHINES_TAG, OFFLINE_STAGE, ONLINE_STAGE, RETRAIN_STAGE, RunState,
+                          add_machine)
+from o2o.runtime import ThreadGovernor, choose_compile, machine, setup_runtime
 from o2o.stages.calibration import CalibrationProbe
 from o2o.stages.common import Learner, RunContext
 from o2o.stages.evaluate import Evaluator
@@ -115,6 +116,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id, precision=runtime.precision)
+        tracker.set_tags({MACHINES_TAG: add_machine(state, machine(), resumed=resume is not None)})
         governor = None
         if not cfg.threads and device.type == "cpu":
             governor = ThreadGovernor(cfg.buffer.batch_size, cfg.algo.critic_hidden, runtime.threads,

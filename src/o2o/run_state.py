@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 OFFLINE_STAGE, ONLINE_STAGE, RETRAIN_STAGE, FINAL_STAGE = "offline", "online", "retrain", "final"  # o2o.metrics' phases
+NOT_RECORDED = "not recorded"  # RunState.machines of parts that ran before runs recorded their machine
+MACHINES_TAG = "machines"  # the MLflow tag that holds RunState.machines, joined by "; "
 
 
 def _shallow_dict(obj) -> dict:
@@ -52,6 +54,9 @@ class RunState:
     # what the agent computes in (runtime.choose_precision), chosen when the run starts: a resumed run keeps it, also
     # on a machine whose own choice would differ, so that one run's numbers never mix fp32 and bf16
     precision: Optional[str] = None
+    # the machines its parts ran on (runtime.machine), in order; NOT_RECORDED first for a run whose earlier parts
+    # ran before runs recorded it: a study's page names them (a study may span sessions and machines)
+    machines: list = field(default_factory=list)
     stage: str = OFFLINE_STAGE  # the stage the checkpoint was taken in, or "final"
     agent: Optional[dict] = None  # ActorCritic.checkpoint()
     rng: Optional[dict] = None  # checkpoints.capture_rng()
@@ -86,3 +91,12 @@ class RunState:
     @property
     def finished(self) -> bool:
         return self.stage == FINAL_STAGE
+
+
+def add_machine(state: RunState, here: str, resumed: bool) -> str:
+    """Record this part's machine in ``state.machines`` (once per machine); the value of :data:`MACHINES_TAG`."""
+    if resumed and not state.machines:  # a checkpoint from before runs recorded their machine
+        state.machines.append(NOT_RECORDED)
+    if here not in state.machines:
+        state.machines.append(here)
+    return "; ".join(state.machines)

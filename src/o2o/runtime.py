@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,6 +105,21 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but torch sees no CUDA GPU here: use device=auto or device=cpu")
     return torch.device(name)
+
+
+def machine() -> str:
+    """The CPU model and its core count, and the GPU where torch sees one: what a speed figure or a study page names
+    (the cores a job may use are its ``torch_threads`` tag)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{model}, {os.cpu_count()} cores{gpu}"
 
 
 def cpu_has_native_bf16() -> bool:

@@ -16,7 +16,6 @@ import contextlib
 import importlib.util
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -157,18 +156,6 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" (with uncommitted changes)" if dirty else "")
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
 
 
 # --------------------------------------------------------------------------- the paper's claims
@@ -317,6 +304,27 @@ def companion_effects(seeds: dict[str, dict[str, list[float]]]) -> list[str]:
     return lines
 
 
+def machines_line(client, records) -> str:
+    """The machines the runs ran on, from their ``machines`` tags (o2o.run_state.add_machine); where parts of some runs
+    ran before runs recorded their machine, how many, and the machine this page is written on."""
+    from o2o.run_state import MACHINES_TAG, NOT_RECORDED
+    from o2o.runtime import machine
+
+    seen, unrecorded = [], 0
+    for record in records:
+        value = client.get_run(record.run_id).data.tags.get(MACHINES_TAG)
+        names = value.split("; ") if value else [NOT_RECORDED]
+        unrecorded += NOT_RECORDED in names
+        seen += [name for name in names if name != NOT_RECORDED and name not in seen]
+    if not seen:
+        return f"Machine: not recorded by its runs (this page was written on {machine()})"
+    line = ("Machine: " if len(seen) == 1 else "Machines: ") + "; ".join(seen)
+    if unrecorded:
+        line += (f" ({unrecorded} of {len(records)} runs ran in part before runs recorded their machine; this page "
+                 f"was written on {machine()})")
+    return line
+
+
 def write_page(client, experiment: str, parent: str, name: str, budget: str, out: Path, command: str,
                commit: str, wall_s: float | None = None) -> Path:
     from o2o.report import build_filter, write_report
@@ -357,7 +365,7 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     for png in sorted(figures.glob("*.png")):
         lines += [f"![{png.stem}]({stem}/{png.name})", ""]
     lines += ["## How this page was made", "", "```", command, "```", "",
-              f"Commit: `{commit}`. Machine: {machine()}. Written {time.strftime('%Y-%m-%d %H:%M %Z')}"
+              f"Commit: `{commit}`. {machines_line(client, result['records'])}. Written {time.strftime('%Y-%m-%d %H:%M %Z')}"
               + (f"; the sweep took {wall_s / 60:.0f} min in all its parts." if wall_s else "."), ""]
     page = out / f"{stem}.md"
     page.write_text("\n".join(lines))
