@@ -421,7 +421,7 @@ def test_a_study_part_killed_with_its_session_keeps_its_time_and_commit(tmp_path
     part.wait()
     tags = client.get_run(parent).data.tags
     lost = 100 + killed_after - float(tags["study_wall_s"])  # the tag is in whole seconds
-    assert -0.5 <= lost <= 0.5 + 0.5 + 1.0  # a tick (0.5 s) at most, and a second for a tick's own writes
+    assert -0.5 <= lost <= 0.5 + 0.5 + 2.0  # a tick (0.5 s) at most, and 2 s for a tick's own writes under load
     assert tags["study_commit"] == "abc123; continued at def456" and tags["study_command"] == "o2o-study x --launcher slurm"
 
     before = float(tags["study_wall_s"])
