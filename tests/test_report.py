@@ -72,15 +72,16 @@ def test_table_numbers_equal_hand_computation(store):
     assert calql["seeds"] == 2
     assert calql["offline_mean"] == pytest.approx(40.0) and calql["offline_std"] == pytest.approx(np.std([50, 30], ddof=1))
     assert calql["final_mean"] == pytest.approx(80.0) and calql["final_std"] == pytest.approx(np.std([90, 70], ddof=1))
-    # dip: lowest online score at steps <= 250 minus the pre-trained score: min(48, 55) - 50 and min(35, 20) - 30
-    assert calql["dip_mean"] == pytest.approx(-6.0) and calql["dip_std"] == pytest.approx(np.std([-2, -10], ddof=1))
+    # dip: mean online score at steps <= 250 minus the pre-trained score: (48 + 55) / 2 - 50 and (35 + 20) / 2 - 30
+    assert calql["dip_mean"] == pytest.approx(-0.5) and calql["dip_std"] == pytest.approx(np.std([1.5, -2.5], ddof=1))
     assert calql["regret_mean"] == pytest.approx(0.5) and calql["regret_std"] == pytest.approx(np.std([0.4, 0.6], ddof=1))
     assert calql["q_over_v_ref_mean"] == pytest.approx(1.1) and calql["q_over_v_ref_std"] == pytest.approx(
         np.std([1.0, 1.2], ddof=1))
     cql = rows[("door", "cql")]
-    assert cql["seeds"] == 1 and cql["dip_mean"] == 5.0 - 45.0 and cql["dip_std"] == 0.0 and cql["final_mean"] == 85.0
+    assert cql["seeds"] == 1 and cql["dip_mean"] == (10.0 + 5.0) / 2 - 45.0 and cql["dip_std"] == 0.0
+    assert cql["final_mean"] == 85.0
     md = (tmp / "rep" / "table.md").read_text()
-    assert ("| door | calql | - | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | -6.0 ± 5.7 | 0.500 ± 0.141 | "
+    assert ("| door | calql | - | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | -0.5 ± 2.8 | 0.500 ± 0.141 | "
             "1.10 ± 0.14 | - |") in md
     csv_text = (tmp / "rep" / "table.csv").read_text().splitlines()
     assert csv_text[0].startswith("env,algo,config,dataset,metric,seeds,offline_mean") and len(csv_text) == 3
@@ -277,6 +278,29 @@ def test_improvement_is_the_mean_online_score_above_the_pretrained_one():
     assert record.improvement() == pytest.approx((0.2 + 0.6 + 1.0) / 3 - 0.4)
     assert record.dip() == pytest.approx(0.2 - 0.4)  # the same record's dip, for contrast
     assert math.isnan(RunRecord("r", "maze", "calql", "0", "d", 0.0, "success_rate").improvement())
+
+
+def test_the_dip_is_zero_on_average_when_nothing_is_unlearned_and_finds_a_real_drop():
+    """The pen study's shape: 20-episode evaluations every 2k of 200k online env steps, so 10 in the dip's window. A
+    policy that stays at its pre-trained rate must not dip on average (the lowest of the 10 would, by about 0.17); one
+    that falls from 0.6 to 0.3 in the window and recovers after it dips by the 0.3."""
+    from o2o.report import RunRecord
+
+    rng = np.random.default_rng(0)
+
+    def run(early: float) -> RunRecord:
+        offline = [(20_000, rng.binomial(20, 0.6) / 20)]
+        steps = range(2_000, 200_001, 2_000)
+        online = [(s, rng.binomial(20, early if s <= 20_000 else 0.6) / 20) for s in steps]
+        return RunRecord("r", "pen", "cql", "0", "d", 200_000.0, "success_rate",
+                         history={"offline/eval/success_rate": offline, "online/eval/success_rate": online})
+
+    steady = [run(0.6).dip() for _ in range(2000)]
+    assert abs(np.mean(steady)) < 0.01
+    lowest = [min(v for s, v in r.history["online/eval/success_rate"] if s <= 20_000)
+              - r.last("offline/eval/success_rate") for r in (run(0.6) for _ in range(2000))]
+    assert np.mean(lowest) < -0.14  # what the lowest would have said of the same policy
+    assert np.mean([run(0.3).dip() for _ in range(2000)]) == pytest.approx(-0.3, abs=0.01)
 
 
 def test_an_offline_study_has_no_empty_online_column():

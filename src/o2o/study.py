@@ -167,6 +167,8 @@ def claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str
     pre-training; ``bound_rate``; ``below_v_ref``; ``dip``; ``improvement``, o2o.report.RunRecord.improvement;
     ``regret``). Calibration is the paper's (Def. 4.1): the
     learned policy's Q, Q(s, a ~ pi), against the behaviour policy's return V_ref(s)."""
+    from o2o.report import DIP_FRACTION
+
     out = []
     calql, cql = seeds.get("calql"), seeds.get("cql")
 
@@ -193,7 +195,7 @@ def claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str
         verdict, p = S.improves(calql["dip"], cql["dip"])
         out.append(("CQL unlearns when fine-tuning starts (a dip), Cal-QL does not, or less",
                     S.combine([S.verdict(cql_dip, 0.0, "below"), verdict]),
-                    f"dip (lowest score in the first 10% of fine-tuning minus the pre-trained score): CQL "
+                    f"dip (mean score in the first {DIP_FRACTION:.0%} of fine-tuning minus the pre-trained score): CQL "
                     f"{cql_dip.format(3)}, Cal-QL {S.mean_interval(calql['dip']).format(3)}; P(Cal-QL's dip "
                     f"smaller) = {p.format(2)}"))
     if calql and cql and has(calql.get("improvement")) and has(cql.get("improvement")):
