@@ -147,6 +147,52 @@ def test_claims_are_judged_by_the_intervals():
     assert verdicts["Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)"] == S.INCONCLUSIVE
 
 
+def test_the_calibration_course_gives_each_quarter_of_each_phase_as_rliable_computes_it():
+    """Offline points every 500 of 2000 gradient steps; Cal-QL's online points at env steps 100, 250 and 400, so a
+    quarter of the phase (100) and a half (200) both take the point at 100, three quarters (300) the one at 250."""
+    from rliable import metrics
+
+    from o2o.report import RunRecord
+    from o2o.study import calibration_course, study_seeds
+
+    def record(algo, seed, q, v, rate, online=None):
+        key = lambda phase, name: M.calibration(phase, name)
+        history = {key(M.OFFLINE, "q_policy"): [(500 * (i + 1), x) for i, x in enumerate(q)],
+                   key(M.OFFLINE, "v_ref"): [(500 * (i + 1), v) for i in range(4)],
+                   key(M.OFFLINE, "bound_rate"): [(500 * (i + 1), x) for i, x in enumerate(rate)]}
+        for name, points in (online or {}).items():
+            history[key(M.ONLINE, name)] = points
+        return RunRecord(f"{algo}{seed}", "door", algo, str(seed), "d", 400.0, M.SUCCESS_RATE, {"algo": algo},
+                         history=history)
+
+    records = [record("calql", s, [-10 - s, -20 - s, -25, -30 + s], -40.0, [0.1 * s, 0.2, 0.3, 0.1],
+                      {"q_policy": [(100, -5.0 * s), (250, -1.0), (400, -2.0 - s)], "v_ref": [(100, -40.0), (400, -40.0)]})
+               for s in range(5)]
+    records += [record("cql", s, [-30 - 2 * s, -40, -50, -60 - s], -45.0, [0.2, 0.4, 0.6, 0.8 - 0.1 * s]) for s in range(5)]
+    lines = calibration_course(study_seeds(records))
+
+    def cell(values, digits):
+        point, low, high = direct(lambda x: np.array([metrics.aggregate_mean(x)]), values)
+        return f"{point:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+    def row(algo, phase, label, quarters, digits):
+        return f"| {algo} | {phase} | {label} | " + " | ".join(
+            "-" if q is None else cell(q, digits) for q in quarters) + " |"
+
+    gap, share = "Q(s, a~pi) - V_ref", "share of Q(s, a~pi) below V_ref"
+    assert lines[2:] == [
+        row("calql", M.OFFLINE, gap, [[30 - s for s in range(5)], [20 - s for s in range(5)], [15] * 5,
+                                      [10 + s for s in range(5)]], 1),
+        row("calql", M.OFFLINE, share, [[0.1 * s for s in range(5)], [0.2] * 5, [0.3] * 5, [0.1] * 5], 2),
+        # online: V_ref's last point no later than a quarter (100) is the one at 100, at three quarters still that one
+        row("calql", M.ONLINE, gap, [[40 - 5.0 * s for s in range(5)], [40 - 5.0 * s for s in range(5)], [39.0] * 5,
+                                     [38.0 - s for s in range(5)]], 1),
+        row("cql", M.OFFLINE, gap, [[15 - 2 * s for s in range(5)], [5] * 5, [-5] * 5, [-15 - s for s in range(5)]], 1),
+        row("cql", M.OFFLINE, share, [[0.2] * 5, [0.4] * 5, [0.6] * 5, [0.8 - 0.1 * s for s in range(5)]], 2),
+    ]  # no online share for Cal-QL (none logged) and no online rows for CQL
+    assert lines[0].startswith("| | phase | on the fixed batch | 25% of the phase |")
+
+
 def test_an_unknown_study_or_budget_stops_with_one_line(capsys):
     for argv in (["nope"], ["pointmaze_o2o", "--budget", "huge"],
                  ["pointmaze_o2o", "--budget", "smoke", "--out", str(ROOT / "docs" / "results" / "x")]):
@@ -195,6 +241,15 @@ def test_the_study_command_writes_a_page_whose_table_equals_the_store(tmp_path):
                 for r in runs]
         if algo == "cql":
             assert f"CQL: mean Q(s, a~pi) - V_ref = {S.mean_interval(gaps).format(2)}" in page
+        for phase in M.PHASES:  # the calibration course: the last value logged by each quarter of the phase
+            q, v = ([history(r, M.calibration(phase, name)) for r in runs] for name in ("q_policy", "v_ref"))
+
+            def at(points, f):
+                return ([x for s, x in points if s <= f * points[-1][0]] or [math.nan])[-1]
+
+            cells = [S.mean_interval([at(a, f) - at(b, f) for a, b in zip(q, v)]) for f in (0.25, 0.5, 0.75, 1.0)]
+            assert f"| {algo} | {phase} | Q(s, a~pi) - V_ref | " + " | ".join(
+                "-" if math.isnan(c.point) else c.format(1) for c in cells) + " |" in page
         per_seed[algo] = {"final": final, "regret": regret}
         mean, iqm = S.aggregates(final)["mean"], S.aggregates(final)["iqm"]
         assert f"| {algo} | - | 2 |" in page and f"{mean.format(3)}, {iqm.format(3)}" in page

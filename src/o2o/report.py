@@ -63,6 +63,13 @@ class RunRecord:
         points = self.history.get(key)
         return sum(v for _, v in points) / len(points) if points else math.nan
 
+    def at(self, key: str, fraction: float) -> float:
+        """The metric at ``fraction`` of its phase: its last point logged at a step no later than that fraction of
+        its last logged step (nan where it has none that early)."""
+        points = self.history.get(key)
+        early = [v for s, v in points if s <= fraction * points[-1][0]] if points else []
+        return early[-1] if early else math.nan
+
     def score_key(self, phase: str) -> str:
         return M.evaluation(phase, self.metric)
 
