@@ -385,9 +385,10 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     if course:
         lines += ["## Calibration through each phase", "", *course, "",
                   "Means over seeds with 95% stratified-bootstrap intervals (rliable), on each run's fixed batch of "
-                  "offline states (o2o.stages.calibration): the learned policy's Q, Q(s, a ~ pi), minus the "
-                  "Monte-Carlo return-to-go V_ref of the same states, and the share of Q(s, a ~ pi) below V_ref, "
-                  "where Cal-QL's max(Q, V_ref) binds. Offline over gradient steps, online over env steps; each "
+                  "offline states (o2o.stages.calibration): the learned policy's Q, Q(s, a ~ pi), minus the V_ref "
+                  "the run uses for the same states (their Monte-Carlo return-to-go, unless a companion learns or "
+                  "thresholds it), and the share of Q(s, a ~ pi) below that V_ref, where Cal-QL's max(Q, V_ref) "
+                  "binds. Offline over gradient steps, online over env steps; each "
                   "value is the last one logged by that point of the phase.", ""]
     effects = companion_effects(seeds)
     if effects:

@@ -9,7 +9,8 @@ under ``<phase>/calibration/``:
 - ``q_data``: mean over the batch of Q(s, a_data), ensemble mean;
 - ``q_policy``: mean over the batch of Q(s, a ~ pi(.|s)) (ensemble and ``PROBE_ACTIONS`` samples): the learned
   policy's value, which Cal-QL calibrates against V_ref (calibrated: Q(s, pi(s)) >= V_ref(s); paper, Def. 4.1);
-- ``v_ref``: mean reference value V_ref(s), the Monte-Carlo return-to-go of the data;
+- ``v_ref``: mean reference value V_ref(s) the run uses: the Monte-Carlo return-to-go of the data, or what
+  ``reference=`` puts in its place (o2o.reference);
 - ``q_data_over_v_ref``: their ratio (1 is calibrated in scale; Cal-QL paper, Fig. 2);
 - ``below_v_ref``: fraction of states whose Q(s, a_data) is below V_ref(s);
 - ``bound_rate``: fraction of Q(s, a ~ pi(.|s)) (each ensemble member, ``PROBE_ACTIONS`` samples per
