@@ -354,6 +354,11 @@ def machines_line(client, records) -> str:
     return line
 
 
+def _section(title: str, rows: list[str], caption: str) -> list[str]:
+    """A page section: its table and the caption under it, nothing where the study has no rows for it."""
+    return [f"## {title}", "", *rows, "", caption, ""] if rows else []
+
+
 def write_page(client, experiment: str, parent: str, name: str, budget: str, out: Path, command: str,
                commit: str, wall_s: float | None = None) -> Path:
     from o2o.report import build_filter, write_report
@@ -381,22 +386,18 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     lines += [f"| {c} | {v} | {n} |" for c, v, n in checked] or ["| (none: the study has no Cal-QL and CQL pair, nor a plain Cal-QL among companions) | | |"]
     lines += ["", S.RULE + (f" With fewer than {S.MIN_SEEDS} seeds the intervals are too wide to decide much."
                             if n_seeds < S.MIN_SEEDS else ""), ""]
-    course = calibration_course(seeds)
-    if course:
-        lines += ["## Calibration through each phase", "", *course, "",
-                  "Means over seeds with 95% stratified-bootstrap intervals (rliable), on each run's fixed batch of "
-                  "offline states (o2o.stages.calibration): the learned policy's Q, Q(s, a ~ pi), minus the V_ref "
-                  "the run uses for the same states (their Monte-Carlo return-to-go, unless a companion learns or "
-                  "thresholds it), and the share of Q(s, a ~ pi) below that V_ref, where Cal-QL's max(Q, V_ref) "
-                  "binds. Offline over gradient steps, online over env steps; each "
-                  "value is the last one logged by that point of the phase.", ""]
-    effects = companion_effects(seeds)
-    if effects:
-        lines += ["## What each variant did", "", *effects, "",
-                  "Means over seeds with 95% stratified-bootstrap intervals (rliable). The bound rate is the fraction "
-                  "of Q(s, a ~ pi) below the V_ref the run uses, on its fixed batch of offline states: where Cal-QL's "
-                  "max(Q, V_ref) lifts Q. The V_ref errors are against the Monte-Carlo return-to-go of the same "
-                  "states (o2o.reference), offline after the fit and online averaged over the finished episodes.", ""]
+    lines += _section("Calibration through each phase", calibration_course(seeds),
+                      "Means over seeds with 95% stratified-bootstrap intervals (rliable), on each run's fixed batch of "
+                      "offline states (o2o.stages.calibration): the learned policy's Q, Q(s, a ~ pi), minus the V_ref "
+                      "the run uses for the same states (their Monte-Carlo return-to-go, unless a companion learns or "
+                      "thresholds it), and the share of Q(s, a ~ pi) below that V_ref, where Cal-QL's max(Q, V_ref) "
+                      "binds. Offline over gradient steps, online over env steps; each "
+                      "value is the last one logged by that point of the phase.")
+    lines += _section("What each variant did", companion_effects(seeds),
+                      "Means over seeds with 95% stratified-bootstrap intervals (rliable). The bound rate is the fraction "
+                      "of Q(s, a ~ pi) below the V_ref the run uses, on its fixed batch of offline states: where Cal-QL's "
+                      "max(Q, V_ref) lifts Q. The V_ref errors are against the Monte-Carlo return-to-go of the same "
+                      "states (o2o.reference), offline after the fit and online averaged over the finished episodes.")
     lines += [
               "## Results", "", table, "", "### Statistics (rliable)", "",
               (figures / "statistics.md").read_text(), ""]
