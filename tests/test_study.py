@@ -65,7 +65,9 @@ def test_the_cpu_presets_keep_the_papers_recipe_but_size():
             dataset = compose([f"experiment=study/{study}/{budget}", "algo=cql"]).env.dataset
             assert (dataset.id, dataset.download) == (awac_recipe_id("o2o", task), False), (study, budget)
     pen = compose(["experiment=study/pen_o2o/cpu", "algo=calql"])
-    assert pen.schedule.online_steps == 200_000 and pen.env.max_episode_steps == 100  # the paper's pen budget
+    assert pen.env.max_episode_steps == 100  # the paper's pen episodes
+    assert pen.schedule.online_steps == 50_000  # a quarter of the paper's 200k: a run must end within one session
+    assert compose(["experiment=study/pen_o2o/paper", "algo=calql"]).schedule.online_steps == 200_000  # the paper's
 
 
 def test_smoke_budget_is_the_smoke_preset():
