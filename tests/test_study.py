@@ -3,6 +3,7 @@ writes a page whose table equals numbers computed by hand from the MLflow store.
 import math
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, compose
 from o2o import metrics as M
+from o2o.archive import ARCHIVED_TAG
 from o2o.config import validate
 from o2o import statistics as S
 from o2o.runtime import machine
@@ -303,10 +305,30 @@ def test_the_same_study_command_continues_its_sweep_and_new_starts_another(tmp_p
     assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
     assert len(children_again) == 1 and children_again[0].info.end_time == finished_at  # not run again
     assert int(again.data.tags["study_wall_s"]) >= int(first.data.tags["study_wall_s"])
-    main([*args, "--new"])
+    page = (tmp_path / "pointmaze_o2o-smoke.md").read_text()
+    with pytest.raises(SystemExit):  # the records kept beside the page are the first sweep's
+        main([*args, "--new"])
+    assert "give the new sweep its own records folder" in capsys.readouterr().err
+    main([*args, "--new", "--records", str(tmp_path / "records-of-the-new-sweep")])
     parents, children = sweeps()
     assert len(parents) == 2 and parents[1].data.tags["sweep_dir"] != first.data.tags["sweep_dir"]
     assert len(children) == 2
+
+    # the machine is lost (its sweep folders and its MLflow store); the records kept with the page are not: the same
+    # command restores the finished run, its job does nothing, and the page says what the first one said
+    shutil.rmtree(tmp_path / "outputs")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'another-machine.db'}")
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    main(args)
+    assert "restored 1 finished runs" in capsys.readouterr().out
+    (restored,), (run,) = sweeps()
+    assert run.data.tags[ARCHIVED_TAG] == children_again[0].info.run_id and run.info.end_time == finished_at
+    assert restored.data.tags[ARCHIVED_TAG] == first.info.run_id
+    assert int(restored.data.tags["study_wall_s"]) >= int(again.data.tags["study_wall_s"])
+
+    def results(text):
+        return text[text.index("## Results"):text.index("## How this page was made")]
+    assert results((tmp_path / "pointmaze_o2o-smoke.md").read_text()) == results(page)
 
 
 def test_a_companion_study_judges_each_variant_against_plain_calql():

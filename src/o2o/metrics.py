@@ -80,3 +80,15 @@ def summary(phase: str, name: str) -> str:
 def final(summary_key: str) -> str:
     """The MLflow name of a final-summary value."""
     return "final/" + summary_key.replace("/", "_")
+
+
+def summary_of_final(name: str) -> str | None:
+    """The summary key a ``final/`` MLflow name was logged for (its phase's prefix back as ``phase/``), or None for a
+    name that is not one; a summary key holding more than one "/" reads back with "_" in place of the later ones."""
+    if not name.startswith("final/"):
+        return None
+    key = name[len("final/"):]
+    for phase in sorted((*PHASES, RETRAIN, ONLINE_RETRAINED), key=len, reverse=True):
+        if key.startswith(phase + "_"):
+            return summary(phase, key[len(phase) + 1:])
+    return key

@@ -102,6 +102,10 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         if summary:
             print_summary(cfg, final, run_dir, resume.run_id)
         return final
+    if resume is None and not (run_dir / RUN_ID_FILE).exists():
+        done = finished_elsewhere(resolved, (tags or {}).get("overrides", ""), run_dir)
+        if done is not None:
+            return done
     runtime = setup_runtime(cfg, started_precision=resume.precision if resume is not None else None)
     device = runtime.device
     check_store(default_tracking_uri())
@@ -151,6 +155,22 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     except BaseException as err:  # an interrupt ends the run KILLED, any other error FAILED with its reason
         end_with(tracker, err)
         raise
+
+
+def finished_elsewhere(resolved: dict, overrides: str, run_dir: Path) -> dict[str, float] | None:
+    """A job new to this run folder whose sweep already holds its finished run (restored from the study's records
+    on another machine, o2o.archive, or finished in a run folder since lost): that run's summary, nothing rerun."""
+    from o2o.archive import ARCHIVED_TAG, finished_in_sweep
+
+    uri = default_tracking_uri()
+    check_store(uri)
+    run = finished_in_sweep(open_store(uri), resolved, overrides)
+    if run is None:
+        return None
+    origin = run.data.tags.get(ARCHIVED_TAG)
+    log.info("%s: this sweep already holds the finished run %s%s; nothing to do", run_dir, run.info.run_id,
+             f" (restored from the records of run {origin})" if origin else "")
+    return {key: value for name, value in run.data.metrics.items() if (key := M.summary_of_final(name))}
 
 
 def check_linked_run(run_dir: Path) -> None:

@@ -106,11 +106,14 @@ class StudyClock:
     """The study's wall time in all its parts, kept on its sweep's parent run (tag ``study_wall_s``) while the sweep
     runs, so that a part killed with its session still counts (a study may span sessions; a clock read only when the
     command returns lost every killed part). The first tick that finds the parent also records the command and adds
-    this part's commit to ``study_commit``."""
+    this part's commit to ``study_commit``; each tick writes the runs finished since the last one to the study's
+    records (o2o.archive), so that a machine lost with its session loses no finished run."""
 
-    def __init__(self, client, experiment: str, sweep_dir: Path, command: str, commit: str):
+    def __init__(self, client, experiment: str, sweep_dir: Path, command: str, commit: str,
+                 records: Path | None = None):
         self.client, self.experiment, self.sweep_dir = client, experiment, sweep_dir
         self.command, self.commit = command, commit
+        self.records = records  # where each tick keeps the runs that have finished (o2o.archive), if anywhere
         self.start = time.time()
         self.earlier: float | None = None  # the parts before this one, read from the parent at the first tick
 
@@ -128,6 +131,10 @@ class StudyClock:
             self.earlier = float(tags.get("study_wall_s", 0))
         total = self.earlier + time.time() - self.start
         self.client.set_tag(parent, "study_wall_s", f"{total:.0f}")
+        if self.records is not None:
+            from o2o.archive import write_records
+
+            write_records(self.client, parent, self.records)
         return total
 
 
@@ -429,6 +436,9 @@ def main(argv: list[str] | None = None) -> None:
                                                              "outputs/study-pages, never docs/results)")
     parser.add_argument("--experiment", default="o2o", help="the MLflow experiment the runs go to")
     parser.add_argument("--page-only", metavar="PARENT_RUN_ID", help="write the page of a sweep that has run")
+    parser.add_argument("--records", metavar="DIR",
+                        help="where the study keeps its finished runs, to commit with the page and restore on another "
+                             "machine (default: <out>/<name>-<budget>/records)")
     parser.add_argument("--new", action="store_true",
                         help="start a new sweep folder (by default the same command continues the study's latest one)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every job, e.g. hydra.sweeper.params.seed=0,1")
@@ -457,6 +467,12 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
             raise UserError(f"a smoke-budget page proves that the page works, not a claim: write it outside "
                             f"{PAGE_DIR} (--out), e.g. the default {outputs_dir() / 'study-pages'}")
     out.mkdir(parents=True, exist_ok=True)
+    records = Path(args.records) if args.records else out / f"{args.name}-{args.budget}" / "records"
+    from o2o.archive import PARENT_FILE
+
+    if args.new and not args.page_only and (records / PARENT_FILE).exists():
+        raise UserError(f"--new starts another sweep, and {records} keeps the records of the study's earlier one: "
+                        "give the new sweep its own records folder (--records DIR)")
     overrides = [*args.overrides, f"mlflow_experiment={args.experiment}"]
     client = MlflowClient(default_tracking_uri())
     wall = None
@@ -474,18 +490,42 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         if sweep_dir.exists():
             print(f"continuing the sweep in {sweep_dir} (finished jobs are kept, unfinished ones resume; --new "
                   "starts another)", flush=True)
+        restore(client, args.experiment, sweep_dir, records)
         cmd = sweep_command(args.name, args.budget, args.launcher, sweep_dir, overrides)
         print("running:", shlex.join(cmd), flush=True)
         command = shlex.join(["o2o-study", *(argv_of(args))])
-        clock = StudyClock(client, args.experiment, sweep_dir, command, commit)
+        clock = StudyClock(client, args.experiment, sweep_dir, command, commit, records)
         code = run_counting(cmd, clock)
         parent = find_parent(client, args.experiment, sweep_dir)
         if code:
             print(f"the sweep exited with status {code}; the page shows the runs that finished", file=sys.stderr)
         wall = clock.tick(parent)
         commit = client.get_run(parent).data.tags["study_commit"]
+    if args.page_only:
+        from o2o.archive import write_records
+
+        write_records(client, parent, records)
     page = write_page(client, args.experiment, parent, args.name, args.budget, out, command, commit, wall)
-    print(f"results page: {page} (and in the sweep's MLflow run {parent}, artifacts study/)")
+    print(f"results page: {page} (and in the sweep's MLflow run {parent}, artifacts study/); its runs' records: "
+          f"{records}")
+
+
+def restore(client, experiment: str, sweep_dir: Path, records: Path) -> None:
+    """The study's records of finished runs that this store lacks (a study continued on another machine), restored
+    into the sweep's parent run before the sweep starts, so that their jobs do nothing."""
+    from o2o.archive import restore_records
+    from o2o.tracking import default_tracking_uri, ensure_experiment, open_store, store_lock
+
+    if not records.is_dir():
+        return
+    uri = default_tracking_uri()
+    open_store(uri)  # a new store made under its lock (jobs may make it at the same time)
+    with store_lock(uri):
+        experiment_id = ensure_experiment(client, experiment, uri)
+    parent, restored = restore_records(client, experiment_id, sweep_dir, records)
+    if restored:
+        print(f"restored {restored} finished runs from {records} into MLflow run {parent}: their jobs do nothing",
+              flush=True)
 
 
 def argv_of(args) -> list[str]:

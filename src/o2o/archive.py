@@ -1,0 +1,160 @@
+"""A study's finished runs kept beside its page, so that the study outlives the machine it ran on.
+
+A study may span sessions, and the machine it runs on, with the sweep folder, the MLflow store and the checkpoints
+on it, may not be there for the next one. ``o2o-study`` therefore writes each finished child of its sweep as one
+record, ``<records>/<run_id>.json.gz`` (the run's params, tags, start and end times and the whole history of every
+metric, with steps and timestamps, as MLflow holds them), and the parent's study tags (command, commits, wall time)
+to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
+On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
+parent run (the records' ``archived_run_id`` tag names the original run), and the sweep's jobs that already have a
+finished run there do nothing (:func:`finished_in_sweep`). Artifacts (policy models, per-run plots, the resolved
+config file) are not kept: the page rebuilds its figures from the metrics.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+from o2o.errors import ConfigError
+from o2o.tracking import PARENT_RUN_ENV, flatten
+
+FORMAT = 1
+PARENT_FILE = "parent.json"
+ARCHIVED_TAG = "archived_run_id"  # on a restored run: the id of the run its record was written from
+# the parent's tags that belong to the study, not to one machine's sweep folder
+STUDY_TAGS = ("study_command", "study_commit", "study_wall_s", "overrides", "study")
+NOT_COPIED = ("mlflow.parentRunId",)  # a restored run gets the parent of the store it is restored into
+MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call (100 params, 100 tags)
+
+
+def children(client, parent: str, status: str | None = "FINISHED") -> list:
+    experiment = client.get_run(parent).info.experiment_id
+    where = f"tags.mlflow.parentRunId = '{parent}'" + (f" and attributes.status = '{status}'" if status else "")
+    return client.search_runs([experiment], where, max_results=5000)
+
+
+def run_record(client, run) -> dict:
+    """One finished run as plain JSON: what the page and the report read of it, and everything else MLflow holds
+    but its artifacts."""
+    metrics = {key: sorted([m.step, m.value, m.timestamp] for m in client.get_metric_history(run.info.run_id, key))
+               for key in run.data.metrics}
+    return {"format": FORMAT, "run_id": run.info.run_id, "run_name": run.info.run_name,
+            "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
+            "params": dict(run.data.params),
+            "tags": {k: v for k, v in run.data.tags.items() if k not in NOT_COPIED},
+            "metrics": metrics}
+
+
+def write_records(client, parent: str, folder: Path) -> list[Path]:
+    """Each finished child of ``parent`` not yet in ``folder``, and the parent's study tags (rewritten each time:
+    its wall time grows); returns the files written."""
+    tags = client.get_run(parent).data.tags
+    origin = tags.get(ARCHIVED_TAG, parent)
+    parent_file = folder / PARENT_FILE
+    if parent_file.exists() and (kept := json.loads(parent_file.read_text())["run_id"]) != origin:
+        raise ConfigError(f"{folder} holds the records of the sweep run {kept}, not of {parent}: give this sweep its "
+                          "own records folder (o2o-study --records DIR)")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for run in children(client, parent):
+        path = folder / f"{run.data.tags.get(ARCHIVED_TAG, run.info.run_id)}.json.gz"
+        if not path.exists():
+            partial = path.with_name(path.name + ".partial")  # a record is whole or absent, also when killed
+            with gzip.open(partial, "wt") as handle:
+                json.dump(run_record(client, run), handle)
+            partial.replace(path)
+            written.append(path)
+    tags = client.get_run(parent).data.tags  # again: the study's tags as they are now
+    parent_file.write_text(json.dumps({"format": FORMAT, "run_id": origin,
+                                       "tags": {k: tags[k] for k in STUDY_TAGS if k in tags}}, indent=1) + "\n")
+    return [*written, parent_file]
+
+
+def read_records(folder: Path) -> tuple[dict | None, list[dict]]:
+    """The parent's record (None if there is none) and the runs' records in ``folder``."""
+    if not folder.is_dir():
+        return None, []
+    parent_file = folder / PARENT_FILE
+    parent = json.loads(parent_file.read_text()) if parent_file.exists() else None
+    runs = []
+    for path in sorted(folder.glob("*.json.gz")):
+        with gzip.open(path, "rt") as handle:
+            record = json.load(handle)
+        if record.get("format") != FORMAT:
+            raise ConfigError(f"{path} is a record of format {record.get('format')!r}, this code reads {FORMAT}: "
+                              "read it with the commit that wrote it")
+        runs.append(record)
+    return parent, runs
+
+
+def restore_records(client, experiment_id: str, sweep_dir: Path, folder: Path) -> tuple[str | None, int]:
+    """The records in ``folder`` that this store lacks, restored as finished children of the sweep's parent run
+    (found by its ``sweep_dir`` tag, made if there is none, with the study's tags from the records); returns the
+    parent (None if ``folder`` holds no records) and how many runs were restored."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
+
+    parent_record, records = read_records(folder)
+    if not records and parent_record is None:
+        return None, 0
+    found = client.search_runs([experiment_id], f"tags.sweep = 'true' and tags.sweep_dir = '{sweep_dir}'",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    study_tags = (parent_record or {}).get("tags", {})
+    if found:
+        parent = found[0].info.run_id
+        origin = found[0].data.tags.get(ARCHIVED_TAG, parent)
+        if parent_record and parent_record["run_id"] != origin:
+            raise ConfigError(f"{folder} holds the records of the sweep run {parent_record['run_id']}, and this sweep "
+                              f"folder ({sweep_dir}) has the run {parent}: give this sweep its own records folder "
+                              "(o2o-study --records DIR)")
+    else:
+        tags = {**study_tags, "sweep": "true", "sweep_dir": str(sweep_dir)}
+        if parent_record:
+            tags[ARCHIVED_TAG] = parent_record["run_id"]
+        parent = client.create_run(experiment_id, run_name=f"sweep-{sweep_dir.name}", tags=tags).info.run_id
+        client.set_terminated(parent, status="FINISHED")
+    present = {r.data.tags.get(ARCHIVED_TAG, r.info.run_id) for r in children(client, parent, status=None)}
+    restored = 0
+    for record in records:
+        if record["run_id"] in present:
+            continue
+        try:  # the store the record was written from, still here (the same machine): nothing to restore
+            client.get_run(record["run_id"])
+            continue
+        except MlflowException:
+            pass
+        tags = {**record["tags"], "mlflow.parentRunId": parent, ARCHIVED_TAG: record["run_id"]}
+        run_id = client.create_run(experiment_id, start_time=record["start_time"], tags=tags,
+                                   run_name=record["run_name"]).info.run_id
+        params = [Param(k, v) for k, v in record["params"].items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[i:i + 100])
+        metrics = [Metric(key, value, timestamp, step) for key, points in record["metrics"].items()
+                   for step, value, timestamp in points]
+        for i in range(0, len(metrics), MAX_BATCH):
+            client.log_batch(run_id, metrics=metrics[i:i + MAX_BATCH])
+        client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
+        restored += 1
+    return parent, restored
+
+
+def finished_in_sweep(client, resolved: dict, overrides: str):
+    """The finished run of this job in its sweep (a child of the parent run the sweep hands its jobs, with the same
+    overrides), or None; one that ran another config stops the job (a later commit changed what the overrides
+    compose): the sweep's page must not mix them."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if not parent:
+        return None
+    same = [r for r in children(client, parent) if r.data.tags.get("overrides") == overrides]
+    if not same:
+        return None
+    run = same[0]
+    expected = {k: str(v)[:6000] for k, v in flatten(resolved).items()}
+    differ = sorted(k for k in expected if run.data.params.get(k) != expected[k])
+    if differ:
+        raise ConfigError(f"this sweep already has a finished run of '{overrides}' (MLflow run {run.info.run_id}) "
+                          f"with another config ({', '.join(differ[:3])}{', ...' if len(differ) > 3 else ''} differ): "
+                          "run the study at the commit it ran at, or start another sweep (o2o-study --new)")
+    return run

@@ -1,0 +1,109 @@
+"""A study's records of its finished runs (o2o.archive): written whole, restored into another store as they were,
+never twice, never into another sweep; a job whose finished run its sweep already holds does nothing."""
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from o2o.archive import (ARCHIVED_TAG, PARENT_FILE, finished_in_sweep, read_records, restore_records,
+                         write_records)
+from o2o.errors import ConfigError
+from o2o.tracking import PARENT_RUN_ENV, flatten
+
+RESOLVED = {"algo": {"name": "calql", "actor_hidden": [128, 128]}, "seed": 3, "env": {"dataset": {"path": None}}}
+
+
+def store(tmp_path, name):
+    client = MlflowClient(f"sqlite:///{tmp_path / name}.db")
+    return client, client.create_experiment("o2o", artifact_location=(tmp_path / f"{name}-art").as_uri())
+
+
+def sweep(client, experiment, sweep_dir="/old/sweep"):
+    parent = client.create_run(experiment, tags={"sweep": "true", "sweep_dir": sweep_dir, "study_wall_s": "5400",
+                                                 "study_commit": "abc123", "study_command": "o2o-study pen_o2o",
+                                                 "overrides": "algo=calql seed=3"}).info.run_id
+    return parent
+
+
+def child(client, experiment, parent, status="FINISHED", overrides="algo=calql seed=3", resolved=RESOLVED):
+    run = client.create_run(experiment, start_time=1_700_000_000_000, run_name="calql-pen-s3",
+                            tags={"mlflow.parentRunId": parent, "algo": "calql", "seed": "3", "overrides": overrides,
+                                  "machines": "AMD EPYC, 2 cores"})
+    run_id = run.info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in flatten(resolved).items()])
+    # more points than one log_batch takes, with their own timestamps, and a second metric
+    points = [Metric("online/eval/success_rate", i / 1500, 1_700_000_000_000 + i, 2 * i) for i in range(1500)]
+    client.log_batch(run_id, metrics=points[:1000])
+    client.log_batch(run_id, metrics=points[1000:] + [Metric("final/online_success_rate", 0.9, 1_700_000_900_000, 0)])
+    client.set_terminated(run_id, status=status, end_time=1_700_000_999_000)
+    return run_id
+
+
+def history(client, run_id, key):
+    return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key))
+
+
+def test_records_restore_a_finished_run_as_it_was_and_only_once(tmp_path):
+    old, old_exp = store(tmp_path, "old")
+    parent = sweep(old, old_exp)
+    finished = child(old, old_exp, parent)
+    child(old, old_exp, parent, status="RUNNING", overrides="algo=calql seed=4")  # unfinished: not kept
+    folder = tmp_path / "records"
+    written = write_records(old, parent, folder)
+    assert sorted(p.name for p in written) == sorted([f"{finished}.json.gz", PARENT_FILE])
+    assert not list(folder.glob("*.partial"))
+    with gzip.open(folder / f"{finished}.json.gz", "rt") as handle:
+        assert len(json.load(handle)["metrics"]["online/eval/success_rate"]) == 1500
+
+    new, new_exp = store(tmp_path, "new")  # another machine: an empty store, a new sweep folder
+    restored_parent, count = restore_records(new, new_exp, tmp_path / "sweep", folder)
+    assert count == 1
+    tags = new.get_run(restored_parent).data.tags
+    assert (tags["sweep_dir"], tags[ARCHIVED_TAG], tags["study_wall_s"], tags["study_commit"]) == (
+        str(tmp_path / "sweep"), parent, "5400", "abc123")
+    (run,) = new.search_runs([new_exp], f"tags.mlflow.parentRunId = '{restored_parent}'")
+    before = old.get_run(finished)
+    assert run.data.params == before.data.params and run.data.tags[ARCHIVED_TAG] == finished
+    assert {k: v for k, v in run.data.tags.items() if k not in ("mlflow.parentRunId", ARCHIVED_TAG)} == {
+        k: v for k, v in before.data.tags.items() if k != "mlflow.parentRunId"}
+    assert (run.info.status, run.info.start_time, run.info.end_time, run.info.run_name) == (
+        "FINISHED", before.info.start_time, before.info.end_time, before.info.run_name)
+    for key in before.data.metrics:
+        assert history(new, run.info.run_id, key) == history(old, finished, key)
+
+    assert restore_records(new, new_exp, tmp_path / "sweep", folder) == (restored_parent, 0)  # never twice
+    assert [p.name for p in write_records(new, restored_parent, folder)] == [PARENT_FILE]  # the same run: no copy
+    parent_record, runs = read_records(folder)
+    assert parent_record["run_id"] == parent and [r["run_id"] for r in runs] == [finished]
+    # the store the records came from, still there: nothing to restore into its own sweep
+    assert restore_records(old, old_exp, Path("/old/sweep"), folder) == (parent, 0)
+
+
+def test_records_of_one_sweep_never_mix_with_another(tmp_path):
+    client, experiment = store(tmp_path, "one")
+    folder = tmp_path / "records"
+    write_records(client, sweep(client, experiment), folder)
+    other = sweep(client, experiment, sweep_dir=str(tmp_path / "other"))
+    with pytest.raises(ConfigError, match="give this sweep its own records folder"):
+        write_records(client, other, folder)
+    with pytest.raises(ConfigError, match="give this sweep its own records folder"):
+        restore_records(client, experiment, tmp_path / "other", folder)
+
+
+def test_a_job_finds_its_finished_run_in_its_sweep_and_refuses_one_of_another_config(tmp_path, monkeypatch):
+    client, experiment = store(tmp_path, "jobs")
+    parent = sweep(client, experiment)
+    run_id = child(client, experiment, parent)
+    child(client, experiment, parent, status="FAILED", overrides="algo=calql seed=5")
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+    assert finished_in_sweep(client, RESOLVED, "algo=calql seed=3") is None  # not in a sweep
+    monkeypatch.setenv(PARENT_RUN_ENV, parent)
+    assert finished_in_sweep(client, RESOLVED, "algo=calql seed=3").info.run_id == run_id
+    assert finished_in_sweep(client, RESOLVED, "algo=calql seed=4") is None
+    assert finished_in_sweep(client, {**RESOLVED, "seed": 5}, "algo=calql seed=5") is None  # failed: runs again
+    changed = {**RESOLVED, "algo": {"name": "calql", "actor_hidden": [256, 256]}}
+    with pytest.raises(ConfigError, match=r"another config \(algo.actor_hidden differ\)"):
+        finished_in_sweep(client, changed, "algo=calql seed=3")
