@@ -2,6 +2,7 @@
 never twice, never into another sweep; a job whose finished run its sweep already holds does nothing."""
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,32 @@ def test_a_job_finds_its_finished_run_in_its_sweep_and_refuses_one_of_another_co
     changed = {**RESOLVED, "algo": {"name": "calql", "actor_hidden": [256, 256]}}
     with pytest.raises(ConfigError, match=r"another config \(algo.actor_hidden differ\)"):
         finished_in_sweep(client, changed, "algo=calql seed=3")
+
+
+def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_stops_it(tmp_path, monkeypatch):
+    from o2o.archive import restore_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    data = tmp_path / "minari" / "o2o" / "pen" / "built-v0" / "data"
+    data.mkdir(parents=True)
+    (data / "main_data.hdf5").write_bytes(b"the transitions of one machine's build")
+    (data / "metadata.json").write_text("{}")
+    client, experiment = store(tmp_path, "data")
+    parent = sweep(client, experiment)
+    run_id = child(client, experiment, parent)
+    client.set_tag(run_id, "dataset", "o2o/pen/built-v0")
+    official = child(client, experiment, parent, overrides="algo=calql seed=4")
+    client.set_tag(official, "dataset", "D4RL/pen/human-v2")  # downloadable: not kept
+    folder = tmp_path / "records"
+    written = write_records(client, parent, folder)
+    assert (folder / "dataset-o2o-pen-built-v0.tar.xz") in written
+    assert list(json.loads((folder / PARENT_FILE).read_text())["datasets"]) == ["o2o/pen/built-v0"]
+    assert (folder / "dataset-o2o-pen-built-v0.tar.xz") not in write_records(client, parent, folder)  # once
+
+    assert restore_dataset(folder) == []  # the same build here: nothing to do
+    shutil.rmtree(data.parent)  # another machine, without it
+    assert restore_dataset(folder) == ["o2o/pen/built-v0"]
+    assert (data / "main_data.hdf5").read_bytes() == b"the transitions of one machine's build"
+    (data / "main_data.hdf5").write_bytes(b"the transitions of another machine's build")
+    with pytest.raises(ConfigError, match="another build of o2o/pen/built-v0"):
+        restore_dataset(folder)

@@ -9,12 +9,20 @@ On a machine whose store lacks them, the same command restores them into its sto
 parent run (the records' ``archived_run_id`` tag names the original run), and the sweep's jobs that already have a
 finished run there do nothing (:func:`finished_in_sweep`). Artifacts (policy models, per-run plots, the resolved
 config file) are not kept: the page rebuilds its figures from the metrics.
+
+The data too: a dataset built here (``o2o-data build-adroit``) is not the same on every machine (its BC policy is
+fit and rolled out with floating-point kernels that differ between CPUs: pen's AWAC recipe kept 36,147 transitions
+on one machine and 33,554 on another, same code and seed), so the study keeps the Minari dataset its runs trained on
+(``dataset-<name>.tar.xz``, with its data file's SHA-256 in ``parent.json``) and restores it where it is missing; a
+machine holding another build of the same id stops the study before any job (:func:`restore_dataset`).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
+import tarfile
 from pathlib import Path
 
 from o2o.errors import ConfigError
@@ -67,9 +75,76 @@ def write_records(client, parent: str, folder: Path) -> list[Path]:
             partial.replace(path)
             written.append(path)
     tags = client.get_run(parent).data.tags  # again: the study's tags as they are now
-    parent_file.write_text(json.dumps({"format": FORMAT, "run_id": origin,
+    kept = json.loads(parent_file.read_text()).get("datasets", {}) if parent_file.exists() else {}
+    for run in children(client, parent):
+        dataset = run.data.tags.get("dataset")
+        if dataset and dataset not in kept and built_here(dataset):
+            kept[dataset] = keep_dataset(dataset, folder)
+            written.append(folder / kept[dataset]["file"])
+    parent_file.write_text(json.dumps({"format": FORMAT, "run_id": origin, "datasets": kept,
                                        "tags": {k: tags[k] for k in STUDY_TAGS if k in tags}}, indent=1) + "\n")
     return [*written, parent_file]
+
+
+def built_here(dataset_id: str) -> bool:
+    """A Minari dataset of a namespace of our own, present here: built on some machine, not downloadable."""
+    from o2o.data.minari import OFFICIAL_NAMESPACES, minari_is_local
+
+    return "/" in dataset_id and dataset_id.split("/")[0] not in OFFICIAL_NAMESPACES and minari_is_local(dataset_id)
+
+
+def data_file(dataset_id: str) -> Path:
+    from o2o.data.minari import minari_root
+
+    return Path(minari_root()) / dataset_id / "data" / "main_data.hdf5"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def keep_dataset(dataset_id: str, folder: Path) -> dict:
+    """The Minari dataset's folder as ``dataset-<name>.tar.xz`` in ``folder``, and what identifies it."""
+    from o2o.data.minari import minari_root
+
+    name = "dataset-" + dataset_id.replace("/", "-") + ".tar.xz"
+    partial = folder / (name + ".partial")
+    with tarfile.open(partial, "w:xz") as tar:
+        tar.add(Path(minari_root()) / dataset_id, arcname=dataset_id)
+    partial.replace(folder / name)
+    return {"file": name, "sha256": sha256(data_file(dataset_id))}
+
+
+def restore_dataset(folder: Path) -> list[str]:
+    """The datasets the study's runs trained on, unpacked into the Minari folder where they are missing; returns
+    their ids. Another build of the same id here stops the study (its runs would train on other data)."""
+    from o2o.data.minari import minari_is_partial, minari_root
+
+    parent_file = folder / PARENT_FILE
+    if not parent_file.exists():
+        return []
+    restored = []
+    for dataset_id, kept in json.loads(parent_file.read_text()).get("datasets", {}).items():
+        here = data_file(dataset_id)
+        if here.exists():
+            if sha256(here) != kept["sha256"]:
+                raise ConfigError(f"{here.parent.parent} is another build of {dataset_id} than the one this study's "
+                                  f"runs trained on (its data file's SHA-256 differs; builds differ between "
+                                  f"machines): move it away, and the study restores its own from {folder / kept['file']}")
+            continue
+        if minari_is_partial(dataset_id):
+            raise ConfigError(f"{here.parent.parent} is an incomplete dataset folder: remove it, and the study "
+                              f"restores {dataset_id} from {folder / kept['file']}")
+        with tarfile.open(folder / kept["file"], "r:xz") as tar:
+            tar.extractall(minari_root(), filter="data")
+        if sha256(here) != kept["sha256"]:
+            raise ConfigError(f"{folder / kept['file']} does not hold the data its record names (SHA-256 differs)")
+        restored.append(dataset_id)
+    return restored
 
 
 def read_records(folder: Path) -> tuple[dict | None, list[dict]]:

@@ -513,11 +513,13 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
 def restore(client, experiment: str, sweep_dir: Path, records: Path) -> None:
     """The study's records of finished runs that this store lacks (a study continued on another machine), restored
     into the sweep's parent run before the sweep starts, so that their jobs do nothing."""
-    from o2o.archive import restore_records
+    from o2o.archive import restore_dataset, restore_records
     from o2o.tracking import default_tracking_uri, ensure_experiment, open_store, store_lock
 
     if not records.is_dir():
         return
+    for dataset_id in restore_dataset(records):
+        print(f"restored the dataset {dataset_id} that the study's runs trained on, from {records}", flush=True)
     uri = default_tracking_uri()
     open_store(uri)  # a new store made under its lock (jobs may make it at the same time)
     with store_lock(uri):

@@ -17,6 +17,9 @@ from o2o.data.offline_data import OfflineData, float_or_none
 from o2o.errors import DatasetError
 
 
+OFFICIAL_NAMESPACES = ("D4RL", "mujoco")  # Minari's remote namespaces; every other one is built here (o2o-data)
+
+
 def minari_root() -> str:
     return os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
 

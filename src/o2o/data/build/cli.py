@@ -15,7 +15,7 @@ import yaml
 
 from o2o.data.build.awac_recipe import AWAC_BC_ROLLOUTS
 from o2o.data.build.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
-from o2o.data.minari import minari_root
+from o2o.data.minari import OFFICIAL_NAMESPACES, minari_root
 from o2o.errors import DatasetError
 
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"local datasets: {minari_root()}")
         _print_table(list_datasets())
         return
-    if args.namespace.split("/")[0] in ("D4RL", "mujoco"):
+    if args.namespace.split("/")[0] in OFFICIAL_NAMESPACES:
         parser.error(f"--namespace {args.namespace} is an official one; choose your own")
     if not Path(args.assets).is_dir():
         parser.error(f"--assets {args.assets} is not a folder (a clone of aravindr93/hand_dapg, or one holding "
