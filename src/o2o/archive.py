@@ -76,7 +76,7 @@ def write_records(client, parent: str, folder: Path) -> list[Path]:
             written.append(path)
     tags = client.get_run(parent).data.tags  # again: the study's tags as they are now
     kept = json.loads(parent_file.read_text()).get("datasets", {}) if parent_file.exists() else {}
-    for run in children(client, parent):
+    for run in children(client, parent, status=None):  # from the first job on: the data is what a run starts from
         dataset = run.data.tags.get("dataset")
         if dataset and dataset not in kept and built_here(dataset):
             kept[dataset] = keep_dataset(dataset, folder)
