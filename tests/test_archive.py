@@ -137,3 +137,24 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     (data / "main_data.hdf5").write_bytes(b"the transitions of another machine's build")
     with pytest.raises(ConfigError, match="another build of o2o/pen/built-v0"):
         restore_dataset(folder)
+
+
+def test_a_running_study_keeps_each_finished_run_as_it_ticks_and_says_once_when_it_cannot(tmp_path, capsys):
+    from o2o.study import StudyClock
+
+    client, experiment = store(tmp_path, "clock")
+    sweep_dir = tmp_path / "sweep"
+    parent = sweep(client, experiment, sweep_dir=str(sweep_dir))
+    run_id = child(client, experiment, parent)
+    name = client.get_experiment(experiment).name
+    StudyClock(client, name, sweep_dir, "o2o-study x", "def456", tmp_path / "records").tick()
+    assert (tmp_path / "records" / f"{run_id}.json.gz").exists()
+    other = tmp_path / "records-of-another-sweep"
+    other.mkdir()
+    (other / PARENT_FILE).write_text(json.dumps({"format": 1, "run_id": "another", "tags": {}}))
+    clock = StudyClock(client, name, sweep_dir, "o2o-study x", "def456", other)
+    clock.tick()
+    clock.tick()
+    err = capsys.readouterr().err
+    assert err.count("warning: the study's records") == 1 and "records of the sweep run another" in err
+    assert not list(other.glob("*.json.gz"))

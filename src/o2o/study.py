@@ -114,6 +114,7 @@ class StudyClock:
         self.client, self.experiment, self.sweep_dir = client, experiment, sweep_dir
         self.command, self.commit = command, commit
         self.records = records  # where each tick keeps the runs that have finished (o2o.archive), if anywhere
+        self.records_error: str | None = None  # the last failure to write them, said once
         self.start = time.time()
         self.earlier: float | None = None  # the parts before this one, read from the parent at the first tick
 
@@ -132,10 +133,21 @@ class StudyClock:
         total = self.earlier + time.time() - self.start
         self.client.set_tag(parent, "study_wall_s", f"{total:.0f}")
         if self.records is not None:
-            from o2o.archive import write_records
-
-            write_records(self.client, parent, self.records)
+            self.keep_records(parent)
         return total
+
+    def keep_records(self, parent: str) -> None:
+        """The finished runs into the records; a failure is said once (the sweep goes on, and so do the ticks)."""
+        from o2o.archive import write_records
+
+        try:
+            write_records(self.client, parent, self.records)
+            self.records_error = None
+        except Exception as err:
+            if str(err) != self.records_error:
+                print(f"warning: the study's records in {self.records} were not written: {type(err).__name__}: "
+                      f"{err}", file=sys.stderr, flush=True)
+            self.records_error = str(err)
 
 
 def run_counting(cmd: list[str], clock: StudyClock, every: float = HEARTBEAT_S) -> int:
