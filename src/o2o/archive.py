@@ -26,7 +26,7 @@ import tarfile
 from pathlib import Path
 
 from o2o.errors import ConfigError
-from o2o.tracking import PARENT_RUN_ENV, flatten
+from o2o.tracking import MAX_BATCH, PARENT_RUN_ENV, flatten
 
 FORMAT = 1
 PARENT_FILE = "parent.json"
@@ -34,7 +34,7 @@ ARCHIVED_TAG = "archived_run_id"  # on a restored run: the id of the run its rec
 # the parent's tags that belong to the study, not to one machine's sweep folder
 STUDY_TAGS = ("study_command", "study_commit", "study_wall_s", "overrides", "study")
 NOT_COPIED = ("mlflow.parentRunId",)  # a restored run gets the parent of the store it is restored into
-MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call (100 params, 100 tags)
+PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
 def children(client, parent: str, status: str | None = "FINISHED") -> list:
@@ -74,7 +74,6 @@ def write_records(client, parent: str, folder: Path) -> list[Path]:
                 json.dump(run_record(client, run), handle)
             partial.replace(path)
             written.append(path)
-    tags = client.get_run(parent).data.tags  # again: the study's tags as they are now
     kept = json.loads(parent_file.read_text()).get("datasets", {}) if parent_file.exists() else {}
     for run in children(client, parent, status=None):  # from the first job on: the data is what a run starts from
         dataset = run.data.tags.get("dataset")
@@ -168,7 +167,7 @@ def restore_records(client, experiment_id: str, sweep_dir: Path, folder: Path) -
     """The records in ``folder`` that this store lacks, restored as finished children of the sweep's parent run
     (found by its ``sweep_dir`` tag, made if there is none, with the study's tags from the records); returns the
     parent (None if ``folder`` holds no records) and how many runs were restored."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
     from mlflow.exceptions import MlflowException
 
     parent_record, records = read_records(folder)
@@ -204,8 +203,8 @@ def restore_records(client, experiment_id: str, sweep_dir: Path, folder: Path) -
         run_id = client.create_run(experiment_id, start_time=record["start_time"], tags=tags,
                                    run_name=record["run_name"]).info.run_id
         params = [Param(k, v) for k, v in record["params"].items()]
-        for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=params[i:i + 100])
+        for i in range(0, len(params), PARAM_BATCH):
+            client.log_batch(run_id, params=params[i:i + PARAM_BATCH])
         metrics = [Metric(key, value, timestamp, step) for key, points in record["metrics"].items()
                    for step, value, timestamp in points]
         for i in range(0, len(metrics), MAX_BATCH):
