@@ -34,6 +34,7 @@ RUNS = {
     "calql_step_regression": ["algo=calql", "algo.update_schedule=step", "reference=regression",
                               "reference.fit_steps=50"],
     "iql_step": ["algo=iql"],
+    "wsrl_step": ["algo=wsrl", "algo.utd_ratio=4"],  # the actor steps on 1 update in 4 (per-key metric means)
     "rlpd_step_rnd": ["algo=rlpd", "exploration=rnd", "retrain=same", "retrain.steps=30"],
     "calql_episode_ooo_retrain": ["algo=calql", "retrain=ooo", "retrain.steps=30", "retrain.eval_episodes=2"],
     "sac_step": ["algo=sac"],

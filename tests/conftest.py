@@ -31,6 +31,8 @@ def isolated_environment(tmp_path_factory):
     os.environ.update(saved)
 
 
+# every algorithm option, discovered: a new algorithm's YAML joins every test that iterates over algorithms
+ALGOS = sorted(p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml"))
 SMOKE_ANY_ENV = ["experiment=smoke", "threads=1"]
 SMOKE = [*SMOKE_ANY_ENV, "env.dataset.collector.steps=1500"]  # the PointMaze default collects a small dataset
 

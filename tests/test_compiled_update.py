@@ -7,20 +7,17 @@ import pytest
 import torch
 
 from o2o.buffers import Batch
-from o2o.agents.cql import CQL
-from o2o.agents.iql import IQL
-from o2o.agents.sac import SAC
+from o2o.agents.registry import agent_class
 from o2o.metrics import OFFLINE, ONLINE
-from conftest import algo_config, compose
+from conftest import ALGOS, algo_config, compose
 
 OBS, ACT, B, STEPS = 5, 3, 16, 6
-AGENTS = {"calql": CQL, "cql": CQL, "sac": SAC, "rlpd": SAC, "iql": IQL, "wsrl": CQL}
 
 
 def make(name, compiled_backend=None, precision="fp32", **overrides):
     torch.manual_seed(0)
     cfg = algo_config(name, **{"actor_hidden": [16, 16], "critic_hidden": [16, 16], **overrides})
-    agent = AGENTS[name](OBS, ACT, cfg, torch.device("cpu"), precision, total_updates=2 * STEPS)
+    agent = agent_class(cfg)(OBS, ACT, cfg, torch.device("cpu"), precision, total_updates=2 * STEPS)
     if compiled_backend:
         agent.compile_update(backend=compiled_backend)
     return agent

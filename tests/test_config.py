@@ -59,7 +59,8 @@ def test_every_config_key_has_one_owner_and_one_default():
 
     from omegaconf import MISSING as OMEGA_MISSING
 
-    from o2o.config import ALGO_SCHEMAS, Config
+    from o2o.agents.registry import load_builtin
+    from o2o.config import Config
 
     owners: dict[str, set[str]] = {}
     for path in CONF.rglob("*.yaml"):
@@ -85,8 +86,8 @@ def test_every_config_key_has_one_owner_and_one_default():
                 yield f"{prefix}{f.name}"
 
     defaulted = set(schema_defaults(Config))
-    for schema in ALGO_SCHEMAS.values():
-        defaulted |= set(schema_defaults(schema, "algo."))
+    for algorithm in load_builtin().values():
+        defaulted |= set(schema_defaults(algorithm.schema, "algo."))
     assert not defaulted, f"schema fields with a real default (values belong in conf/): {sorted(defaulted)}"
 
 

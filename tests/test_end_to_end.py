@@ -1,15 +1,15 @@
-"""``python src/main.py -m algo=calql,cql,iql,sac,rlpd,wsrl experiment=smoke`` runs every stage of every
-algorithm and leaves complete MLflow runs whose metric names and steps line up."""
+"""``python src/main.py -m algo=<every algorithm option> experiment=smoke`` runs every stage of every algorithm and
+leaves complete MLflow runs whose metric names and steps line up."""
 import os
 import subprocess
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import SMOKE
+from conftest import ALGOS, SMOKE, compose
 from o2o import metrics as M
+from o2o.config import validate
 
-ALGOS = ["calql", "cql", "iql", "sac", "rlpd", "wsrl"]
 # what every algorithm logs, on the same axes: the compare view lines these up
 COMMON = [*(M.train(M.ONLINE, k) for k in (M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.V_REF, M.Q_DATA_MINUS_V_REF,
                                           M.UPDATES_PER_SECOND, M.GRAD_STEPS, M.EPISODE_RETURN)),
@@ -61,13 +61,14 @@ def test_sweep_run_logs_every_stage(sweep, algo):
     assert tags["dataset"] == "o2o/pointmaze/umaze-waypoints-v0"
     assert run.data.params["algo.name"] == algo and run.data.params["schedule.offline_steps"] == "40"
     metrics = run.data.metrics
-    pretrains = algo in ("calql", "cql", "iql", "wsrl")
+    config = validate(compose([f"algo={algo}"])).algo
+    pretrains = config.pretrain
     for key in COMMON + (OFFLINE if pretrains else []):
         assert key in metrics, key
     assert not pretrains or M.train(M.OFFLINE, M.ACTOR_LOSS) in metrics
-    for phase in M.PHASES:
-        # WSRL pre-trains with Cal-QL and fine-tunes as SAC
-        assert (M.train(phase, M.CALQL_BOUND_RATE) in metrics) == (algo == "calql" or (algo, phase) == ("wsrl", M.OFFLINE))
+    for phase in M.PHASES:  # the bound's rate where the algorithm calibrates (WSRL: offline only)
+        calibrates = getattr(config, f"calibrate_{phase}", False) and (phase == M.OFFLINE or config.online_regulariser)
+        assert (M.train(phase, M.CALQL_BOUND_RATE) in metrics) == calibrates
     if pretrains:
         history = client.get_metric_history(run.info.run_id, M.train(M.OFFLINE, M.CRITIC_LOSS))
         assert [m.step for m in history] == [10, 20, 30, 40]

@@ -14,10 +14,10 @@ Who owns what:
 - ``domain``: facts every algorithm reads for a family of tasks (reward
   transform, sparse failure rule, evaluation episodes, the paper's metric),
   chosen by the env.
-- ``algo``: one schema per algorithm family (:class:`CQLConfig`,
-  :class:`IQLConfig`, :class:`SACConfig`); per-domain values in
-  ``conf/algo/per_domain/<algo>/<domain>.yaml``. It owns how fine-tuning
-  uses data (mixing ratio, UTD ratio, warm-up).
+- ``algo``: :class:`AlgoConfig`, extended by each algorithm family's schema in
+  its agent file (``o2o.agents.registry``); per-domain values, where an
+  algorithm's authors have them, in ``conf/algo/per_domain/<algo>/<domain>.yaml``.
+  It owns how fine-tuning uses data (mixing ratio, UTD ratio, warm-up).
 - ``buffer``: online capacity and batch size.
 - ``schedule``: step budgets and intervals; the env picks its paper budget.
 - ``experiment``: named presets that may set any group (smoke, studies).
@@ -162,6 +162,11 @@ class AlgoConfig:
     def uses_offline_data(self) -> bool:
         return self.pretrain or self.mixing_ratio != 0
 
+    def conservative_retraining(self) -> "AlgoConfig | None":
+        """The config of OOO's offline retraining with CQL (``retrain.algorithm=cql``): this algorithm's settings
+        as CQL without calibration; None for an algorithm that has no CQL settings."""
+        return None
+
     def check(self) -> None:
         _require(0 < self.gamma < 1, f"algo.gamma must be in (0, 1), got {self.gamma}")
         _require(all(w > 0 for w in self.actor_hidden + self.critic_hidden) and self.critic_hidden and self.actor_hidden,
@@ -183,79 +188,6 @@ class AlgoConfig:
         _require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
                  f"algo.mixing_ratio must be in [0, 1] or -1 (proportional), got {self.mixing_ratio}")
         _require(self.utd_ratio >= 1, f"algo.utd_ratio must be >= 1, got {self.utd_ratio}")
-
-
-@dataclass
-class SoftActorConfig(AlgoConfig):
-    """Algorithms with the SAC actor (CQL, Cal-QL, SAC, RLPD): a tanh-Gaussian policy and an entropy temperature."""
-
-    # log-std = multiplier (1) * head output + offset (log_std_offset); with trainable_log_std_transform
-    # both train with the actor (the Cal-QL authors')
-    trainable_log_std_transform: bool = MISSING
-    log_std_offset: float = MISSING
-    auto_entropy: bool = MISSING
-    init_alpha: float = MISSING
-    target_entropy_scale: float = MISSING  # target entropy = -scale * |A| (SAC: 1, RLPD: 1/2)
-    backup_entropy: bool = MISSING
-    actor_q: str = MISSING  # how the actor's loss reduces the ensemble: min | mean
-    actor_layer_norm: bool = MISSING  # LayerNorm after each hidden layer of the policy (WSRL's)
-
-    def check(self) -> None:
-        super().check()
-        _require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
-        _require(self.init_alpha > 0, f"algo.init_alpha must be > 0, got {self.init_alpha}")
-
-
-@dataclass
-class CQLConfig(SoftActorConfig):
-    """CQL, and Cal-QL as its calibration switch (``calibrate_offline`` / ``calibrate_online``)."""
-
-    cql_weight: float = MISSING
-    lagrange: bool = MISSING
-    target_action_gap: float = MISSING
-    importance_sampling: bool = MISSING
-    temperature: float = MISSING
-    n_actions: int = MISSING
-    max_target_backup: bool = MISSING
-    # Cal-QL: bound policy-action Q-values by the reference return, per phase
-    calibrate_offline: bool = MISSING
-    calibrate_online: bool = MISSING
-    # Fine-tuning: with the regulariser (CQL, Cal-QL: their authors keep it) or as plain SAC (WSRL), and its
-    # own max-target backup (WSRL's SAC agent: only on AntMaze)
-    online_regulariser: bool = MISSING
-    online_max_target_backup: bool = MISSING
-
-    def check(self) -> None:
-        super().check()
-        _require(self.cql_weight >= 0, f"algo.cql_weight must be >= 0, got {self.cql_weight}")
-        _require(self.temperature > 0, f"algo.temperature must be > 0, got {self.temperature}")
-        _require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
-
-
-@dataclass
-class IQLConfig(AlgoConfig):
-    expectile: float = MISSING
-    awr_temperature: float = MISSING
-    awr_max_weight: float = MISSING
-    actor_dropout: float = MISSING  # after each hidden layer of the policy (the authors': 0.1 on Adroit)
-    # the policy's learning rate over all updates (offline + online): constant, or cosine decay to 0
-    actor_lr_schedule: str = MISSING
-
-    def check(self) -> None:
-        super().check()
-        _require(0 < self.expectile < 1, f"algo.expectile must be in (0, 1), got {self.expectile}")
-        _require(self.awr_temperature >= 0, f"algo.awr_temperature must be >= 0, got {self.awr_temperature}")
-        _require(0 <= self.actor_dropout < 1, f"algo.actor_dropout must be in [0, 1), got {self.actor_dropout}")
-        _require(self.actor_lr_schedule in ("constant", "cosine"),
-                 f"algo.actor_lr_schedule must be constant or cosine, got {self.actor_lr_schedule!r}")
-
-
-@dataclass
-class SACConfig(SoftActorConfig):
-    """SAC and RLPD: the core's knobs are all they need."""
-
-
-ALGO_SCHEMAS = {"cql": CQLConfig, "iql": IQLConfig, "sac": SACConfig}
 
 
 @dataclass
@@ -392,7 +324,7 @@ class MlflowConfig:
 class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     domain: DomainConfig = field(default_factory=DomainConfig)
-    algo: AlgoConfig = MISSING  # one of ALGO_SCHEMAS, installed by the algo's YAML
+    algo: AlgoConfig = MISSING  # a registered algorithm's schema (o2o.agents.registry), installed by the algo's YAML
     buffer: BufferConfig = field(default_factory=BufferConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = MISSING
@@ -421,10 +353,11 @@ class Config:
                  f"reference={self.reference.value} fits V_ref on the offline data, which {self.algo.name} does not read")
         _require(self.exploration.bonus == "none" or self.schedule.online_steps > 0,
                  f"exploration={self.exploration.bonus} acts during fine-tuning: schedule.online_steps is 0")
-        _require(not self.retrain.steps or self.retrain.algorithm == "run" or isinstance(self.algo, CQLConfig),
+        _require(not self.retrain.steps or self.retrain.algorithm == "run"
+                 or self.algo.conservative_retraining() is not None,
                  f"retrain=ooo retrains with CQL, as OOO does, on the run's CQL settings, which {self.algo.name} "
                  "does not have: use algo=cql or calql, or retrain=same to retrain with the run's own algorithm")
-        _require(not self.retrain.clip_targets or isinstance(self.algo, CQLConfig),
+        _require(not self.retrain.clip_targets or self.algo.conservative_retraining() is not None,
                  f"retrain.clip_targets bounds CQL's TD target; {self.algo.name} retrains without one")
         _require(not self.retrain.steps or (self.schedule.online_steps > 0 and self.algo.uses_offline_data),
                  "retrain retrains on the offline data and the online transitions: it needs schedule.online_steps > 0 "
@@ -467,16 +400,19 @@ def job_folder(overrides: str) -> str:
 
 
 def register_schema() -> None:
-    """Make the schemas available to ``conf/``: the root's and each algorithm family's; ``${o2o.job_id:}``, one
+    """Make the schemas available to ``conf/``: the root's and each registered algorithm's (built-in and those
+    :func:`o2o.agents.registry.load_plugins` imported before); ``${o2o.job_id:}``, one
     value per process (cached), for the default run and sweep folder names; ``${o2o.job_folder:...}``."""
     if not OmegaConf.has_resolver("o2o.job_id"):
         OmegaConf.register_new_resolver("o2o.job_id", job_id, use_cache=True)
     if not OmegaConf.has_resolver("o2o.job_folder"):
         OmegaConf.register_new_resolver("o2o.job_folder", job_folder)
+    from o2o.agents.registry import load_builtin
+
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
-    for family, schema in ALGO_SCHEMAS.items():
-        store.store(group="schema/algo", name=family, node=schema)
+    for name, algorithm in load_builtin().items():
+        store.store(group="schema/algo", name=name, node=algorithm.schema)
 
 
 MAX_SEED = 2**31 - 1  # leaves room below numpy's 2**32 for the offsets added to it (evaluation env, retraining)

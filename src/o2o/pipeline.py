@@ -18,13 +18,11 @@ import torch
 from omegaconf import OmegaConf
 
 from o2o import metrics as M, mlflow_view
-from o2o.agents.core import ActorCritic
-from o2o.agents.cql import CQL
-from o2o.agents.iql import IQL
-from o2o.agents.sac import SAC
+from o2o.agents.core import ActorCritic, ObservationStats
+from o2o.agents.registry import agent_class
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
-from o2o.config import CQLConfig, Config, IQLConfig, SACConfig, planned_updates
+from o2o.config import Config, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.data.offline_data import OfflineData, episode_slices
 from o2o.envs import make_env
@@ -48,7 +46,6 @@ from o2o.tracking import PARENT_RUN_ENV, Tracker, check_store, default_tracking_
 
 log = logging.getLogger("o2o")
 
-AGENTS = {CQLConfig: CQL, IQLConfig: IQL, SACConfig: SAC}  # by the algorithm's schema
 RUN_ID_FILE = "mlflow_run_id"
 RESOLVED_CONFIG = "resolved_config.yaml"
 
@@ -117,7 +114,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         tracker.set_tags({"stage": "reference_returns"})
         reference = fit_reference(offline, cfg, tracker, data.offline.episode_ends if offline is not None else None,
                                   resume is None)
-        agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile)
+        obs_stats = ObservationStats.of(data.offline.observations) if data.offline is not None else None
+        agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile, obs_stats)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id, precision=runtime.precision)
         tracker.set_tags({MACHINES_TAG: add_machine(state, machine(), resumed=resume is not None)})
@@ -410,10 +408,12 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
 
 
 def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, precision: str = "fp32",
-               compiled: bool | None = None) -> ActorCritic:
-    """The configured algorithm's agent; ``precision`` is what it computes in (``runtime.choose_precision``),
-    ``compiled`` whether its update is one compiled graph (None: as ``compile`` decides, ``runtime.choose_compile``)."""
-    agent = AGENTS[type(cfg.algo)](obs_dim, act_dim, cfg.algo, device, precision, planned_updates(cfg))
+               compiled: bool | None = None, obs_stats: ObservationStats | None = None) -> ActorCritic:
+    """The configured algorithm's agent (its registered class, o2o.agents.registry); ``precision`` is what it
+    computes in (``runtime.choose_precision``), ``compiled`` whether its update is one compiled graph (None: as
+    ``compile`` decides, ``runtime.choose_compile``), ``obs_stats`` the offline data's observation statistics."""
+    agent = agent_class(cfg.algo)(obs_dim, act_dim, cfg.algo, device, precision, planned_updates(cfg),
+                                  obs_stats=obs_stats)
     if compiled is None:
         compiled = choose_compile(cfg.compile, device, planned_updates(cfg))[0]
     if compiled:
@@ -445,7 +445,7 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         reference.attach(online)
     def fresh_agent() -> ActorCritic:
         return make_agent(retraining_config(cfg), agent.obs_dim, agent.act_dim, agent.device, agent.precision,
-                          agent.compiled_update is not None)
+                          agent.compiled_update is not None, agent.obs_stats)
 
     if state.stage == RETRAIN_STAGE:  # fine-tuning is done: its buffer and summary are in the checkpoint
         online.load_state(state.online.buffer)
@@ -474,7 +474,7 @@ def retraining_config(cfg: Config) -> Config:
     (OOO retrains with CQL, enable_calql=False)."""
     if cfg.retrain.algorithm != "cql":
         return cfg
-    return dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, calibrate_offline=False, calibrate_online=False))
+    return dataclasses.replace(cfg, algo=cfg.algo.conservative_retraining())
 
 
 def publish_policy(agent: ActorCritic, cfg: Config, tracker: Tracker, name: str) -> None:

@@ -3,7 +3,7 @@
 The eager update is ``loss.backward()`` then ``optimizer.step()``; Dynamo breaks the graph at both. Here the
 same losses (the agent's own ``compute_losses``, through ``torch.func.functional_call``) are differentiated by
 ``torch.func.grad``, and Adam and the target update are written with foreach ops on the optimizer's own state
-tensors, so one graph holds forward, backward, Adam and the Polyak average (``fullgraph=True`` fails loudly at
+tensors, so one graph holds forward, backward, Adam and the target update (the agent's ``update_targets``) (``fullgraph=True`` fails loudly at
 any break) and reads nothing back to the host. The random numbers are drawn outside, by the agent's
 ``draw_noise``, so compiled and eager updates see the same ones (tests/test_compiled_update.py). Checkpoints
 are the eager format: the state lives in ``optimizer.state`` as ``torch.optim.Adam`` keeps it.
@@ -60,7 +60,6 @@ class CompiledUpdate:
         skipped, first = agent.actor_side_names(), agent.pre_updated_names()  # first: trained eagerly, before
         self.trained = {True: [i for i, name in enumerate(self.names) if name not in first],
                         False: [i for i, name in enumerate(self.names) if name not in skipped | first]}
-        self.critic_names = [name for name, _ in agent.critic.named_parameters(prefix="critic")]
         # Stale RNG in the graph would break compiled == eager (IQL's dropout): inductor calls eager's RNG
         internals.inductor_calls_eager_rng()
         # Every agent's update is this one code object to Dynamo, compiled once per agent and per variant (actor
@@ -125,7 +124,5 @@ class CompiledUpdate:
         with torch.no_grad():
             adam_([self.params[i] for i in idx], [grads[self.names[i]] for i in idx], [exp_avgs[i] for i in idx],
                   [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx], lrs[idx])
-            critic = dict(self.agent.critic.named_parameters(prefix="critic"))
-            internals.foreach_lerp_(list(self.agent.critic_target.parameters()),
-                                 [critic[name] for name in self.critic_names], self.agent.cfg.tau)
+            self.agent.update_targets(update_actor)
         return metrics

@@ -1,37 +1,64 @@
 """The actor-critic core every agent builds on.
 
-It owns the networks, the target critic, the SAC entropy temperature, one
-optimizer over all parameter groups, the target update, acting, and the
-checkpoint format. An agent adds its losses in ``compute_losses``.
+It owns what every agent shares: the actor, the critic ensemble and its target, one optimizer over all parameter
+groups, the target update (:meth:`ActorCritic.update_targets`, the one hook both the eager and the compiled step
+call), the gradient step, acting, and the checkpoint format. An agent adds its actor (:meth:`make_actor`) and its
+losses (:meth:`compute_losses`); what is SAC's (the entropy temperature, the squashed Gaussian actor) is in
+``o2o.agents.soft``.
+
+**The actor interface.** ``agent.actor`` is an ``nn.Module`` with
+``act(obs, deterministic, eps) -> actions``: ``obs`` a float tensor (B, obs_dim), ``deterministic`` a bool (the
+evaluation action when true), ``eps`` standard normal noise (B, 1, act_dim) for a stochastic action, or None
+(only with ``deterministic``); it returns actions (B, act_dim) in [-1, 1]. Evaluation, the calibration probe,
+the exploration bonuses and the exported MLflow policy call only this.
+
+**Constructor.** ``Agent(obs_dim, act_dim, cfg, device, precision="fp32", total_updates=0, obs_stats=None)``:
+``cfg`` the validated ``algo`` config (the agent's registered schema), ``total_updates`` the gradient steps the
+run plans (for a learning-rate schedule), ``obs_stats`` the offline dataset's observation statistics
+(:class:`ObservationStats`; None when the run reads no offline data). An agent that normalises observations
+builds its networks behind :meth:`observation_normalizer`, so that the statistics are saved in its state dict
+(the checkpoint) and travel inside ``agent.actor`` into the exported policy, which then acts on raw
+observations.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from o2o import metrics as M
 from o2o.agents import torch_internals as internals
-from o2o.agents.networks import EnsembleCritic, TanhGaussianActor
+from o2o.agents.networks import EnsembleCritic, ObservationNormalizer
 from o2o.buffers import Batch
-from o2o.config import AlgoConfig, SoftActorConfig
+from o2o.config import AlgoConfig
+
+
+@dataclass(frozen=True)
+class ObservationStats:
+    """Per-dimension mean and standard deviation of the offline dataset's observations."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, observations: np.ndarray) -> "ObservationStats":
+        return cls(observations.mean(0).astype(np.float32), observations.std(0).astype(np.float32))
 
 
 class ActorCritic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device, precision: str = "fp32",
-                 total_updates: int = 0):
+                 total_updates: int = 0, obs_stats: ObservationStats | None = None):
         super().__init__()
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim  # total_updates: for agents with an LR schedule
-        self.device = device
+        self.device, self.obs_stats = device, obs_stats
         self.actor = self.make_actor()
         self.critic = self.make_critic()
         self.critic_target = self.make_critic()
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        if isinstance(cfg, SoftActorConfig):  # the SAC entropy temperature
-            self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha)).log(), requires_grad=cfg.auto_entropy)
-            self.target_entropy = -cfg.target_entropy_scale * act_dim
         self.precision = precision
         self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
         self.to(device)
@@ -40,9 +67,13 @@ class ActorCritic(nn.Module):
         self.compiled_update = None  # set by compile_update
 
     def make_actor(self) -> nn.Module:
-        cfg = self.cfg
-        return TanhGaussianActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.orthogonal_init,
-                                 cfg.trainable_log_std_transform, cfg.log_std_offset, cfg.actor_layer_norm)
+        """The policy: an ``nn.Module`` with the actor interface (module docstring)."""
+        raise NotImplementedError
+
+    def observation_normalizer(self, eps: float = 0.0) -> ObservationNormalizer:
+        """(obs - mean) / (std + eps) with the dataset's statistics (the identity until a checkpoint fills it, when
+        the agent is built without them), for agents that normalise observations."""
+        return ObservationNormalizer(self.obs_dim, self.obs_stats, eps)
 
     def make_critic(self, act_dim: int | None = None, ensemble_size: int | None = None) -> EnsembleCritic:
         cfg = self.cfg
@@ -50,13 +81,11 @@ class ActorCritic(nn.Module):
                               ensemble_size or cfg.ensemble_size, cfg.orthogonal_init, cfg.layer_norm)
 
     def build_optimizer(self, extra_groups: list[dict] | None = None) -> None:
-        """One Adam over every parameter group: one step, no per-network loops."""
+        """One Adam over every parameter group: one step, no per-network loops (Adam skips a frozen parameter)."""
         groups = [
             {"params": list(self.actor.parameters()), "lr": self.cfg.actor_lr},
             {"params": list(self.critic.parameters()), "lr": self.cfg.critic_lr},
         ]
-        if isinstance(self.cfg, SoftActorConfig) and self.cfg.auto_entropy:
-            groups.append({"params": [self.log_alpha], "lr": self.cfg.actor_lr})
         groups += extra_groups or []
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(groups, fused=fused, foreach=None if fused else True)
@@ -65,10 +94,6 @@ class ActorCritic(nn.Module):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    @property
-    def alpha(self) -> torch.Tensor:
-        return self.log_alpha.exp()
 
     # ------------------------------------------------------------------ pieces the losses share
 
@@ -90,47 +115,21 @@ class ActorCritic(nn.Module):
         return {M.Q_DATA: q_mean.mean(), M.V_REF: batch.v_ref.mean(),
                 M.Q_DATA_MINUS_V_REF: (q_mean - batch.v_ref).mean()}
 
-    def actor_and_alpha_losses(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
-                               eps: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """SAC actor loss alpha * log pi - min_i Q_i, and the entropy-temperature loss."""
-        actions, log_pi = TanhGaussianActor.sample(mean, log_std, eps)  # (B, 1, A), (B, 1)
-        q_all = self.critic(obs, actions, detach_weights=True)  # (E, B, 1): gradients reach the actions only
-        q_pi = q_all.mean(0) if self.cfg.actor_q == "mean" else q_all.amin(0)
-        actor_loss = (self.alpha.detach() * log_pi - q_pi).mean()
-        loss = actor_loss
-        if self.cfg.auto_entropy:
-            alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
-            loss = loss + alpha_loss
-        return loss, {M.ACTOR_LOSS: actor_loss.detach(), "alpha": self.alpha.detach(),
-                      "entropy": -log_pi.detach().mean()}
-
-    def soft_losses(self, batch: Batch, td_target: torch.Tensor, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
-        """SAC's losses for a given TD target: every critic's mean squared TD error (summed over the ensemble), and
-        with ``update_actor`` the actor's and the temperature's."""
-        with self.autocast():
-            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        td_loss = (q_data - td_target).pow(2).mean(dim=1)
-        critic_loss = td_loss.sum()
-        loss, metrics = critic_loss, {}
-        if update_actor:
-            with self.autocast():
-                mean, log_std = self.actor(batch.obs)
-                actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
-            loss = loss + actor_loss
-        metrics.update(self.q_metrics(q_data, batch))
-        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-                        "td_target": td_target.mean()})
-        return loss, metrics
-
-    def step(self, loss: torch.Tensor) -> None:
+    def step(self, loss: torch.Tensor, update_actor: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():
-            internals.foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()),
-                                    self.cfg.tau)
+            self.update_targets(update_actor)
         self.grad_steps += 1
         self.after_step()
+
+    def update_targets(self, update_actor: bool) -> None:
+        """Move the target networks after a step (run under no_grad, by the eager step and inside the compiled
+        graph alike): the Polyak average of the critic with rate ``tau``. An agent whose targets move otherwise
+        (TD3's, only on the delayed actor steps, the actor's target too) overrides it; ``update_actor`` says
+        whether this step was one."""
+        internals.foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
 
     def begin_phase(self, phase: str) -> None:
         """Called when offline pre-training (``metrics.OFFLINE``), online fine-tuning (``metrics.ONLINE``) or offline
@@ -145,9 +144,9 @@ class ActorCritic(nn.Module):
         raise NotImplementedError
 
     def draw_noise(self, batch_size: int) -> dict:
-        """All random numbers of one update, drawn apart so tests can replay them."""
-        return {"eps_actor": torch.randn(batch_size, 1, self.act_dim, device=self.device),
-                "eps_next": torch.randn(batch_size, 1, self.act_dim, device=self.device)}
+        """All random numbers of one update, drawn apart so tests can replay them (and the compiled update sees
+        the eager one's)."""
+        return {}
 
     def update(self, batch: Batch) -> dict:
         """One gradient step; returns metrics as tensors (no host sync)."""
@@ -161,7 +160,7 @@ class ActorCritic(nn.Module):
             self.after_step()
             return {**first, **metrics}
         loss, metrics = self.compute_losses(batch, noise, update_actor)
-        self.step(loss)
+        self.step(loss, update_actor)
         return {**first, **metrics}
 
     def pre_update(self, batch: Batch, noise: dict) -> dict:
@@ -192,8 +191,7 @@ class ActorCritic(nn.Module):
 
     def actor_side_names(self) -> set[str]:
         """Parameters that get no gradient when the actor is not updated this step (their Adam state stays put)."""
-        names = {name for name, _ in self.actor.named_parameters(prefix="actor")}
-        return names | ({"log_alpha"} if hasattr(self, "log_alpha") else set())
+        return {name for name, _ in self.actor.named_parameters(prefix="actor")}
 
     def after_step(self) -> None:
         """Per-step bookkeeping outside the gradient step (IQL's learning-rate schedule)."""

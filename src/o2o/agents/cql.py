@@ -7,15 +7,50 @@ sampling correction. Random-action and dataset-action Q-values are untouched.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 
 from o2o import metrics as M
-from o2o.agents.core import ActorCritic
-from o2o.metrics import ONLINE
 from o2o.agents.networks import TanhGaussianActor
+from o2o.agents.registry import register
+from o2o.agents.soft import SoftActorConfig, SoftActorCritic
 from o2o.buffers import Batch
+from o2o.config import _require
+from o2o.metrics import ONLINE
+
+
+@dataclass
+class CQLConfig(SoftActorConfig):
+    """CQL, and Cal-QL as its calibration switch (``calibrate_offline`` / ``calibrate_online``)."""
+
+    cql_weight: float = MISSING
+    lagrange: bool = MISSING
+    target_action_gap: float = MISSING
+    importance_sampling: bool = MISSING
+    temperature: float = MISSING
+    n_actions: int = MISSING
+    max_target_backup: bool = MISSING
+    # Cal-QL: bound policy-action Q-values by the reference return, per phase
+    calibrate_offline: bool = MISSING
+    calibrate_online: bool = MISSING
+    # Fine-tuning: with the regulariser (CQL, Cal-QL: their authors keep it) or as plain SAC (WSRL), and its
+    # own max-target backup (WSRL's SAC agent: only on AntMaze)
+    online_regulariser: bool = MISSING
+    online_max_target_backup: bool = MISSING
+
+    def check(self) -> None:
+        super().check()
+        _require(self.cql_weight >= 0, f"algo.cql_weight must be >= 0, got {self.cql_weight}")
+        _require(self.temperature > 0, f"algo.temperature must be > 0, got {self.temperature}")
+        _require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
+
+    def conservative_retraining(self) -> "CQLConfig":
+        return dataclasses.replace(self, calibrate_offline=False, calibrate_online=False)
+
 
 
 def calql_bound(q_current: torch.Tensor, q_next: torch.Tensor, v_ref: torch.Tensor):
@@ -24,9 +59,11 @@ def calql_bound(q_current: torch.Tensor, q_next: torch.Tensor, v_ref: torch.Tens
     return torch.maximum(q_current, v_ref), torch.maximum(q_next, v_ref), bound_rate
 
 
-class CQL(ActorCritic):
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32", total_updates: int = 0):
-        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates)
+@register("cql", CQLConfig)
+class CQL(SoftActorCritic):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: CQLConfig, device, precision: str = "fp32",
+                 total_updates: int = 0, obs_stats=None):
+        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates, obs_stats)
         extra = []
         if cfg.lagrange:
             self.log_alpha_prime = torch.nn.Parameter(torch.tensor(1.0, device=device))

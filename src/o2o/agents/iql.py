@@ -10,13 +10,35 @@ the new V, as the authors' learner.py (update_v, awr_update_actor and update_q o
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 
 from o2o import metrics as M
 from o2o.agents.core import ActorCritic
 from o2o.agents.networks import GaussianActor
+from o2o.agents.registry import register
 from o2o.buffers import Batch
+from o2o.config import AlgoConfig, _require
+
+
+@dataclass
+class IQLConfig(AlgoConfig):
+    expectile: float = MISSING
+    awr_temperature: float = MISSING
+    awr_max_weight: float = MISSING
+    actor_dropout: float = MISSING  # after each hidden layer of the policy (the authors': 0.1 on Adroit)
+    # the policy's learning rate over all updates (offline + online): constant, or cosine decay to 0
+    actor_lr_schedule: str = MISSING
+
+    def check(self) -> None:
+        super().check()
+        _require(0 < self.expectile < 1, f"algo.expectile must be in (0, 1), got {self.expectile}")
+        _require(self.awr_temperature >= 0, f"algo.awr_temperature must be >= 0, got {self.awr_temperature}")
+        _require(0 <= self.actor_dropout < 1, f"algo.actor_dropout must be in [0, 1), got {self.actor_dropout}")
+        _require(self.actor_lr_schedule in ("constant", "cosine"),
+                 f"algo.actor_lr_schedule must be constant or cosine, got {self.actor_lr_schedule!r}")
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -30,9 +52,11 @@ def advantage_weights(advantage: torch.Tensor, temperature: float, max_weight: f
     return torch.exp(temperature * advantage).clamp(max=max_weight)
 
 
+@register("iql", IQLConfig)
 class IQL(ActorCritic):
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32", total_updates: int = 0):
-        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates)
+    def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, device, precision: str = "fp32",
+                 total_updates: int = 0, obs_stats=None):
+        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates, obs_stats)
         self.value = self.make_critic(act_dim=0, ensemble_size=1).to(device)  # V(s): a critic without actions
         self._no_action = torch.zeros(1, 1, 0, device=device)
         self.build_optimizer([{"params": list(self.value.parameters()), "lr": cfg.critic_lr}])
@@ -59,9 +83,6 @@ class IQL(ActorCritic):
 
     def v(self, obs: torch.Tensor) -> torch.Tensor:
         return self.value(obs, self._no_action.expand(obs.shape[0], 1, 0))[0, :, 0]
-
-    def draw_noise(self, batch_size: int) -> dict:
-        return {}
 
     def q_target(self, batch: Batch, noise: dict) -> torch.Tensor:
         """min Q_target(s, a) on the batch's actions; the value step computes it and the main step reuses it

@@ -183,3 +183,18 @@ class EnsembleCritic(nn.Module):
                 x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
             x = torch.baddbmm(biases[i], x, weights[i])
         return x.view(self.ensemble_size, batch, k).float()
+
+
+class ObservationNormalizer(nn.Module):
+    """(obs - mean) / std, the statistics kept as buffers (saved in the state dict, so in checkpoints and exported
+    policies). Built without statistics it is the identity until a state dict fills it."""
+
+    def __init__(self, obs_dim: int, stats=None, eps: float = 0.0):
+        super().__init__()
+        mean = torch.zeros(obs_dim) if stats is None else torch.as_tensor(stats.mean, dtype=torch.float32)
+        std = torch.ones(obs_dim) if stats is None else torch.as_tensor(stats.std, dtype=torch.float32) + eps
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("std", std.clone())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.mean) / self.std

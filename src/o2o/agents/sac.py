@@ -7,16 +7,26 @@ and every batch half offline, half online.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from o2o.agents.core import ActorCritic
 from o2o.agents.networks import TanhGaussianActor
+from o2o.agents.registry import register
+from o2o.agents.soft import SoftActorConfig, SoftActorCritic
 from o2o.buffers import Batch
 
 
-class SAC(ActorCritic):
-    def __init__(self, obs_dim: int, act_dim: int, cfg, device, precision: str = "fp32", total_updates: int = 0):
-        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates)
+@dataclass
+class SACConfig(SoftActorConfig):
+    """SAC and RLPD: the core's knobs are all they need."""
+
+
+@register("sac", SACConfig)
+class SAC(SoftActorCritic):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: SACConfig, device, precision: str = "fp32",
+                 total_updates: int = 0, obs_stats=None):
+        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates, obs_stats)
         self.build_optimizer()
 
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:

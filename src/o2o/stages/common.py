@@ -26,28 +26,36 @@ log = logging.getLogger("o2o")
 
 
 class MetricAverager:
-    """Sums metric tensors on the device; one host transfer per flush."""
+    """Sums metric tensors on the device; one host transfer per flush. Each metric is averaged over the updates that
+    emitted it: a delayed actor's loss (RLPD's one actor step per 20 critic steps) is its own mean, not diluted by the
+    updates that had none."""
 
     def __init__(self, state: dict | None = None):
         self._sums: dict[str, torch.Tensor] = dict(state["sums"]) if state else {}
-        self._count = state["count"] if state else 0
+        if state and "counts" not in state:  # a checkpoint from before per-key counts: one count for every key
+            state = {**state, "counts": {key: state["count"] for key in self._sums}}
+        self._counts: dict[str, int] = dict(state["counts"]) if state else {}
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
             value = value.detach().float()
-            self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
-        self._count += 1
+            if key in self._sums:
+                self._sums[key] = self._sums[key] + value
+                self._counts[key] += 1
+            else:
+                self._sums[key], self._counts[key] = value.clone(), 1
 
     def pop_means(self) -> dict[str, float]:
-        if not self._count:
+        if not self._sums:
             return {}
         keys = list(self._sums)
-        values = (torch.stack([self._sums[k] for k in keys]) / self._count).cpu().tolist()
-        self._sums, self._count = {}, 0
+        counts = torch.tensor([float(self._counts[k]) for k in keys])
+        values = (torch.stack([self._sums[k] for k in keys]).cpu() / counts).tolist()
+        self._sums, self._counts = {}, {}
         return dict(zip(keys, values))
 
     def state(self) -> dict:
-        return {"sums": {k: v.cpu() for k, v in self._sums.items()}, "count": self._count}
+        return {"sums": {k: v.cpu() for k, v in self._sums.items()}, "counts": dict(self._counts)}
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""The soft actor-critic layer (Haarnoja et al. 2018) on the shared core: the tanh-squashed Gaussian actor, the
+entropy temperature and its loss, and SAC's actor and critic losses for a given TD target. CQL, Cal-QL, SAC,
+RLPD and WSRL build on it; agents without a temperature (IQL, TD3+BC) build on ``o2o.agents.core`` directly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import MISSING
+from torch import nn
+
+from o2o import metrics as M
+from o2o.agents.core import ActorCritic
+from o2o.agents.networks import TanhGaussianActor
+from o2o.buffers import Batch
+from o2o.config import AlgoConfig, _require
+
+
+@dataclass
+class SoftActorConfig(AlgoConfig):
+    """Algorithms with the SAC actor: a tanh-Gaussian policy and an entropy temperature."""
+
+    # log-std = multiplier (1) * head output + offset (log_std_offset); with trainable_log_std_transform
+    # both train with the actor (the Cal-QL authors')
+    trainable_log_std_transform: bool = MISSING
+    log_std_offset: float = MISSING
+    auto_entropy: bool = MISSING
+    init_alpha: float = MISSING
+    target_entropy_scale: float = MISSING  # target entropy = -scale * |A| (SAC: 1, RLPD: 1/2)
+    backup_entropy: bool = MISSING
+    actor_q: str = MISSING  # how the actor's loss reduces the ensemble: min | mean
+    actor_layer_norm: bool = MISSING  # LayerNorm after each hidden layer of the policy (WSRL's)
+
+    def check(self) -> None:
+        super().check()
+        _require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
+        _require(self.init_alpha > 0, f"algo.init_alpha must be > 0, got {self.init_alpha}")
+
+
+class SoftActorCritic(ActorCritic):
+    """The core plus SAC's temperature: ``log_alpha`` (trained when ``auto_entropy``, toward the target entropy
+    -target_entropy_scale * |A|), stepped with the actor."""
+
+    def __init__(self, obs_dim: int, act_dim: int, cfg: SoftActorConfig, device, precision: str = "fp32",
+                 total_updates: int = 0, obs_stats=None):
+        super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates, obs_stats)
+        self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha), device=device).log(),
+                                      requires_grad=cfg.auto_entropy)
+        self.target_entropy = -cfg.target_entropy_scale * act_dim
+
+    def make_actor(self) -> nn.Module:
+        cfg = self.cfg
+        return TanhGaussianActor(self.obs_dim, self.act_dim, cfg.actor_hidden, cfg.orthogonal_init,
+                                 cfg.trainable_log_std_transform, cfg.log_std_offset, cfg.actor_layer_norm)
+
+    def build_optimizer(self, extra_groups: list[dict] | None = None) -> None:
+        """The core's groups, the temperature's (at the actor's rate) after the actor's and the critic's."""
+        own = [{"params": [self.log_alpha], "lr": self.cfg.actor_lr}] if self.cfg.auto_entropy else []
+        super().build_optimizer(own + (extra_groups or []))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    def actor_side_names(self) -> set[str]:
+        return super().actor_side_names() | {"log_alpha"}
+
+    def draw_noise(self, batch_size: int) -> dict:
+        return {"eps_actor": torch.randn(batch_size, 1, self.act_dim, device=self.device),
+                "eps_next": torch.randn(batch_size, 1, self.act_dim, device=self.device)}
+
+    def actor_and_alpha_losses(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                               eps: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """SAC actor loss alpha * log pi - Q (min or mean over the ensemble), and the entropy-temperature loss."""
+        actions, log_pi = TanhGaussianActor.sample(mean, log_std, eps)  # (B, 1, A), (B, 1)
+        q_all = self.critic(obs, actions, detach_weights=True)  # (E, B, 1): gradients reach the actions only
+        q_pi = q_all.mean(0) if self.cfg.actor_q == "mean" else q_all.amin(0)
+        actor_loss = (self.alpha.detach() * log_pi - q_pi).mean()
+        loss = actor_loss
+        if self.cfg.auto_entropy:
+            alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
+            loss = loss + alpha_loss
+        return loss, {M.ACTOR_LOSS: actor_loss.detach(), "alpha": self.alpha.detach(),
+                      "entropy": -log_pi.detach().mean()}
+
+    def soft_losses(self, batch: Batch, td_target: torch.Tensor, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
+        """SAC's losses for a given TD target: every critic's mean squared TD error (summed over the ensemble), and
+        with ``update_actor`` the actor's and the temperature's."""
+        with self.autocast():
+            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
+        td_loss = (q_data - td_target).pow(2).mean(dim=1)
+        critic_loss = td_loss.sum()
+        loss, metrics = critic_loss, {}
+        if update_actor:
+            with self.autocast():
+                mean, log_std = self.actor(batch.obs)
+                actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
+            loss = loss + actor_loss
+        metrics.update(self.q_metrics(q_data, batch))
+        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
+                        "td_target": td_target.mean()})
+        return loss, metrics
