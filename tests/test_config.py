@@ -103,8 +103,14 @@ def test_a_per_domain_algo_file_never_repeats_its_algorithms_own_keys():
             file = CONF / "algo" / f"{parents[0]}.yaml" if parents else None
         for domain_file in (CONF / "algo" / "per_domain" / algo).glob("*.yaml"):
             cfg = validate(compose([f"algo={algo}", f"env={_an_env_of(domain_file.stem)}"]))
-            own = {k: v for k, v in (yaml.safe_load(domain_file.read_text()) or {}).items() if k != "defaults"}
-            repeated = {k for k in own if k in chain and own[k] == chain[k]}
+            data = yaml.safe_load(domain_file.read_text()) or {}
+            own = {k: v for k, v in data.items() if k != "defaults"}
+            extended = {}  # what the per-domain files it extends set (it may set a key back to the algorithm's value)
+            for entry in data.get("defaults", []):
+                if isinstance(entry, str) and entry.startswith("/algo/per_domain/"):
+                    extended.update(yaml.safe_load((CONF / entry.lstrip("/").split("@")[0]).with_suffix(".yaml")
+                                                   .read_text()) or {})
+            repeated = {k for k in own if k in chain and own[k] == chain[k] and extended.get(k, own[k]) == own[k]}
             assert not repeated, f"{domain_file} repeats {repeated}"
             assert cfg.domain.name == domain_file.stem
 

@@ -9,7 +9,7 @@ from typing import Sequence
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from o2o import metrics as M
 from o2o.config import register_schema, validate
@@ -23,13 +23,15 @@ register_schema()
 warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name.*")
 
 
-def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], summary: bool = True) -> dict[str, float]:
-    from o2o.pipeline import run_pipeline
+def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime, summary: bool = True) -> dict[str, float]:
+    from o2o.config_sources import per_domain_line
+    from o2o.pipeline import PER_DOMAIN_TAG, run_pipeline
 
     config = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return run_pipeline(config, run_dir, resolved, tags={"overrides": " ".join(overrides) or "(defaults)"},
-                        summary=summary)
+    tags = {"overrides": " ".join(overrides) or "(defaults)", PER_DOMAIN_TAG: per_domain_line(hydra_runtime, config.algo)}
+    log.info("%s", tags[PER_DOMAIN_TAG])
+    return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary)
 
 
 def not_a_reraised_database_error(record: logging.LogRecord) -> bool:
@@ -60,7 +62,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         # a sweep prints one summary at its end (launchers.MlflowSweepCallback), not one per job
         try:
-            final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task),
+            final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task), hydra_cfg.runtime,
                          summary=hydra_cfg.mode != RunMode.MULTIRUN)
         except Exception as err:  # the store's disk or the log's filled up mid-run: one line, as for a checkpoint
             if isinstance(err, UserError) or not disk_full(err):
@@ -138,15 +140,20 @@ def main() -> None:
     make_launchers_visible()
     catch_interrupts()
     logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per line
-    sys.argv[1:] = integral_scientific(sys.argv[1:])
-    args = sys.argv[1:]
-    if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
-        try:
-            preflight([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))],
-                      run_dir_override(args))
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+    from o2o.config_sources import load_plugins, with_searchpath
+
+    try:
+        sys.argv[1:] = with_searchpath(sys.argv[1:])  # O2O_CONFIG_PATH's folders join hydra.searchpath
+        load_plugins(sys.argv[1:])  # the algorithms of one's own config folders, before anything composes
+        register_schema()
+        sys.argv[1:] = integral_scientific(sys.argv[1:])
+        args = sys.argv[1:]
+        if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
+            preflight([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))
+                       or arg.startswith("hydra.searchpath=")], run_dir_override(args))
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         hydra_main()
     except KeyboardInterrupt:
@@ -166,7 +173,7 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
     except AssertionError:  # OmegaConf asserts when an override sets a key under a null node
         raise ConfigError(_override_under_null(overrides)) from None
     config = validate(cfg)
-    refuse_inert(config, overrides)
+    refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
     from o2o.tracking import outputs_dir
 
     check_writable_folder(run_dir or str(outputs_dir()), "hydra.run.dir" if run_dir else "the outputs folder (O2O_OUTPUTS)")
@@ -319,12 +326,19 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
         return f"{lines[0]} {lines[1]} {', '.join(options)}"
     return " ".join(lines[:2]) if lines else type(err).__name__
 
-def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """The composed (unvalidated) config for command-line style overrides, without running anything."""
+def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
+    """The composed (unvalidated) config for command-line style overrides, without running anything: the project's
+    ``conf/`` and one's own config folders (``hydra.searchpath=`` among the overrides, ``O2O_CONFIG_PATH``), whose
+    algorithms are imported first."""
     from hydra import compose, initialize_config_module
 
+    from o2o.config_sources import load_plugins, with_searchpath
+
+    overrides = with_searchpath(overrides)
+    if load_plugins(overrides):
+        register_schema()
     with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+        return compose("config", overrides=list(overrides), return_hydra_config=return_hydra_config)
 
 
 def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[str] = (),
@@ -336,14 +350,17 @@ def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[s
     import time
 
     overrides = [f"env={env}", f"algo={algo}", *overrides]
-    cfg = compose_config(overrides)
+    cfg = compose_config(overrides, return_hydra_config=True)
+    hydra_runtime = cfg.hydra.runtime
+    with open_dict(cfg):
+        del cfg["hydra"]
     if run_dir is None:
         from o2o.config import job_id
         from o2o.tracking import outputs_dir
 
         run_dir = str(outputs_dir() / "runs" / env / algo / f"seed{cfg.seed}" /
                       f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{job_id()}")
-    return _run(cfg, run_dir, overrides)
+    return _run(cfg, run_dir, overrides, hydra_runtime)
 
 
 if __name__ == "__main__":  # python -m o2o.cli, as o2o-study runs its sweeps

@@ -17,11 +17,12 @@ def flatten_observation(obs: Any, keys: list[str]) -> np.ndarray:
     return np.concatenate([np.asarray(obs[k], dtype=np.float32).reshape(-1) for k in keys])
 
 
-class FlatObservation(gym.ObservationWrapper):
+class FlatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Dict observations -> one float32 vector, keys in the configured order."""
 
     def __init__(self, env: gym.Env, keys: list[str]):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, keys=list(keys))
+        gym.ObservationWrapper.__init__(self, env)
         self.keys = list(keys)
         space = env.observation_space
         available = list(space.spaces) if isinstance(space, gym.spaces.Dict) else []
@@ -36,9 +37,13 @@ class FlatObservation(gym.ObservationWrapper):
         return flatten_observation(observation, self.keys)
 
 
-class BinarySuccessReward(gym.Wrapper):
+class BinarySuccessReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """The Cal-QL Adroit setting: reward 0 on success and -1 otherwise; the task's own reward stays in
     ``info["task_reward"]``."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
@@ -46,16 +51,20 @@ class BinarySuccessReward(gym.Wrapper):
         return obs, (0.0 if info.get("success", False) else -1.0), terminated, truncated, info
 
 
-class EndOnSuccess(gym.Wrapper):
+class EndOnSuccess(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """The first success ends the episode (terminal): the authors' Adroit sampler (nakamotoo/Cal-QL,
     JaxCQL/sampler.py) and D4RL's AntMaze evaluation env (``eval``: done within 0.5 of the goal)."""
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         return obs, reward, terminated or bool(info.get("success", False)), truncated, info
 
 
-class SuccessFromTasks(gym.Wrapper):
+class SuccessFromTasks(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Franka Kitchen: ``tasks_solved`` = fraction of the configured tasks completed so far in the episode;
     success = all of them; ``tasks_at_goal`` = the fraction in their goal state at this step (the authors' score at
     an episode's last step).
@@ -64,6 +73,10 @@ class SuccessFromTasks(gym.Wrapper):
     removes completed tasks from ``tasks_to_complete`` (the D4RL data keeps them: remove_task_when_completed
     false).
     """
+
+    def __init__(self, env: gym.Env):
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)

@@ -47,6 +47,7 @@ from o2o.tracking import PARENT_RUN_ENV, Tracker, check_store, default_tracking_
 log = logging.getLogger("o2o")
 
 RUN_ID_FILE = "mlflow_run_id"
+PER_DOMAIN_TAG = "per_domain"  # which per-domain values the run used and their file (o2o.config_sources)
 RESOLVED_CONFIG = "resolved_config.yaml"
 
 
@@ -97,7 +98,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     if resume is not None and resume.finished:
         final = complete_finished(resume, checkpoints, cfg, run_dir)
         if summary:
-            print_summary(cfg, final, run_dir, resume.run_id)
+            print_summary(cfg, final, run_dir, resume.run_id, (tags or {}).get(PER_DOMAIN_TAG))
         return final
     if resume is None and not (run_dir / RUN_ID_FILE).exists():
         done = finished_elsewhere(resolved, (tags or {}).get("overrides", ""), run_dir)
@@ -144,7 +145,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                 ctx.guard.finish()
         finish(agent, cfg, ctx, final, run_dir)
         if summary:
-            print_summary(cfg, final, run_dir, tracker.run_id)
+            print_summary(cfg, final, run_dir, tracker.run_id, (tags or {}).get(PER_DOMAIN_TAG))
         return final
     except Diverged as err:
         tracker.set_tags({"stage": "diverged", "failure": str(err)[:5000]})
@@ -514,7 +515,8 @@ def publish_final(tracker: Tracker, checkpoints: Checkpoints, final: dict[str, f
     tracker.end("FINISHED")
 
 
-def print_summary(cfg: Config, final: dict[str, float], run_dir: Path, run_id: str) -> None:
+def print_summary(cfg: Config, final: dict[str, float], run_dir: Path, run_id: str,
+                  per_domain: Optional[str] = None) -> None:
     """Where the run went and how to look at it, on stdout (the command line and the Python API alike)."""
     uri = default_tracking_uri()
     keys = [M.summary(phase, cfg.domain.metric) for phase in (*M.PHASES, M.RETRAIN)] + [M.CUMULATIVE_REGRET]
@@ -522,6 +524,7 @@ def print_summary(cfg: Config, final: dict[str, float], run_dir: Path, run_id: s
     look = f"mlflow ui --backend-store-uri {uri}, then open" if not uri.startswith("http") else "open"
     experiment_id = open_store(uri).get_run(run_id).info.experiment_id
     print(f"\n{cfg.algo.name} on {cfg.env.name}, seed {cfg.seed}: {scores or 'no scores'}\n"
+          + (f"  settings    {per_domain}\n" if per_domain else "") +
           f"  run folder  {run_dir}\n"
           f"  MLflow      run {run_id}, experiment {cfg.mlflow_experiment}, store {uri}\n"
           f"  look        {look} {mlflow_view.view_url(mlflow_view.ui_address(uri), experiment_id)}\n"

@@ -32,15 +32,33 @@ PAGE_DIR = Path("docs/results")
 SMOKE = "smoke"  # a budget every study has: its cpu preset at the smoke preset's size
 
 
+def study_roots() -> list[Path]:
+    """The project's studies, then those of one's own config folders (``O2O_CONFIG_PATH``; o2o.config_sources)."""
+    from o2o.config_sources import folders
+
+    return [STUDIES, *(f / "experiment" / "study" for f in folders([]))]
+
+
 def available() -> dict[str, list[str]]:
     """Study name -> its budgets."""
-    return {d.name: [*sorted(p.stem for p in d.glob("*.yaml")), SMOKE] for d in sorted(STUDIES.iterdir()) if d.is_dir()}
+    found: dict[str, list[str]] = {}
+    for root in reversed(study_roots()):  # the project's last: a study of one's own may not shadow it
+        for d in sorted(root.iterdir()) if root.is_dir() else []:
+            if d.is_dir():
+                found[d.name] = [*sorted(p.stem for p in d.glob("*.yaml")), SMOKE]
+    return dict(sorted(found.items()))
+
+
+def preset_file(name: str, budget: str) -> Path:
+    preset = f"{'cpu' if budget == SMOKE else budget}.yaml"
+    return next((root / name / preset for root in study_roots() if (root / name / preset).is_file()),
+                STUDIES / name / preset)
 
 
 def preset_header(name: str, budget: str) -> str:
     """The preset's leading comment: what the study tests and how its setting differs from the paper."""
     lines = []
-    for line in (STUDIES / name / f"{'cpu' if budget == SMOKE else budget}.yaml").read_text().splitlines():
+    for line in preset_file(name, budget).read_text().splitlines():
         if not line.startswith("#"):
             break
         if not line.startswith("# @package"):
@@ -50,13 +68,10 @@ def preset_header(name: str, budget: str) -> str:
 
 def sweep_params(name: str, budget: str) -> dict[str, list[str]]:
     """The preset's sweep: key -> values (``hydra.sweeper.params``), e.g. algo -> [calql, cql]."""
-    from hydra import compose, initialize_config_module
-
-    from o2o.cli import CONFIG_MODULE
+    from o2o.cli import compose_config
 
     preset = "cpu" if budget == SMOKE else budget
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        cfg = compose("config", [f"experiment=study/{name}/{preset}"], return_hydra_config=True)
+    cfg = compose_config([f"experiment=study/{name}/{preset}"], return_hydra_config=True)
     return {key: str(values).split(",") for key, values in cfg.hydra.sweeper.params.items()}
 
 
@@ -435,7 +450,20 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
 # --------------------------------------------------------------------------- entry point
 
 
+def adopt_searchpath(argv: list[str]) -> list[str]:
+    """``hydra.searchpath=[file://...]`` given to o2o-study: its folders join ``O2O_CONFIG_PATH``, which this process
+    (the study's presets) and the sweep it starts both read."""
+    from o2o.config_sources import CONFIG_PATH_ENV, searchpath
+
+    if not any(a.lstrip("+").startswith("hydra.searchpath=") for a in argv):
+        return argv
+    paths = [entry.removeprefix("file://") for entry in searchpath(argv) if entry.startswith("file://")]
+    os.environ[CONFIG_PATH_ENV] = os.pathsep.join(paths)
+    return [a for a in argv if not a.lstrip("+").startswith("hydra.searchpath=")]
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = adopt_searchpath(list(sys.argv[1:] if argv is None else argv))
     studies = available()
     parser = argparse.ArgumentParser(prog="o2o-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

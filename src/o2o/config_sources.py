@@ -1,0 +1,126 @@
+"""Where a run's config comes from: the project's ``conf/`` and a researcher's own config folders.
+
+A folder of one's own (its ``algo/``, ``env/``, ``domain/``, ``schedule/``, ``experiment/`` ... beside the
+project's) joins the search path by ``hydra.searchpath=[file:///path/to/conf]`` on the command line or by
+``O2O_CONFIG_PATH=/path/to/conf`` (several separated by ``:``), for single runs, ``-m`` sweeps and ``o2o-study``
+alike. Its ``algo/*.py`` files are the algorithms it adds (o2o.agents.registry), imported before the config is
+composed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+CONFIG_PATH_ENV = "O2O_CONFIG_PATH"
+PER_DOMAIN = "algo/per_domain@algo"  # the defaults-list entry that picks an algorithm's per-domain file
+
+
+def _entries(value: str) -> list[str]:
+    value = value.strip()
+    if value.startswith("[") and value.endswith("]"):
+        value = value[1:-1]
+    return [item.strip().strip("'\"") for item in value.split(",") if item.strip()]
+
+
+def searchpath(args: Sequence[str]) -> list[str]:
+    """The extra config sources, in Hydra's form (``file://...``, ``pkg://...``): ``O2O_CONFIG_PATH``'s folders,
+    then those of the last ``hydra.searchpath=`` argument."""
+    found = [f"file://{Path(p).expanduser().absolute()}" for p in os.environ.get(CONFIG_PATH_ENV, "").split(os.pathsep)
+             if p.strip()]
+    given = [a.split("=", 1)[1] for a in args if a.lstrip("+").startswith("hydra.searchpath=")]
+    if given:
+        found += [e if "://" in e else f"file://{Path(e).expanduser().absolute()}" for e in _entries(given[-1])]
+    return list(dict.fromkeys(found))
+
+
+def with_searchpath(args: Sequence[str]) -> list[str]:
+    """``args`` with one ``hydra.searchpath=[...]`` that holds ``O2O_CONFIG_PATH``'s folders and the given ones."""
+    path = searchpath(args)
+    rest = [a for a in args if not a.lstrip("+").startswith("hydra.searchpath=")]
+    return rest + ([f"hydra.searchpath=[{','.join(path)}]"] if path else [])
+
+
+def folders(args: Sequence[str]) -> list[Path]:
+    """The file folders of the search path (``pkg://`` sources resolved to their package folder)."""
+    out = []
+    for entry in searchpath(args):
+        scheme, _, where = entry.partition("://")
+        if scheme == "file":
+            out.append(Path(where))
+        elif scheme == "pkg":
+            import importlib.util
+
+            spec = importlib.util.find_spec(where.replace("/", "."))
+            if spec is not None and spec.submodule_search_locations:
+                out.append(Path(list(spec.submodule_search_locations)[0]))
+    return out
+
+
+def check_folders(args: Sequence[str]) -> None:
+    """Each given config folder exists: a typo would otherwise surface as "Could not find 'algo/...'"."""
+    from o2o.errors import ConfigError
+
+    for entry in searchpath(args):
+        scheme, _, where = entry.partition("://")
+        if scheme == "file" and not Path(where).is_dir():
+            raise ConfigError(f"config folder {where} (hydra.searchpath or {CONFIG_PATH_ENV}) is not a folder: give "
+                              "the folder that holds your algo/, env/ ... folders")
+
+
+def load_plugins(args: Sequence[str]) -> list[str]:
+    """Import the algorithms of the search path's config folders (o2o.agents.registry.load_plugins)."""
+    from o2o.agents.registry import load_plugins as load
+
+    check_folders(args)
+    return load(folders(args))
+
+
+def _source_folders(hydra_runtime) -> list[Path]:
+    out = []
+    for source in hydra_runtime.config_sources:
+        if source["schema"] == "file":
+            out.append(Path(source["path"]))
+        elif source["schema"] == "pkg" and source["provider"] != "hydra":
+            import importlib.util
+
+            spec = importlib.util.find_spec(source["path"].replace("/", "."))
+            if spec is not None and spec.submodule_search_locations:
+                out.append(Path(list(spec.submodule_search_locations)[0]))
+    return out
+
+
+def per_domain_file(hydra_runtime) -> tuple[str, list[Path]]:
+    """The per-domain choice (``<algo>/<domain>``) and the files that gave its values, nearest first: the file and
+    those it extends (``defaults: [/algo/per_domain/cql/adroit@_here_]``); no files where it has none."""
+    choice = hydra_runtime.choices.get(PER_DOMAIN)
+    roots = _source_folders(hydra_runtime)
+    files, pending = [], [choice] if choice else []
+    while pending:
+        name = pending.pop(0)
+        path = next((root / "algo" / "per_domain" / f"{name}.yaml" for root in roots
+                     if (root / "algo" / "per_domain" / f"{name}.yaml").is_file()), None)
+        if path is None:
+            continue
+        files.append(path)
+        for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+            if isinstance(entry, str) and entry.startswith("/algo/per_domain/"):
+                pending.append(entry.removeprefix("/algo/per_domain/").split("@")[0])
+    return choice or "", files
+
+
+def per_domain_line(hydra_runtime, algo) -> str:
+    """One line: which per-domain values the run used and where they came from."""
+    choice, files = per_domain_file(hydra_runtime)
+    algo_name, _, domain = choice.partition("/")
+    if not files:
+        return (f"per-domain values: none for {algo_name} on {domain} (no algo/per_domain/{choice}.yaml): the "
+                f"algorithm's own values")
+    keys: dict[str, None] = {}
+    for path in files:
+        keys.update({k: None for k in (yaml.safe_load(path.read_text()) or {}) if k != "defaults"})
+    values = ", ".join(f"{k}={getattr(algo, k)}" for k in keys if hasattr(algo, k))
+    via = f" (extending {', '.join(p.parent.name + '/' + p.stem for p in files[1:])})" if len(files) > 1 else ""
+    return f"per-domain values: algo/per_domain/{choice}.yaml{via}: {values}"
