@@ -292,6 +292,11 @@ class RetrainConfig:
     feature_normalization: bool = MISSING  # the critics' last hidden features scaled to unit length (OOO's)
     eval_episodes: int = MISSING  # episodes per evaluation of the retrained agent
 
+    @property
+    def with_cql(self) -> bool:
+        """OOO's retraining: CQL on the run's CQL settings, calibration off (AlgoConfig.conservative_retraining)."""
+        return self.algorithm == "cql"
+
     def check(self) -> None:
         _require(self.steps >= 0, f"retrain.steps must be >= 0, got {self.steps}")
         _require(self.algorithm in ("cql", "run"), f"retrain.algorithm must be cql or run, got {self.algorithm!r}")

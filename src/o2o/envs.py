@@ -149,6 +149,23 @@ def _fix_joint_type_checks() -> None:
         setattr(mujoco_utils, fn.__name__, fn)
 
 
+def import_env_module(module: str) -> None:
+    """Gymnasium's ``module:EnvId`` imports ``module``, which registers the env: one's own module is found in the
+    folder the command runs from (as ``python -m`` finds it) or on PYTHONPATH."""
+    import importlib
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # not found, or failing at import
+        raise ConfigError(f"env.gym_id names the module {module!r}, which cannot be imported ({type(err).__name__}: "
+                          f"{err}): run from the "
+                          "folder that holds it, or add its folder to PYTHONPATH") from None
+
+
 def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | None = None) -> gym.Env:
     """Build the configured env with a flat float32 observation, under the domain's episode rules if given
     (binary reward, end at success): training and evaluation envs alike."""
@@ -157,6 +174,8 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
         import logging
 
         logging.getLogger("o2o").warning("Gymnasium-Robotics: %s", _ADROIT_DENSE_NOTICE.pop())
+    if ":" in cfg.gym_id:
+        import_env_module(cfg.gym_id.split(":", 1)[0])
     kwargs = dict(cfg.gym_kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps

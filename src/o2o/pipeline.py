@@ -473,7 +473,7 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
 def retraining_config(cfg: Config) -> Config:
     """The config a retrained agent is built from: the run's, with CQL's calibration off for ``retrain.algorithm=cql``
     (OOO retrains with CQL, enable_calql=False)."""
-    if cfg.retrain.algorithm != "cql":
+    if not cfg.retrain.with_cql:
         return cfg
     return dataclasses.replace(cfg, algo=cfg.algo.conservative_retraining())
 

@@ -129,7 +129,11 @@ class ActorCritic(nn.Module):
         graph alike): the Polyak average of the critic with rate ``tau``. An agent whose targets move otherwise
         (TD3's, only on the delayed actor steps, the actor's target too) overrides it; ``update_actor`` says
         whether this step was one."""
-        internals.foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.cfg.tau)
+        self.polyak_(self.critic_target, self.critic)
+
+    def polyak_(self, target: nn.Module, source: nn.Module) -> None:
+        """target <- target + tau * (source - target), every parameter at once (foreach)."""
+        internals.foreach_lerp_(list(target.parameters()), list(source.parameters()), self.cfg.tau)
 
     def begin_phase(self, phase: str) -> None:
         """Called when offline pre-training (``metrics.OFFLINE``), online fine-tuning (``metrics.ONLINE``) or offline

@@ -87,7 +87,7 @@ def retrain(finetuned, make_fresh_agent, offline: TransitionBuffer, online: Tran
     prepare(agent, cfg, offline, online)
     sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.retrain.mixing_ratio)
     log.info("offline retraining: a fresh %s (%s) on %d offline and %d online transitions, %d gradient steps",
-             cfg.algo.name, "CQL, no calibration" if cfg.retrain.algorithm == "cql" else "the run's algorithm",
+             cfg.algo.name, "CQL, no calibration" if cfg.retrain.with_cql else "the run's algorithm",
              len(offline), len(online), cfg.retrain.steps)
     with evaluated_on(ctx.evaluator, cfg.retrain.eval_episodes):
         return pretrain(agent, Learner(agent, sampler.sample), cfg.retrain.steps, ctx, phase=M.RETRAIN), agent

@@ -1,0 +1,287 @@
+"""A method, an env and a dataset of one's own, each in a file outside the project (examples/), and the pipeline
+coming with them: the CLI, sweeps, o2o-study, MLflow, the compiled update, checkpoints and the exported policy. Also
+the extension points themselves: the registry, the per-domain fallback, metric means per key, Gymnasium's checks."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import ALGOS, ROOT, SMOKE, SMOKE_ANY_ENV, compose
+from o2o import metrics as M
+from o2o.buffers import Batch
+from o2o.cli import compose_config
+from o2o.config import validate
+from o2o.errors import ConfigError
+
+EXAMPLES = ROOT / "examples"
+QUIET = ["mlflow.system_metrics=false", "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def own(tmp_path_factory):
+    """examples/ copied elsewhere, with the dataset its env module writes."""
+    folder = tmp_path_factory.mktemp("own") / "examples"
+    shutil.copytree(EXAMPLES, folder, ignore=shutil.ignore_patterns("*.hdf5", "__pycache__"))
+    subprocess.run([sys.executable, "point_reach.py", "point_reach.hdf5"], cwd=folder, check=True, capture_output=True)
+    return folder
+
+
+def searchpath(folder: Path) -> str:
+    return f"hydra.searchpath=[file://{folder / 'conf'}]"
+
+
+# --------------------------------------------------------------------------- the registry and the agent contract
+
+
+def test_every_algorithm_option_is_a_registered_schema_with_its_agent():
+    from o2o.agents.core import ActorCritic
+    from o2o.agents.registry import ALGORITHMS, agent_class
+
+    for algo in ALGOS:
+        cfg = validate(compose([f"algo={algo}"])).algo
+        assert any(type(cfg) is a.schema for a in ALGORITHMS.values()), algo
+        assert issubclass(agent_class(cfg), ActorCritic)
+
+
+def test_shared_code_names_no_algorithm():
+    """The pipeline, the stages and the compiled update read the registry; no algorithm's name is written there."""
+    names = {p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")}
+    shared = [ROOT / "src" / "o2o" / f for f in ("pipeline.py", "agents/core.py", "agents/compiled.py",
+                                                 "agents/registry.py", "stages/common.py", "stages/online.py",
+                                                 "stages/offline.py", "config_sources.py")]
+    for path in shared:
+        text = path.read_text()
+        for name in names:
+            assert f'"{name}"' not in text and f"'{name}'" not in text, f"{path.name} names {name}"
+
+
+def test_a_metric_emitted_on_one_update_in_n_is_logged_at_its_own_mean():
+    from o2o.stages.common import MetricAverager
+
+    averager = MetricAverager()
+    for i in range(20):
+        update = {"critic_loss": torch.tensor(float(i))}
+        if i % 5 == 4:  # the delayed actor: updates 4, 9, 14, 19
+            update["actor_loss"] = torch.tensor(10.0 * i)
+        averager.add(update)
+    means = averager.pop_means()
+    assert means["critic_loss"] == pytest.approx(np.mean(range(20)))
+    assert means["actor_loss"] == pytest.approx(10.0 * np.mean([4, 9, 14, 19]))
+    # a checkpoint taken mid-window keeps the counts; one written before per-key counts reads as one count for all
+    averager.add({"critic_loss": torch.tensor(1.0), "actor_loss": torch.tensor(3.0)})
+    averager.add({"critic_loss": torch.tensor(3.0)})
+    assert MetricAverager(averager.state()).pop_means() == {"critic_loss": 2.0, "actor_loss": 3.0}
+    old = MetricAverager({"sums": {"critic_loss": torch.tensor(4.0)}, "count": 2})
+    assert old.pop_means() == {"critic_loss": 2.0}
+
+
+@pytest.mark.parametrize("algo", ["rlpd", "wsrl"])
+def test_the_logged_temperature_is_the_one_the_agent_holds(algo, tmp_path, monkeypatch):
+    """RLPD steps its temperature once per 20 updates, WSRL online once per 4: each flush logs the value the agent had,
+    not that value divided by 20 or 4 (the mean over every update of the window)."""
+    from o2o import run
+    from o2o.stages.common import PhaseLoop
+
+    held = {}
+    flush = PhaseLoop.flush
+
+    def recording(self, at):
+        held[(self.phase, at)] = self.agent.alpha.item()
+        flush(self, at)
+
+    monkeypatch.setattr(PhaseLoop, "flush", recording)
+    run(env="pointmaze_umaze", algo=algo, run_dir=str(tmp_path), overrides=[
+        *SMOKE, *QUIET, "mlflow.log_models=false", "mlflow_experiment=o2o-alpha", "schedule.online_steps=1000",
+        "schedule.eval_interval_online=0"])
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run_id,) = [r.info.run_id for r in client.search_runs(
+        [client.get_experiment_by_name("o2o-alpha").experiment_id], f"tags.algo = '{algo}'")]
+    logged = {m.step: m.value for m in client.get_metric_history(run_id, M.train(M.ONLINE, "alpha"))}
+    assert len(logged) >= 3
+    for step, value in logged.items():
+        # online, a flush follows each episode (300 updates here: 15 temperature steps for RLPD, 75 for WSRL): the
+        # logged value is their mean, which each step moves by about the learning rate (1e-4 to 3e-4) in relative
+        # terms; the diluted mean was 20 (RLPD) or 4 (WSRL) times smaller
+        assert value == pytest.approx(held[(M.ONLINE, step)], rel=2e-2), (step, value, held[(M.ONLINE, step)])
+
+
+# --------------------------------------------------------------------------- per-domain values
+
+
+def test_an_algorithm_without_a_per_domain_file_uses_its_own_values_and_says_so(own):
+    from o2o.config_sources import per_domain_line
+
+    cfg = compose_config(["env=point_reach", "algo=calql", searchpath(own)], return_hydra_config=True)
+    algo = validate(compose_config(["env=point_reach", "algo=calql", searchpath(own)])).algo
+    assert (algo.actor_hidden, algo.mixing_ratio, algo.reward_scale) == ([256, 256], -1.0, 1.0)  # cql.yaml's
+    assert per_domain_line(cfg.hydra.runtime, algo) == ("per-domain values: none for calql on reach (no "
+                                                        "algo/per_domain/calql/reach.yaml): the algorithm's own values")
+    door = compose_config(["env=adroit_door", "algo=calql"], return_hydra_config=True)
+    line = per_domain_line(door.hydra.runtime, validate(compose(["env=adroit_door", "algo=calql"])).algo)
+    assert line.startswith("per-domain values: algo/per_domain/calql/adroit.yaml (extending cql/adroit): ")
+    assert "critic_hidden=[512, 512, 512]" in line and "reward_scale=10.0" in line
+
+
+# --------------------------------------------------------------------------- envs
+
+
+ENV_OPTIONS = sorted(p.stem for p in (ROOT / "conf" / "env").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("env", [*ENV_OPTIONS, "point_reach"])
+def test_every_env_passes_gymnasiums_checker_and_has_a_spec(env, own, monkeypatch):
+    from gymnasium.utils.env_checker import check_env
+
+    from o2o.envs import make_env
+
+    monkeypatch.chdir(own)
+    cfg = validate(compose_config([f"env={env}", searchpath(own)]))
+    made = make_env(cfg.env, cfg.domain, seed=0)
+    assert made.spec is not None and made.spec.id
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its advice (unbounded Box spaces, check the unwrapped env) is not a failure
+        check_env(made, skip_render_check=True)
+
+
+def test_an_env_module_that_cannot_be_imported_stops_with_one_line(own, main_py):
+    done = subprocess.run(main_py + ["env=point_reach", "algo=td3_bc", searchpath(own), "env.gym_id=nowhere:Env-v0",
+                                     *SMOKE_ANY_ENV], cwd=own, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: env.gym_id names the module 'nowhere'") and "\n" not in done.stderr.strip()
+
+
+def test_a_config_folder_that_is_missing_or_an_algorithm_that_fails_to_import_stops_with_one_line(own, tmp_path,
+                                                                                                    main_py):
+    done = subprocess.run(main_py + [f"hydra.searchpath=[file://{tmp_path / 'nope'}]"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "is not a folder" in done.stderr and done.stderr.count("\n") == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(own / "conf", broken)
+    (broken / "algo" / "td3_bc.py").write_text("import not_a_module\n")
+    done = subprocess.run(main_py + [f"hydra.searchpath=[file://{broken}]", "algo=td3_bc"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "td3_bc.py cannot be imported: ModuleNotFoundError" in done.stderr
+
+
+# --------------------------------------------------------------------------- the example algorithm on the core
+
+
+def td3_bc(own, **fields):
+    cfg = validate(compose_config(["env=point_reach", "algo=td3_bc", searchpath(own)])).algo
+    for key, value in {"actor_hidden": [16, 16], "critic_hidden": [16, 16], **fields}.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def batches(n, obs_dim=2, act_dim=2, size=16):
+    g = torch.Generator().manual_seed(1)
+    return [Batch(torch.randn(size, obs_dim, generator=g), torch.rand(size, act_dim, generator=g) * 2 - 1,
+                  torch.randn(size, generator=g), torch.randn(size, obs_dim, generator=g),
+                  (torch.rand(size, generator=g) < 0.2).float(), torch.randn(size, generator=g)) for _ in range(n)]
+
+
+def test_td3_bc_moves_its_targets_on_actor_steps_only_and_compiles_to_the_eager_numbers(own):
+    from o2o.agents.core import ObservationStats
+    from o2o.agents.registry import agent_class
+
+    cfg = td3_bc(own)
+    stats = ObservationStats(np.array([0.5, -0.5], np.float32), np.array([2.0, 0.5], np.float32))
+    agents = []
+    for backend in (None, "aot_eager"):
+        torch.manual_seed(0)
+        agent = agent_class(cfg)(2, 2, cfg, torch.device("cpu"), obs_stats=stats)
+        if backend:
+            agent.compile_update(backend=backend)
+        agents.append(agent)
+    for i, batch in enumerate(batches(4)):
+        targets = [[p.clone() for p in a.critic_target.parameters()] + [p.clone() for p in a.actor_target.parameters()]
+                   for a in agents]
+        torch.manual_seed(10 + i)
+        eager = agents[0].update(batch)
+        torch.manual_seed(10 + i)
+        compiled = agents[1].update(batch)
+        actor_step = i % 2 == 1  # policy_freq 2: the second update of each pair
+        assert set(eager) == set(compiled) and (M.ACTOR_LOSS in eager) == actor_step
+        for key in eager:
+            torch.testing.assert_close(compiled[key], eager[key], rtol=1e-5, atol=1e-6)
+        for agent, before in zip(agents, targets):
+            after = [*agent.critic_target.parameters(), *agent.actor_target.parameters()]
+            assert any(not torch.equal(a, b) for a, b in zip(after, before)) == actor_step
+    for a, b in zip(agents[0].state_dict().values(), agents[1].state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # the statistics live in the state dict: an agent built without them takes them from a checkpoint
+    assert torch.equal(agents[0].state_dict()["actor.normalizer.std"], torch.tensor([2.001, 0.501]))
+    blank = agent_class(cfg)(2, 2, cfg, torch.device("cpu"))
+    blank.load_state_dict(agents[0].state_dict())
+    obs = torch.tensor([[0.3, 0.9]])
+    torch.testing.assert_close(blank.actor.act(obs, True, None), agents[0].actor.act(obs, True, None))
+
+
+# --------------------------------------------------------------------------- through the CLI, sweeps and o2o-study
+
+
+def test_ones_own_algorithm_env_and_data_run_through_the_cli_and_export_a_policy_for_raw_observations(own, main_py):
+    import h5py
+    import mlflow
+
+    done = subprocess.run(main_py + ["env=point_reach", "algo=td3_bc", searchpath(own), *SMOKE_ANY_ENV, *QUIET,
+                                     "mlflow_experiment=o2o-own"], cwd=own, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "per-domain values: none for td3_bc on reach" in done.stdout
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = client.search_runs([client.get_experiment_by_name("o2o-own").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.params["algo.name"] == "td3_bc"
+    assert run.data.tags["per_domain"].startswith("per-domain values: none")
+    metrics = run.data.metrics
+    for key in (M.train(M.OFFLINE, "bc_loss"), M.train(M.OFFLINE, "lambda"), M.train(M.ONLINE, M.CRITIC_LOSS),
+                M.evaluation(M.ONLINE, M.SUCCESS_RATE), M.evaluation(M.ONLINE, M.NORMALIZED_RETURN),
+                M.CUMULATIVE_REGRET, M.final(M.summary(M.ONLINE, M.SUCCESS_RATE))):
+        assert key in metrics, key
+
+    with h5py.File(own / "point_reach.hdf5") as f:
+        observations = f["observations"][:]
+    from o2o.checkpoints import Checkpoints
+
+    model = Checkpoints(Path(run.data.tags["run_dir"])).load().agent["model"]
+    np.testing.assert_allclose(model["actor.normalizer.mean"].numpy(), observations.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(model["actor.normalizer.std"].numpy(), observations.std(0) + 1e-3, rtol=1e-5)
+    # the exported policy acts on raw observations as the agent does (its normaliser travels inside it)
+    from o2o.agents.registry import agent_class
+
+    cfg = td3_bc(own, actor_hidden=[32, 32], critic_hidden=[32, 32])
+    agent = agent_class(cfg)(2, 2, cfg, torch.device("cpu"))
+    agent.load_state_dict(model)
+    raw = observations[:5]
+    policy = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/policy")
+    expected = agent.actor.act(torch.as_tensor(raw), True, None).detach().numpy()
+    np.testing.assert_allclose(policy.predict(raw), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_study_of_ones_own_sweeps_ones_own_algorithm_and_cal_ql(own, tmp_path, monkeypatch):
+    """``o2o-study`` with the folder on O2O_CONFIG_PATH: its own study preset, a ``-m`` sweep of its algorithm beside
+    a built-in one (which has no per-domain file for the new domain and runs on its own values)."""
+    from o2o.study import main
+
+    monkeypatch.chdir(own)
+    monkeypatch.setenv("O2O_CONFIG_PATH", str(own / "conf"))
+    main(["reach_td3bc", "--budget", "smoke", "--out", str(tmp_path), "--experiment", "o2o-own-study", "seed=0",
+          "threads=1", "mlflow.log_models=false", *QUIET])
+    page = (tmp_path / "reach_td3bc-smoke.md").read_text()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("o2o-own-study")
+    parent = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")[0]
+    assert parent.info.run_id in page
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["algo"] for r in children) == ["calql", "td3_bc"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    records = list((tmp_path / "reach_td3bc-smoke" / "records").glob("*.json.gz"))
+    assert len(records) == 2
