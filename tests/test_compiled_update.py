@@ -62,6 +62,8 @@ CASES = {
     # dropout (RNG inside the graph) and the cosine learning-rate schedule (no recompile per rate)
     "iql": ("iql", "aot_eager", {"actor_dropout": 0.1, "actor_lr_schedule": "cosine"}),
 }
+# every other algorithm option, as its YAML has it: a new algorithm is checked without a line here
+CASES.update({algo: (algo, "aot_eager", {}) for algo in ALGOS if algo not in {name for name, _, _ in CASES.values()}})
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -34,7 +34,8 @@ from o2o import metrics as M
 from o2o.errors import ConfigError
 
 
-def _require(condition: bool, message: str) -> None:
+def require(condition: bool, message: str) -> None:
+    """A schema's ``check``: stop with ``message`` (one line, what to do) unless ``condition`` holds."""
     if not condition:
         raise ConfigError(message)
 
@@ -49,8 +50,8 @@ class CollectorConfig:
     seed: int = MISSING
 
     def check(self) -> None:
-        _require(self.steps > 0, f"env.dataset.collector.steps must be > 0, got {self.steps}")
-        _require(self.noise >= 0, f"env.dataset.collector.noise must be >= 0, got {self.noise}")
+        require(self.steps > 0, f"env.dataset.collector.steps must be > 0, got {self.steps}")
+        require(self.noise >= 0, f"env.dataset.collector.noise must be >= 0, got {self.noise}")
 
 
 @dataclass
@@ -63,7 +64,7 @@ class DatasetConfig:
     collector: Optional[CollectorConfig] = None
 
     def check(self) -> None:
-        _require(bool(self.id) != bool(self.path),
+        require(bool(self.id) != bool(self.path),
                  "env.dataset: set exactly one of env.dataset.id (a Minari id) or env.dataset.path (a D4RL HDF5 file, or a "
                  "folder of AWAC's Adroit files)")
         if self.collector is not None:
@@ -85,10 +86,10 @@ class EnvConfig:
     ref_max_score: Optional[float] = None
 
     def check(self) -> None:
-        _require(self.max_episode_steps is None or self.max_episode_steps > 0,
+        require(self.max_episode_steps is None or self.max_episode_steps > 0,
                  f"env.max_episode_steps must be > 0, got {self.max_episode_steps}")
         if self.ref_min_score is not None and self.ref_max_score is not None:
-            _require(self.ref_max_score > self.ref_min_score,
+            require(self.ref_max_score > self.ref_min_score,
                      f"env.ref_max_score ({self.ref_max_score}) must exceed env.ref_min_score ({self.ref_min_score})")
         self.dataset.check()
 
@@ -119,9 +120,9 @@ class DomainConfig:
 
     def check(self) -> None:
         for name in (self.metric, *self.extra_metrics):
-            _require(name in M.HEADLINE_METRICS,
+            require(name in M.HEADLINE_METRICS,
                      f"domain metric {name!r} is not one of {', '.join(M.HEADLINE_METRICS)}")
-        _require(self.eval_episodes >= 1, f"domain.eval_episodes must be >= 1, got {self.eval_episodes}")
+        require(self.eval_episodes >= 1, f"domain.eval_episodes must be >= 1, got {self.eval_episodes}")
 
 
 @dataclass
@@ -168,26 +169,26 @@ class AlgoConfig:
         return None
 
     def check(self) -> None:
-        _require(0 < self.gamma < 1, f"algo.gamma must be in (0, 1), got {self.gamma}")
-        _require(all(w > 0 for w in self.actor_hidden + self.critic_hidden) and self.critic_hidden and self.actor_hidden,
+        require(0 < self.gamma < 1, f"algo.gamma must be in (0, 1), got {self.gamma}")
+        require(all(w > 0 for w in self.actor_hidden + self.critic_hidden) and self.critic_hidden and self.actor_hidden,
                  "algo.actor_hidden and algo.critic_hidden must be non-empty lists of positive widths")
         for key in ("actor_lr", "critic_lr"):
-            _require(getattr(self, key) > 0, f"algo.{key} must be > 0, got {getattr(self, key)}")
-        _require(0 < self.tau <= 1, f"algo.tau must be in (0, 1], got {self.tau}")
-        _require(self.reward_scale != 0, "algo.reward_scale must be non-zero")
-        _require(self.ensemble_size >= 1, f"algo.ensemble_size must be >= 1, got {self.ensemble_size}")
-        _require(self.target_subset is None or 1 <= self.target_subset <= self.ensemble_size,
+            require(getattr(self, key) > 0, f"algo.{key} must be > 0, got {getattr(self, key)}")
+        require(0 < self.tau <= 1, f"algo.tau must be in (0, 1], got {self.tau}")
+        require(self.reward_scale != 0, "algo.reward_scale must be non-zero")
+        require(self.ensemble_size >= 1, f"algo.ensemble_size must be >= 1, got {self.ensemble_size}")
+        require(self.target_subset is None or 1 <= self.target_subset <= self.ensemble_size,
                  f"algo.target_subset must be in [1, algo.ensemble_size={self.ensemble_size}], got {self.target_subset}")
-        _require(self.actor_update_interval >= 1,
+        require(self.actor_update_interval >= 1,
                  f"algo.actor_update_interval must be >= 1, got {self.actor_update_interval}")
-        _require(self.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _require(self.warmup_actions in ("random", "policy"),
+        require(self.warmup_steps >= 0, f"algo.warmup_steps must be >= 0, got {self.warmup_steps}")
+        require(self.warmup_actions in ("random", "policy"),
                  f"algo.warmup_actions must be random or policy, got {self.warmup_actions!r}")
-        _require(self.update_schedule in ("episode", "step"),
+        require(self.update_schedule in ("episode", "step"),
                  f"algo.update_schedule must be episode or step, got {self.update_schedule!r}")
-        _require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
+        require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
                  f"algo.mixing_ratio must be in [0, 1] or -1 (proportional), got {self.mixing_ratio}")
-        _require(self.utd_ratio >= 1, f"algo.utd_ratio must be >= 1, got {self.utd_ratio}")
+        require(self.utd_ratio >= 1, f"algo.utd_ratio must be >= 1, got {self.utd_ratio}")
 
 
 @dataclass
@@ -196,8 +197,8 @@ class BufferConfig:
     batch_size: int = MISSING
 
     def check(self) -> None:
-        _require(self.online_capacity > 0, f"buffer.online_capacity must be > 0, got {self.online_capacity}")
-        _require(self.batch_size > 0, f"buffer.batch_size must be > 0, got {self.batch_size}")
+        require(self.online_capacity > 0, f"buffer.online_capacity must be > 0, got {self.online_capacity}")
+        require(self.batch_size > 0, f"buffer.batch_size must be > 0, got {self.batch_size}")
 
 
 @dataclass
@@ -212,8 +213,8 @@ class ScheduleConfig:
     def check(self) -> None:
         for key in ("offline_steps", "online_steps", "eval_interval_offline", "eval_interval_online",
                     "checkpoint_interval"):
-            _require(getattr(self, key) >= 0, f"schedule.{key} must be >= 0, got {getattr(self, key)}")
-        _require(self.log_interval >= 1, f"schedule.log_interval must be >= 1, got {self.log_interval}")
+            require(getattr(self, key) >= 0, f"schedule.{key} must be >= 0, got {getattr(self, key)}")
+        require(self.log_interval >= 1, f"schedule.log_interval must be >= 1, got {self.log_interval}")
 
 
 REFERENCE_SOURCES = ("mc", "regression", "td", "quantile")  # where V_ref comes from (o2o.reference)
@@ -238,15 +239,15 @@ class ReferenceConfig:
     tau: Optional[float] = None  # quantile: which quantile of the episodes' returns is the one threshold (rlox's)
 
     def check(self) -> None:
-        _require(self.value in REFERENCE_SOURCES,
+        require(self.value in REFERENCE_SOURCES,
                  f"reference.value must be one of {', '.join(REFERENCE_SOURCES)}, got {self.value!r}")
         if self.value == "quantile":
-            _require(self.tau is not None and 0 <= self.tau <= 1,
+            require(self.tau is not None and 0 <= self.tau <= 1,
                      f"reference=quantile needs reference.tau in [0, 1], got {self.tau}")
         elif self.value != "mc":
-            _require(all((v or 0) > 0 for v in (self.fit_steps, self.batch_size, self.lr)) and bool(self.hidden),
+            require(all((v or 0) > 0 for v in (self.fit_steps, self.batch_size, self.lr)) and bool(self.hidden),
                      f"reference={self.value} needs reference.fit_steps, batch_size, lr > 0 and hidden layers")
-            _require(self.value != "td" or 0 < (self.target_rate or 0) <= 1,
+            require(self.value != "td" or 0 < (self.target_rate or 0) <= 1,
                      f"reference.target_rate must be in (0, 1], got {self.target_rate}")
 
 
@@ -266,18 +267,18 @@ class ExplorationConfig:
     pretraining: Optional[bool] = None  # the bonus from the first pre-training step (OOO's RND), not from fine-tuning
 
     def check(self) -> None:
-        _require(self.bonus not in UNTRACED_BONUSES, f"exploration={self.bonus}: {UNTRACED_BONUSES.get(self.bonus)}")
-        _require(self.bonus in EXPLORATION_BONUSES,
+        require(self.bonus not in UNTRACED_BONUSES, f"exploration={self.bonus}: {UNTRACED_BONUSES.get(self.bonus)}")
+        require(self.bonus in EXPLORATION_BONUSES,
                  f"exploration.bonus must be one of {', '.join(EXPLORATION_BONUSES)}, got {self.bonus!r}")
         if self.bonus != "none":
-            _require((self.coef or 0) > 0, f"exploration={self.bonus} needs exploration.coef > 0, got {self.coef}")
-            _require(self.pretraining is not None, f"exploration={self.bonus} needs exploration.pretraining")
+            require((self.coef or 0) > 0, f"exploration={self.bonus} needs exploration.coef > 0, got {self.coef}")
+            require(self.pretraining is not None, f"exploration={self.bonus} needs exploration.pretraining")
         if self.bonus == "rnd":
-            _require(bool(self.rnd_hidden) and (self.rnd_lr or 0) > 0 and 0 < (self.rnd_update_proportion or 0) <= 1
+            require(bool(self.rnd_hidden) and (self.rnd_lr or 0) > 0 and 0 < (self.rnd_update_proportion or 0) <= 1
                      and self.rnd_trains is not None,
                      "exploration=rnd needs rnd_hidden, rnd_lr > 0, rnd_update_proportion in (0, 1] and rnd_trains")
         if self.bonus == "qknn":
-            _require((self.knn_k or 0) >= 1, f"exploration.knn_k must be >= 1, got {self.knn_k}")
+            require((self.knn_k or 0) >= 1, f"exploration.knn_k must be >= 1, got {self.knn_k}")
 
 
 @dataclass
@@ -298,12 +299,12 @@ class RetrainConfig:
         return self.algorithm == "cql"
 
     def check(self) -> None:
-        _require(self.steps >= 0, f"retrain.steps must be >= 0, got {self.steps}")
-        _require(self.algorithm in ("cql", "run"), f"retrain.algorithm must be cql or run, got {self.algorithm!r}")
-        _require(self.eval_episodes >= 1, f"retrain.eval_episodes must be >= 1, got {self.eval_episodes}")
-        _require(self.interval >= 0, f"retrain.interval must be >= 0, got {self.interval}")
-        _require(not self.interval or self.steps > 0, "retrain.interval needs retrain.steps > 0 (retrain=ooo)")
-        _require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
+        require(self.steps >= 0, f"retrain.steps must be >= 0, got {self.steps}")
+        require(self.algorithm in ("cql", "run"), f"retrain.algorithm must be cql or run, got {self.algorithm!r}")
+        require(self.eval_episodes >= 1, f"retrain.eval_episodes must be >= 1, got {self.eval_episodes}")
+        require(self.interval >= 0, f"retrain.interval must be >= 0, got {self.interval}")
+        require(not self.interval or self.steps > 0, "retrain.interval needs retrain.steps > 0 (retrain=ooo)")
+        require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
                  f"retrain.mixing_ratio must be in [0, 1] or -1 (proportional), got {self.mixing_ratio}")
 
 
@@ -319,9 +320,9 @@ class MlflowConfig:
     def check(self) -> None:
         # at least a second: MLflow's monitor sends one request per sample (samples_before_logging=1), so 1e-4 s
         # would send about 10,000 a second to the store; MLflow's own default is 10 s
-        _require(self.system_metrics_interval_s >= 1,
+        require(self.system_metrics_interval_s >= 1,
                  f"mlflow.system_metrics_interval_s must be >= 1 (seconds), got {self.system_metrics_interval_s}")
-        _require(self.registered_model is None or (self.log_models and bool(self.registered_model.strip())),
+        require(self.registered_model is None or (self.log_models and bool(self.registered_model.strip())),
                  "mlflow.registered_model needs mlflow.log_models=true and a non-empty name")
 
 
@@ -354,29 +355,29 @@ class Config:
         for part in (self.env, self.domain, self.algo, self.buffer, self.schedule, self.mlflow, self.reference,
                      self.exploration, self.retrain):
             part.check()
-        _require(self.reference.value == "mc" or self.algo.uses_offline_data,
+        require(self.reference.value == "mc" or self.algo.uses_offline_data,
                  f"reference={self.reference.value} fits V_ref on the offline data, which {self.algo.name} does not read")
-        _require(self.exploration.bonus == "none" or self.schedule.online_steps > 0,
+        require(self.exploration.bonus == "none" or self.schedule.online_steps > 0,
                  f"exploration={self.exploration.bonus} acts during fine-tuning: schedule.online_steps is 0")
-        _require(not self.retrain.steps or self.retrain.algorithm == "run"
+        require(not self.retrain.steps or self.retrain.algorithm == "run"
                  or self.algo.conservative_retraining() is not None,
                  f"retrain=ooo retrains with CQL, as OOO does, on the run's CQL settings, which {self.algo.name} "
                  "does not have: use algo=cql or calql, or retrain=same to retrain with the run's own algorithm")
-        _require(not self.retrain.clip_targets or self.algo.conservative_retraining() is not None,
+        require(not self.retrain.clip_targets or self.algo.conservative_retraining() is not None,
                  f"retrain.clip_targets bounds CQL's TD target; {self.algo.name} retrains without one")
-        _require(not self.retrain.steps or (self.schedule.online_steps > 0 and self.algo.uses_offline_data),
+        require(not self.retrain.steps or (self.schedule.online_steps > 0 and self.algo.uses_offline_data),
                  "retrain retrains on the offline data and the online transitions: it needs schedule.online_steps > 0 "
                  f"and an algorithm that reads the offline data ({self.algo.name} does not)")
-        _require(str(self.compile).lower() in ("auto", "true", "false"),
+        require(str(self.compile).lower() in ("auto", "true", "false"),
                  f"compile must be auto, true or false, got {self.compile!r}")
-        _require(self.precision in ("auto", "fp32", "bf16"),
+        require(self.precision in ("auto", "fp32", "bf16"),
                  f"precision must be auto, fp32 or bf16, got {self.precision!r}")
-        _require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
-        _require(self.calibration_batch >= 0, f"calibration_batch must be >= 0, got {self.calibration_batch}")
-        _require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+        require(self.threads >= 0, f"threads must be >= 0, got {self.threads}")
+        require(self.calibration_batch >= 0, f"calibration_batch must be >= 0, got {self.calibration_batch}")
+        require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        _require(bool(self.mlflow_experiment.strip()), "mlflow_experiment must be a non-empty name")
-        _require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed} (numpy's seeds are "
+        require(bool(self.mlflow_experiment.strip()), "mlflow_experiment must be a non-empty name")
+        require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed} (numpy's seeds are "
                  "below 2**32 and the run derives others by adding offsets)")
 
 

@@ -25,7 +25,7 @@ from o2o import metrics as M
 from o2o.agents.core import ActorCritic
 from o2o.agents.networks import mlp
 from o2o.agents.registry import register
-from o2o.config import AlgoConfig, _require
+from o2o.config import AlgoConfig, require
 
 
 @dataclass
@@ -38,9 +38,9 @@ class TD3BCConfig(AlgoConfig):
 
     def check(self) -> None:
         super().check()
-        _require(self.alpha >= 0, f"algo.alpha must be >= 0, got {self.alpha}")
+        require(self.alpha >= 0, f"algo.alpha must be >= 0, got {self.alpha}")
         for key in ("policy_noise", "noise_clip", "exploration_noise"):
-            _require(getattr(self, key) >= 0, f"algo.{key} must be >= 0, got {getattr(self, key)}")
+            require(getattr(self, key) >= 0, f"algo.{key} must be >= 0, got {getattr(self, key)}")
 
 
 class DeterministicActor(nn.Module):

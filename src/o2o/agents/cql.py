@@ -19,7 +19,7 @@ from o2o.agents.networks import TanhGaussianActor
 from o2o.agents.registry import register
 from o2o.agents.soft import SoftActorConfig, SoftActorCritic
 from o2o.buffers import Batch
-from o2o.config import _require
+from o2o.config import require
 from o2o.metrics import ONLINE
 
 
@@ -44,9 +44,9 @@ class CQLConfig(SoftActorConfig):
 
     def check(self) -> None:
         super().check()
-        _require(self.cql_weight >= 0, f"algo.cql_weight must be >= 0, got {self.cql_weight}")
-        _require(self.temperature > 0, f"algo.temperature must be > 0, got {self.temperature}")
-        _require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
+        require(self.cql_weight >= 0, f"algo.cql_weight must be >= 0, got {self.cql_weight}")
+        require(self.temperature > 0, f"algo.temperature must be > 0, got {self.temperature}")
+        require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
 
     def conservative_retraining(self) -> "CQLConfig":
         return dataclasses.replace(self, calibrate_offline=False, calibrate_online=False)

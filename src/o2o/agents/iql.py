@@ -20,7 +20,7 @@ from o2o.agents.core import ActorCritic
 from o2o.agents.networks import GaussianActor
 from o2o.agents.registry import register
 from o2o.buffers import Batch
-from o2o.config import AlgoConfig, _require
+from o2o.config import AlgoConfig, require
 
 
 @dataclass
@@ -34,10 +34,10 @@ class IQLConfig(AlgoConfig):
 
     def check(self) -> None:
         super().check()
-        _require(0 < self.expectile < 1, f"algo.expectile must be in (0, 1), got {self.expectile}")
-        _require(self.awr_temperature >= 0, f"algo.awr_temperature must be >= 0, got {self.awr_temperature}")
-        _require(0 <= self.actor_dropout < 1, f"algo.actor_dropout must be in [0, 1), got {self.actor_dropout}")
-        _require(self.actor_lr_schedule in ("constant", "cosine"),
+        require(0 < self.expectile < 1, f"algo.expectile must be in (0, 1), got {self.expectile}")
+        require(self.awr_temperature >= 0, f"algo.awr_temperature must be >= 0, got {self.awr_temperature}")
+        require(0 <= self.actor_dropout < 1, f"algo.actor_dropout must be in [0, 1), got {self.actor_dropout}")
+        require(self.actor_lr_schedule in ("constant", "cosine"),
                  f"algo.actor_lr_schedule must be constant or cosine, got {self.actor_lr_schedule!r}")
 
 

@@ -39,7 +39,9 @@ def register(name: str, schema: type):
     """Class decorator: ``agent_class`` is the agent of the algorithm family ``name``, configured by ``schema``."""
     def decorate(agent_class: type) -> type:
         known = ALGORITHMS.get(name)
-        if known is not None and known.agent.__qualname__ != agent_class.__qualname__:
+        same = known is not None and (known.agent.__module__, known.agent.__qualname__) == (
+            agent_class.__module__, agent_class.__qualname__)  # the same file imported again
+        if known is not None and not same:
             raise ConfigError(f"two algorithms are registered as {name!r}: {known.agent.__module__}."
                               f"{known.agent.__qualname__} and {agent_class.__module__}.{agent_class.__qualname__}; "
                               "rename one")

@@ -13,7 +13,7 @@ from o2o import metrics as M
 from o2o.agents.core import ActorCritic
 from o2o.agents.networks import TanhGaussianActor
 from o2o.buffers import Batch
-from o2o.config import AlgoConfig, _require
+from o2o.config import AlgoConfig, require
 
 
 @dataclass
@@ -33,8 +33,8 @@ class SoftActorConfig(AlgoConfig):
 
     def check(self) -> None:
         super().check()
-        _require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
-        _require(self.init_alpha > 0, f"algo.init_alpha must be > 0, got {self.init_alpha}")
+        require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
+        require(self.init_alpha > 0, f"algo.init_alpha must be > 0, got {self.init_alpha}")
 
 
 class SoftActorCritic(ActorCritic):
