@@ -42,7 +42,7 @@ class PointReach(gym.Env):
         return self.position.copy(), float(success), success, False, {"success": success}
 
 
-gym.register(id="PointReach-v0", entry_point=PointReach, max_episode_steps=HORIZON)
+gym.register(id="PointReach-v0", entry_point=f"{__name__}:PointReach", max_episode_steps=HORIZON)
 
 
 def controller(position: np.ndarray) -> np.ndarray:

@@ -64,6 +64,10 @@ CASES = {
 }
 # every other algorithm option, as its YAML has it: a new algorithm is checked without a line here
 CASES.update({algo: (algo, "aot_eager", {}) for algo in ALGOS if algo not in {name for name, _, _ in CASES.values()}})
+# WSRL's 10 LayerNorm critics and LayerNorm policy: the graph's LayerNorm backward is decomposed, eager's is one
+# kernel; their sums differ in the last bits, which Adam's first moment shows at up to 1.8e-5 (measured alike on
+# the code before the algorithm registry)
+TOLERANCE = {"wsrl": 5e-5}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -71,7 +75,7 @@ def test_compiled_update_equals_eager(case):
     name, backend, overrides = CASES[case]
     data = batches(STEPS)
     eager, compiled = make(name, **overrides), make(name, backend, **overrides)
-    assert_same_training(eager, compiled, train(eager, data), train(compiled, data))
+    assert_same_training(eager, compiled, train(eager, data), train(compiled, data), TOLERANCE.get(case, 1e-5))
     if name == "calql":
         assert compiled.calibrate and "calql_bound_rate" in train(compiled, data[:1])[0]
     if name == "iql":

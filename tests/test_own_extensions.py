@@ -285,3 +285,16 @@ def test_a_study_of_ones_own_sweeps_ones_own_algorithm_and_cal_ql(own, tmp_path,
     assert all(r.info.status == "FINISHED" for r in children)
     records = list((tmp_path / "reach_td3bc-smoke" / "records").glob("*.json.gz"))
     assert len(records) == 2
+
+
+def test_a_dataset_recorded_in_ones_own_env_is_checked_against_it(own, monkeypatch):
+    """A Minari dataset records gymnasium's id without the module (``PointReach-v0``): the env option's
+    ``point_reach:PointReach-v0`` runs the same task, and its kwargs are read from the module's registration."""
+    from o2o.data.checks import check_recorded_env
+    from o2o.errors import DatasetError
+
+    monkeypatch.chdir(own)
+    cfg = validate(compose_config(["env=point_reach", searchpath(own)])).env
+    check_recorded_env({"id": "PointReach-v0", "max_episode_steps": 60, "kwargs": {}}, cfg, "recorded")
+    with pytest.raises(DatasetError, match="records env id 'OtherReach-v0'"):
+        check_recorded_env({"id": "OtherReach-v0"}, cfg, "recorded")

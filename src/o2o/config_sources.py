@@ -118,9 +118,14 @@ def per_domain_line(hydra_runtime, algo) -> str:
     if not files:
         return (f"per-domain values: none for {algo_name} on {domain} (no algo/per_domain/{choice}.yaml): the "
                 f"algorithm's own values")
-    keys: dict[str, None] = {}
-    for path in files:
-        keys.update({k: None for k in (yaml.safe_load(path.read_text()) or {}) if k != "defaults"})
-    values = ", ".join(f"{k}={getattr(algo, k)}" for k in keys if hasattr(algo, k))
+    written: dict = {}
+    for path in reversed(files):  # the file's own values over those of the files it extends
+        written.update({k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"})
+
+    def used(key: str) -> str:
+        value = getattr(algo, key)
+        return f"{key}={value}" + ("" if value == written[key] else f" (set elsewhere; the file has {written[key]})")
+
+    values = ", ".join(used(k) for k in written if hasattr(algo, k))
     via = f" (extending {', '.join(p.parent.name + '/' + p.stem for p in files[1:])})" if len(files) > 1 else ""
     return f"per-domain values: algo/per_domain/{choice}.yaml{via}: {values}"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from o2o import metrics as M
 from o2o import statistics as S
+from o2o.config_sources import CONFIG_PATH_ENV
 from o2o.errors import UserError
 
 STUDIES = Path(importlib.util.find_spec("o2o_conf").origin).parent / "experiment" / "study"  # conf/ as installed
@@ -453,12 +454,11 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
 def adopt_searchpath(argv: list[str]) -> list[str]:
     """``hydra.searchpath=[file://...]`` given to o2o-study: its folders join ``O2O_CONFIG_PATH``, which this process
     (the study's presets) and the sweep it starts both read."""
-    from o2o.config_sources import CONFIG_PATH_ENV, searchpath
+    from o2o.config_sources import folders
 
     if not any(a.lstrip("+").startswith("hydra.searchpath=") for a in argv):
         return argv
-    paths = [entry.removeprefix("file://") for entry in searchpath(argv) if entry.startswith("file://")]
-    os.environ[CONFIG_PATH_ENV] = os.pathsep.join(paths)
+    os.environ[CONFIG_PATH_ENV] = os.pathsep.join(str(f) for f in folders(argv))  # pkg:// sources as their folders
     return [a for a in argv if not a.lstrip("+").startswith("hydra.searchpath=")]
 
 
@@ -534,6 +534,8 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         cmd = sweep_command(args.name, args.budget, args.launcher, sweep_dir, overrides)
         print("running:", shlex.join(cmd), flush=True)
         command = shlex.join(["o2o-study", *(argv_of(args))])
+        if os.environ.get(CONFIG_PATH_ENV):  # one's own config folders: the command reruns only with them
+            command = f"{CONFIG_PATH_ENV}={shlex.quote(os.environ[CONFIG_PATH_ENV])} {command}"
         clock = StudyClock(client, args.experiment, sweep_dir, command, commit, records)
         code = run_counting(cmd, clock)
         parent = find_parent(client, args.experiment, sweep_dir)

@@ -7,9 +7,12 @@ every step on r + gamma * min of the target critics at the target actor's action
 actor minimises -lambda Q1(s, pi(s)) + (pi(s) - a)^2 with lambda = alpha / mean |Q1| (alpha 2.5), and only then
 do both targets move (tau 0.005); observations normalised by the dataset's mean and standard deviation + 1e-3.
 
-Differs on purpose: the critics' weights start from the core's uniform(+-1/sqrt(fan_in)) with zero biases
-(PyTorch's default draws the biases too); online, the actor explores with Gaussian noise of std
-``exploration_noise`` (0.1, TD3's ``expl_noise`` in sfujim/TD3 main.py), since TD3+BC's code is offline only.
+Differs on purpose: the critic and the actor take one summed step, so on an actor step the actor's loss (and
+lambda) use the critic as it was before this update's critic step (the authors step the critic first); the
+critics' weights start from the core's uniform(+-1/sqrt(fan_in)) with zero biases (PyTorch's default draws the
+biases too); online, the actor explores with Gaussian noise of std ``exploration_noise`` (0.1, TD3's
+``expl_noise`` in sfujim/TD3 main.py), since TD3+BC's code is offline only. The normaliser needs the offline data
+(``pretrain: true``); without it the observations pass unchanged.
 """
 from __future__ import annotations
 
@@ -100,13 +103,15 @@ class TD3BC(ActorCritic):
             next_actions = (self.actor_target(batch.next_obs).unsqueeze(1) + smoothing).clamp(-1.0, 1.0)
             q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)[:, 0]
             td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * q_next
-        q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
+        with self.autocast():
+            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
         td_loss = (q_data - td_target).pow(2).mean(dim=1)
         loss = td_loss.sum()
         metrics = {M.CRITIC_LOSS: loss.detach(), "td_loss": td_loss.detach().mean(), "td_target": td_target.mean()}
         if update_actor:
-            pi = self.actor(batch.obs)
-            q = self.critic(batch.obs, pi.unsqueeze(1), detach_weights=True)[0, :, 0]  # Q1 only, as the authors
+            with self.autocast():
+                pi = self.actor(batch.obs).float()
+                q = self.critic(batch.obs, pi.unsqueeze(1), detach_weights=True)[0, :, 0]  # Q1 only, as the authors
             lmbda = cfg.alpha / q.abs().mean().detach()
             bc_loss = F.mse_loss(pi, batch.actions)
             actor_loss = -lmbda * q.mean() + bc_loss

@@ -32,7 +32,9 @@ class MetricAverager:
 
     def __init__(self, state: dict | None = None):
         self._sums: dict[str, torch.Tensor] = dict(state["sums"]) if state else {}
-        if state and "counts" not in state:  # a checkpoint from before per-key counts: one count for every key
+        # a checkpoint from before per-key counts: one count for every key (so the first flush after resuming from it
+        # still dilutes a metric that only some updates emit; later flushes do not)
+        if state and "counts" not in state:
             state = {**state, "counts": {key: state["count"] for key in self._sums}}
         self._counts: dict[str, int] = dict(state["counts"]) if state else {}
 
