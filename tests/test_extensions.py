@@ -289,7 +289,7 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
 
     monkeypatch.setattr(retrain_module, "pretrain", fake_pretrain)
     cfg = SimpleNamespace(seed=0, algo=SimpleNamespace(name="cql", gamma=0.99), buffer=SimpleNamespace(batch_size=64),
-                          retrain=SimpleNamespace(steps=50, mixing_ratio=-1.0, algorithm="cql", clip_targets=True,
+                          retrain=SimpleNamespace(steps=50, mixing_ratio=-1.0, algorithm="cql", with_cql=True, clip_targets=True,
                                                   feature_normalization=True, eval_episodes=7))
     agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]), torch.device("cpu"))
     state = SimpleNamespace(stage="online", online=SimpleNamespace(buffer=None), retrain=None)
