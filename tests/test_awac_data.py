@@ -168,3 +168,72 @@ def test_the_loader_says_what_the_adroit_rule_removed(awac_folder, caplog):
     with caplog.at_level(logging.INFO, logger="o2o"):
         load_offline_data(door_cfg(root), (OBS,), (ACT,), binary_from_success=True)
     assert "the Adroit binary rule kept 8 of 14 transitions: 3 of 4 episodes reach success" in caplog.text
+
+
+class _RunsCode:
+    """A pickled object whose unpickling would run a shell command (how a malicious data file runs code)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("as_npy", [True, False])
+def test_an_awac_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path, as_npy):
+    import pickle
+
+    from o2o.data.awac import load_awac
+
+    rng = np.random.default_rng(0)
+    marker = tmp_path / "ran"
+    folder = tmp_path / "awac"
+    write_awac(folder, [demo(rng, [-1, 0], 2)], [bc(rng, [-1, 0])])
+    demos = [{**demo(rng, [-1, 0], 2), "env_infos": [_RunsCode(marker)]}]
+    if as_npy:
+        array = np.empty(1, dtype=object)
+        array[:] = demos
+        np.save(folder / "door2_sparse.npy", array, allow_pickle=True)
+    else:  # a raw pickle under the .npy name
+        (folder / "door2_sparse.npy").write_bytes(pickle.dumps(demos))
+    with pytest.raises(DatasetError, match="system is not part of AWAC's trajectory files; refusing to load it"):
+        load_awac(str(folder), "AdroitHandDoor-v1")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("truncated", "cannot be read as AWAC's pickled trajectory array"),
+    ("wrong keys", "holds something else, not AWAC's trajectories"),
+    ("ints", "holds an array of int64, not AWAC's trajectories"),
+    ("floats", "holds an array of float64, not AWAC's trajectories"),
+    ("object ints", "holds something else, not AWAC's trajectories"),
+    ("text values", "trajectory 0 is not in AWAC's format"),
+    ("flat actions", "trajectory 0 is not in AWAC's format: its observations and actions must be one row per step"),
+])
+def test_a_file_in_another_format_stops_with_one_line(tmp_path, content, reason):
+    from o2o.data.awac import load_awac
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "awac"
+    write_awac(folder, [demo(rng, [-1, 0], 2)], [bc(rng, [-1, 0])])
+    path = folder / "door2_sparse.npy"
+    if content == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    elif content == "wrong keys":
+        write_awac(folder, [{"obs": [1.0], "acts": [0.0]}], [bc(rng, [-1, 0])])
+    elif content == "ints":
+        np.save(path, np.arange(10))
+    elif content == "floats":
+        np.save(path, np.zeros((3, 4)))
+    elif content == "object ints":
+        np.save(path, np.array([1, 2, 3], dtype=object), allow_pickle=True)
+    elif content == "text values":
+        write_awac(folder, [{**demo(rng, [-1, 0], 2), "actions": ["a", "b"]}], [bc(rng, [-1, 0])])
+    else:
+        write_awac(folder, [{**demo(rng, [-1, 0], 2), "actions": np.zeros(2)}], [bc(rng, [-1, 0])])
+    with pytest.raises(DatasetError, match=reason) as err:
+        load_awac(str(folder), "AdroitHandDoor-v1")
+    assert "\n" not in str(err.value)

@@ -21,6 +21,7 @@ AWAC recorded its data in mj_envs' ``*-v0`` envs, whose observation Gymnasium-Ro
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 
@@ -56,8 +57,14 @@ def awac_files(folder: str, gym_id: str) -> tuple[str, str]:
 def load_awac(folder: str, gym_id: str) -> OfflineData:
     """The task's demonstrations, then its BC rollouts, as flat transitions with per-trajectory ends."""
     demos_path, bc_path = awac_files(folder, gym_id)
-    trajectories = [_demo(t, demos_path, i) for i, t in enumerate(_read(demos_path))]
-    trajectories += [_bc(t, bc_path, i) for i, t in enumerate(_read(bc_path))]
+    trajectories = []
+    for path, read in ((demos_path, _demo), (bc_path, _bc)):
+        for i, t in enumerate(_read(path)):
+            try:
+                trajectories.append(read(t, path, i))
+            except (KeyError, TypeError, ValueError, IndexError) as err:  # values that are not numeric arrays
+                raise DatasetError(f"{path}: trajectory {i} is not in AWAC's format ({type(err).__name__}: "
+                                   f"{str(err)[:200]})") from None
     if not trajectories:
         raise DatasetError(f"{demos_path} and {bc_path} hold no trajectories")
     lengths = [len(t["rewards"]) for t in trajectories]
@@ -78,11 +85,51 @@ def load_awac(folder: str, gym_id: str) -> OfflineData:
                   "awac_bc_rollouts": sum(1 for t in trajectories if not t["demo"])})
 
 
-def _read(path: str) -> np.ndarray:
+# What AWAC's files hold: an object array of trajectory dicts of lists, dicts and arrays. Unpickling may build these
+# numpy types and nothing else, so a file cannot run code (a pickled object's __reduce__ names some other callable).
+ALLOWED_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                   for name in ("_reconstruct", "scalar")}
+ALLOWED_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+                    ("numpy._core.numeric", "_frombuffer"), ("collections", "OrderedDict")}
+TRAJECTORY_KEYS = ("observations", "next_observations", "actions", "rewards")
+
+
+class TrajectoryUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of AWAC's trajectory files; refusing to load it")
+
+
+def _read(path: str) -> list:
+    """The file's trajectories: a .npy object array (as AWAC saves them) or a plain pickle of a list, unpickled
+    through :class:`TrajectoryUnpickler`; anything else stops with one line."""
+    def not_awac(what: str) -> str:
+        return (f"{path} holds {what}, not AWAC's trajectories (an array of dicts with {', '.join(TRAJECTORY_KEYS)}): "
+                "check env.dataset.path")
+
     try:
-        return np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as err:
-        raise DatasetError(f"{path} cannot be read as AWAC's pickled trajectory array ({type(err).__name__}: {err})") from None
+        with open(path, "rb") as f:
+            if f.read(6) == b"\x93NUMPY":
+                f.seek(0)
+                version = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                _, _, dtype = read_header(f)
+                if not dtype.hasobject:
+                    raise DatasetError(not_awac(f"an array of {dtype}"))
+            else:
+                f.seek(0)
+            trajectories = TrajectoryUnpickler(f, encoding="latin1").load()
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, IndexError) as err:
+        raise DatasetError(f"{path} cannot be read as AWAC's pickled trajectory array ({type(err).__name__}: "
+                           f"{str(err)[:200]})") from None
+    if not isinstance(trajectories, (np.ndarray, list, tuple)) or any(
+            not isinstance(t, dict) or any(k not in t for k in TRAJECTORY_KEYS) for t in trajectories):
+        raise DatasetError(not_awac("something else"))
+    return list(trajectories)
 
 
 def _state(observations) -> np.ndarray:
@@ -94,18 +141,23 @@ def _demo(t: dict, path: str, i: int) -> dict:
     rewards = np.asarray(t["rewards"], dtype=np.float64)
     if rewards.shape != np.asarray(t["terminals"]).shape:  # the demonstrations' rewards may be one longer
         rewards = rewards[:len(obs)]
-    return _checked({"observations": obs, "next_observations": next_obs, "actions": np.asarray(t["actions"]),
+    return _checked({"observations": obs, "next_observations": next_obs, "actions": np.asarray(t["actions"], np.float64),
                      "rewards": rewards, "demo": True}, path, i)
 
 
 def _bc(t: dict, path: str, i: int) -> dict:
-    return _checked({"observations": np.asarray(t["observations"]), "next_observations": np.asarray(t["next_observations"]),
-                     "actions": np.asarray(t["actions"]), "rewards": np.asarray(t["rewards"]).squeeze(-1)
-                     if np.ndim(t["rewards"]) == 2 else np.asarray(t["rewards"]), "demo": False}, path, i)
+    rewards = np.asarray(t["rewards"], np.float64)
+    return _checked({"observations": np.asarray(t["observations"], np.float64),
+                     "next_observations": np.asarray(t["next_observations"], np.float64),
+                     "actions": np.asarray(t["actions"], np.float64),
+                     "rewards": rewards.squeeze(-1) if rewards.ndim == 2 else rewards, "demo": False}, path, i)
 
 
 def _checked(t: dict, path: str, i: int) -> dict:
     n = len(t["rewards"])
+    if any(t[k].ndim != 2 for k in ("observations", "next_observations", "actions")) or t["rewards"].ndim != 1:
+        raise DatasetError(f"{path}: trajectory {i} is not in AWAC's format: its observations and actions must be "
+                           "one row per step, its rewards one value per step")
     if not n or any(len(t[k]) != n for k in ("observations", "next_observations", "actions")):
         raise DatasetError(f"{path}: trajectory {i} has {len(t['observations'])} observations, "
                            f"{len(t['actions'])} actions and {n} rewards: not AWAC's format")
