@@ -5,6 +5,7 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -234,6 +235,49 @@ def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window):
                                          filter_string=f"source_run_id = '{resumed.info.run_id}'")
     assert sorted((m.name, str(m.status)) for m in models) == [  # no PENDING model left behind, none twice
         ("policy", "READY"), ("pretrained_policy", "READY")]
+
+
+# Inside Model.log, after the model is linked to the run (PENDING) and after its files are uploaded (still PENDING):
+# the client call named runs, then the job dies, for the named export only
+INSIDE_EXPORT = ("from mlflow.tracking import MlflowClient\n"
+                 "real = getattr(MlflowClient, {call!r})\n"
+                 "def dying(self, *a, **k):\n"
+                 "    out = real(self, *a, **k)\n"
+                 "    model_id = k['models'][0].model_id if 'models' in k else a[0]\n"
+                 "    if self.get_logged_model(model_id).name == {name!r}:\n"
+                 "        os._exit(137)\n"
+                 "    return out\n"
+                 "setattr(MlflowClient, {call!r}, dying)")
+
+
+@pytest.mark.parametrize("name", ["pretrained_policy", "policy"])
+@pytest.mark.parametrize("call", ["log_outputs", "log_model_artifacts"])
+def test_a_kill_inside_a_policy_export_leaves_a_ready_model_that_loads_after_the_rerun(tmp_path, name, call):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from o2o import run
+
+    overrides = [*SMOKE, "schedule.online_steps=100", "progress=false", "mlflow.system_metrics=false",
+                 f"mlflow_experiment=o2o-export-kill-{name}-{call}"]
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
+            "from o2o import run\n"
+            f"{INSIDE_EXPORT.format(call=call, name=name)}\n"
+            f"run(algo='calql', run_dir={str(tmp_path)!r}, overrides={overrides!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (done,) = client.search_runs([client.get_experiment_by_name(overrides[-1].split("=")[1]).experiment_id])
+    assert done.info.status == "FINISHED"
+    models = client.search_logged_models(experiment_ids=[done.info.experiment_id],
+                                         filter_string=f"source_run_id = '{done.info.run_id}'")
+    assert sorted((m.name, str(m.status)) for m in models) == [("policy", "READY"), ("pretrained_policy", "READY")]
+    policy = mlflow.pyfunc.load_model(f"runs:/{done.info.run_id}/{name}")
+    assert policy.predict(np.zeros((1, 6), np.float32)).shape == (1, 2)
 
 
 @pytest.mark.parametrize("window, kill", [

@@ -55,8 +55,21 @@ def _requirements() -> list[str]:
 
 
 def logged_model_names(client, run_id: str) -> set[str]:
+    """The names of the run's finished (READY) models. A job killed inside ``Model.log`` leaves its model linked to
+    the run but PENDING, without its files: that one does not count, so the rerun exports it again."""
+    from mlflow.entities import LoggedModelStatus
+    from mlflow.exceptions import MlflowException
+
     outputs = client.get_run(run_id).outputs
-    return {client.get_logged_model(m.model_id).name for m in (outputs.model_outputs if outputs else [])}
+    names = set()
+    for output in outputs.model_outputs if outputs else []:
+        try:
+            model = client.get_logged_model(output.model_id)
+        except MlflowException:  # deleted by the export that replaced it
+            continue
+        if model.status == LoggedModelStatus.READY:
+            names.add(model.name)
+    return names
 
 
 def remove_unfinished_models(client, experiment_id: str, run_id: str, name: str) -> None:
