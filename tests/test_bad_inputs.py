@@ -58,6 +58,15 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "missing hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/missing.hdf5"], {}, "does not exist"),
     "hdf5 is a folder": (["env.dataset.id=null", "env.dataset.path={tmp}"], {}, "a folder of AWAC files, which exist for"),
     "corrupt hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/corrupt.hdf5"], {}, "cannot be read as a D4RL HDF5"),
+    # AWAC's door files (a folder holding door2_sparse.npy and door_bc_sparse4.npy) in forms they never have
+    **{f"awac {kind}": (["env=adroit_door", "env.dataset.id=null", f"env.dataset.path={{tmp}}/awac-{kind}"], {}, line)
+       for kind, line in (("truncated", "cannot be read as AWAC's pickled trajectory array"),
+                          ("wrong keys", "holds something else, not AWAC's trajectories"),
+                          ("ints", "holds an array of int64, not AWAC's trajectories"),
+                          ("floats", "holds an array of float64, not AWAC's trajectories"),
+                          ("runs code", "is not part of AWAC's trajectory files; refusing to load it"))},
+    "registered model name with / and :": (["mlflow.registered_model=a/b:c"], {}, "model names cannot contain '/' or ':'"),
+    "experiment name too long": (["mlflow_experiment=" + "x" * 6000], {}, "MLflow takes at most 500"),
     "empty hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/empty.hdf5"], {}, "cannot be read as a D4RL HDF5"),
     "truncated hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/truncated.hdf5"], {}, "cannot be read"),
     "hdf5 without D4RL keys": (["env.dataset.id=null", "env.dataset.path={tmp}/nokeys.hdf5"], {}, "is not a D4RL dataset"),
@@ -131,6 +140,16 @@ if not torch.cuda.is_available():
     BAD["cuda without a GPU"] = (["device=cuda"], {}, "torch sees no CUDA GPU")
 
 
+class RunsCode:
+    """Unpickling it would run a shell command: a data file must never do that."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Bad files, plus an existing store and run dir that no bad input may touch."""
@@ -154,6 +173,20 @@ def world(tmp_path_factory):
             if name == "half_terminals":
                 del f["terminals"]
                 f["terminals"] = np.full(n, 0.5, np.float32)
+    for kind in ("truncated", "wrong keys", "ints", "floats", "runs code"):  # AWAC's two door files, one of them bad
+        folder = tmp / f"awac-{kind}"
+        folder.mkdir()
+        trajectory = {"observations": np.zeros((2, 39)), "next_observations": np.zeros((2, 39)),
+                      "actions": np.zeros((2, 28)), "rewards": np.array([-1.0, 0.0]), "terminals": np.zeros(2, bool)}
+        good = np.empty(1, dtype=object)
+        good[:] = [trajectory]
+        np.save(folder / "door_bc_sparse4.npy", good, allow_pickle=True)
+        bad = {"truncated": good, "wrong keys": np.array([{"obs": 1}], dtype=object), "ints": np.arange(5),
+               "floats": np.zeros((3, 4)), "runs code": np.array([{**trajectory, "env_infos": RunsCode(tmp / "ran")}],
+                                                                  dtype=object)}[kind]
+        np.save(folder / "door2_sparse.npy", bad, allow_pickle=True)
+        if kind == "truncated":
+            (folder / "door2_sparse.npy").write_bytes((folder / "door2_sparse.npy").read_bytes()[:200])
     data = (tmp / "truncated.hdf5").read_bytes()
     (tmp / "truncated.hdf5").write_bytes(data[: len(data) // 2])
     with h5py.File(tmp / "nokeys.hdf5", "w") as f:
@@ -246,6 +279,7 @@ def test_every_bad_input_stops_with_one_line_and_touches_nothing(world):
             failures.append(f"{name}: exit {proc.returncode}, {errors or proc.stderr[-400:]}")
     assert not failures, "\n".join(failures)
     assert fingerprint(untouched) == before
+    assert not (tmp / "ran").exists()  # no data file ran code
 
 
 def test_the_forked_runner_is_a_subprocess_for_each_case(tmp_path):

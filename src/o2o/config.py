@@ -324,6 +324,9 @@ class MlflowConfig:
                  f"mlflow.system_metrics_interval_s must be >= 1 (seconds), got {self.system_metrics_interval_s}")
         require(self.registered_model is None or (self.log_models and bool(self.registered_model.strip())),
                  "mlflow.registered_model needs mlflow.log_models=true and a non-empty name")
+        # MLflow's rule (mlflow.utils.validation._validate_model_name), checked before the run trains, not after
+        require(self.registered_model is None or not any(c in self.registered_model for c in "/:"),
+                f"mlflow.registered_model={self.registered_model!r}: MLflow's model names cannot contain '/' or ':'")
 
 
 @dataclass
@@ -377,6 +380,8 @@ class Config:
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         require(bool(self.mlflow_experiment.strip()), "mlflow_experiment must be a non-empty name")
+        require(len(self.mlflow_experiment) <= MAX_EXPERIMENT_NAME,
+                f"mlflow_experiment is {len(self.mlflow_experiment)} characters; MLflow takes at most {MAX_EXPERIMENT_NAME}")
         require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed} (numpy's seeds are "
                  "below 2**32 and the run derives others by adding offsets)")
 
@@ -421,6 +426,7 @@ def register_schema() -> None:
         store.store(group="schema/algo", name=name, node=algorithm.schema)
 
 
+MAX_EXPERIMENT_NAME = 500  # MLflow's (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
 MAX_SEED = 2**31 - 1  # leaves room below numpy's 2**32 for the offsets added to it (evaluation env, retraining)
 
 
