@@ -65,6 +65,10 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
                           ("ints", "holds an array of int64, not AWAC's trajectories"),
                           ("floats", "holds an array of float64, not AWAC's trajectories"),
                           ("runs code", "is not part of AWAC's trajectory files; refusing to load it"))},
+    "sweep with a bad value": (["-m", "algo.gamma=2"], {}, "algo.gamma must be in (0, 1), got 2.0"),
+    "sweep with a bad option": (["-m", "algo=calql,nope"], {}, "Could not find 'algo/nope'"),
+    "sweep with a bad value among good ones": (["-m", "algo.gamma=0.9,0.99,1.5"], {},
+                                               "got 1.5 (in the sweep's job with algo.gamma=1.5)"),
     "registered model name with / and :": (["mlflow.registered_model=a/b:c"], {}, "model names cannot contain '/' or ':'"),
     "experiment name too long": (["mlflow_experiment=" + "x" * 6000], {}, "MLflow takes at most 500"),
     "empty hdf5": (["env.dataset.id=null", "env.dataset.path={tmp}/empty.hdf5"], {}, "cannot be read as a D4RL HDF5"),
@@ -362,3 +366,18 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run():
         INTERRUPTED.clear()
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = hook
+
+
+def test_a_sweep_whose_job_fails_on_the_basic_launcher_ends_its_parent_run(tmp_path, main_py):
+    """The basic launcher raises a job's error in the head process, before the sweep's end: the parent run is not
+    left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path / 'sweep.db'}"
+    done = subprocess.run(main_py + ["-m", *SMOKE_ANY_ENV, "env.dataset.id=null", f"env.dataset.path={tmp_path}/no.hdf5",
+                                     f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false"],
+                          env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "does not exist" in done.stderr
+    client = MlflowClient(store)
+    (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.sweep = 'true'")
+    assert parent.info.status == "FAILED" and parent.data.tags["failure"] == "the sweep stopped before its end"

@@ -149,8 +149,13 @@ def main() -> None:
         sys.argv[1:] = integral_scientific(sys.argv[1:])
         args = sys.argv[1:]
         if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
-            preflight([arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))
-                       or arg.startswith("hydra.searchpath=")], run_dir_override(args))
+            preflight(for_preflight(args), run_dir_override(args))
+        elif set(a for a in args if a.startswith("-")) <= {"-m", "--multirun"}:  # a sweep: each of its values
+            for variant, where in sweep_variants([a for a in args if a not in ("-m", "--multirun")]):
+                try:
+                    preflight(for_preflight(variant), inert=False)  # a key may be read by some of a sweep's jobs
+                except UserError as err:
+                    raise type(err)(f"{err}{where}") from None
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -161,8 +166,39 @@ def main() -> None:
         sys.exit(130)
 
 
-def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
-    """Compose, resolve and check the config as the job will, turning Hydra's multi-line errors into one line."""
+def for_preflight(args: Sequence[str]) -> list[str]:
+    """The overrides a job's config is composed from: Hydra's own settings aside, but for the config search path."""
+    return [arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))
+            or arg.startswith("hydra.searchpath=")]
+
+
+def sweep_variants(args: Sequence[str]) -> list[tuple[list[str], str]]:
+    """A sweep's overrides as jobs to check before it starts: the first value of every swept key, then each other
+    value of each key in turn (not every combination: one bad value is found without composing them all). Each comes
+    with the words that name its job in an error. A sweep Hydra's parser cannot expand is left to Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(args))
+        values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else None for o in parsed]
+    except Exception:  # glob() and other sweeps that need the config to expand
+        return []
+
+    def line(override, value) -> str:
+        return f"{override.get_key_element()}={value}"
+
+    base = [line(o, v[0]) if v else o.input_line for o, v in zip(parsed, values)]
+    variants = [(base, "")]
+    for i, (override, options) in enumerate(zip(parsed, values)):
+        for value in (options or [])[1:]:
+            job = [*base[:i], line(override, value), *base[i + 1:]]
+            variants.append((job, f" (in the sweep's job with {line(override, value)})"))
+    return variants
+
+
+def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool = True) -> None:
+    """Compose, resolve and check the config as the job will, turning Hydra's multi-line errors into one line;
+    ``inert``: refuse overrides the job does not read."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -173,7 +209,8 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None) -> None:
     except AssertionError:  # OmegaConf asserts when an override sets a key under a null node
         raise ConfigError(_override_under_null(overrides)) from None
     config = validate(cfg)
-    refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
+    if inert:
+        refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
     from o2o.tracking import outputs_dir
 
     check_writable_folder(run_dir or str(outputs_dir()), "hydra.run.dir" if run_dir else "the outputs folder (O2O_OUTPUTS)")

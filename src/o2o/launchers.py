@@ -7,6 +7,7 @@ same run directory and resumes from its checkpoint (``o2o.checkpoints``).
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -74,6 +75,9 @@ class MlflowSweepCallback(Callback):
                                        tags={"sweep": "true", "overrides": overrides, "sweep_dir": sweep_dir}).info.run_id
             log.info("MLflow parent run %s for this sweep (store %s)", run_id, uri)
         os.environ[PARENT_RUN_ENV] = run_id
+        # a sweep whose head process stops before on_multirun_end (a job's error that the basic launcher raises, an
+        # interrupt) must not leave its parent RUNNING
+        atexit.register(_end_parent_unless_ended, uri, run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         client, parent = _parent_client()
@@ -85,6 +89,16 @@ class MlflowSweepCallback(Callback):
             log.warning("sweep summary not written: %s: %s", type(err).__name__, err)
         if client.get_run(parent).info.status == "RUNNING":
             client.set_terminated(parent, status="FINISHED")
+
+
+def _end_parent_unless_ended(uri: str, run_id: str) -> None:
+    try:
+        client = open_store(uri)
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "failure", "the sweep stopped before its end")
+            client.set_terminated(run_id, status="FAILED")
+    except Exception as err:  # at exit, a store that cannot be reached is said, not raised
+        log.warning("the sweep's parent run %s could not be ended: %s", run_id, str(err).splitlines()[0][:200])
 
 
 def best_by_env(records: list) -> dict[str, tuple]:
