@@ -381,3 +381,33 @@ def test_a_sweep_whose_job_fails_on_the_basic_launcher_ends_its_parent_run(tmp_p
     client = MlflowClient(store)
     (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.sweep = 'true'")
     assert parent.info.status == "FAILED" and parent.data.tags["failure"] == "the sweep stopped before its end"
+
+
+def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path, capsys):
+    """A parent run that is not in the store, a study record that is not gzip or not JSON, an MLflow filter that
+    does not parse: one line each, no traceback."""
+    import gzip
+
+    from o2o.archive import read_records
+    from o2o.errors import ConfigError
+    from o2o.report import main as report
+    from o2o.study import main as study
+
+    with pytest.raises(SystemExit) as stopped:
+        study(["pointmaze_o2o", "--page-only", "bogus123", "--out", str(tmp_path / "pages")])
+    assert stopped.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --page-only bogus123: no such run")
+    for name, content in (("corrupt", b"not gzip at all"), ("bad-json", gzip.compress(b"{not json"))):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "run.json.gz").write_bytes(content)
+        with pytest.raises(ConfigError, match="cannot be read as a study record") as bad:
+            read_records(folder)
+        assert "\n" not in str(bad.value)
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).create_experiment("o2o-report-filter")
+    with pytest.raises(SystemExit) as stopped:
+        report(["--experiment", "o2o-report-filter", "--filter", "params.x ((( =", "--no-mlflow"])
+    assert str(stopped.value.code).startswith("error: the run filter") and "\n" not in str(stopped.value.code)

@@ -154,10 +154,15 @@ def read_records(folder: Path) -> tuple[dict | None, list[dict]]:
     parent = json.loads(parent_file.read_text()) if parent_file.exists() else None
     runs = []
     for path in sorted(folder.glob("*.json.gz")):
-        with gzip.open(path, "rt") as handle:
-            record = json.load(handle)
-        if record.get("format") != FORMAT:
-            raise ConfigError(f"{path} is a record of format {record.get('format')!r}, this code reads {FORMAT}: "
+        try:
+            with gzip.open(path, "rt") as handle:
+                record = json.load(handle)
+        except (OSError, EOFError, ValueError) as err:  # not gzip, truncated, not JSON (JSONDecodeError is a ValueError)
+            raise ConfigError(f"{path} cannot be read as a study record ({type(err).__name__}): restore it from git "
+                              "(git checkout -- <file>) or remove it") from None
+        if not isinstance(record, dict) or record.get("format") != FORMAT:
+            raise ConfigError(f"{path} is a record of format "
+                              f"{record.get('format') if isinstance(record, dict) else None!r}, this code reads {FORMAT}: "
                               "read it with the commit that wrote it")
         runs.append(record)
     return parent, runs

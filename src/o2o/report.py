@@ -118,8 +118,15 @@ def load_runs(client, experiment: str, filter_string: str, finished_only: bool =
         raise SystemExit(f"no MLflow experiment named {experiment!r} in {default_tracking_uri()}")
     if finished_only:
         filter_string += " and attributes.status = 'FINISHED'"
+    from mlflow.exceptions import MlflowException
+
     records = []
-    for run in client.search_runs([exp.experiment_id], filter_string, max_results=5000):
+    try:
+        found = client.search_runs([exp.experiment_id], filter_string, max_results=5000)
+    except MlflowException as err:  # a filter MLflow cannot parse
+        raise SystemExit(f"error: the run filter {filter_string!r} is not one MLflow reads: "
+                         f"{str(err).splitlines()[0][:200]}") from None
+    for run in found:
         if not algos or run.data.tags["algo"] in algos:
             records.append(_record(client, run))
     return records

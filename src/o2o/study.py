@@ -518,7 +518,13 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     wall = None
     if args.page_only:
         parent = args.page_only
-        tags = client.get_run(parent).data.tags
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = client.get_run(parent).data.tags
+        except MlflowException:
+            raise UserError(f"--page-only {parent}: no such run in the store {default_tracking_uri()}: give the "
+                            "sweep's parent run id (the study printed it; tags.sweep = 'true' in MLflow)") from None
         command = tags.get("study_command") or f"o2o-study {args.name} --budget {args.budget}  # sweep overrides: " + \
             tags.get("overrides", "?")
         commit = tags.get("study_commit") or git_commit() + " (when the page was written)"
