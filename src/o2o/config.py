@@ -371,6 +371,13 @@ class Config:
         require(not self.retrain.steps or (self.schedule.online_steps > 0 and self.algo.uses_offline_data),
                  "retrain retrains on the offline data and the online transitions: it needs schedule.online_steps > 0 "
                  f"and an algorithm that reads the offline data ({self.algo.name} does not)")
+        require((self.algo.pretrain and self.schedule.offline_steps > 0) or self.schedule.online_steps > 0,
+                "nothing to run: schedule.online_steps is 0 and there is no pre-training "
+                f"(schedule.offline_steps={self.schedule.offline_steps}, algo.pretrain={self.algo.pretrain}); "
+                "give either steps")
+        require(self.schedule.online_steps == 0 or self.buffer.online_capacity >= self.buffer.batch_size,
+                f"buffer.online_capacity={self.buffer.online_capacity} holds less than one batch "
+                f"(buffer.batch_size={self.buffer.batch_size}): raise it")
         require(str(self.compile).lower() in ("auto", "true", "false"),
                  f"compile must be auto, true or false, got {self.compile!r}")
         require(self.precision in ("auto", "fp32", "bf16"),

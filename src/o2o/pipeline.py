@@ -109,6 +109,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
     check_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
+    if data.offline is not None and cfg.buffer.batch_size > len(data.offline):
+        raise DatasetError(f"buffer.batch_size={cfg.buffer.batch_size} is more than the {len(data.offline)} offline "
+                           f"transitions of {data.offline.source}: lower buffer.batch_size")
     tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
