@@ -155,7 +155,7 @@ def test_a_run_trains_on_the_awac_files(tmp_path, awac_folder):
     final = run(env="adroit_door", algo="calql", run_dir=str(tmp_path / "run"),
                 overrides=[*SMOKE_ANY_ENV, "env.dataset.id=null", f"env.dataset.path={root}", "schedule.online_steps=0",
                            "schedule.offline_steps=10", "domain.eval_episodes=1", "mlflow_experiment=o2o-awac",
-                           "calibration_batch=8", "mlflow.log_models=false"])
+                           "calibration_batch=8", "mlflow.log_models=false", "buffer.batch_size=4"])  # 8 transitions
     assert "offline/success_rate" in final
 
 
