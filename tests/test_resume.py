@@ -327,3 +327,24 @@ def test_a_failure_before_the_training_loop_ends_the_run_failed_with_its_reason(
     (failed,) = client.search_runs([client.get_experiment_by_name("o2o-early-failure").experiment_id])
     assert failed.info.status == "FAILED"
     assert failed.data.tags["failure"] == "RuntimeError: the store refused the dataset"
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    """Checkpoints are read by torch's weights-only unpickler with numpy's array types allowed and nothing else."""
+    from o2o.checkpoints import Checkpoints
+    from o2o.errors import CheckpointError
+
+    (tmp_path / "checkpoints").mkdir()
+    marker = tmp_path / "ran"
+    torch.save({"stage": "offline", "agent": _RunsCode(marker)}, tmp_path / "checkpoints" / "latest.pt")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Checkpoints(tmp_path).load()
+    assert not marker.exists()

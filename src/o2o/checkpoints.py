@@ -91,6 +91,19 @@ def disk_full_error(path: Path) -> DiskFull:
                     "then run the same command again to resume")
 
 
+def checkpoint_globals() -> list:
+    """What a checkpoint holds besides tensors and Python's plain types: numpy arrays (random states, buffers). A
+    checkpoint is read by torch's weights-only unpickler with these allowed and nothing else, so a file that names
+    any other callable is refused instead of run."""
+    import importlib
+
+    import numpy as np
+
+    multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+    dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
+
+
 class Checkpoints:
     """The checkpoint files of one run directory."""
 
@@ -103,7 +116,8 @@ class Checkpoints:
             path = self.folder / name
             if path.exists():
                 try:
-                    return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=False))
+                    with torch.serialization.safe_globals(checkpoint_globals()):
+                        return RunState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
                 except Exception as err:  # truncated, not a checkpoint, from an incompatible version
                     raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}): delete it to "
                                           "start the run over, or give this job another run directory") from None
