@@ -237,6 +237,24 @@ def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window):
         ("policy", "READY"), ("pretrained_policy", "READY")]
 
 
+def killed_then_rerun(kill: str, run_dir, overrides: list[str]) -> None:
+    """A Cal-QL run in a process where ``kill`` (Python run after ``from o2o import pipeline, run``) makes it die with
+    status 137, then the same run again in this process."""
+    import subprocess
+    import sys
+
+    from o2o import run
+
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
+            "from o2o import pipeline, run\n"
+            f"{kill}\n"
+            f"run(algo='calql', run_dir={str(run_dir)!r}, overrides={overrides!r})\n")
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    run(algo="calql", run_dir=str(run_dir), overrides=overrides)
+
+
 # Inside Model.log, after the model is linked to the run (PENDING) and after its files are uploaded (still PENDING):
 # the client call named runs, then the job dies, for the named export only
 INSIDE_EXPORT = ("from mlflow.tracking import MlflowClient\n"
@@ -253,23 +271,11 @@ INSIDE_EXPORT = ("from mlflow.tracking import MlflowClient\n"
 @pytest.mark.parametrize("name", ["pretrained_policy", "policy"])
 @pytest.mark.parametrize("call", ["log_outputs", "log_model_artifacts"])
 def test_a_kill_inside_a_policy_export_leaves_a_ready_model_that_loads_after_the_rerun(tmp_path, name, call):
-    import subprocess
-    import sys
-
     import mlflow
-
-    from o2o import run
 
     overrides = [*SMOKE, "schedule.online_steps=100", "progress=false", "mlflow.system_metrics=false",
                  f"mlflow_experiment=o2o-export-kill-{name}-{call}"]
-    code = ("import os, sys\n"
-            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
-            "from o2o import run\n"
-            f"{INSIDE_EXPORT.format(call=call, name=name)}\n"
-            f"run(algo='calql', run_dir={str(tmp_path)!r}, overrides={overrides!r})\n")
-    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert killed.returncode == 137, killed.stderr[-2000:]
-    run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
+    killed_then_rerun(INSIDE_EXPORT.format(call=call, name=name), tmp_path, overrides)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     (done,) = client.search_runs([client.get_experiment_by_name(overrides[-1].split("=")[1]).experiment_id])
     assert done.info.status == "FINISHED"
@@ -286,22 +292,10 @@ def test_a_kill_inside_a_policy_export_leaves_a_ready_model_that_loads_after_the
      "pipeline.log_dataset = lambda *a, **k: os._exit(137)"),
 ])
 def test_a_kill_while_the_run_is_created_leaves_no_orphan_and_no_run_without_params(tmp_path, window, kill):
-    import subprocess
-    import sys
-
-    from o2o import run
-
     experiment = f"o2o-create-kill-{abs(hash(window))}"
     overrides = [*SMOKE, "schedule.online_steps=50", "progress=false", "mlflow.log_models=false",
                  f"mlflow_experiment={experiment}"]
-    code = ("import os, sys\n"
-            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
-            "from o2o import pipeline, run\n"
-            f"{kill}\n"
-            f"run(algo='calql', run_dir={str(tmp_path)!r}, overrides={overrides!r})\n")
-    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert killed.returncode == 137, killed.stderr[-2000:]
-    run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
+    killed_then_rerun(kill, tmp_path, overrides)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]  # none left RUNNING
