@@ -144,8 +144,8 @@ def main() -> None:
 
     try:
         sys.argv[1:] = with_searchpath(sys.argv[1:])  # O2O_CONFIG_PATH's folders join hydra.searchpath
-        load_plugins(sys.argv[1:])  # the algorithms of one's own config folders, before anything composes
-        register_schema()
+        if load_plugins(sys.argv[1:]):  # the algorithms of one's own config folders, before anything composes
+            register_schema()
         sys.argv[1:] = integral_scientific(sys.argv[1:])
         args = sys.argv[1:]
         if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts

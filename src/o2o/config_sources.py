@@ -50,13 +50,19 @@ def folders(args: Sequence[str]) -> list[Path]:
         scheme, _, where = entry.partition("://")
         if scheme == "file":
             out.append(Path(where))
-        elif scheme == "pkg":
-            import importlib.util
-
-            spec = importlib.util.find_spec(where.replace("/", "."))
-            if spec is not None and spec.submodule_search_locations:
-                out.append(Path(list(spec.submodule_search_locations)[0]))
+        elif scheme == "pkg" and (folder := _package_folder(where)) is not None:
+            out.append(folder)
     return out
+
+
+def _package_folder(package: str) -> Path | None:
+    """The folder of a ``pkg://`` config source (``o2o_conf``, ``my_project/conf``), if it is one."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package.replace("/", "."))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 def check_folders(args: Sequence[str]) -> None:
@@ -84,11 +90,9 @@ def _source_folders(hydra_runtime) -> list[Path]:
         if source["schema"] == "file":
             out.append(Path(source["path"]))
         elif source["schema"] == "pkg" and source["provider"] != "hydra":
-            import importlib.util
-
-            spec = importlib.util.find_spec(source["path"].replace("/", "."))
-            if spec is not None and spec.submodule_search_locations:
-                out.append(Path(list(spec.submodule_search_locations)[0]))
+            folder = _package_folder(source["path"])
+            if folder is not None:
+                out.append(folder)
     return out
 
 

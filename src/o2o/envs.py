@@ -149,21 +149,25 @@ def _fix_joint_type_checks() -> None:
         setattr(mujoco_utils, fn.__name__, fn)
 
 
-def import_env_module(module: str) -> None:
-    """Gymnasium's ``module:EnvId`` imports ``module``, which registers the env: one's own module is found in the
-    folder the command runs from (as ``python -m`` finds it) or on PYTHONPATH."""
+def registered_id(gym_id: str) -> str:
+    """The env's registered id. Gymnasium's ``module:EnvId`` imports ``module``, which registers the env: here that
+    module is imported (found in the folder the command runs from, as ``python -m`` finds it, or on PYTHONPATH) and
+    ``EnvId`` returned; a plain id is returned as it is."""
     import importlib
     import os
     import sys
 
+    module, _, name = gym_id.rpartition(":")
+    if not module:
+        return name
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
     try:
         importlib.import_module(module)
     except Exception as err:  # not found, or failing at import
         raise ConfigError(f"env.gym_id names the module {module!r}, which cannot be imported ({type(err).__name__}: "
-                          f"{err}): run from the "
-                          "folder that holds it, or add its folder to PYTHONPATH") from None
+                          f"{err}): run from the folder that holds it, or add its folder to PYTHONPATH") from None
+    return name
 
 
 def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | None = None) -> gym.Env:
@@ -174,13 +178,11 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
         import logging
 
         logging.getLogger("o2o").warning("Gymnasium-Robotics: %s", _ADROIT_DENSE_NOTICE.pop())
-    if ":" in cfg.gym_id:
-        import_env_module(cfg.gym_id.split(":", 1)[0])
     kwargs = dict(cfg.gym_kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
     try:
-        env = gym.make(cfg.gym_id, **kwargs)
+        env = gym.make(registered_id(cfg.gym_id), **kwargs)
     except gym.error.Error as err:  # unknown id or version
         raise ConfigError(f"env.gym_id={cfg.gym_id} cannot be made: {err}") from None
     except TypeError as err:  # a kwarg the env does not take

@@ -51,13 +51,10 @@ def effective_env_kwargs(gym_id: str, gym_kwargs: dict, keys) -> dict:
     import gymnasium as gym
     from gymnasium.envs.registration import load_env_creator
 
-    from o2o.envs import import_env_module, register_robotics
+    from o2o.envs import register_robotics, registered_id
 
     register_robotics()
-    module, _, name = gym_id.rpartition(":")  # gymnasium's module:EnvId: the module registers the env
-    if module:
-        import_env_module(module)
-    spec = gym.spec(name)
+    spec = gym.spec(registered_id(gym_id))
     merged = {**spec.kwargs, **gym_kwargs}
     missing = [k for k in keys if k not in merged]
     if missing:
@@ -82,7 +79,9 @@ def check_recorded_env(recorded: dict, cfg: EnvConfig, source: str) -> None:
         return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
     fix = "set the env option to the dataset's value, or choose the dataset recorded in this env"
-    if recorded.get("id") and recorded["id"] != cfg.gym_id.rpartition(":")[2]:  # module:EnvId: the module imports
+    from o2o.envs import registered_id
+
+    if recorded.get("id") and recorded["id"] != registered_id(cfg.gym_id):
         raise DatasetError(f"{source} records env id {recorded['id']!r}, env {cfg.name} runs {cfg.gym_id!r}: "
                            f"set env.gym_id={recorded['id']} or {fix}")
     steps = recorded.get("max_episode_steps")
