@@ -268,8 +268,7 @@ INSIDE_EXPORT = ("from mlflow.tracking import MlflowClient\n"
                  "setattr(MlflowClient, {call!r}, dying)")
 
 
-@pytest.mark.parametrize("name", ["pretrained_policy", "policy"])
-@pytest.mark.parametrize("call", ["log_outputs", "log_model_artifacts"])
+@pytest.mark.parametrize("name, call", [("pretrained_policy", "log_outputs"), ("policy", "log_model_artifacts")])
 def test_a_kill_inside_a_policy_export_leaves_a_ready_model_that_loads_after_the_rerun(tmp_path, name, call):
     import mlflow
 
