@@ -81,15 +81,48 @@ def test_preempted_job_is_requeued_and_finishes_in_one_run(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 1500  # continuous, no step logged twice
 
 
+EXPLODING_AGENT = """
+from dataclasses import dataclass
+
+from o2o.agents.cql import CQL, CQLConfig
+from o2o.agents.registry import register
+
+
+@dataclass
+class ExplodingConfig(CQLConfig):
+    pass
+
+
+@register("exploding", ExplodingConfig)
+class Exploding(CQL):
+    def update(self, batch):
+        raise RuntimeError("this algorithm fails on its first update, on purpose")
+"""
+EXPLODING_YAML = """
+defaults:
+  - cql
+  - override /schema/algo@_here_: exploding
+  - _self_
+
+name: exploding
+"""
+
+
 def test_failed_job_is_reported_and_the_others_kept(tmp_path):
-    proc = subprocess.run(sweep(["algo.mixing_ratio=0.5,2", *SMOKE, "mlflow_experiment=o2o-failing",
+    """One job of the sweep fails inside its SLURM job (its algorithm raises on the first update, which no check
+    before the sweep can see): it is named, the other job's run finishes, the parent run ends FAILED."""
+    (tmp_path / "conf" / "algo").mkdir(parents=True)
+    (tmp_path / "conf" / "algo" / "exploding.py").write_text(EXPLODING_AGENT)
+    (tmp_path / "conf" / "algo" / "exploding.yaml").write_text(EXPLODING_YAML)
+    env = {**os.environ, "O2O_CONFIG_PATH": str(tmp_path / "conf")}
+    proc = subprocess.run(sweep(["algo=calql,exploding", *SMOKE, "mlflow_experiment=o2o-failing",
                                  "schedule.online_steps=100"], tmp_path / "sweep"),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "job failed: algo.mixing_ratio=2" in output and "1 of 2 jobs failed" in output
+    assert "job failed: algo=exploding" in output and "1 of 2 jobs failed" in output, output[-3000:]
     client, runs = runs_in("o2o-failing")
     parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
-    assert parent.info.status == "FAILED" and "algo.mixing_ratio=2" in parent.data.tags["failed_jobs"]
+    assert parent.info.status == "FAILED" and "algo=exploding" in parent.data.tags["failed_jobs"]
     finished = [r for r in runs if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"]
-    assert len(finished) == 1 and finished[0].data.params["algo.mixing_ratio"] == "0.5"
+    assert len(finished) == 1 and finished[0].data.tags["algo"] == "calql"
