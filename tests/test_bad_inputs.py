@@ -142,7 +142,16 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "store that is a folder": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/partial"}, "names a folder, not a sqlite file"),
     "store of a newer MLflow": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/newer.db"},
                                 "was written by a newer MLflow than this one"),
+    "empty tracking URI": ([], {"MLFLOW_TRACKING_URI": ""}, "MLFLOW_TRACKING_URI is set but empty"),
+    "sqlite store in a folder that does not exist": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/no/such/m.db"},
+                                                     "the folder {tmp}/no/such does not exist: create it"),
+    "PostgreSQL store without a server": ([], {"MLFLOW_TRACKING_URI": "postgresql://o2o:o2o@127.0.0.1:9/mlflow"},
+                                          "MLflow store postgresql://o2o:***@127.0.0.1:9/mlflow cannot be reached"),
 }
+if os.environ.get("O2O_POSTGRES"):  # a real server (.ci/run starts one): a wrong password, refused at once
+    BAD["PostgreSQL store with a wrong password"] = (
+        [], {"MLFLOW_TRACKING_URI": os.environ["O2O_POSTGRES"].replace(":o2o@", ":wrong@") + "/mlflow"},
+        "password authentication failed")
 if not torch.cuda.is_available():
     BAD["cuda without a GPU"] = (["device=cuda"], {}, "torch sees no CUDA GPU")
 
@@ -258,6 +267,20 @@ def bad_case(tmp, overrides, env_changes) -> dict:
     return {"argv": [*smoke, *args], "env": {"HF_HUB_OFFLINE": "1", **{k: fill(v) for k, v in env_changes.items()}}}
 
 
+def run_folder(argv) -> Path | None:
+    """The run folder a case names (``hydra.run.dir=``), unquoted."""
+    value = next((a.split("=", 1)[1] for a in reversed(argv) if a.startswith("hydra.run.dir=")), None)
+    return None if value is None else Path(value.strip("'\""))
+
+
+def mlflow_runs() -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiments = [e.experiment_id for e in client.search_experiments(view_type=3)]
+    return len(client.search_runs(experiments, run_view_type=3, max_results=50000))
+
+
 def run_cases(cases: list[dict], tmp) -> list[subprocess.CompletedProcess]:
     """Every case as ``python src/main.py``, forked from one process that imported the project once
     (tests/forked_main.py): the same exit status, stdout and stderr, without 40 cold starts (measured: about 10 s
@@ -270,21 +293,33 @@ def run_cases(cases: list[dict], tmp) -> list[subprocess.CompletedProcess]:
     results = json.loads((tmp / "results.json").read_text())
     slowest = sorted(zip((r["seconds"] for r in results), (" ".join(c["argv"][-3:]) for c in cases)), reverse=True)
     print("slowest cases:", "; ".join(f"{s:.1f} s {a}" for s, a in slowest[:8]))  # pytest -s shows them
-    return [subprocess.CompletedProcess(c["argv"], r["returncode"], r["stdout"], r["stderr"]) for c, r in zip(cases, results)]
+    done = [subprocess.CompletedProcess(c["argv"], r["returncode"], r["stdout"], r["stderr"]) for c, r in zip(cases, results)]
+    for proc, result in zip(done, results):
+        proc.seconds = result["seconds"]
+    return done
 
 
 def test_every_bad_input_stops_with_one_line_and_touches_nothing(world):
     tmp, untouched = world
     before = fingerprint(untouched)
     assert len(BAD) >= 40
-    results = dict(zip(BAD, run_cases([bad_case(tmp, *case[:2]) for case in BAD.values()], tmp)))
+    cases = [bad_case(tmp, *case[:2]) for case in BAD.values()]
+    folders = {name: run_folder(case["argv"]) for name, case in zip(BAD, cases)}
+    existed = {name: folder is not None and folder.exists() for name, folder in folders.items()}
+    runs_before = mlflow_runs()
+    results = dict(zip(BAD, run_cases(cases, tmp)))
     failures = []
     for name, proc in results.items():
         expected = BAD[name][2].replace("{tmp}", str(tmp))
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         if proc.returncode != 2 or len(errors) != 1 or expected not in errors[0] or "Traceback" in proc.stderr:
             failures.append(f"{name}: exit {proc.returncode}, {errors or proc.stderr[-400:]}")
+        elif folders[name] is not None and not existed[name] and folders[name].exists():
+            failures.append(f"{name}: left the run folder {folders[name]} ({sorted(p.name for p in folders[name].iterdir())})")
+        elif proc.seconds > 10:
+            failures.append(f"{name}: took {proc.seconds:.1f} s")
     assert not failures, "\n".join(failures)
+    assert mlflow_runs() == runs_before, "a bad input started an MLflow run"
     assert fingerprint(untouched) == before
     assert not (tmp / "ran").exists()  # no data file ran code
 

@@ -74,11 +74,53 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("%s", err)
             raise  # the sweep records this job as failed and goes on with the others
-        _log_to_files(err)  # the run's log keeps it; the terminal gets it once, below
+        if not remove_new_run_folder(hydra_cfg.runtime.output_dir, hydra_cfg.job.name):
+            _log_to_files(err)  # a run folder that holds work keeps the reason in its log; the terminal gets it below
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3 if isinstance(err, Diverged) else 2)
     headline = cfg.domain.metric  # the sweep's objective: the paper's score, fine-tuned if there was fine-tuning
     return final.get(M.summary(M.ONLINE, headline), final.get(M.summary(M.OFFLINE, headline)))
+
+
+_EXISTING_RUN_FOLDERS: set[str] = set()  # the single job's run folder and its parents that existed before Hydra started
+
+
+def remember_existing_folders(run_dir: str | None) -> None:
+    from pathlib import Path
+
+    if run_dir is not None:
+        folder = Path(run_dir).expanduser().resolve()
+        _EXISTING_RUN_FOLDERS.update(str(f) for f in (folder, *folder.parents) if f.exists())
+
+
+def remove_new_run_folder(output_dir: str, job_name: str) -> bool:
+    """A job that stopped before its work began leaves no folder behind: the run folder this command created (and
+    its parents it created), when it holds only what Hydra and the run claim wrote. A folder that existed, or that
+    holds an MLflow run id or a checkpoint, stays as it is. Returns whether the folder was removed."""
+    import shutil
+    from pathlib import Path
+
+    from o2o.pipeline import RUN_CLAIM
+    from o2o.tracking import outputs_dir
+
+    folder = Path(output_dir).resolve()
+    if not folder.is_dir() or str(folder) in _EXISTING_RUN_FOLDERS:
+        return False
+    if {p.name for p in folder.iterdir()} - {".hydra", RUN_CLAIM, f"{job_name}.log"}:
+        return False
+    for handler in logging.getLogger().handlers:  # Hydra's file handler writes into the folder
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
+            handler.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    stop = outputs_dir()
+    for parent in folder.parents:
+        if parent == stop or str(parent) in _EXISTING_RUN_FOLDERS:
+            break
+        try:
+            parent.rmdir()  # only while empty
+        except OSError:
+            break
+    return not folder.exists()
 
 
 def _log_to_files(err: Exception) -> None:
@@ -141,6 +183,7 @@ def main() -> None:
     catch_interrupts()
     logging.raiseExceptions = False  # a log file on a full disk must not print a traceback per line
     from o2o.config_sources import load_plugins, with_searchpath
+    from o2o.tracking import check_store, default_tracking_uri
 
     try:
         sys.argv[1:] = with_searchpath(sys.argv[1:])  # O2O_CONFIG_PATH's folders join hydra.searchpath
@@ -150,12 +193,15 @@ def main() -> None:
         args = sys.argv[1:]
         if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
             preflight(for_preflight(args), run_dir_override(args))
+            check_store(default_tracking_uri())  # one connection: a store that cannot work stops here, in seconds
+            remember_existing_folders(run_dir_override(args))
         elif set(a for a in args if a.startswith("-")) <= {"-m", "--multirun"}:  # a sweep: each of its values
             for variant, where in sweep_variants([a for a in args if a not in ("-m", "--multirun")]):
                 try:
                     preflight(for_preflight(variant), inert=False)  # a key may be read by some of a sweep's jobs
                 except UserError as err:
                     raise type(err)(f"{err}{where}") from None
+            check_store(default_tracking_uri())
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

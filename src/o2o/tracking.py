@@ -24,9 +24,13 @@ def outputs_dir() -> Path:
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else a sqlite file at an absolute path under outputs/."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri is not None and not uri.strip():
+        from o2o.errors import TrackingError
+
+        raise TrackingError("MLFLOW_TRACKING_URI is set but empty: unset it (the store is then a sqlite file under "
+                            "outputs/) or name a store")
     if uri:
         return uri
-    outputs_dir().mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{outputs_dir() / 'mlflow.db'}"
 
 
@@ -78,9 +82,21 @@ def check_store(uri: str) -> None:
         except requests.RequestException as err:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}): {fix}") from None
         return
-    if uri.startswith("sqlite:///") and Path(uri[len("sqlite:///"):]).is_dir():  # MLflow would retry for minutes
-        raise TrackingError(f"MLflow store {uri} names a folder, not a sqlite file: name a file in it, e.g. "
-                            f"sqlite:///{Path(uri[len('sqlite:///'):]) / 'mlflow.db'}")
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_dir():  # MLflow would retry for minutes
+            raise TrackingError(f"MLflow store {uri} names a folder, not a sqlite file: name a file in it, e.g. "
+                                f"sqlite:///{path / 'mlflow.db'}")
+        if not path.exists():  # created by the first run that logs, not by a check
+            if not path.absolute().parent.is_dir() and os.environ.get("MLFLOW_TRACKING_URI"):  # outputs/ is made
+                raise TrackingError(f"MLflow store {uri}: the folder {path.absolute().parent} does not exist: create "
+                                    "it, or name a sqlite file in a folder that exists")
+            if path.absolute().parent.is_dir() and not os.access(path.absolute().parent, os.W_OK | os.X_OK):
+                raise TrackingError(f"MLflow store {uri}: the folder {path.absolute().parent} cannot be written: "
+                                    "name a sqlite file in a folder you can write in")
+            return
+    elif uri.startswith(("postgresql", "mysql")):
+        reach_database_once(uri, fix)
     try:
         open_store(uri)
     except Exception as err:  # unknown scheme, not a database, no permission
@@ -89,6 +105,28 @@ def check_store(uri: str) -> None:
             raise TrackingError(newer) from None
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise TrackingError(f"MLflow store {uri} cannot be opened ({detail[:300]}): {fix}") from None
+
+
+def reach_database_once(uri: str, fix: str, timeout_s: int = 5) -> None:
+    """One connection attempt with a short timeout: MLflow's own engine retries a refused connection or a wrong
+    password for about two minutes before it says anything."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from o2o.errors import TrackingError
+
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": timeout_s})
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as err:
+        raise TrackingError(f"MLflow store {sqlalchemy.engine.make_url(uri).render_as_string()}: its database driver "
+                            f"is not installed ({err.name}): pip install -e '.[postgres]' for postgresql://") from None
+    except Exception as err:  # refused, wrong password, unknown host, no such database
+        detail = str(getattr(err, "orig", None) or err).strip().splitlines()
+        safe = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
+        raise TrackingError(f"MLflow store {safe} cannot be reached ({(detail[0] if detail else type(err).__name__)[:300]}): "
+                            f"{fix}") from None
 
 
 def schema_newer_than_mlflow(message: str, uri: str) -> str | None:
