@@ -6,7 +6,7 @@ stdout and stderr, as a subprocess would be, without paying the imports again. T
 makes are read by the code at call time (MLFLOW_TRACKING_URI, O2O_OUTPUTS, MINARI_DATASETS_PATH); HF_HUB_OFFLINE,
 which huggingface_hub reads on import, is set before the imports for every case.
 
-    python tests/forked_main.py CASES.json RESULTS.json   # CASES: [{"argv": [...], "env": {...}}], 2 at a time
+    python tests/forked_main.py CASES.json RESULTS.json   # CASES: [{"argv": [...], "env": {name: value or null}}], 2 at a time
 """
 import json
 import os
@@ -29,7 +29,8 @@ def child(argv: list[str], env: dict[str, str], out: str, err: str) -> None:
     try:
         for fd, path in ((1, out), (2, err)):
             os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-        os.environ.update(env)
+        for key, value in env.items():  # null: unset
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
         sys.argv = [str(ROOT / "src" / "main.py"), *argv]
         from o2o.cli import main
 

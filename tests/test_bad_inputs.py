@@ -142,6 +142,9 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "store that is a folder": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/partial"}, "names a folder, not a sqlite file"),
     "store of a newer MLflow": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/newer.db"},
                                 "was written by a newer MLflow than this one"),
+    "bad dataset, default run folder and store": (
+        ["env.dataset.id=null", "env.dataset.path={tmp}/missing.hdf5"],
+        {"O2O_OUTPUTS": "{tmp}/fresh-outputs", "MLFLOW_TRACKING_URI": None}, "does not exist"),
     "empty tracking URI": ([], {"MLFLOW_TRACKING_URI": ""}, "MLFLOW_TRACKING_URI is set but empty"),
     "sqlite store in a folder that does not exist": ([], {"MLFLOW_TRACKING_URI": "sqlite:///{tmp}/no/such/m.db"},
                                                      "the folder {tmp}/no/such does not exist: create it"),
@@ -264,7 +267,8 @@ def bad_case(tmp, overrides, env_changes) -> dict:
         # one folder per case: cases that differ only by their environment run at once, and a run folder has one job
         args.append(f"hydra.run.dir={tmp}/runs/{abs(hash((tuple(args), tuple(sorted(env_changes.items())))))}")
     smoke = SMOKE_ANY_ENV if any(a.startswith("env=") for a in args) else SMOKE  # PointMaze: collect a small dataset
-    return {"argv": [*smoke, *args], "env": {"HF_HUB_OFFLINE": "1", **{k: fill(v) for k, v in env_changes.items()}}}
+    return {"argv": [*smoke, *args],
+            "env": {"HF_HUB_OFFLINE": "1", **{k: v if v is None else fill(v) for k, v in env_changes.items()}}}
 
 
 def run_folder(argv) -> Path | None:
@@ -320,6 +324,8 @@ def test_every_bad_input_stops_with_one_line_and_touches_nothing(world):
             failures.append(f"{name}: took {proc.seconds:.1f} s")
     assert not failures, "\n".join(failures)
     assert mlflow_runs() == runs_before, "a bad input started an MLflow run"
+    fresh = tmp / "fresh-outputs"  # the dated run folder and the default store: neither is made for a job that stops
+    assert not fresh.exists() or not any(fresh.rglob("*")), sorted(fresh.rglob("*"))
     assert fingerprint(untouched) == before
     assert not (tmp / "ran").exists()  # no data file ran code
 

@@ -166,6 +166,8 @@ def finished_elsewhere(resolved: dict, overrides: str, run_dir: Path) -> dict[st
 
     uri = default_tracking_uri()
     check_store(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None  # a store not yet created holds no run; the first run that logs creates it
     run = finished_in_sweep(open_store(uri), resolved, overrides)
     if run is None:
         return None
