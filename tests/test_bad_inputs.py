@@ -150,6 +150,23 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
                                                      "the folder {tmp}/no/such does not exist: create it"),
     "PostgreSQL store without a server": ([], {"MLFLOW_TRACKING_URI": "postgresql://o2o:o2o@127.0.0.1:9/mlflow"},
                                           "MLflow store postgresql://o2o:***@127.0.0.1:9/mlflow cannot be reached"),
+    "steps beyond any run": (["schedule.online_steps=1e30"], {}, "schedule.online_steps=1e+30 is more than 1e9 steps"),
+    "calibration batch beyond the data": (["calibration_batch=1e8"], {},
+                                          "calibration_batch=100000000 is more than the 1529 offline transitions"),
+    "RLPD with one critic where its target is a min over 2": (
+        ["env=adroit_door", "algo=rlpd", "algo.ensemble_size=1"], {},
+        "algo.target_subset must be in [1, algo.ensemble_size=1], got 2"),
+    "a typo in a sweep's syntax": (["-m", "algo=calql,,cql"], {}, "override 'algo=calql,,cql' does not parse"),
+    "a typo in a range": (["seed=range(0,3"], {}, "override 'seed=range(0,3' does not parse (no viable alternative"),
+    **{f"hdf5 with {what}": (["env.dataset.id=null", f"env.dataset.path={{tmp}}/{name}.hdf5"], {}, line)
+       for what, name, line in (("rewards as byte strings", "bytes_rewards", "rewards is stored as |S3"),
+                                ("int64 observations", "int_obs", "observations is stored as int64; D4RL stores float32"),
+                                ("next_observations of another width", "wide_next", "next_observations are 4 wide"),
+                                ("every step terminal", "all_terminal", "every one of its 10 steps is terminal"))},
+    "dataset is a FIFO": (["env.dataset.id=null", "env.dataset.path={tmp}/fifo.hdf5"], {}, "is a FIFO, not an HDF5"),
+    "dataset is /dev/zero": (["env.dataset.id=null", "env.dataset.path=/dev/zero"], {}, "is a device, not an HDF5"),
+    "dataset is a symlink loop": (["env.dataset.id=null", "env.dataset.path={tmp}/loop.hdf5"], {},
+                                  "cannot be reached (Too many levels of symbolic links)"),
 }
 if os.environ.get("O2O_POSTGRES"):  # a real server (.ci/run starts one): a wrong password, refused at once
     BAD["PostgreSQL store with a wrong password"] = (
@@ -157,6 +174,9 @@ if os.environ.get("O2O_POSTGRES"):  # a real server (.ci/run starts one): a wron
         "password authentication failed")
 if not torch.cuda.is_available():
     BAD["cuda without a GPU"] = (["device=cuda"], {}, "torch sees no CUDA GPU")
+    BAD["cuda:5 without a GPU"] = (["device=cuda:5"], {}, "device=cuda:5 but torch sees no CUDA GPU")
+else:
+    BAD["a GPU that is not there"] = (["device=cuda:99"], {}, "CUDA GPU(s) here, numbered from 0")
 
 
 class RunsCode:
@@ -220,6 +240,15 @@ def world(tmp_path_factory):
                     f.create_group(key)["x"] = np.zeros((10, 6), np.float32)
                 else:
                     f[key] = value
+    odd = {"bytes_rewards": {"rewards": np.array([b"abc"] * 10)}, "int_obs": {"observations": np.zeros((10, 6), np.int64)},
+           "wide_next": {"next_observations": np.zeros((10, 4), np.float32)}, "all_terminal": {"terminals": np.ones(10, bool)}}
+    for name, change in odd.items():
+        with h5py.File(tmp / f"{name}.hdf5", "w") as f:
+            for key, value in {**ended(10), **change}.items():
+                f[key] = value
+    os.mkfifo(tmp / "fifo.hdf5")
+    os.symlink(tmp / "loop2.hdf5", tmp / "loop.hdf5")
+    os.symlink(tmp / "loop.hdf5", tmp / "loop2.hdf5")
     for name, n in (("zero", 0), ("one", 1)):
         with h5py.File(tmp / f"{name}.hdf5", "w") as f:
             for key, value in arrays(n, 6).items():  # "one": a step whose episode never ends
@@ -452,6 +481,47 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
     from mlflow.tracking import MlflowClient
 
     MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).create_experiment("o2o-report-filter")
-    with pytest.raises(SystemExit) as stopped:
-        report(["--experiment", "o2o-report-filter", "--filter", "params.x ((( =", "--no-mlflow"])
-    assert str(stopped.value.code).startswith("error: the run filter") and "\n" not in str(stopped.value.code)
+    from o2o.data.build.cli import main as data
+
+    for tool, argv, line in (
+            (report, ["--experiment", "o2o-report-filter", "--filter", "params.x ((( =", "--no-mlflow"],
+             "error: the run filter"),
+            (report, ["--experiment", "no-such-experiment", "--no-mlflow"], "error: no MLflow experiment named"),
+            (report, ["--experiment", "o2o-report-filter", "--no-mlflow"], "error: no runs in experiment"),
+            (report, ["--dip-fraction", "-1"], "error: o2o-report: --dip-fraction must be in (0, 1]"),
+            (report, ["--bogus"], "error: o2o-report: unrecognized arguments: --bogus (see o2o-report --help)"),
+            (study, [], "error: o2o-study: the following arguments are required: name"),
+            (data, ["build-adroit", "--expert-episodes", "-5", "--awac-rollouts", "0"],
+             "error: o2o-data build-adroit: argument --expert-episodes: -5 is below 1"),
+            (data, ["build-adroit", "--bc-noise", "nan"], "argument --bc-noise: nan is not a finite number >= 0"),
+            (data, ["build-adroit", "--namespace", "D4RL"], "--namespace D4RL is an official one; choose your own"),
+            (data, ["bogus"], "error: o2o-data: argument command: invalid choice: 'bogus'")):
+        with pytest.raises(SystemExit) as stopped:
+            tool(argv)
+        err = capsys.readouterr().err.strip()
+        assert stopped.value.code == 2 and err.startswith("error: ") and line in err and "\n" not in err, (argv, err)
+
+
+def test_a_legal_value_that_is_almost_surely_a_mistake_starts_the_run_and_says_so(tmp_path):
+    from o2o.config import doubtful_settings, validate
+
+    assert doubtful_settings(validate(compose_smoke())) == []
+    doubts = doubtful_settings(validate(compose_smoke(["schedule.offline_steps=10", "schedule.eval_interval_offline=50",
+                                                       "schedule.online_steps=20", "schedule.eval_interval_online=30",
+                                                       "algo.warmup_steps=20"])))
+    assert [d.split(" ", 1)[0] for d in doubts] == ["schedule.eval_interval_offline=50", "schedule.eval_interval_online=30",
+                                                    "algo.warmup_steps=20"]
+    (run,) = run_cases([{"argv": [*SMOKE, "schedule.offline_steps=4", "schedule.online_steps=6", "algo.warmup_steps=2",
+                                  "schedule.eval_interval_online=100", f"hydra.run.dir={tmp_path / 'run'}",
+                                  "progress=false", "mlflow.system_metrics=false"], "env": {}}], tmp_path)
+    output = run.stdout + run.stderr  # Hydra's console log is stdout
+    warnings = [line for line in output.splitlines() if "WARNING" in line and "eval_interval_online" in line]
+    assert run.returncode == 0 and len(warnings) == 1, output[-2000:]
+    assert warnings[0].endswith("schedule.eval_interval_online=100 is longer than the 6 online steps: fine-tuning is "
+                                "evaluated only at its end")
+
+
+def compose_smoke(overrides=()):
+    from conftest import compose
+
+    return compose([*SMOKE, *overrides])

@@ -192,10 +192,13 @@ def main() -> None:
         sys.argv[1:] = integral_scientific(sys.argv[1:])
         args = sys.argv[1:]
         if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
+            run_dir_override(args)  # an unquoted '=' or ',' in the folder: its own line, before the syntax check's
+            check_override_syntax(args)
             preflight(for_preflight(args), run_dir_override(args))
             check_store(default_tracking_uri())  # one connection: a store that cannot work stops here, in seconds
             remember_existing_folders(run_dir_override(args))
         elif set(a for a in args if a.startswith("-")) <= {"-m", "--multirun"}:  # a sweep: each of its values
+            check_override_syntax(args)
             for variant, where in sweep_variants([a for a in args if a not in ("-m", "--multirun")]):
                 try:
                     preflight(for_preflight(variant), inert=False)  # a key may be read by some of a sweep's jobs
@@ -216,6 +219,24 @@ def for_preflight(args: Sequence[str]) -> list[str]:
     """The overrides a job's config is composed from: Hydra's own settings aside, but for the config search path."""
     return [arg for arg in args if not arg.startswith(("hydra.", "hydra/", "+hydra", "~hydra"))
             or arg.startswith("hydra.searchpath=")]
+
+
+def check_override_syntax(args: Sequence[str]) -> None:
+    """A typo in an override's syntax (``algo=calql,,cql``, ``seed=range(0,3``): one line, not Hydra's report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as err:
+            detail = [line.strip() for line in str(err).splitlines()
+                      if line.strip() and not line.startswith(("Error parsing override", "See https://"))]
+            raise ConfigError(f"override {arg!r} does not parse ({detail[0] if detail else 'a syntax error'}): see "
+                              "Hydra's override grammar, e.g. key=a,b or 'key=range(0,3)'") from None
 
 
 def sweep_variants(args: Sequence[str]) -> list[tuple[list[str], str]]:
@@ -255,8 +276,11 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
     except AssertionError:  # OmegaConf asserts when an override sets a key under a null node
         raise ConfigError(_override_under_null(overrides)) from None
     config = validate(cfg)
-    if inert:
+    if inert:  # a single job, run here: its device must be here too (a sweep's jobs may run on other machines)
         refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
+        from o2o.runtime import resolve_device
+
+        resolve_device(config.device)
     from o2o.tracking import outputs_dir
 
     check_writable_folder(run_dir or str(outputs_dir()), "hydra.run.dir" if run_dir else "the outputs folder (O2O_OUTPUTS)")

@@ -201,6 +201,9 @@ class BufferConfig:
         require(self.batch_size > 0, f"buffer.batch_size must be > 0, got {self.batch_size}")
 
 
+MAX_STEPS = 10**9  # a bound on step counts, far above any schedule a study runs; beyond it a run never ends
+
+
 @dataclass
 class ScheduleConfig:
     offline_steps: int = MISSING  # gradient steps
@@ -214,6 +217,10 @@ class ScheduleConfig:
         for key in ("offline_steps", "online_steps", "eval_interval_offline", "eval_interval_online",
                     "checkpoint_interval"):
             require(getattr(self, key) >= 0, f"schedule.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("offline_steps", "online_steps"):
+            require(getattr(self, key) <= MAX_STEPS,
+                    f"schedule.{key}={getattr(self, key):.3g} is more than 1e9 steps, a run that cannot "
+                    "end (the paper's longest schedule is 1.5e6 env steps): give a count you mean to run")
         require(self.log_interval >= 1, f"schedule.log_interval must be >= 1, got {self.log_interval}")
 
 
@@ -465,6 +472,22 @@ def _refuse_non_finite(node: Any, prefix: str = "") -> None:
             _refuse_non_finite(item, f"{prefix}{key}.")
     elif isinstance(node, float) and not math.isfinite(node):
         raise ConfigError(f"{prefix[:-1]} must be a finite number, got {node}")
+
+
+def doubtful_settings(cfg: "Config") -> list[str]:
+    """Values that are legal but almost surely a mistake: the run starts, and says so, one line each."""
+    schedule, lines = cfg.schedule, []
+    pretrains = cfg.algo.pretrain and schedule.offline_steps > 0
+    if pretrains and schedule.eval_interval_offline > schedule.offline_steps:
+        lines.append(f"schedule.eval_interval_offline={schedule.eval_interval_offline} is longer than the "
+                     f"{schedule.offline_steps} offline steps: pre-training is evaluated only at its end")
+    if schedule.online_steps > 0 and schedule.eval_interval_online > schedule.online_steps:
+        lines.append(f"schedule.eval_interval_online={schedule.eval_interval_online} is longer than the "
+                     f"{schedule.online_steps} online steps: fine-tuning is evaluated only at its end")
+    if schedule.online_steps > 0 and cfg.algo.warmup_steps >= schedule.online_steps:
+        lines.append(f"algo.warmup_steps={cfg.algo.warmup_steps} is not below schedule.online_steps="
+                     f"{schedule.online_steps}: fine-tuning only collects warm-up steps and never updates")
+    return lines
 
 
 def planned_updates(cfg: "Config") -> int:

@@ -1,4 +1,5 @@
 """The errors a user can fix: each message says what is wrong and what to do. The CLI prints one line and exits 2."""
+import argparse
 
 
 class UserError(Exception):
@@ -46,3 +47,14 @@ def disk_full(err: BaseException) -> bool:
             return True
         err = err.__cause__ or err.__context__
     return False
+
+
+class NoMatchingRuns(UserError):
+    """A report or a sweep summary found no run to compare."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """The command-line tools' parser: a usage mistake is one ``error:`` line and exit 2, not argparse's usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")

@@ -19,6 +19,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from o2o.errors import NoMatchingRuns
 from o2o.tracking import PARENT_RUN_ENV, default_tracking_uri, ensure_experiment, open_store, store_lock
 
 log = logging.getLogger("o2o")
@@ -124,7 +125,7 @@ def summarize_sweep(client, parent: str, experiment: str, out_dir: Path) -> None
 
     try:
         result = write_report(client, experiment, build_filter(parent=parent), out_dir, log_to_mlflow=False)
-    except SystemExit:  # write_report's answer when no run matches
+    except NoMatchingRuns:
         client.set_tag(parent, "mlflow.note.content", "No child run finished: nothing to compare.")
         return
     for path in result["files"]:

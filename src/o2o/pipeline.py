@@ -22,7 +22,7 @@ from o2o.agents.core import ActorCritic, ObservationStats
 from o2o.agents.registry import agent_class
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
-from o2o.config import Config, planned_updates
+from o2o.config import Config, doubtful_settings, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.data.offline_data import OfflineData, episode_slices
 from o2o.envs import make_env
@@ -104,14 +104,17 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         done = finished_elsewhere(resolved, (tags or {}).get("overrides", ""), run_dir)
         if done is not None:
             return done
+    for doubt in doubtful_settings(cfg):
+        log.warning("%s", doubt)
     runtime = setup_runtime(cfg, started_precision=resume.precision if resume is not None else None)
     device = runtime.device
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
     check_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
-    if data.offline is not None and cfg.buffer.batch_size > len(data.offline):
-        raise DatasetError(f"buffer.batch_size={cfg.buffer.batch_size} is more than the {len(data.offline)} offline "
-                           f"transitions of {data.offline.source}: lower buffer.batch_size")
+    for key, size in (("buffer.batch_size", cfg.buffer.batch_size), ("calibration_batch", cfg.calibration_batch)):
+        if data.offline is not None and size > len(data.offline):
+            raise DatasetError(f"{key}={size} is more than the {len(data.offline)} offline transitions of "
+                               f"{data.offline.source}: lower {key}")
     tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None

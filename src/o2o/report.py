@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from o2o import metrics as M
+from o2o.errors import ConfigError, NoMatchingRuns, OneLineParser, UserError
 from o2o.tracking import default_tracking_uri, outputs_dir
 
 REGRET = M.CUMULATIVE_REGRET
@@ -115,7 +117,8 @@ def load_runs(client, experiment: str, filter_string: str, finished_only: bool =
               algos: list[str] | None = None) -> list[RunRecord]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"no MLflow experiment named {experiment!r} in {default_tracking_uri()}")
+        raise NoMatchingRuns(f"no MLflow experiment named {experiment!r} in {default_tracking_uri()}: name one with "
+                             "--experiment, or set MLFLOW_TRACKING_URI to the store that holds it")
     if finished_only:
         filter_string += " and attributes.status = 'FINISHED'"
     from mlflow.exceptions import MlflowException
@@ -124,7 +127,7 @@ def load_runs(client, experiment: str, filter_string: str, finished_only: bool =
     try:
         found = client.search_runs([exp.experiment_id], filter_string, max_results=5000)
     except MlflowException as err:  # a filter MLflow cannot parse
-        raise SystemExit(f"error: the run filter {filter_string!r} is not one MLflow reads: "
+        raise ConfigError(f"the run filter {filter_string!r} is not one MLflow reads: "
                          f"{str(err).splitlines()[0][:200]}") from None
     for run in found:
         if not algos or run.data.tags["algo"] in algos:
@@ -533,7 +536,7 @@ def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip
     plt = _pyplot()
     records = load_runs(client, experiment, filter_string, finished_only, algos)
     if not records:
-        raise SystemExit(f"no runs in experiment {experiment!r} match: {filter_string}")
+        raise NoMatchingRuns(f"no runs in experiment {experiment!r} match: {filter_string}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = results_table(records, dip_fraction)
     _, left_out = group_runs(records)
@@ -580,7 +583,7 @@ def run_plot(client, run_id: str, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="o2o-report", description=__doc__,
+    parser = OneLineParser(prog="o2o-report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default="o2o")
     parser.add_argument("--env")
@@ -594,14 +597,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="output folder (default outputs/reports/<experiment>-<time>)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as an MLflow run")
     args = parser.parse_args(argv)
+    if not 0 < args.dip_fraction <= 1:
+        parser.error(f"--dip-fraction must be in (0, 1], a fraction of fine-tuning, got {args.dip_fraction}")
+    try:
+        from o2o.tracking import check_store
 
-    from mlflow.tracking import MlflowClient
+        uri = default_tracking_uri()
+        check_store(uri)
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            raise NoMatchingRuns(f"the MLflow store {uri} does not exist yet: run a job first, or set "
+                                 "MLFLOW_TRACKING_URI to the store that holds the runs")
+        from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(default_tracking_uri())
-    out = Path(args.out) if args.out else outputs_dir() / "reports" / f"{args.experiment}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
-    result = write_report(client, args.experiment, build_filter(args.env, args.algo, args.dataset, args.parent,
-                                                                args.filter),
-                          out, args.dip_fraction, not args.include_unfinished, not args.no_mlflow, args.algo)
+        client = MlflowClient(uri)
+        out = Path(args.out) if args.out else outputs_dir() / "reports" / f"{args.experiment}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        result = write_report(client, args.experiment, build_filter(args.env, args.algo, args.dataset, args.parent,
+                                                                    args.filter),
+                              out, args.dip_fraction, not args.include_unfinished, not args.no_mlflow, args.algo)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print((out / "table.md").read_text())
     print(f"{result['runs']} runs; report written to {out}" +
           (f"; MLflow report run {result['report_run']}" if result["report_run"] else ""))

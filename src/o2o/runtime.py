@@ -104,7 +104,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name} but torch sees no CUDA GPU here: use device=auto or device=cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name} is not a device torch knows: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but torch sees {torch.cuda.device_count()} CUDA GPU(s) here, numbered from "
+                          "0: use device=cuda or one of them")
+    return device
 
 
 def machine() -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from o2o import metrics as M
 from o2o import statistics as S
 from o2o.config_sources import CONFIG_PATH_ENV
-from o2o.errors import UserError
+from o2o.errors import OneLineParser, UserError
 
 STUDIES = Path(importlib.util.find_spec("o2o_conf").origin).parent / "experiment" / "study"  # conf/ as installed
 LAUNCHERS = {"local": [], "local-parallel": ["hydra/launcher=submitit_local"], "slurm": ["hydra/launcher=submitit_slurm"]}
@@ -465,7 +465,7 @@ def adopt_searchpath(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     argv = adopt_searchpath(list(sys.argv[1:] if argv is None else argv))
     studies = available()
-    parser = argparse.ArgumentParser(prog="o2o-study", description=__doc__,
+    parser = OneLineParser(prog="o2o-study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help=f"one of: {', '.join(studies)}")
     parser.add_argument("--budget", default="cpu",

@@ -24,6 +24,24 @@ def load_d4rl_hdf5(path: str) -> OfflineData:
                            f"{str(err).splitlines()[0] if str(err) else 'no detail'}): check the file, or download it again") from None
 
 
+def check_is_file(path: str) -> None:
+    """``path`` is a regular file, or the line says what it is instead (h5py would block on a FIFO and read
+    /dev/zero for ever)."""
+    import stat
+
+    if not os.path.lexists(path):
+        raise DatasetError(f"D4RL HDF5 file '{path}' does not exist: fix env.dataset.path "
+                           "or use a Minari id in env.dataset.id")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:  # a symlink loop, a dangling link, no permission on the way
+        raise DatasetError(f"D4RL HDF5 file '{path}' cannot be reached ({err.strerror}): fix env.dataset.path") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise DatasetError(f"env.dataset.path '{path}' is {kind}, not an HDF5 file: name the dataset's file")
+
+
 def _read_d4rl_hdf5(path: str) -> OfflineData:
     """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
 
@@ -32,9 +50,7 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
     """
     import h5py
 
-    if not os.path.isfile(path):
-        raise DatasetError(f"D4RL HDF5 file '{path}' does not exist: fix env.dataset.path "
-                           "or use a Minari id in env.dataset.id")
+    check_is_file(path)
     with h5py.File(path, "r") as f:
         missing = [k for k in ("observations", "actions", "rewards", "terminals") if k not in f]
         if missing:
@@ -85,11 +101,21 @@ def _check_arrays(f, path: str) -> None:
             raise DatasetError(f"{path}: {key} has shape {f[key].shape}; D4RL stores it as "
                                f"{'(N, dim)' if rank == 2 else '(N,)'}, one row per step: fix the file")
         lengths[key] = f[key].shape[0]
+        kinds = "f" if key in MATRICES else "biuf"  # observations and actions are real vectors; flags may be ints
+        if f[key].dtype.kind not in kinds:
+            raise DatasetError(f"{path}: {key} is stored as {f[key].dtype}; D4RL stores "
+                               f"{'float32' if key in MATRICES else 'numbers'}: convert it when building the file")
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"{path}: its arrays differ in length ({', '.join(f'{k} {n}' for k, n in lengths.items())}); "
                            "every array holds one row per step: fix the file")
     if lengths["observations"] == 0:
         raise DatasetError(f"{path} holds no steps: choose another dataset")
+    if "next_observations" in f and f["next_observations"].shape[1] != f["observations"].shape[1]:
+        raise DatasetError(f"{path}: next_observations are {f['next_observations'].shape[1]} wide, observations "
+                           f"{f['observations'].shape[1]}: both are the env's observation; fix the file")
+    if lengths["observations"] > 1 and (np.asarray(f["terminals"][:]) == 1).all():
+        raise DatasetError(f"{path}: every one of its {lengths['observations']} steps is terminal, so no episode is "
+                           "longer than one step (a flag array inverted, or filled with ones?): fix the file")
 
 
 def _flags(values: np.ndarray, path: str, name: str) -> np.ndarray:

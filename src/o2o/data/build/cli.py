@@ -16,7 +16,7 @@ import yaml
 from o2o.data.build.awac_recipe import AWAC_BC_ROLLOUTS
 from o2o.data.build.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
 from o2o.data.minari import OFFICIAL_NAMESPACES, minari_root
-from o2o.errors import DatasetError
+from o2o.errors import DatasetError, OneLineParser
 
 
 
@@ -66,8 +66,38 @@ def _print_table(rows: list[dict]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(t, widths)))
 
 
+def _count(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}")
+    return value
+
+
+def positive(text: str) -> int:
+    return _count(text, 1)
+
+
+def at_least_zero(text: str) -> int:
+    return _count(text, 0)
+
+
+def at_least_zero_float(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="o2o-data", description=__doc__,
+    parser = OneLineParser(prog="o2o-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build-adroit", help="build Adroit datasets from the DAPG policies and demonstrations")
@@ -76,16 +106,16 @@ def main(argv: list[str] | None = None) -> None:
                         "folder of the same numbers as .npz arrays (../shared/data/hand_dapg)")
     b.add_argument("--namespace", default="o2o", help="Minari namespace (never an official one such as D4RL)")
     b.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    b.add_argument("--expert-episodes", type=int, default=50)
-    b.add_argument("--cloned-episodes", type=int, default=50, help="BC episodes mixed with the 25 demonstrations")
+    b.add_argument("--expert-episodes", type=positive, default=50)
+    b.add_argument("--cloned-episodes", type=at_least_zero, default=50, help="BC episodes mixed with the 25 demonstrations")
     b.add_argument("--d4rl-size", action="store_true",
                    help=f"D4RL's sizes: {D4RL_EXPERT_EPISODES} expert and {D4RL_CLONED_EPISODES} cloned episodes")
-    b.add_argument("--awac-rollouts", type=int, default=AWAC_BC_ROLLOUTS,
+    b.add_argument("--awac-rollouts", type=at_least_zero, default=AWAC_BC_ROLLOUTS,
                    help="BC rollouts of o2o/door/awac-recipe-v0 (AWAC's files hold 500); 0 skips that dataset")
-    b.add_argument("--bc-steps", type=int, default=2000)
-    b.add_argument("--bc-noise", type=float, default=0.1)
-    b.add_argument("--reference-episodes", type=int, default=10)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--bc-steps", type=positive, default=2000)
+    b.add_argument("--bc-noise", type=at_least_zero_float, default=0.1)
+    b.add_argument("--reference-episodes", type=positive, default=10)
+    b.add_argument("--seed", type=at_least_zero, default=0)
     b.add_argument("--overwrite", action="store_true")
     sub.add_parser("list", help="local datasets and the remote ids the env options use")
     args = parser.parse_args(argv)
