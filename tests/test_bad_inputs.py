@@ -168,6 +168,69 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "dataset is a symlink loop": (["env.dataset.id=null", "env.dataset.path={tmp}/loop.hdf5"], {},
                                   "cannot be reached (Too many levels of symbolic links)"),
 }
+BAD.update({  # further inputs found by trying, beyond the ones issues reported
+    "a negative layer width": (["algo.critic_hidden=[256,-1]"], {}, "non-empty lists of positive widths"),
+    "a layer of width 0": (["algo.actor_hidden=[0]"], {}, "non-empty lists of positive widths"),
+    "negative batch size": (["buffer.batch_size=-3"], {}, "buffer.batch_size must be > 0, got -3"),
+    "no updates per step": (["algo.utd_ratio=0"], {}, "algo.utd_ratio must be >= 1, got 0"),
+    "actor never updated": (["algo.actor_update_interval=0"], {}, "algo.actor_update_interval must be >= 1"),
+    "gamma 1": (["algo.gamma=1"], {}, "algo.gamma must be in (0, 1), got 1.0"),
+    "tau 0": (["algo.tau=0"], {}, "algo.tau must be in (0, 1], got 0.0"),
+    "log interval 0": (["schedule.log_interval=0"], {}, "schedule.log_interval must be >= 1, got 0"),
+    "negative evaluation episodes": (["domain.eval_episodes=-1"], {}, "domain.eval_episodes must be >= 1, got -1"),
+    "seed 1e20": (["seed=1e20"], {}, "seed must be in [0, 2147483647], got 100000000000000000000"),
+    "seed in hex": (["seed=0x10"], {}, "seed must be an integer, got '0x10'"),
+    "mixing ratio -0.5": (["algo.mixing_ratio=-0.5"], {}, "or -1 (proportional), got -0.5"),
+    "unknown reference value": (["reference.value=nope"], {}, "reference.value must be one of mc, regression, td"),
+    "unknown reference option": (["reference=nope"], {}, "Available options in 'reference': mc, quantile"),
+    "quantile above 1": (["reference=quantile", "reference.tau=2"], {}, "needs reference.tau in [0, 1], got 2.0"),
+    "unknown exploration option": (["exploration=nope"], {}, "Could not find 'exploration/nope'"),
+    "negative bonus": (["exploration=rnd", "exploration.coef=-1"], {}, "exploration=rnd needs exploration.coef > 0"),
+    "online buffer of 0": (["buffer.online_capacity=0"], {}, "buffer.online_capacity must be > 0, got 0"),
+    "a switch set to maybe": (["algo.calibrate_offline=maybe"], {}, "algo.calibrate_offline must be true or false, got 'maybe'"),
+    "compile maybe": (["compile=maybe"], {}, "compile must be auto, true or false, got 'maybe'"),
+    "threads 1.5": (["threads=1.5"], {}, "threads must be an integer, got '1.5'"),
+    "appended unknown env key": (["+env.nope=1"], {}, "unknown key env.nope"),
+    "env kwargs not a mapping": (["env.gym_kwargs=5"], {}, "env.gym_kwargs=5: Cannot assign int to Dict"),
+    "no observation keys for a dict observation": (["env.obs_keys=[]"], {}, "env.obs_keys is empty, but"),
+    "empty metric": (["domain.metric="], {}, "domain metric '' is not one of"),
+    "negative checkpoint interval": (["schedule.checkpoint_interval=-1"], {}, "schedule.checkpoint_interval must be >= 0"),
+    "registered model name too long": (["mlflow.registered_model=" + "m" * 600], {}, "MLflow's store keeps at most 256"),
+    "experiment name with a newline": (["mlflow_experiment='a\nb'"], {}, "holds a control character (a newline?)"),
+    "empty run folder": (["hydra.run.dir="], {}, "hydra.run.dir is empty (the run would write into the current folder)"),
+    "Minari id that climbs folders": (["env.dataset.id=../../../etc/passwd"], {}, "is not a Minari id"),
+    "Minari id with spaces": (["env.dataset.id='a b c'"], {}, "env.dataset.id='a b c' is not a Minari id"),
+    "algorithm renamed as another": (["algo.name=cql"], {}, "algo.name=cql is the name of another option (algo=cql) "
+                                                           "while this run is algo=calql"),
+    "env renamed as another": (["env.name=adroit_door"], {}, "env.name=adroit_door is the name of another option"),
+    "hdf5 actions of another width": (["env.dataset.id=null", "env.dataset.path={tmp}/wide_actions.hdf5"], {},
+                                      "dataset observations (6,) and actions (5,), env observations (6,) and actions (2,)"),
+    "hdf5 reference scores as words": (["env.dataset.id=null", "env.dataset.path={tmp}/word_refs.hdf5"], {},
+                                       "could not convert string to float: 'low'"),
+    "hdf5 complex observations": (["env.dataset.id=null", "env.dataset.path={tmp}/complex_obs.hdf5"], {},
+                                  "observations is stored as complex64"),
+    "hdf5 timeouts of -1": (["env.dataset.id=null", "env.dataset.path={tmp}/negative_timeouts.hdf5"], {},
+                            "timeouts holds values other than 0 and 1"),
+    "AWAC folder without its files": (["env=adroit_door", "env.dataset.id=null", "env.dataset.path={tmp}/awac-empty"],
+                                      {}, "holds no door2_sparse.npy and door_bc_sparse4.npy"),
+    "config folder that does not exist": ([], {"O2O_CONFIG_PATH": "{tmp}/nope"}, "is not a folder: give the folder"),
+    "own algorithm with a syntax error": ([], {"O2O_CONFIG_PATH": "{tmp}/conf-syntax"}, "cannot be imported: SyntaxError"),
+    "own algorithm that raises on import": ([], {"O2O_CONFIG_PATH": "{tmp}/conf-raises"},
+                                            "cannot be imported: RuntimeError: raised on import"),
+    "own algorithm under a built-in name": ([], {"O2O_CONFIG_PATH": "{tmp}/conf-clash"},
+                                            "two algorithms are registered as 'cql'"),
+    "env module that does not import": (["env.gym_id=no_such_module_xyz:Foo-v0"], {},
+                                        "names the module 'no_such_module_xyz', which cannot be imported"),
+    "empty Minari folder variable": ([], {"MINARI_DATASETS_PATH": ""}, "MINARI_DATASETS_PATH is set but empty"),
+    "empty outputs variable": ([], {"O2O_OUTPUTS": ""}, "O2O_OUTPUTS is set but empty"),
+    "in-memory store": ([], {"MLFLOW_TRACKING_URI": "sqlite://"}, "is an in-memory database, which keeps nothing"),
+    "file store": ([], {"MLFLOW_TRACKING_URI": "file:///{tmp}/mlruns"}, "cannot be opened (The filesystem tracking"),
+    "sweep that lists a value twice": (["-m", "seed=0,0"], {}, "seed=0,0 lists 0 more than once"),
+    "sweep that gives a key twice": (["-m", "seed=0,1", "seed=2"], {}, "seed is given twice (seed=0,1 and seed=2)"),
+    "sweep with an unknown launcher": (["-m", "hydra/launcher=nope"], {}, "Could not find 'hydra/launcher/nope'"),
+    "sweep folder that cannot be written": (["-m", "seed=0", "hydra.sweep.dir=/proc/o2o-sweep"], {},
+                                            "hydra.sweep.dir /proc/o2o-sweep cannot be written"),
+})
 if os.environ.get("O2O_POSTGRES"):  # a real server (.ci/run starts one): a wrong password, refused at once
     BAD["PostgreSQL store with a wrong password"] = (
         [], {"MLFLOW_TRACKING_URI": os.environ["O2O_POSTGRES"].replace(":o2o@", ":wrong@") + "/mlflow"},
@@ -246,6 +309,23 @@ def world(tmp_path_factory):
         with h5py.File(tmp / f"{name}.hdf5", "w") as f:
             for key, value in {**ended(10), **change}.items():
                 f[key] = value
+    extra = {"wide_actions": ({"actions": np.zeros((10, 5), np.float32)}, {}),
+             "word_refs": ({}, {"ref_min_score": "low", "ref_max_score": "high"}),
+             "complex_obs": ({"observations": np.zeros((10, 6), np.complex64)}, {}),
+             "negative_timeouts": ({"timeouts": np.full(10, -1, np.int8)}, {})}
+    for name, (change, attrs) in extra.items():
+        with h5py.File(tmp / f"{name}.hdf5", "w") as f:
+            for key, value in {**ended(10), **change}.items():
+                f[key] = value
+            f.attrs.update(attrs)
+    (tmp / "awac-empty").mkdir()
+    clash = ("from dataclasses import dataclass\nfrom o2o.agents.core import ActorCritic\nfrom o2o.agents.cql import "
+             "CQLConfig\nfrom o2o.agents.registry import register\n\n\n@dataclass\nclass AgainConfig(CQLConfig):\n"
+             "    pass\n\n\n@register('cql', AgainConfig)\nclass Again(ActorCritic):\n    pass\n")
+    for name, code in (("syntax", "def broken(:\n"), ("raises", "raise RuntimeError('raised on import')\n"),
+                       ("clash", clash)):
+        (tmp / f"conf-{name}" / "algo").mkdir(parents=True)
+        (tmp / f"conf-{name}" / "algo" / "mine.py").write_text(code)
     os.mkfifo(tmp / "fifo.hdf5")
     os.symlink(tmp / "loop2.hdf5", tmp / "loop.hdf5")
     os.symlink(tmp / "loop.hdf5", tmp / "loop2.hdf5")

@@ -73,6 +73,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except (UserError, Diverged) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("%s", err)
+            if hydra_cfg.launcher._target_.endswith("BasicLauncher"):  # it stops the sweep at its first failed job
+                print(f"error: {err} (in the sweep's job with {' '.join(hydra_cfg.overrides.task)})", file=sys.stderr)
+                sys.exit(3 if isinstance(err, Diverged) else 2)
             raise  # the sweep records this job as failed and goes on with the others
         if not remove_new_run_folder(hydra_cfg.runtime.output_dir, hydra_cfg.job.name):
             _log_to_files(err)  # a run folder that holds work keeps the reason in its log; the terminal gets it below
@@ -199,6 +202,7 @@ def main() -> None:
             remember_existing_folders(run_dir_override(args))
         elif set(a for a in args if a.startswith("-")) <= {"-m", "--multirun"}:  # a sweep: each of its values
             check_override_syntax(args)
+            check_sweep_settings([a for a in args if a not in ("-m", "--multirun")])
             for variant, where in sweep_variants([a for a in args if a not in ("-m", "--multirun")]):
                 try:
                     preflight(for_preflight(variant), inert=False)  # a key may be read by some of a sweep's jobs
@@ -239,6 +243,40 @@ def check_override_syntax(args: Sequence[str]) -> None:
                               "Hydra's override grammar, e.g. key=a,b or 'key=range(0,3)'") from None
 
 
+def check_sweep_settings(args: Sequence[str]) -> None:
+    """What only a sweep has: each key given once, each of its values once (a repeated value is the same job twice;
+    Hydra keeps the last of a repeated key without a word), Hydra's own groups (the launcher) and a sweep folder
+    that can be written."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = {}
+    for override in OverridesParser.create().parse_overrides(list(args)):
+        key = override.get_key_element()
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({seen[key]} and {override.input_line}): Hydra would keep only "
+                              "the last; give it once, with all its values (key=a,b)")
+        seen[key] = override.input_line
+        try:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else []
+        except Exception:  # glob() and other sweeps that need the config to expand
+            values = []
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{override.input_line} lists {', '.join(repeated)} more than once: the same job would "
+                              "run twice into one folder; list each value once")
+    variants = sweep_variants(args)
+    hydra_args = [a for a in (variants[0][0] if variants else []) if a.lstrip("+~").startswith(("hydra/", "hydra."))
+                  and not a.startswith("hydra.searchpath=")]
+    if hydra_args:
+        try:
+            cfg = compose_config([*for_preflight(variants[0][0]), *hydra_args], return_hydra_config=True)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(_one_line_hydra_error(err, args)) from None
+        check_writable_folder(str(cfg.hydra.sweep.dir), "hydra.sweep.dir")
+
+
 def sweep_variants(args: Sequence[str]) -> list[tuple[list[str], str]]:
     """A sweep's overrides as jobs to check before it starts: the first value of every swept key, then each other
     value of each key in turn (not every combination: one bad value is found without composing them all). Each comes
@@ -276,6 +314,7 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
     except AssertionError:  # OmegaConf asserts when an override sets a key under a null node
         raise ConfigError(_override_under_null(overrides)) from None
     config = validate(cfg)
+    refuse_borrowed_names(config, overrides)
     if inert:  # a single job, run here: its device must be here too (a sweep's jobs may run on other machines)
         refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
         from o2o.runtime import resolve_device
@@ -306,10 +345,13 @@ def run_dir_override(args: Sequence[str]) -> str | None:
         return None
     value = values[-1]
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    if any(c in value for c in "=,"):
+        value = value[1:-1]
+    elif any(c in value for c in "=,"):
         raise ConfigError(f"hydra.run.dir={value}: Hydra reads '=' and ',' in a value as syntax; quote the path, "
                           f"e.g. 'hydra.run.dir=\"{value}\"', or choose a folder without them")
+    if not value.strip():
+        raise ConfigError("hydra.run.dir is empty (the run would write into the current folder): give a folder, or "
+                          "leave it out for a dated folder under outputs/runs/")
     return value
 
 
@@ -338,6 +380,21 @@ def check_writable_folder(path: str, what: str) -> None:
                 os.rmdir(created)
             except OSError:
                 pass
+
+
+def refuse_borrowed_names(config, overrides: Sequence[str]) -> None:
+    """``algo.name`` and ``env.name`` label the run in MLflow, its folder and every report: a variant may take a name
+    of its own, not the name of another algorithm or env (its runs would be counted as that one's)."""
+    from o2o.config_sources import group_options
+
+    for group, chosen in (("algo", config.algo.name), ("env", config.env.name)):
+        if not any(o.lstrip("+").split("=", 1)[0] == f"{group}.name" for o in overrides):
+            continue
+        option = compose_config(overrides, return_hydra_config=True).hydra.runtime.choices[group]
+        if chosen != option and chosen in group_options(group, overrides):
+            raise ConfigError(f"{group}.name={chosen} is the name of another option ({group}={chosen}) while this run "
+                              f"is {group}={option}: its runs would be counted as {chosen}'s; give the variant a name "
+                              "of its own")
 
 
 def refuse_inert(config, overrides: Sequence[str]) -> None:
@@ -418,6 +475,11 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
         key = listed.group(2)
         given = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key), "?")
         return f"{key} must be a list, e.g. {key}=[256,256], got {given!r}"
+    boolean = re.search(r"Value '(.*)' is not a valid bool.*\s+full_key: (\S+)", cause, re.S)
+    if boolean:
+        return f"{boolean.group(2)} must be true or false, got {boolean.group(1)!r}"
+    if text.startswith("Error merging override ") and cause:  # a value of the wrong kind: say which, in one line
+        return f"{text[len('Error merging override '):]}: {cause.splitlines()[0]}"
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)

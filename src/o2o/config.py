@@ -67,6 +67,11 @@ class DatasetConfig:
         require(bool(self.id) != bool(self.path),
                  "env.dataset: set exactly one of env.dataset.id (a Minari id) or env.dataset.path (a D4RL HDF5 file, or a "
                  "folder of AWAC's Adroit files)")
+        if self.id:
+            from minari.dataset.minari_dataset import DATASET_ID_RE
+
+            require(DATASET_ID_RE.fullmatch(self.id) is not None,
+                    f"env.dataset.id={self.id!r} is not a Minari id: namespace/name-vN, e.g. D4RL/door/cloned-v2")
         if self.collector is not None:
             self.collector.check()
 
@@ -334,6 +339,12 @@ class MlflowConfig:
         # MLflow's rule (mlflow.utils.validation._validate_model_name), checked before the run trains, not after
         require(self.registered_model is None or not any(c in self.registered_model for c in "/:"),
                 f"mlflow.registered_model={self.registered_model!r}: MLflow's model names cannot contain '/' or ':'")
+        require(self.registered_model is None or len(self.registered_model) <= MAX_MODEL_NAME,
+                f"mlflow.registered_model is {len(self.registered_model or '')} characters; MLflow's store keeps at "
+                f"most {MAX_MODEL_NAME}")
+        require(self.registered_model is None or self.registered_model.isprintable(),
+                f"mlflow.registered_model={self.registered_model!r} holds a control character (a newline?): "
+                "give a printable name")
 
 
 @dataclass
@@ -394,6 +405,8 @@ class Config:
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         require(bool(self.mlflow_experiment.strip()), "mlflow_experiment must be a non-empty name")
+        require(self.mlflow_experiment.isprintable(), f"mlflow_experiment={self.mlflow_experiment!r} holds a control "
+                "character (a newline?): give a printable name")
         require(len(self.mlflow_experiment) <= MAX_EXPERIMENT_NAME,
                 f"mlflow_experiment is {len(self.mlflow_experiment)} characters; MLflow takes at most {MAX_EXPERIMENT_NAME}")
         require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed} (numpy's seeds are "
@@ -441,6 +454,7 @@ def register_schema() -> None:
 
 
 MAX_EXPERIMENT_NAME = 500  # MLflow's (mlflow.utils.validation.MAX_EXPERIMENT_NAME_LENGTH)
+MAX_MODEL_NAME = 256  # MLflow's registered_models.name column (mlflow/store/model_registry/dbmodels/models.py)
 MAX_SEED = 2**31 - 1  # leaves room below numpy's 2**32 for the offsets added to it (evaluation env, retraining)
 
 

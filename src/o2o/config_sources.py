@@ -65,6 +65,12 @@ def _package_folder(package: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def group_options(group: str, args: Sequence[str]) -> set[str]:
+    """The options of a config group (``algo``, ``env``): the project's and those of one's own config folders."""
+    roots = [folder for folder in (_package_folder("o2o_conf"), *folders(args)) if folder is not None]
+    return {path.stem for root in roots for path in (root / group).glob("*.yaml")}
+
+
 def check_folders(args: Sequence[str]) -> None:
     """Each given config folder exists: a typo would otherwise surface as "Could not find 'algo/...'"."""
     from o2o.errors import ConfigError

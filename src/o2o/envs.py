@@ -27,6 +27,9 @@ class FlatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         space = env.observation_space
         available = list(space.spaces) if isinstance(space, gym.spaces.Dict) else []
         unknown = [k for k in self.keys if k not in available]
+        if available and not self.keys:
+            raise ConfigError(f"env.obs_keys is empty, but {env.spec.id if env.spec else 'the env'}'s observation is a "
+                              f"dict (keys: {', '.join(available)}): list the keys the agent sees, in order")
         if unknown:
             raise ConfigError(f"env.obs_keys {unknown} are not in {env.spec.id if env.spec else 'the env'}'s "
                               f"observation (keys: {', '.join(available) or 'none, it is an array'})")

@@ -18,7 +18,12 @@ MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
 def outputs_dir() -> Path:
-    return Path(os.environ.get(OUTPUTS_ENV, "outputs")).resolve()
+    folder = os.environ.get(OUTPUTS_ENV, "outputs")
+    if not folder.strip():  # Path("") is the current folder: runs would land among the user's files
+        from o2o.errors import ConfigError
+
+        raise ConfigError(f"{OUTPUTS_ENV} is set but empty: unset it (outputs/ here) or name a folder")
+    return Path(folder).resolve()
 
 
 def default_tracking_uri() -> str:
@@ -82,6 +87,9 @@ def check_store(uri: str) -> None:
         except requests.RequestException as err:
             raise TrackingError(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}): {fix}") from None
         return
+    if uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in uri:
+        raise TrackingError(f"MLflow store {uri} is an in-memory database, which keeps nothing once the job ends: "
+                            "name a sqlite file, e.g. sqlite:///outputs/mlflow.db")
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.is_dir():  # MLflow would retry for minutes

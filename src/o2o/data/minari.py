@@ -21,7 +21,10 @@ OFFICIAL_NAMESPACES = ("D4RL", "mujoco")  # Minari's remote namespaces; every ot
 
 
 def minari_root() -> str:
-    return os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
+    root = os.environ.get("MINARI_DATASETS_PATH", os.path.join(os.path.expanduser("~"), ".minari", "datasets"))
+    if not root.strip():
+        raise DatasetError("MINARI_DATASETS_PATH is set but empty: unset it (~/.minari/datasets) or name a folder")
+    return root
 
 
 def minari_is_local(dataset_id: str) -> bool:
