@@ -51,7 +51,12 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "empty experiment name": (["mlflow_experiment="], {}, "mlflow_experiment must be a non-empty name"),
     "reference scores reversed": (["env.ref_min_score=5", "env.ref_max_score=1"], {}, "must exceed env.ref_min_score"),
     "no dataset": (["env.dataset.id=null"], {}, "set exactly one of env.dataset.id"),
-    "two datasets": (["env.dataset.path=/x.hdf5"], {}, "set exactly one of env.dataset.id"),
+    "two datasets": (["env.dataset.path={tmp}/corrupt.hdf5"], {}, "are both set, and a run reads one dataset: add "
+                                                                 "env.dataset.id=null"),
+    "a path that does not exist beside a dataset id": (["env.dataset.path=/nope"], {},
+                                                       "env.dataset.path=/nope does not exist"),
+    "a sweep without -m": (["algo=calql,cql"], {}, "algo=calql,cql lists several values, which is a sweep: add -m"),
+    "a close key of the same group": (["algo.lr=1"], {}, "unknown key algo.lr: did you mean algo.actor_lr or algo.critic_lr?"),
     "unknown observation key": (["env.obs_keys=[nope]"], {}, "env.obs_keys ['nope'] are not in"),
     "unknown gym id": (["env.gym_id=Nope-v0"], {}, "env.gym_id=Nope-v0 cannot be made"),
     "unknown env kwarg": (["+env.gym_kwargs.nope=1"], {}, "env.gym_kwargs do not fit"),
@@ -527,10 +532,14 @@ def test_a_sweep_whose_job_fails_on_the_basic_launcher_ends_its_parent_run(tmp_p
     from mlflow.tracking import MlflowClient
 
     store = f"sqlite:///{tmp_path / 'sweep.db'}"
-    done = subprocess.run(main_py + ["-m", *SMOKE_ANY_ENV, "env.dataset.id=null", f"env.dataset.path={tmp_path}/no.hdf5",
+    (tmp_path / "corrupt.hdf5").write_bytes(b"not an hdf5 file")  # found by the job, not by the checks before it
+    done = subprocess.run(main_py + ["-m", *SMOKE_ANY_ENV, "env.dataset.id=null", f"env.dataset.path={tmp_path}/corrupt.hdf5",
                                      f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false"],
                           env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0 and "does not exist" in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "cannot be read as a D4RL HDF5 file" in errors[0]
+    assert errors[0].endswith("(in the sweep's job with experiment=smoke threads=1 env.dataset.id=null "
+                              f"env.dataset.path={tmp_path}/corrupt.hdf5 progress=false)") and "Traceback" not in done.stderr
     client = MlflowClient(store)
     (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.sweep = 'true'")
     assert parent.info.status == "FAILED" and parent.data.tags["failure"] == "the sweep stopped before its end"
@@ -591,6 +600,11 @@ def test_a_legal_value_that_is_almost_surely_a_mistake_starts_the_run_and_says_s
                                                        "algo.warmup_steps=20"])))
     assert [d.split(" ", 1)[0] for d in doubts] == ["schedule.eval_interval_offline=50", "schedule.eval_interval_online=30",
                                                     "algo.warmup_steps=20"]
+    (one,) = doubtful_settings(validate(compose_smoke(["algo=rlpd", "algo.ensemble_size=1"])))  # PointMaze: subset 1
+    assert one.startswith("algo.ensemble_size=1 with algo.target_subset=1: one critic")
+    (zero,) = doubtful_settings(validate(compose_smoke(["schedule.eval_interval_online=0"])))
+    assert zero == ("schedule.eval_interval_online=0: the online stage is evaluated only at its end (0 does not turn "
+                    "evaluation off)")
     (run,) = run_cases([{"argv": [*SMOKE, "schedule.offline_steps=4", "schedule.online_steps=6", "algo.warmup_steps=2",
                                   "schedule.eval_interval_online=100", f"hydra.run.dir={tmp_path / 'run'}",
                                   "progress=false", "mlflow.system_metrics=false"], "env": {}}], tmp_path)

@@ -84,7 +84,7 @@ def test_table_numbers_equal_hand_computation(store):
     assert ("| door | calql | - | normalized_return | 2 | 40.0 ± 14.1 | 80.0 ± 14.1 | -0.5 ± 2.8 | 0.500 ± 0.141 | "
             "1.10 ± 0.14 | - |") in md
     csv_text = (tmp / "rep" / "table.csv").read_text().splitlines()
-    assert csv_text[0].startswith("env,algo,config,dataset,metric,seeds,offline_mean") and len(csv_text) == 3
+    assert csv_text[0].startswith("env,algo,config,setting,dataset,metric,seeds,offline_mean") and len(csv_text) == 3
 
 
 def test_each_run_is_scored_by_its_domains_metric(store):
@@ -317,3 +317,43 @@ def test_an_offline_study_has_no_empty_online_column():
     both = [RunRecord("r", "door", "calql", "0", "d", 100.0, "success_rate",
                       history={**history, "online/eval/success_rate": [(100, 1.0)], "online/train/q_data": [(100, -1.0)]})]
     assert len(curves_figure(both, "door").axes) == 2 and len(qcal_figure(both, "door").axes) == 2
+
+
+def test_runs_of_unlike_settings_are_labelled_never_weighed_and_drawn_apart(tmp_path, monkeypatch):
+    """A one-seed quickstart Cal-QL run beside smoke Cal-QL and CQL runs (the presets differ in schedule and sizes):
+    every row names its preset, a verdict only weighs the smoke rows against each other, each preset gets its own
+    figure, and a success-rate band stays within [0, 1]."""
+    from mlflow.entities import RunTag
+
+    from o2o.report import statistics_markdown, write_report
+
+    uri = f"sqlite:///{tmp_path / 'unlike.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = MlflowClient(uri)
+    for algo, preset, seed, final in (("calql", "quickstart", 0, 1.0), ("calql", "smoke", 0, 0.0), ("calql", "smoke", 1, 0.5),
+                                      ("cql", "smoke", 0, 0.0), ("cql", "smoke", 1, 1.0)):
+        steps = 3000 if preset == "quickstart" else 300
+        run_id = fill(client, "mixed", "maze", algo, seed, [(40, 0.5)], [(steps // 2, 0.0), (steps, final)],
+                      [(steps, 0.5)], metric="success_rate", online_steps=steps)
+        client.log_batch(run_id, params=[Param("algo.critic_hidden", "[64, 64]" if preset == "quickstart" else "[32, 32]"),
+                                         Param("algo.cql_alpha", "5.0" if algo == "calql" else "1.0")],
+                         tags=[RunTag("overrides", f"experiment={preset} algo={algo} seed={seed}")])
+    result = write_report(client, "mixed", "", tmp_path / "report", log_to_mlflow=False)
+    rows = {(r["algo"], r["setting"]): r for r in result["rows"]}
+    assert set(rows) == {("calql", "experiment=quickstart"), ("calql", "experiment=smoke"), ("cql", "experiment=smoke")}
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert table.count("| experiment=smoke |") == 2 and table.count("| experiment=quickstart |") == 1
+    stats = statistics_markdown(result["rows"])
+    verdicts = [line for line in stats.splitlines() if "is better)" in line]
+    assert len(verdicts) == 3 and all("calql (experiment=smoke) | cql (experiment=smoke)" in line for line in verdicts)
+    names = sorted(p.name for p in result["files"] if p.name.startswith("curves_"))
+    assert names == ["curves_maze_1.png", "curves_maze_2.png"]
+    from o2o.report import _pyplot, curves_figure
+
+    smoke = [r for r in result["records"] if r.config.get("schedule.online_steps") == "300"]
+    fig = curves_figure(smoke, "maze")
+    for ax in fig.axes:
+        for band in ax.collections:
+            ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
+            assert ys.min() >= 0.0 and ys.max() <= 1.0
+    _pyplot().close(fig)

@@ -40,14 +40,20 @@ def not_a_reraised_database_error(record: logging.LogRecord) -> bool:
     return not (record.name == "mlflow.store.db.utils" and record.getMessage().startswith("SQLAlchemy database error"))
 
 
+def quiet_mlflow_console() -> None:
+    """MLflow's own console handler shows warnings and errors only (its INFO lines are routine)."""
+    for handler in logging.getLogger("mlflow").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
+            if not_a_reraised_database_error not in handler.filters:
+                handler.addFilter(not_a_reraised_database_error)
+
+
 def routine_lines_to_the_log_file() -> None:
     """MLflow's routine INFO lines (database set-up, system metrics, input-example checks) go to the run's log file,
     not the terminal; its warnings and errors still reach both."""
     mlflow_logger = logging.getLogger("mlflow")
-    for handler in mlflow_logger.handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.WARNING)
-            handler.addFilter(not_a_reraised_database_error)
+    quiet_mlflow_console()
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler) and handler not in mlflow_logger.handlers:
             mlflow_logger.addHandler(handler)
@@ -442,6 +448,10 @@ def did_you_mean(key: str, cfg: DictConfig) -> str | None:
     if same_group:
         return same_group[0]
     leaf = key.rsplit(".", 1)[-1]
+    by_word = [k for k in keys if k.startswith(group) and "." not in k[len(group):]  # algo.lr: algo.actor_lr, ...
+               and difflib.get_close_matches(leaf, k[len(group):].split("_"), n=1, cutoff=0.6)]
+    if 0 < len(by_word) <= 3:
+        return " or ".join([", ".join(by_word[:-1]), by_word[-1]] if len(by_word) > 1 else by_word)
     leaves = difflib.get_close_matches(leaf, sorted({k.rsplit(".", 1)[-1] for k in keys}), n=3, cutoff=0.6)
     candidates = [k for k in keys if k.rsplit(".", 1)[-1] in leaves]
     try:
@@ -475,6 +485,10 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
         key = listed.group(2)
         given = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key), "?")
         return f"{key} must be a list, e.g. {key}=[256,256], got {given!r}"
+    if "Ambiguous value for argument" in text:  # key=a,b is a sweep
+        given = re.search(r"Ambiguous value for argument '([^']+)'", text)
+        return (f"{given.group(1) if given else 'a comma list'} lists several values, which is a sweep: add -m "
+                "(python src/main.py -m ...), or give one value (a list is key=[a,b])")
     boolean = re.search(r"Value '(.*)' is not a valid bool.*\s+full_key: (\S+)", cause, re.S)
     if boolean:
         return f"{boolean.group(2)} must be true or false, got {boolean.group(1)!r}"
@@ -518,6 +532,9 @@ def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[s
     """
     import time
 
+    import mlflow  # noqa: F401 - its loggers exist from here on
+
+    quiet_mlflow_console()
     overrides = [f"env={env}", f"algo={algo}", *overrides]
     cfg = compose_config(overrides, return_hydra_config=True)
     hydra_runtime = cfg.hydra.runtime

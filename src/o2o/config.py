@@ -64,6 +64,14 @@ class DatasetConfig:
     collector: Optional[CollectorConfig] = None
 
     def check(self) -> None:
+        import os
+
+        require(not self.path or os.path.lexists(self.path),
+                f"env.dataset.path={self.path} does not exist: give the D4RL HDF5 file (or the folder of AWAC's files) "
+                "to read")
+        require(not (self.id and self.path),
+                f"env.dataset.path and env.dataset.id={self.id} are both set, and a run reads one dataset: add "
+                "env.dataset.id=null to read the file")
         require(bool(self.id) != bool(self.path),
                  "env.dataset: set exactly one of env.dataset.id (a Minari id) or env.dataset.path (a D4RL HDF5 file, or a "
                  "folder of AWAC's Adroit files)")
@@ -440,11 +448,16 @@ def job_folder(overrides: str) -> str:
 def register_schema() -> None:
     """Make the schemas available to ``conf/``: the root's and each registered algorithm's (built-in and those
     :func:`o2o.agents.registry.load_plugins` imported before); ``${o2o.job_id:}``, one
-    value per process (cached), for the default run and sweep folder names; ``${o2o.job_folder:...}``."""
+    value per process (cached), for the default run and sweep folder names; ``${o2o.job_folder:...}``;
+    ``${o2o.outputs:}``, the outputs folder (o2o.tracking.outputs_dir)."""
     if not OmegaConf.has_resolver("o2o.job_id"):
         OmegaConf.register_new_resolver("o2o.job_id", job_id, use_cache=True)
     if not OmegaConf.has_resolver("o2o.job_folder"):
         OmegaConf.register_new_resolver("o2o.job_folder", job_folder)
+    if not OmegaConf.has_resolver("o2o.outputs"):
+        from o2o.tracking import outputs_dir
+
+        OmegaConf.register_new_resolver("o2o.outputs", lambda: str(outputs_dir()))
     from o2o.agents.registry import load_builtin
 
     store = ConfigStore.instance()
@@ -498,6 +511,18 @@ def doubtful_settings(cfg: "Config") -> list[str]:
     if schedule.online_steps > 0 and schedule.eval_interval_online > schedule.online_steps:
         lines.append(f"schedule.eval_interval_online={schedule.eval_interval_online} is longer than the "
                      f"{schedule.online_steps} online steps: fine-tuning is evaluated only at its end")
+    for stage, steps, interval in (("offline", schedule.offline_steps if pretrains else 0, schedule.eval_interval_offline),
+                                   ("online", schedule.online_steps, schedule.eval_interval_online)):
+        if steps > 0 and interval == 0:
+            lines.append(f"schedule.eval_interval_{stage}=0: the {stage} stage is evaluated only at its end (0 does "
+                         "not turn evaluation off)")
+    subset, members = cfg.algo.target_subset, cfg.algo.ensemble_size
+    if subset is not None and members > 1 and subset == members:
+        lines.append(f"algo.target_subset={subset} of algo.ensemble_size={members}: the random subset of target "
+                     "critics is always the whole ensemble")
+    if subset is not None and members == 1:
+        lines.append(f"algo.ensemble_size=1 with algo.target_subset={subset}: one critic, so the TD target's min over a "
+                     "random subset of critics is no min at all")
     if schedule.online_steps > 0 and cfg.algo.warmup_steps >= schedule.online_steps:
         lines.append(f"algo.warmup_steps={cfg.algo.warmup_steps} is not below schedule.online_steps="
                      f"{schedule.online_steps}: fine-tuning only collects warm-up steps and never updates")

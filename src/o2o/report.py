@@ -40,6 +40,10 @@ METRIC_PARAM = "domain.metric"  # each run's headline: the paper's score for its
 NOT_CONFIG = ("seed", "mlflow_experiment", "progress", "threads", "device", "run_name", "divergence_guard",
               "mlflow.log_models", "mlflow.registered_model", "mlflow.system_metrics", "mlflow.system_metrics_interval_s")
 SCORE_DIGITS = {M.SUCCESS_RATE: 3, M.TASKS_SOLVED: 3, M.NORMALIZED_RETURN: 1}
+SCORE_RANGE = {M.SUCCESS_RATE: (0.0, 1.0), M.TASKS_SOLVED: (0.0, 1.0)}  # fractions; a band never leaves them
+# A run's setting: every param that is not its algorithm's own, and the network sizes a preset shrinks. Rows are
+# compared (a verdict, one figure) only within one setting: they may differ in the algorithm and nothing else.
+SETTING_ALGO_KEYS = ("algo.actor_hidden", "algo.critic_hidden")
 
 
 @dataclass
@@ -55,6 +59,11 @@ class RunRecord:
     start_time: int = 0
     overrides: str = ""  # the command line's overrides (tag), for short labels
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # key -> [(step, value)] by step
+
+    @property
+    def setting(self) -> tuple:
+        return tuple(sorted((k, v) for k, v in self.config.items()
+                            if not k.startswith("algo.") or k in SETTING_ALGO_KEYS))
 
     def last(self, key: str) -> float:
         points = self.history.get(key)
@@ -161,6 +170,7 @@ def _legacy_name(key: str) -> str:
 
 
 PER_SEED = "per_seed"  # a table row's per-seed values by column, for the statistics (not a column of its own)
+SETTING_KEY = "setting_params"  # a table row's setting as params, for comparisons (not a column of its own)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -208,6 +218,44 @@ def config_label(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
     return by_params
 
 
+def setting_labels(records: list[RunRecord]) -> dict[tuple, str]:
+    """Per env, what sets each setting apart from the env's other settings ('' when the env has one): the
+    command-line overrides outside the algorithm's own (a preset such as experiment=smoke) when they tell the
+    settings apart, else the params that differ."""
+    labels = {}
+    for env in {r.env for r in records}:
+        runs_of = defaultdict(list)
+        for r in records:
+            if r.env == env:
+                runs_of[r.setting].append(r)
+        if len(runs_of) == 1:
+            labels[(env, next(iter(runs_of)))] = ""
+            continue
+        tokens = {setting: frozenset(t for t in _override_tokens(runs) if _outside_algo(t.split("=", 1)[0].lstrip("+~")))
+                  for setting, runs in runs_of.items()}
+        shared = frozenset.intersection(*tokens.values())
+        by_overrides = {k: " ".join(sorted(t - shared)) or "(no override)" for k, t in tokens.items()}
+        for setting in runs_of:
+            mine = dict(setting)
+            keys = sorted({k for other in runs_of if other != setting for k in set(dict(other)) | set(mine)
+                           if dict(other).get(k) != mine.get(k)})
+            by_params = " ".join(f"{k}={mine.get(k, '-')}" for k in keys)
+            unique = len(set(by_overrides.values())) == len(by_overrides)
+            labels[(env, setting)] = by_overrides[setting] if unique else by_params
+    return labels
+
+
+def _outside_algo(name: str) -> bool:
+    return name != "algo" and (not name.startswith("algo.") or name in SETTING_ALGO_KEYS)
+
+
+def config_cell(row: dict) -> str:
+    """The table's config column: the row's setting (when its env has several), then what sets it apart from the
+    other rows of its env and algorithm."""
+    setting = row.get("setting", "").split()
+    return " ".join([*setting, *(token for token in row["config"].split() if token not in setting)])
+
+
 def _top_level(label: str) -> bool:
     """Every override in ``label`` sets a top-level choice (a group's option such as companion=ooo, or a top-level
     key), which names what sets the runs apart better than the params it expands to."""
@@ -235,11 +283,13 @@ def _override_labels(groups: dict[tuple, list[RunRecord]]) -> dict[tuple, str] |
 
 def results_table(records: list[RunRecord], dip_fraction: float = DIP_FRACTION) -> list[dict]:
     groups, _ = group_runs(records)
+    settings = setting_labels(records)
     rows = []
     for key, runs in sorted(groups.items(), key=lambda item: item[0][:2]):
         env, algo = key[:2]
         per_seed = {}
         row = {"env": env, "algo": algo, "config": config_label(key, groups),
+               "setting": settings[(env, runs[0].setting)], SETTING_KEY: runs[0].setting,
                "dataset": ",".join(sorted({r.dataset for r in runs})),
                "metric": ",".join(sorted({r.metric for r in runs})), "seeds": len(runs)}
         for name, values in (("offline", [r.last(r.score_key(M.OFFLINE)) for r in runs]),
@@ -270,12 +320,13 @@ def statistics_markdown(rows: list[dict]) -> str:
             a = S.aggregates(r[PER_SEED][name])
             cells.append("-" if math.isnan(a["mean"].point) else f"{a['mean'].format(digits)}, {a['iqm'].format(digits)}")
         regret = S.mean_interval(r[PER_SEED]["regret"])
-        lines.append(f"| {r['env']} | {r['algo']} | {r['config'] or '-'} | {r['seeds']} | {cells[0]} | {cells[1]} | "
+        lines.append(f"| {r['env']} | {r['algo']} | {config_cell(r) or '-'} | {r['seeds']} | {cells[0]} | {cells[1]} | "
                      f"{'-' if math.isnan(regret.point) else regret.format(3)} |")
     pairs = []
     calqls = [r for r in rows if r["algo"] == "calql"]
     for i, calql in enumerate(calqls):
-        for other in (r for r in rows if r["env"] == calql["env"] and r is not calql):
+        for other in (r for r in rows if r["env"] == calql["env"] and r is not calql
+                      and r[SETTING_KEY] == calql[SETTING_KEY]):  # unlike settings are never weighed
             if any(other is r for r in calqls[:i]):  # each pair of Cal-QL rows once: P(B > A) is 1 - P(A > B)
                 continue
             for name, label, higher in (("final", "score after fine-tuning", True),
@@ -289,7 +340,8 @@ def statistics_markdown(rows: list[dict]) -> str:
     out = "\n".join(lines)
     if pairs:
         out += ("\n\nProbability that a run of a Cal-QL row improves on a run of the row it is set against (rliable, "
-                "95% interval; each pair of Cal-QL rows once, since P(B better) is 1 - P(A better)):\n\n"
+                "95% interval; each pair of Cal-QL rows once, since P(B better) is 1 - P(A better); only rows of one "
+                "setting, equal in every param but the algorithm's own):\n\n"
                 "| env | Cal-QL row | against | on | P(Cal-QL row better) | verdict |\n|---|---|---|---|---|---|\n"
                 + "\n".join(pairs))
     return out + ("\n\nMeans and interquartile means (IQM) over seeds with 95% stratified-bootstrap confidence "
@@ -297,7 +349,7 @@ def statistics_markdown(rows: list[dict]) -> str:
 
 
 def _row_name(row: dict) -> str:
-    return f"{row['algo']} ({row['config']})" if row["config"] else row["algo"]
+    return f"{row['algo']} ({config_cell(row)})" if config_cell(row) else row["algo"]
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -312,7 +364,7 @@ def to_markdown(rows: list[dict], dip_fraction: float, left_out: list[str] = ())
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if retrained else "")]
     for r in rows:
         digits = SCORE_DIGITS.get(r["metric"], 3)
-        lines.append(f"| {r['env']} | {r['algo']} | {r['config'] or '-'} | {r['metric']} | {r['seeds']} | "
+        lines.append(f"| {r['env']} | {r['algo']} | {config_cell(r) or '-'} | {r['metric']} | {r['seeds']} | "
                      f"{_pm(r['offline_mean'], r['offline_std'], digits)} | {_pm(r['final_mean'], r['final_std'], digits)} | "
                      + (f"{_pm(r['retrained_mean'], r['retrained_std'], digits)} | " if retrained else "") +
                      f"{_pm(r['dip_mean'], r['dip_std'], digits)} | {_pm(r['regret_mean'], r['regret_std'], 3)} | "
@@ -328,14 +380,15 @@ def to_markdown(rows: list[dict], dip_fraction: float, left_out: list[str] = ())
         "(with negative returns, above 1 means Q below the return); Q < V_ref: the fraction of that batch whose "
         "Q(s, a_data) is below its return.\n"
         "A row is one configuration: runs equal in every param but the seed and bookkeeping "
-        f"({', '.join(NOT_CONFIG[1:])}); `config` shows what sets it apart from the other rows of its env and "
-        "algorithm; each seed counts once (its latest run).\n"
+        f"({', '.join(NOT_CONFIG[1:])}); `config` shows its setting where its env has several (a preset, a "
+        "schedule, the data: every param that is not the algorithm's own, and the network sizes), then what sets it "
+        "apart from the other rows of its env and algorithm; each seed counts once (its latest run).\n"
         + "".join(f"\nLeft out: {line}" for line in left_out) + ("\n" if left_out else ""))
 
 
 def to_csv(rows: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != PER_SEED] if rows else ["env", "algo"],
+        writer = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k not in (PER_SEED, SETTING_KEY)] if rows else ["env", "algo"],
                                 extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -361,8 +414,10 @@ def _band(runs_points: list[list[tuple[int, float]]], grid_size: int = 60):
         return grid, np.nanmean(values, axis=0), np.nanstd(values, axis=0)
 
 
-def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lambda algo: algo, style=None):
-    """``series(record, phase)`` gives a run's [(step, value)] for the offline and the online panel."""
+def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lambda algo: algo, style=None,
+                 bounds: tuple[float, float] | None = None):
+    """``series(record, phase)`` gives a run's [(step, value)] for the offline and the online panel; ``bounds``: the
+    values' range (a success rate's [0, 1]), which a mean ± std band does not leave."""
     colors = {}
     for algo, runs in sorted(groups.items()):
         for ax, phase in zip(axes, M.PHASES):
@@ -376,7 +431,10 @@ def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lamb
                 style.setdefault("marker", "o")
             line, = ax.plot(grid, mean, label=label_of(algo), **style)
             colors[algo] = line.get_color()
-            ax.fill_between(grid, mean - std, mean + std, alpha=0.2, color=line.get_color())
+            low, high = mean - std, mean + std
+            if bounds is not None:
+                low, high = np.clip(low, *bounds), np.clip(high, *bounds)
+            ax.fill_between(grid, low, high, alpha=0.2, color=line.get_color())
 
 
 def score_series(record: RunRecord, phase: str) -> list[tuple[int, float]]:
@@ -441,7 +499,8 @@ def curves_figure(records: list[RunRecord], title: str):
     fig, axes = plt.subplots(1, 2 if online else 1, figsize=(11, 4.5) if online else (6, 4.5), sharey=True,
                              gridspec_kw={"width_ratios": [1, 2] if online else [1]}, layout="constrained", squeeze=False)
     axes = axes[0]
-    _plot_phases(axes, groups, score_series)
+    ranges = {SCORE_RANGE.get(r.metric) for r in records}
+    _plot_phases(axes, groups, score_series, bounds=ranges.pop() if len(ranges) == 1 else None)
     axes[0].set(title="offline pre-training", xlabel="gradient steps",
                 ylabel=" / ".join(sorted({r.metric for r in records})))
     if online:
@@ -544,17 +603,21 @@ def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip
     (out_dir / "statistics.md").write_text(statistics_markdown(rows))
     to_csv(rows, out_dir / "table.csv")
     files = [out_dir / "table.md", out_dir / "statistics.md", out_dir / "table.csv"]
+    labels = setting_labels(records)
     for env in sorted({r.env for r in records}):
-        runs = [r for r in records if r.env == env]
-        figures = [("curves", curves_figure), ("qcal", qcal_figure)]
-        if any(key in r.history for r in runs for key in CALIBRATION):
-            figures.append(("calibration", calibration_figure))
-        for name, make in figures:
-            fig = make(runs, env)
-            path = out_dir / f"{name}_{env}.png"
-            fig.savefig(path, dpi=110)
-            files.append(path)
-            plt.close(fig)
+        settings = sorted({r.setting for r in records if r.env == env}, key=lambda k: labels[(env, k)])
+        for number, setting in enumerate(settings, 1):  # one figure per setting: unlike schedules share no axis
+            runs = [r for r in records if r.env == env and r.setting == setting]
+            suffix, title = ("", env) if len(settings) == 1 else (f"_{number}", f"{env}, {short_label(labels[(env, setting)], 50)}")
+            figures = [("curves", curves_figure), ("qcal", qcal_figure)]
+            if any(key in r.history for r in runs for key in CALIBRATION):
+                figures.append(("calibration", calibration_figure))
+            for name, make in figures:
+                fig = make(runs, title)
+                path = out_dir / f"{name}_{env}{suffix}.png"
+                fig.savefig(path, dpi=110)
+                files.append(path)
+                plt.close(fig)
     report_run = None
     if log_to_mlflow:
         exp = client.get_experiment_by_name(experiment)

@@ -58,8 +58,11 @@ def _clean(values: Iterable[float]) -> np.ndarray:
 
 
 def _estimate(scores: dict, func) -> tuple[dict, dict]:
+    import logging
+
     from rliable import library as rly
 
+    logging.getLogger("absl").setLevel(logging.WARNING)  # rliable logs "Calculating estimates for ..." per call
     # rliable 1.2.0's StratifiedBootstrap draws its indices from NumPy's global generator whatever random_state
     # says (library.py, update_indices): that generator is seeded around the call and given back as it was
     saved = np.random.get_state()

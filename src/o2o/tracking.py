@@ -17,8 +17,19 @@ OUTPUTS_ENV = "O2O_OUTPUTS"
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 
+def default_outputs() -> Path:
+    """``outputs/`` of the checkout this package runs from (``src/o2o`` beside its pyproject.toml), wherever a command
+    or the Python API is started, so that every run of a clone lands in one store; ``./outputs`` for an installed
+    package."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parents[1]
+    if package.parent.name == "src" and (checkout / "pyproject.toml").is_file():
+        return checkout / "outputs"
+    return Path("outputs")
+
+
 def outputs_dir() -> Path:
-    folder = os.environ.get(OUTPUTS_ENV, "outputs")
+    folder = os.environ.get(OUTPUTS_ENV, str(default_outputs()))
     if not folder.strip():  # Path("") is the current folder: runs would land among the user's files
         from o2o.errors import ConfigError
 
