@@ -4,7 +4,7 @@ all alike, with the fraction of the machine's matmul ceiling each reaches.
 
     python scripts/bench_update.py                        # door sizes: twin 3x256 critics, batch 256, 10 actions
     python scripts/bench_update.py --against-d3rlpy       # + d3rlpy, installed into .bench/d3rlpy-venv on first use
-    python scripts/bench_update.py --threads 1 2 --precision fp32   # the thread table of README "Speed"
+    python scripts/bench_update.py --threads 1 2 --precision fp32   # the thread table of docs/speed.md
     python scripts/bench_update.py --modes eager compiled  # compile=true against eager (+ cudagraphs on a GPU)
     python scripts/bench_update.py --profile --modes eager compiled  # where the time goes: matmuls, the rest
 

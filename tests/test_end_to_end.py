@@ -87,8 +87,21 @@ def test_sweep_run_logs_every_stage(sweep, algo):
     assert set(plots) == {"plots/run_curves.png", "plots/run_qcal.png"} and min(plots.values()) > 10_000
 
 
-def test_the_sweep_parent_names_its_best_child_and_carries_the_comparison_table(sweep):
+def test_the_sweep_parent_names_its_best_child_and_carries_the_comparison_table(sweep, tmp_path):
+    """A smoke sweep names no best run (its preset learns nothing); the same children marked as runs of a preset that
+    learns get one."""
+    from o2o.launchers import summarize_sweep
+
     client, runs, out, parent = sweep
+    assert "best_run.pointmaze_umaze" not in parent.data.tags
+    assert parent.data.tags["mlflow.note.content"].startswith(
+        "No best run: every run used a preset that learns nothing (smoke)")
+    assert {r.data.tags["preset"] for r in runs.values()} == {"smoke"}
+    assert all(r.info.run_name.endswith("-smoke-s0") for r in runs.values())
+    for r in runs.values():
+        client.set_tag(r.info.run_id, "preset", "quickstart")
+    summarize_sweep(client, parent.info.run_id, "o2o-e2e", tmp_path / "summary")
+    parent = client.get_run(parent.info.run_id)
     scores = {r.info.run_id: client.get_metric_history(r.info.run_id, M.evaluation(M.ONLINE, M.SUCCESS_RATE))[-1].value
               for r in runs.values()}
     best_id = parent.data.tags["best_run.pointmaze_umaze"]
@@ -99,7 +112,7 @@ def test_the_sweep_parent_names_its_best_child_and_carries_the_comparison_table(
     note = parent.data.tags["mlflow.note.content"]
     assert f"Best on pointmaze_umaze: {client.get_run(best_id).info.run_name} ({best_id})" in note
     assert all(f"| pointmaze_umaze | {algo} |" in note for algo in ALGOS)
-    assert (out / "summary" / "table.md").read_text() in note
+    assert (tmp_path / "summary" / "table.md").read_text() in note
 
 
 def test_python_api_returns_final_metrics(tmp_path):

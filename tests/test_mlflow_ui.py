@@ -49,8 +49,8 @@ def test_runs_with_algo_tags_a_metric_column_and_their_dataset_appear(ui_server,
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 2400, "height": 900})
         page.goto(f"{base}/#/experiments/{experiment_id}/runs")
-        page.get_by_text("calql-pointmaze_umaze-s0").wait_for(timeout=60_000)
-        page.get_by_text("cql-pointmaze_umaze-s0", exact=True).wait_for()
+        page.get_by_text("calql-pointmaze_umaze-smoke-s0").wait_for(timeout=60_000)
+        page.get_by_text("cql-pointmaze_umaze-smoke-s0", exact=True).wait_for()
         show_column(page, "algo")
         show_column(page, METRIC)
         page.get_by_role("columnheader", name=METRIC).first.wait_for(timeout=30_000)
@@ -64,7 +64,7 @@ def test_runs_with_algo_tags_a_metric_column_and_their_dataset_appear(ui_server,
 
 
 def test_the_experiment_opens_on_the_comparison_view(ui_server, tmp_path):
-    """The link in the experiment's description opens the runs grouped by algo and env with the score columns, with
+    """The link in the experiment's description opens the runs grouped by env, setting and algo with the score columns, with
     no click: MLflow reads the shared view from the experiment tag every run publishes."""
     from mlflow.tracking import MlflowClient
 

@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from o2o.errors import NoMatchingRuns
-from o2o.tracking import PARENT_RUN_ENV, default_tracking_uri, ensure_experiment, open_store, store_lock
+from o2o.tracking import PARENT_RUN_ENV, PRESET_TAG, default_tracking_uri, ensure_experiment, open_store, store_lock
 
 log = logging.getLogger("o2o")
 MAX_NOTE = 7000  # MLflow tag values hold 8000 characters
@@ -102,6 +102,9 @@ def _end_parent_unless_ended(uri: str, run_id: str) -> None:
         log.warning("the sweep's parent run %s could not be ended: %s", run_id, str(err).splitlines()[0][:200])
 
 
+PRESETS_THAT_LEARN_NOTHING = ("smoke",)  # conf/experiment/smoke.yaml: seconds of tiny networks; "It learns nothing."
+
+
 def best_by_env(records: list) -> dict[str, tuple]:
     """Each env's best finished child by its paper metric after fine-tuning (after pre-training for runs without
     fine-tuning): env -> (record, score)."""
@@ -131,7 +134,10 @@ def summarize_sweep(client, parent: str, experiment: str, out_dir: Path) -> None
     for path in result["files"]:
         client.log_artifact(parent, str(path), "summary")
     lines = []
-    for env, (record, score) in sorted(best_by_env(result["records"]).items()):
+    presets = {client.get_run(r.run_id).data.tags.get(PRESET_TAG) for r in result["records"]}
+    if presets <= set(PRESETS_THAT_LEARN_NOTHING):
+        lines.append(f"No best run: every run used a preset that learns nothing ({', '.join(sorted(presets))})")
+    for env, (record, score) in sorted(best_by_env(result["records"]).items()) if not lines else ():
         name = client.get_run(record.run_id).info.run_name
         client.set_tag(parent, f"best_run.{env}", record.run_id)
         client.log_metric(parent, f"best/{env}/{record.metric}", score)

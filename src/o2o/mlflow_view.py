@@ -1,4 +1,5 @@
-"""The MLflow experiment page's comparison view: the runs grouped by algorithm and env, with the paper's score
+"""The MLflow experiment page's comparison view: the runs grouped by env, setting (preset, schedule, data) and
+algorithm, with the paper's score
 after pre-training and after fine-tuning and the cumulative regret as columns, best first.
 
 MLflow 3 keeps a page's columns, grouping and order in the browser (local storage), not on the server; what a
@@ -18,7 +19,8 @@ from o2o.tracking import retry_create_race
 SHARE_TAG_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "o2o-comparison"
 DESCRIPTION_TAG = "mlflow.note.content"
-GROUP_BY_TAGS = ("algo", "env")  # run tags every run sets (pipeline.start_tracking)
+GROUP_BY_TAGS = ("env", "setting", "algo")  # run tags every run sets (pipeline.start_tracking): runs of one preset,
+# schedule and data (the setting) are averaged together, never smoke runs with study runs
 DESCRIPTION_MARK = "Comparison view (o2o):"
 
 
@@ -76,8 +78,9 @@ def _publish(client, experiment_id: str, headline: str, base: str) -> None:
         client.set_experiment_tag(experiment_id, SHARE_TAG_PREFIX + VIEW_KEY, json.dumps(view_state(wanted, order_by)))
     description = tags.get(DESCRIPTION_TAG, "")
     if not description.strip() or description.startswith(DESCRIPTION_MARK):
-        text = (f"{DESCRIPTION_MARK} runs grouped by algo and env, the paper's score after pre-training and after "
-                f"fine-tuning, best first: {view_url(base, experiment_id)} "
+        text = (f"{DESCRIPTION_MARK} runs grouped by env, setting (the preset and a digest of its schedule and data) "
+                f"and algo, the paper's score after pre-training and after fine-tuning, best first: "
+                f"{view_url(base, experiment_id)} "
                 f"(with `mlflow ui` on port 5000; on another server, the same path after its address)")
         if text != description:
             client.set_experiment_tag(experiment_id, DESCRIPTION_TAG, text)

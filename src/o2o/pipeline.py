@@ -29,7 +29,7 @@ from o2o.envs import make_env
 from o2o.errors import ConfigError, DatasetError, Diverged, disk_full
 from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, online_dataset
 from o2o.policy_model import POLICY, PRETRAINED_POLICY, RETRAINED_POLICY, log_policy, policy_metadata
-from o2o.report import run_plot
+from o2o.report import run_plot, setting_tag
 from o2o.returns import label_rewards
 from o2o.exploration import make_bonus
 from o2o.reference import LearnedReference, QuantileReference, reference_error
@@ -42,7 +42,7 @@ from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
 from o2o.stages.retrain import retrain, retrain_during_finetuning
-from o2o.tracking import PARENT_RUN_ENV, Tracker, check_store, default_tracking_uri, open_store
+from o2o.tracking import PARENT_RUN_ENV, PRESET_TAG, SETTING_TAG, Tracker, check_store, default_tracking_uri, flatten, open_store
 
 log = logging.getLogger("o2o")
 
@@ -312,7 +312,10 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
     run_tags = {"env": cfg.env.name, "algo": cfg.algo.name, "dataset": cfg.env.dataset.id or cfg.env.dataset.path,
                 "seed": str(cfg.seed), "stage": "dataset", "device": str(device), "run_dir": str(run_dir),
                 **(tags or {})}
-    tracker = Tracker(cfg.mlflow_experiment, cfg.run_name or f"{cfg.algo.name}-{cfg.env.name}-s{cfg.seed}",
+    preset = run_tags.setdefault(PRESET_TAG, "none")
+    run_tags[SETTING_TAG] = setting_tag({k: str(v)[:6000] for k, v in flatten(resolved).items()}, preset)
+    default_name = "-".join([cfg.algo.name, cfg.env.name, *([preset] if preset != "none" else []), f"s{cfg.seed}"])
+    tracker = Tracker(cfg.mlflow_experiment, cfg.run_name or default_name,
                       resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV),
                       system_metrics_interval=cfg.mlflow.system_metrics_interval_s if cfg.mlflow.system_metrics else None)
     try:

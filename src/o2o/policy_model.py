@@ -7,7 +7,7 @@ in any process with torch and mlflow returns a model whose ``predict`` maps a
 float32 observation batch (n, obs_dim) to actions (n, act_dim). Its signature
 says so, its input example is an observation of the env, and its metadata
 names the env and the observation layout, so it can act without this project
-(README: "The trained policy in MLflow"). The export is fp32 whatever
+(README, "The trained policy"). The export is fp32 whatever
 ``precision`` the run trained in.
 """
 from __future__ import annotations

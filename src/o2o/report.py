@@ -46,6 +46,21 @@ SCORE_RANGE = {M.SUCCESS_RATE: (0.0, 1.0), M.TASKS_SOLVED: (0.0, 1.0)}  # fracti
 SETTING_ALGO_KEYS = ("algo.actor_hidden", "algo.critic_hidden")
 
 
+def setting_of(params: dict[str, str]) -> tuple:
+    """A run's setting from its MLflow params: every param that changes what it computes and is not its algorithm's
+    own, plus the network sizes."""
+    return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_CONFIG
+                        and (not k.startswith("algo.") or k in SETTING_ALGO_KEYS)))
+
+
+def setting_tag(params: dict[str, str], preset: str) -> str:
+    """The run tag that groups runs of one setting in MLflow's comparison view: the preset, and a digest of the
+    setting's params (runs of one preset with other schedules or data get another)."""
+    import hashlib
+
+    return f"{preset}:{hashlib.sha256(repr(setting_of(params)).encode()).hexdigest()[:8]}"
+
+
 @dataclass
 class RunRecord:
     run_id: str
@@ -62,8 +77,7 @@ class RunRecord:
 
     @property
     def setting(self) -> tuple:
-        return tuple(sorted((k, v) for k, v in self.config.items()
-                            if not k.startswith("algo.") or k in SETTING_ALGO_KEYS))
+        return setting_of(self.config)
 
     def last(self, key: str) -> float:
         points = self.history.get(key)

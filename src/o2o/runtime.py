@@ -2,7 +2,7 @@
 
 ``threads=0`` (the default) chooses the thread count. Measured on a 2-core
 machine (``scripts/bench_update.py --threads 1|2``, Cal-QL update, door-sized
-observations; README "Speed"): on idle cores two threads beat one by 1.2x
+observations; docs/speed.md): on idle cores two threads beat one by 1.2x
 (32-wide, batch 32), 1.4x (64, batch 256), 1.5x (128, batch 256) and 1.8-1.9x
 (256x3 and 512x3, batch 256); with the cores busy one thread beats two at
 every size (3.4 vs 1.7 updates/s at 256x3), and a tiny-network job with
@@ -185,7 +185,7 @@ class Runtime:
 # --modes eager compiled --precision fp32 --threads 1 --steps 200): eager 58.2 and compiled 118.8 updates/s, 16.6 s
 # to compile one variant of the update, so one variant repays itself after 16.6 / (1/58.2 - 1/118.8) = 1,900
 # updates; a run compiles about two (offline and online, or with and without the actor step). Larger networks
-# repay sooner (a compiled update saves more per step; README "Speed").
+# repay sooner (a compiled update saves more per step; docs/speed.md).
 COMPILE_BREAK_EVEN_UPDATES = 4_000
 
 

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 OUTPUTS_ENV = "O2O_OUTPUTS"
+PRESET_TAG = "preset"  # the experiment= preset a run was composed with ("none" without one)
+SETTING_TAG = "setting"  # the preset and a digest of the params outside the algorithm's own (report.setting_tag)
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
 

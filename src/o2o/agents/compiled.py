@@ -10,7 +10,7 @@ are the eager format: the state lives in ``optimizer.state`` as ``torch.optim.Ad
 
 The references for the design: the Cal-QL authors' update is one ``jax.jit`` function (nakamotoo/Cal-QL,
 JaxCQL/conservative_sac.py, ``_train_step``); LeanRL (pytorch-labs/LeanRL) compiles CleanRL's updates with
-``torch.compile`` and CUDA graphs. Measured speed: README "Speed". The private PyTorch settings and functions this
+``torch.compile`` and CUDA graphs. Measured speed: docs/speed.md. The private PyTorch settings and functions this
 needs are in o2o.agents.torch_internals, each checked by a test.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ An agent file declares its name, its config schema and its agent class in one pl
 
 and its YAML starts from that schema (``defaults: [/schema/algo@_here_: td3bc, _self_]``). The built-in agents
 are the modules of this package, found by :func:`load_builtin`; a researcher's own are ``.py`` files in the
-``algo/`` folder of a config folder they add to the search path (README, "Your own algorithm, env and data"),
+``algo/`` folder of a config folder they add to the search path (docs/extending.md),
 imported by :func:`load_plugins` before the config is composed.
 """
 from __future__ import annotations
