@@ -538,8 +538,9 @@ def test_a_sweep_whose_job_fails_on_the_basic_launcher_ends_its_parent_run(tmp_p
                           env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(errors) == 1 and "cannot be read as a D4RL HDF5 file" in errors[0]
-    assert errors[0].endswith("(in the sweep's job with experiment=smoke threads=1 env.dataset.id=null "
-                              f"env.dataset.path={tmp_path}/corrupt.hdf5 progress=false)") and "Traceback" not in done.stderr
+    assert errors[0].lower().endswith("(in the sweep's job with experiment=smoke threads=1 env.dataset.id=null "
+                                      f"env.dataset.path={tmp_path}/corrupt.hdf5 progress=false)")
+    assert "Traceback" not in done.stderr
     client = MlflowClient(store)
     (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.sweep = 'true'")
     assert parent.info.status == "FAILED" and parent.data.tags["failure"] == "the sweep stopped before its end"

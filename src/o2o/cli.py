@@ -323,6 +323,11 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
         raise ConfigError(_override_under_null(overrides)) from None
     config = validate(cfg)
     refuse_borrowed_names(config, overrides)
+    import os
+
+    if config.env.dataset.path and not os.path.lexists(config.env.dataset.path):  # checked where the job runs, too
+        raise ConfigError(f"env.dataset.path={config.env.dataset.path} does not exist: give the D4RL HDF5 file (or the "
+                          "folder of AWAC's files) to read")
     if inert:  # a single job, run here: its device must be here too (a sweep's jobs may run on other machines)
         refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
         from o2o.runtime import resolve_device

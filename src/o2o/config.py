@@ -64,11 +64,6 @@ class DatasetConfig:
     collector: Optional[CollectorConfig] = None
 
     def check(self) -> None:
-        import os
-
-        require(not self.path or os.path.lexists(self.path),
-                f"env.dataset.path={self.path} does not exist: give the D4RL HDF5 file (or the folder of AWAC's files) "
-                "to read")
         require(not (self.id and self.path),
                 f"env.dataset.path and env.dataset.id={self.id} are both set, and a run reads one dataset: add "
                 "env.dataset.id=null to read the file")

@@ -44,12 +44,15 @@ SCORE_RANGE = {M.SUCCESS_RATE: (0.0, 1.0), M.TASKS_SOLVED: (0.0, 1.0)}  # fracti
 # A run's setting: every param that is not its algorithm's own, and the network sizes a preset shrinks. Rows are
 # compared (a verdict, one figure) only within one setting: they may differ in the algorithm and nothing else.
 SETTING_ALGO_KEYS = ("algo.actor_hidden", "algo.critic_hidden")
+# ... and not the companion switches (conf/companion/: retraining, an exploration bonus, the reference value), which
+# a companion study compares on one setting
+COMPANION_SWITCHES = ("companion", "retrain.", "exploration.", "reference.")
 
 
 def setting_of(params: dict[str, str]) -> tuple:
     """A run's setting from its MLflow params: every param that changes what it computes and is not its algorithm's
     own, plus the network sizes."""
-    return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_CONFIG
+    return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_CONFIG and not k.startswith(COMPANION_SWITCHES)
                         and (not k.startswith("algo.") or k in SETTING_ALGO_KEYS)))
 
 
@@ -260,7 +263,8 @@ def setting_labels(records: list[RunRecord]) -> dict[tuple, str]:
 
 
 def _outside_algo(name: str) -> bool:
-    return name != "algo" and (not name.startswith("algo.") or name in SETTING_ALGO_KEYS)
+    return (name != "algo" and not name.startswith(COMPANION_SWITCHES)
+            and (not name.startswith("algo.") or name in SETTING_ALGO_KEYS))
 
 
 def config_cell(row: dict) -> str:
