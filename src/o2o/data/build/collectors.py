@@ -210,13 +210,9 @@ def collect_dataset(cfg: EnvConfig) -> None:
         record = Path(minari_root()) / cfg.dataset.id / COLLECTOR_RECORD  # inside the staging folder: moved with it
         record.write_text(json.dumps(collector_params(cfg), sort_keys=True))
 
-    import time
-
-    started = time.monotonic()
     log.info("collecting %s: %d env steps with %s, once (later runs read it from %s)", cfg.dataset.id,
              cfg.dataset.collector.steps, name, minari_root())
     write_minari_atomically(cfg.dataset.id, write)
-    log.info("collected %s in %.0f s", cfg.dataset.id, time.monotonic() - started)
 
 
 def check_collected_with(cfg: EnvConfig) -> None:
