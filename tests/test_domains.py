@@ -143,3 +143,18 @@ def test_pen_episodes_last_100_steps_in_the_env_and_the_built_data():
     cfg = validate(compose(["env=adroit_pen"]))
     assert make_env(cfg.env).spec.max_episode_steps == 100
     assert HORIZON["pen"] == 100 and make_adroit("pen").spec.max_episode_steps == 100
+
+
+def test_collecting_a_dataset_says_so_when_it_starts(tmp_path, monkeypatch, caplog):
+    """Collection takes seconds to minutes: a line says what is collected, how much, and where it will stay."""
+    import logging
+
+    from o2o.data.dataset import _collect_if_missing
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    cfg = validate(compose(["env.dataset.collector.steps=300"])).env
+    with caplog.at_level(logging.INFO, logger="o2o.data.build.collectors"):
+        _collect_if_missing(cfg)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("collecting ")]
+    assert lines == [f"collecting {cfg.dataset.id}: 300 env steps with pointmaze_waypoints, once (later runs read it "
+                     f"from {tmp_path / 'minari'})"]

@@ -127,7 +127,34 @@ def test_python_api_returns_final_metrics(tmp_path):
     assert (tmp_path / "checkpoints" / "final.pt").is_file()
 
 
+def test_the_python_api_is_quiet_and_writes_where_the_command_line_does(tmp_path):
+    """From another folder, with a store not yet created: MLflow's INFO lines stay off the terminal, and the store is
+    the command line's default (the clone's outputs/, or O2O_OUTPUTS); without O2O_OUTPUTS that is this clone's
+    outputs/ whatever the current folder."""
+    import sys
+
+    from conftest import ROOT
+    from o2o.tracking import default_outputs
+
+    code = ("from o2o import run\n"
+            f"run(overrides={[*SMOKE, 'schedule.offline_steps=5', 'schedule.online_steps=0', 'progress=false']!r})\n")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["O2O_OUTPUTS"] = str(tmp_path / "outputs")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "INFO mlflow" not in done.stdout + done.stderr and (tmp_path / "outputs" / "mlflow.db").is_file()
+    assert not (tmp_path / "mlruns").exists()
+    here = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert default_outputs() == ROOT / "outputs"
+    finally:
+        os.chdir(here)
+
+
 def test_a_sweep_prints_one_summary_not_one_per_job(sweep):
     output = TERMINAL["sweep"]
+    assert "Calculating estimates" not in output  # rliable's log line per statistic
     assert output.count("  run folder  ") == 0  # the per-job footer
     assert output.count("sweep summary:") == 1
