@@ -110,3 +110,39 @@ def mlflow_server(backend_uri: str, log_path: Path, artifacts: Path | None = Non
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+EXPLODING_AGENT = """
+from dataclasses import dataclass
+
+from o2o.agents.cql import CQL, CQLConfig
+from o2o.agents.registry import register
+
+
+@dataclass
+class ExplodingConfig(CQLConfig):
+    pass
+
+
+@register("exploding", ExplodingConfig)
+class Exploding(CQL):
+    def update(self, batch):
+        raise RuntimeError("this algorithm fails on its first update, on purpose")
+"""
+EXPLODING_YAML = """
+defaults:
+  - cql
+  - override /schema/algo@_here_: exploding
+  - _self_
+
+name: exploding
+"""
+
+
+def exploding_algorithm(folder: Path) -> Path:
+    """A config folder (for O2O_CONFIG_PATH) with ``algo=exploding``: CQL whose first update raises, a job that fails
+    inside its work, where no check before it can see it."""
+    (folder / "algo").mkdir(parents=True, exist_ok=True)
+    (folder / "algo" / "exploding.py").write_text(EXPLODING_AGENT)
+    (folder / "algo" / "exploding.yaml").write_text(EXPLODING_YAML)
+    return folder

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SMOKE, SMOKE_ANY_ENV
+from o2o.errors import UserError
 
 BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "unknown algo": (["algo=nope"], {}, "Could not find 'algo/nope'"),
@@ -156,8 +157,6 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "PostgreSQL store without a server": ([], {"MLFLOW_TRACKING_URI": "postgresql://o2o:o2o@127.0.0.1:9/mlflow"},
                                           "MLflow store postgresql://o2o:***@127.0.0.1:9/mlflow cannot be reached"),
     "steps beyond any run": (["schedule.online_steps=1e30"], {}, "schedule.online_steps=1e+30 is more than 1e9 steps"),
-    "calibration batch beyond the data": (["calibration_batch=1e8"], {},
-                                          "calibration_batch=100000000 is more than the 1529 offline transitions"),
     "RLPD with one critic where its target is a min over 2": (
         ["env=adroit_door", "algo=rlpd", "algo.ensemble_size=1"], {},
         "algo.target_subset must be in [1, algo.ensemble_size=1], got 2"),
@@ -526,24 +525,38 @@ def test_a_ctrl_c_swallowed_by_a_finalizer_still_stops_the_run():
         sys.unraisablehook = hook
 
 
-def test_a_sweep_whose_job_fails_on_the_basic_launcher_ends_its_parent_run(tmp_path, main_py):
-    """The basic launcher raises a job's error in the head process, before the sweep's end: the parent run is not
-    left RUNNING."""
+def test_a_sweep_whose_job_fails_runs_the_others_and_ends_with_one_line(tmp_path, main_py):
+    """The default launcher (jobs one after another here): a job that fails inside its work is named, the jobs after
+    it still run, the parent run ends FAILED naming it, and the command ends with one line and exit 2."""
     from mlflow.tracking import MlflowClient
 
+    from conftest import exploding_algorithm
+
     store = f"sqlite:///{tmp_path / 'sweep.db'}"
-    (tmp_path / "corrupt.hdf5").write_bytes(b"not an hdf5 file")  # found by the job, not by the checks before it
-    done = subprocess.run(main_py + ["-m", *SMOKE_ANY_ENV, "env.dataset.id=null", f"env.dataset.path={tmp_path}/corrupt.hdf5",
-                                     f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false"],
-                          env={**os.environ, "MLFLOW_TRACKING_URI": store}, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "O2O_CONFIG_PATH": str(exploding_algorithm(tmp_path / "conf"))}
+    done = subprocess.run(main_py + ["-m", "algo=exploding,calql", *SMOKE, "schedule.offline_steps=4",
+                                     "schedule.online_steps=0", f"hydra.sweep.dir={tmp_path / 'sweep'}", "progress=false"],
+                          env=env, capture_output=True, text=True, timeout=300)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2 and len(errors) == 1 and "cannot be read as a D4RL HDF5 file" in errors[0]
-    assert errors[0].lower().endswith("(in the sweep's job with experiment=smoke threads=1 env.dataset.id=null "
-                                      f"env.dataset.path={tmp_path}/corrupt.hdf5 progress=false)")
-    assert "Traceback" not in done.stderr
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert errors[0].startswith("error: 1 of 2 jobs failed, the others' results are kept: RuntimeError: this "
+                                "algorithm fails on its first update, on purpose (in the sweep's job with algo=exploding")
     client = MlflowClient(store)
-    (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.sweep = 'true'")
-    assert parent.info.status == "FAILED" and parent.data.tags["failure"] == "the sweep stopped before its end"
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"].startswith("algo=exploding")
+    finished = [r for r in runs if r.data.tags.get("algo") == "calql" and r.info.status == "FINISHED"]
+    assert len(finished) == 1  # the job after the failed one ran
+
+
+def test_a_study_may_set_a_key_its_command_line_sets_again_but_a_swept_key_given_twice_is_refused():
+    """Hydra keeps a key's last value: a study's smoke values followed by the user's own value are fine; a later value
+    that would drop an earlier list of values is refused."""
+    from o2o.cli import check_sweep_settings
+
+    check_sweep_settings(["experiment=smoke", "schedule.online_steps=40", "schedule.online_steps=1000", "seed=0,1"])
+    with pytest.raises(UserError, match="seed is given twice"):
+        check_sweep_settings(["seed=0,1", "seed=2"])
 
 
 def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path, capsys):
@@ -607,16 +620,51 @@ def test_a_legal_value_that_is_almost_surely_a_mistake_starts_the_run_and_says_s
     assert zero == ("schedule.eval_interval_online=0: the online stage is evaluated only at its end (0 does not turn "
                     "evaluation off)")
     (run,) = run_cases([{"argv": [*SMOKE, "schedule.offline_steps=4", "schedule.online_steps=6", "algo.warmup_steps=2",
-                                  "schedule.eval_interval_online=100", f"hydra.run.dir={tmp_path / 'run'}",
+                                  "schedule.eval_interval_online=100", "calibration_batch=1e8",
+                                  f"hydra.run.dir={tmp_path / 'run'}",
                                   "progress=false", "mlflow.system_metrics=false"], "env": {}}], tmp_path)
     output = run.stdout + run.stderr  # Hydra's console log is stdout
     warnings = [line for line in output.splitlines() if "WARNING" in line and "eval_interval_online" in line]
     assert run.returncode == 0 and len(warnings) == 1, output[-2000:]
     assert warnings[0].endswith("schedule.eval_interval_online=100 is longer than the 6 online steps: fine-tuning is "
                                 "evaluated only at its end")
+    assert any(line.endswith("calibration_batch=100000000 is more than the 1529 offline transitions: the calibration "
+                             "batch is all of them") for line in output.splitlines())
 
 
 def compose_smoke(overrides=()):
     from conftest import compose
 
     return compose([*SMOKE, *overrides])
+
+
+def test_a_refused_job_removes_only_a_run_folder_it_claimed(tmp_path):
+    """The clean-up after a job that stopped before its work: never a folder another job holds (a second job refused
+    by the first one's claim), never one that existed before the command, and only the parents it made."""
+    from o2o import cli
+    from o2o.pipeline import RUN_CLAIM, claim_run_dir
+
+    def hydra_litter(folder):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / "cli.log").write_text("")
+        (folder / RUN_CLAIM).write_text("process 1")
+
+    others = tmp_path / "outputs" / "runs" / "another-job"
+    hydra_litter(others)  # made by another job, whose claim this process does not hold
+    assert not cli.remove_new_run_folder(str(others), "cli") and others.is_dir()
+    existing = tmp_path / "existing"
+    hydra_litter(existing)
+    claim_run_dir(existing)
+    cli._EXISTING_RUN_FOLDERS.clear()
+    try:
+        cli.remember_existing_folders(str(existing))
+        assert not cli.remove_new_run_folder(str(existing), "cli") and existing.is_dir()
+        cli._EXISTING_RUN_FOLDERS.clear()
+        cli.remember_existing_folders(str(tmp_path / "new" / "deeper"))
+        mine = tmp_path / "new" / "deeper"
+        hydra_litter(mine)
+        claim_run_dir(mine)
+        assert cli.remove_new_run_folder(str(mine), "cli")
+        assert not (tmp_path / "new").exists() and tmp_path.is_dir()  # the parent it made went too, nothing above
+    finally:
+        cli._EXISTING_RUN_FOLDERS.clear()

@@ -7,7 +7,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, SMOKE
+from conftest import ROOT, SMOKE, exploding_algorithm
 
 
 def cluster_reason():
@@ -81,40 +81,10 @@ def test_preempted_job_is_requeued_and_finishes_in_one_run(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 1500  # continuous, no step logged twice
 
 
-EXPLODING_AGENT = """
-from dataclasses import dataclass
-
-from o2o.agents.cql import CQL, CQLConfig
-from o2o.agents.registry import register
-
-
-@dataclass
-class ExplodingConfig(CQLConfig):
-    pass
-
-
-@register("exploding", ExplodingConfig)
-class Exploding(CQL):
-    def update(self, batch):
-        raise RuntimeError("this algorithm fails on its first update, on purpose")
-"""
-EXPLODING_YAML = """
-defaults:
-  - cql
-  - override /schema/algo@_here_: exploding
-  - _self_
-
-name: exploding
-"""
-
-
 def test_failed_job_is_reported_and_the_others_kept(tmp_path):
     """One job of the sweep fails inside its SLURM job (its algorithm raises on the first update, which no check
     before the sweep can see): it is named, the other job's run finishes, the parent run ends FAILED."""
-    (tmp_path / "conf" / "algo").mkdir(parents=True)
-    (tmp_path / "conf" / "algo" / "exploding.py").write_text(EXPLODING_AGENT)
-    (tmp_path / "conf" / "algo" / "exploding.yaml").write_text(EXPLODING_YAML)
-    env = {**os.environ, "O2O_CONFIG_PATH": str(tmp_path / "conf")}
+    env = {**os.environ, "O2O_CONFIG_PATH": str(exploding_algorithm(tmp_path / "conf"))}
     proc = subprocess.run(sweep(["algo=calql,exploding", *SMOKE, "mlflow_experiment=o2o-failing",
                                  "schedule.online_steps=100"], tmp_path / "sweep"),
                           capture_output=True, text=True, timeout=600, env=env)

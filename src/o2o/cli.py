@@ -81,10 +81,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except (UserError, Diverged) as err:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.error("%s", err)
-            if hydra_cfg.launcher._target_.endswith("BasicLauncher"):  # it stops the sweep at its first failed job
-                print(f"error: {err} (in the sweep's job with {' '.join(hydra_cfg.overrides.task)})", file=sys.stderr)
-                sys.exit(3 if isinstance(err, Diverged) else 2)
-            raise  # the sweep records this job as failed and goes on with the others
+            raise  # the launcher records this job as failed and goes on with the others (o2o.launchers)
         if not remove_new_run_folder(hydra_cfg.runtime.output_dir, hydra_cfg.job.name):
             _log_to_files(err)  # a run folder that holds work keeps the reason in its log; the terminal gets it below
         print(f"error: {err}", file=sys.stderr)
@@ -100,22 +97,23 @@ def remember_existing_folders(run_dir: str | None) -> None:
     from pathlib import Path
 
     if run_dir is not None:
-        folder = Path(run_dir).expanduser().resolve()
+        folder = Path(run_dir).resolve()  # as Hydra makes it: relative to here, no ~ expansion
         _EXISTING_RUN_FOLDERS.update(str(f) for f in (folder, *folder.parents) if f.exists())
 
 
 def remove_new_run_folder(output_dir: str, job_name: str) -> bool:
     """A job that stopped before its work began leaves no folder behind: the run folder this command created (and
-    its parents it created), when it holds only what Hydra and the run claim wrote. A folder that existed, or that
-    holds an MLflow run id or a checkpoint, stays as it is. Returns whether the folder was removed."""
+    its parents it created, within the outputs folder), when this process holds its claim and it holds only what
+    Hydra and the claim wrote. A folder that existed, another job's (its claim refused this one), or one that holds
+    an MLflow run id or a checkpoint stays as it is. Returns whether the folder was removed."""
     import shutil
     from pathlib import Path
 
-    from o2o.pipeline import RUN_CLAIM
+    from o2o.pipeline import RUN_CLAIM, holds_claim
     from o2o.tracking import outputs_dir
 
     folder = Path(output_dir).resolve()
-    if not folder.is_dir() or str(folder) in _EXISTING_RUN_FOLDERS:
+    if not folder.is_dir() or str(folder) in _EXISTING_RUN_FOLDERS or not holds_claim(folder):
         return False
     if {p.name for p in folder.iterdir()} - {".hydra", RUN_CLAIM, f"{job_name}.log"}:
         return False
@@ -125,7 +123,8 @@ def remove_new_run_folder(output_dir: str, job_name: str) -> bool:
     shutil.rmtree(folder, ignore_errors=True)
     stop = outputs_dir()
     for parent in folder.parents:
-        if parent == stop or str(parent) in _EXISTING_RUN_FOLDERS:
+        explicit = bool(_EXISTING_RUN_FOLDERS)  # hydra.run.dir given: its parents that existed are recorded
+        if parent == stop or str(parent) in _EXISTING_RUN_FOLDERS or (not explicit and stop not in parent.parents):
             break
         try:
             parent.rmdir()  # only while empty
@@ -159,8 +158,11 @@ def integral_scientific(args: Sequence[str]) -> list[str]:
         return list(args)
     from omegaconf import IntegerNode
 
-    cfg = compose_config([a for i, a in enumerate(args) if i not in candidates and not a.startswith(("-", "hydra."))
-                          and "=" in a and "." not in a.split("=", 1)[0]])  # the groups decide the schema
+    variants = sweep_variants([a for a in args if not a.startswith("-")])  # a sweep's first job stands for it
+    first = variants[0][0] if variants else [a for a in args if not a.startswith("-")]
+    typed = {args[i].split("=", 1)[0] for i in candidates}
+    cfg = compose_config([a for a in first if not a.startswith(("hydra.", "hydra/")) and "=" in a
+                          and "." not in a.split("=", 1)[0] and a.split("=", 1)[0] not in typed])  # groups: the schema
     out = list(args)
     for i in candidates:
         key, values = args[i].split("=", 1)
@@ -200,16 +202,20 @@ def main() -> None:
         sys.argv[1:] = with_searchpath(sys.argv[1:])  # O2O_CONFIG_PATH's folders join hydra.searchpath
         if load_plugins(sys.argv[1:]):  # the algorithms of one's own config folders, before anything composes
             register_schema()
+        given = sys.argv[1:]
+        single = not any(arg.startswith("-") for arg in given)
+        sweep = not single and set(a for a in given if a.startswith("-")) <= {"-m", "--multirun"}
+        if single:
+            run_dir_override(given)  # an unquoted '=' or ',' in the folder: its own line, before the syntax check's
+        if single or sweep:
+            check_override_syntax(given)
         sys.argv[1:] = integral_scientific(sys.argv[1:])
         args = sys.argv[1:]
-        if not any(arg.startswith("-") for arg in args):  # a single job: check the config before Hydra starts
-            run_dir_override(args)  # an unquoted '=' or ',' in the folder: its own line, before the syntax check's
-            check_override_syntax(args)
+        if single:  # a single job: check the config before Hydra starts
             preflight(for_preflight(args), run_dir_override(args))
             check_store(default_tracking_uri())  # one connection: a store that cannot work stops here, in seconds
             remember_existing_folders(run_dir_override(args))
-        elif set(a for a in args if a.startswith("-")) <= {"-m", "--multirun"}:  # a sweep: each of its values
-            check_override_syntax(args)
+        elif sweep:  # a sweep: each of its values
             check_sweep_settings([a for a in args if a not in ("-m", "--multirun")])
             for variant, where in sweep_variants([a for a in args if a not in ("-m", "--multirun")]):
                 try:
@@ -225,6 +231,15 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
+    from o2o.launchers import FAILED_JOBS, LAUNCHED_JOBS
+
+    if FAILED_JOBS:  # the sweep ran every job; each failure was logged with its overrides
+        overrides, error = FAILED_JOBS[0]
+        others = f" and {len(FAILED_JOBS) - 1} more" if len(FAILED_JOBS) > 1 else ""
+        message = str(error) if isinstance(error, (UserError, Diverged)) else f"{type(error).__name__}: {error}"
+        print(f"error: {len(FAILED_JOBS)} of {len(LAUNCHED_JOBS)} jobs failed, the others' results are kept: "
+              f"{message} (in the sweep's job with {overrides}){others}", file=sys.stderr)
+        sys.exit(3 if all(isinstance(e, Diverged) for _, e in FAILED_JOBS) else 2)
 
 
 def for_preflight(args: Sequence[str]) -> list[str]:
@@ -259,13 +274,14 @@ def check_sweep_settings(args: Sequence[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    seen = {}
+    swept = {}
     for override in OverridesParser.create().parse_overrides(list(args)):
         key = override.get_key_element()
-        if key in seen:
-            raise ConfigError(f"{key} is given twice ({seen[key]} and {override.input_line}): Hydra would keep only "
+        if key in swept:  # a later value of a key replaces a list of values: the list's jobs would be dropped
+            raise ConfigError(f"{key} is given twice ({swept[key]} and {override.input_line}): Hydra would keep only "
                               "the last; give it once, with all its values (key=a,b)")
-        seen[key] = override.input_line
+        if override.is_sweep_override():
+            swept[key] = override.input_line
         try:
             values = list(override.sweep_string_iterator()) if override.is_sweep_override() else []
         except Exception:  # glob() and other sweeps that need the config to expand
@@ -323,16 +339,16 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
         raise ConfigError(_override_under_null(overrides)) from None
     config = validate(cfg)
     refuse_borrowed_names(config, overrides)
-    import os
+    if inert:  # a single job, run here: its device and data must be here too (a sweep's jobs may run elsewhere)
+        import os
 
-    if config.env.dataset.path and not os.path.lexists(config.env.dataset.path):  # checked where the job runs, too
-        raise ConfigError(f"env.dataset.path={config.env.dataset.path} does not exist: give the D4RL HDF5 file (or the "
-                          "folder of AWAC's files) to read")
-    if inert:  # a single job, run here: its device must be here too (a sweep's jobs may run on other machines)
         refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
         from o2o.runtime import resolve_device
 
         resolve_device(config.device)
+        if config.env.dataset.path and not os.path.lexists(config.env.dataset.path):
+            raise ConfigError(f"env.dataset.path={config.env.dataset.path} does not exist: give the D4RL HDF5 file (or "
+                              "the folder of AWAC's files) to read")
     from o2o.tracking import outputs_dir
 
     check_writable_folder(run_dir or str(outputs_dir()), "hydra.run.dir" if run_dir else "the outputs folder (O2O_OUTPUTS)")

@@ -33,14 +33,23 @@ def _parent_client():
     return (MlflowClient(default_tracking_uri()), run_id) if run_id else (None, None)
 
 
+FAILED_JOBS: list[tuple[str, BaseException]] = []  # this sweep's failed jobs (overrides, error), for o2o.cli.main
+LAUNCHED_JOBS: list[str] = []
+
+
 def report_failures(job_overrides: Sequence[Sequence[str]], results: Sequence[JobReturn]) -> None:
-    """Log every failed job with its overrides and mark the sweep's parent run failed."""
+    """Log every failed job with its overrides, mark the sweep's parent run failed, and let the sweep go on: each
+    failed job's result reads as done to Hydra's sweeper (which would otherwise raise the first error with its
+    traceback), and the command ends with one line for them (o2o.cli.main)."""
+    LAUNCHED_JOBS.extend(" ".join(filter_overrides(o)) for o in job_overrides)
     failed = [(overrides, r) for overrides, r in zip(job_overrides, results) if r.status == JobStatus.FAILED]
     if not failed:
         return
     for overrides, r in failed:
-        log.error("job failed: %s -> %s: %s", " ".join(filter_overrides(overrides)),
-                  type(r._return_value).__name__, r._return_value)
+        FAILED_JOBS.append((" ".join(filter_overrides(overrides)), r._return_value))
+        r.status, r._return_value = JobStatus.COMPLETED, None
+    for overrides, error in FAILED_JOBS[-len(failed):]:
+        log.error("job failed: %s -> %s: %s", overrides, type(error).__name__, error)
     log.error("%d of %d jobs failed; the other jobs' results are kept", len(failed), len(results))
     client, parent = _parent_client()
     if client is not None:

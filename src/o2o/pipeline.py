@@ -55,6 +55,11 @@ RUN_CLAIM = ".o2o-run.lock"
 _claims: dict[str, object] = {}  # run folder -> its open, locked claim file, for this process's life
 
 
+def holds_claim(run_dir: Path) -> bool:
+    """Whether this process holds the claim on ``run_dir`` (claim_run_dir)."""
+    return str(run_dir.resolve()) in _claims
+
+
 def claim_run_dir(run_dir: Path):
     """An exclusive claim on the run folder (an flock on a file in it, released when the process ends however it
     ends): a second job pointed at the same folder while the first runs stops with one line instead of writing
@@ -111,10 +116,12 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
     check_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
-    for key, size in (("buffer.batch_size", cfg.buffer.batch_size), ("calibration_batch", cfg.calibration_batch)):
-        if data.offline is not None and size > len(data.offline):
-            raise DatasetError(f"{key}={size} is more than the {len(data.offline)} offline transitions of "
-                               f"{data.offline.source}: lower {key}")
+    if data.offline is not None and cfg.buffer.batch_size > len(data.offline):
+        raise DatasetError(f"buffer.batch_size={cfg.buffer.batch_size} is more than the {len(data.offline)} offline "
+                           f"transitions of {data.offline.source}: lower buffer.batch_size")
+    if data.offline is not None and cfg.calibration_batch > len(data.offline):
+        log.warning("calibration_batch=%d is more than the %d offline transitions: the calibration batch is all of them",
+                    cfg.calibration_batch, len(data.offline))
     tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None

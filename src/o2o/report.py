@@ -41,19 +41,16 @@ NOT_CONFIG = ("seed", "mlflow_experiment", "progress", "threads", "device", "run
               "mlflow.log_models", "mlflow.registered_model", "mlflow.system_metrics", "mlflow.system_metrics_interval_s")
 SCORE_DIGITS = {M.SUCCESS_RATE: 3, M.TASKS_SOLVED: 3, M.NORMALIZED_RETURN: 1}
 SCORE_RANGE = {M.SUCCESS_RATE: (0.0, 1.0), M.TASKS_SOLVED: (0.0, 1.0)}  # fractions; a band never leaves them
-# A run's setting: every param that is not its algorithm's own, and the network sizes a preset shrinks. Rows are
-# compared (a verdict, one figure) only within one setting: they may differ in the algorithm and nothing else.
-SETTING_ALGO_KEYS = ("algo.actor_hidden", "algo.critic_hidden")
-# ... and not the companion switches (conf/companion/: retraining, an exploration bonus, the reference value), which
-# a companion study compares on one setting
-COMPANION_SWITCHES = ("companion", "retrain.", "exploration.", "reference.")
+# A run's setting: every param that is not its algorithm's own (``algo.*``, network sizes included: each algorithm
+# has its authors' sizes), not a companion switch (conf/companion/: retraining, an exploration bonus, the reference
+# value, which a companion study compares on one setting) and not a fact measured from the data (``data.*``, logged
+# only by algorithms that read offline data). Rows are compared (a verdict, one figure) only within one setting.
+NOT_SETTING = ("algo.", "companion", "retrain.", "exploration.", "reference.", "data.")
 
 
 def setting_of(params: dict[str, str]) -> tuple:
-    """A run's setting from its MLflow params: every param that changes what it computes and is not its algorithm's
-    own, plus the network sizes."""
-    return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_CONFIG and not k.startswith(COMPANION_SWITCHES)
-                        and (not k.startswith("algo.") or k in SETTING_ALGO_KEYS)))
+    """A run's setting from its MLflow params (NOT_SETTING)."""
+    return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_CONFIG and not k.startswith(NOT_SETTING)))
 
 
 def setting_tag(params: dict[str, str], preset: str) -> str:
@@ -237,8 +234,8 @@ def config_label(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
 
 def setting_labels(records: list[RunRecord]) -> dict[tuple, str]:
     """Per env, what sets each setting apart from the env's other settings ('' when the env has one): the
-    command-line overrides outside the algorithm's own (a preset such as experiment=smoke) when they tell the
-    settings apart, else the params that differ."""
+    command-line overrides outside the algorithm's own and the companion switches (a preset such as
+    experiment=smoke) when they tell the settings apart, else the params that differ."""
     labels = {}
     for env in {r.env for r in records}:
         runs_of = defaultdict(list)
@@ -263,8 +260,7 @@ def setting_labels(records: list[RunRecord]) -> dict[tuple, str]:
 
 
 def _outside_algo(name: str) -> bool:
-    return (name != "algo" and not name.startswith(COMPANION_SWITCHES)
-            and (not name.startswith("algo.") or name in SETTING_ALGO_KEYS))
+    return name != "algo" and not name.startswith(NOT_SETTING)
 
 
 def config_cell(row: dict) -> str:
@@ -399,7 +395,7 @@ def to_markdown(rows: list[dict], dip_fraction: float, left_out: list[str] = ())
         "Q(s, a_data) is below its return.\n"
         "A row is one configuration: runs equal in every param but the seed and bookkeeping "
         f"({', '.join(NOT_CONFIG[1:])}); `config` shows its setting where its env has several (a preset, a "
-        "schedule, the data: every param that is not the algorithm's own, and the network sizes), then what sets it "
+        "schedule, the data: every param that is not the algorithm's own or a companion switch), then what sets it "
         "apart from the other rows of its env and algorithm; each seed counts once (its latest run).\n"
         + "".join(f"\nLeft out: {line}" for line in left_out) + ("\n" if left_out else ""))
 

@@ -102,7 +102,7 @@ def check_store(uri: str) -> None:
         return
     if uri.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in uri:
         raise TrackingError(f"MLflow store {uri} is an in-memory database, which keeps nothing once the job ends: "
-                            "name a sqlite file, e.g. sqlite:///outputs/mlflow.db")
+                            "unset MLFLOW_TRACKING_URI for the default store (outputs/mlflow.db), or name a sqlite file")
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if path.is_dir():  # MLflow would retry for minutes
@@ -137,15 +137,21 @@ def reach_database_once(uri: str, fix: str, timeout_s: int = 5) -> None:
     from o2o.errors import TrackingError
 
     try:
-        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args={"connect_timeout": timeout_s})
+        url = sqlalchemy.engine.make_url(uri)
+    except Exception as err:  # a port that is not a number, a URL SQLAlchemy cannot read
+        raise TrackingError(f"MLflow store URI cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+                            f"give it as dialect://user:password@host:port/database") from None
+    safe = url.render_as_string(hide_password=True)
+    timeout = {"timeout": timeout_s} if url.get_driver_name() == "pg8000" else {"connect_timeout": timeout_s}
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=timeout)
         with engine.connect():
             pass
     except ModuleNotFoundError as err:
-        raise TrackingError(f"MLflow store {sqlalchemy.engine.make_url(uri).render_as_string()}: its database driver "
-                            f"is not installed ({err.name}): pip install -e '.[postgres]' for postgresql://") from None
+        raise TrackingError(f"MLflow store {safe}: its database driver is not installed ({err.name}): "
+                            "pip install -e '.[postgres]' for postgresql://") from None
     except Exception as err:  # refused, wrong password, unknown host, no such database
         detail = str(getattr(err, "orig", None) or err).strip().splitlines()
-        safe = sqlalchemy.engine.make_url(uri).render_as_string(hide_password=True)
         raise TrackingError(f"MLflow store {safe} cannot be reached ({(detail[0] if detail else type(err).__name__)[:300]}): "
                             f"{fix}") from None
 

@@ -1,11 +1,13 @@
-"""submitit launchers that report every failed job with its overrides (Hydra needs launchers in ``hydra_plugins``).
+"""Launchers that report every failed job with its overrides and let the sweep finish (Hydra needs launchers in
+``hydra_plugins``): Hydra's basic one (jobs one after another in this process, the default) and submitit's.
 
-Selected by ``hydra/launcher=submitit_slurm`` / ``submitit_local`` (``conf/hydra/launcher/``).
+Selected by ``hydra/launcher=serial`` (the default), ``submitit_slurm`` or ``submitit_local`` (``conf/hydra/launcher/``).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
@@ -24,4 +26,8 @@ class SlurmLauncher(_ReportingLauncher, submitit_launcher.SlurmLauncher):
 
 
 class LocalLauncher(_ReportingLauncher, submitit_launcher.LocalLauncher):
+    pass
+
+
+class SerialLauncher(_ReportingLauncher, BasicLauncher):
     pass
