@@ -15,15 +15,21 @@ def view(client, eid) -> dict:
     return json.loads(client.get_experiment(eid).tags[V.SHARE_TAG_PREFIX + V.VIEW_KEY])
 
 
-def test_the_view_groups_by_algo_and_env_and_orders_by_the_score_after_fine_tuning(tmp_path):
+def test_the_view_groups_by_env_setting_and_algo_and_orders_by_the_score_after_fine_tuning(tmp_path):
     client, eid = experiment(tmp_path)
     V.publish(client, eid, "success_rate", V.ui_address(client.tracking_uri))
     state = view(client, eid)
     assert state["selectedColumns"] == ["tags.`seed`", "metrics.`final/offline_success_rate`",
                                         "metrics.`final/online_success_rate`", "metrics.`final/online_cumulative_regret`"]
     assert state["orderByKey"] == "metrics.`final/online_success_rate`" and state["orderByAsc"] is False
-    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "algo"},
-                                               {"mode": "tag", "groupByData": "env"}]
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "env"},
+                                               {"mode": "tag", "groupByData": "setting"},
+                                               {"mode": "tag", "groupByData": "algo"}]
+    older = json.loads(client.get_experiment(eid).tags[V.SHARE_TAG_PREFIX + V.VIEW_KEY])
+    older["groupBy"]["groupByKeys"] = older["groupBy"]["groupByKeys"][::2]  # a view published before the setting tag
+    client.set_experiment_tag(eid, V.SHARE_TAG_PREFIX + V.VIEW_KEY, json.dumps(older))
+    V.publish(client, eid, "success_rate", V.ui_address(client.tracking_uri))
+    assert view(client, eid)["groupBy"] == state["groupBy"]  # brought up to date by the next run
     note = client.get_experiment(eid).tags[V.DESCRIPTION_TAG]
     assert f"/#/experiments/{eid}/runs?viewStateShareKey={V.VIEW_KEY}" in note
 

@@ -337,18 +337,22 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
         raise ConfigError(_one_line_hydra_error(err, overrides)) from None
     except AssertionError:  # OmegaConf asserts when an override sets a key under a null node
         raise ConfigError(_override_under_null(overrides)) from None
+    import os
+
+    try:
+        path = OmegaConf.select(cfg, "env.dataset.path", default=None)
+    except Exception:  # an interpolation that does not resolve: validate says so
+        path = None
+    if inert and isinstance(path, str) and path and not os.path.lexists(path):  # a single job's data is here
+        raise ConfigError(f"env.dataset.path={path} does not exist: give the D4RL HDF5 file (or the folder of AWAC's "
+                          "files) to read")
     config = validate(cfg)
     refuse_borrowed_names(config, overrides)
-    if inert:  # a single job, run here: its device and data must be here too (a sweep's jobs may run elsewhere)
-        import os
-
+    if inert:  # a single job, run here: its device must be here too (a sweep's jobs may run elsewhere)
         refuse_inert(config, [o for o in overrides if not o.startswith("hydra.")])
         from o2o.runtime import resolve_device
 
         resolve_device(config.device)
-        if config.env.dataset.path and not os.path.lexists(config.env.dataset.path):
-            raise ConfigError(f"env.dataset.path={config.env.dataset.path} does not exist: give the D4RL HDF5 file (or "
-                              "the folder of AWAC's files) to read")
     from o2o.tracking import outputs_dir
 
     check_writable_folder(run_dir or str(outputs_dir()), "hydra.run.dir" if run_dir else "the outputs folder (O2O_OUTPUTS)")

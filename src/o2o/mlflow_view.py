@@ -65,17 +65,19 @@ def publish(client, experiment_id: str, headline: str, base: str) -> None:
 def _publish(client, experiment_id: str, headline: str, base: str) -> None:
     experiment = client.get_experiment(experiment_id)
     tags = experiment.tags
-    columns, order_by = [], score_columns(headline)[1]
+    columns, order_by, grouping = [], score_columns(headline)[1], None
     if SHARE_TAG_PREFIX + VIEW_KEY in tags:
         try:
             known = json.loads(tags[SHARE_TAG_PREFIX + VIEW_KEY])
             columns = [c.split("`")[1] for c in known["selectedColumns"] if c.startswith("metrics.")]
             order_by = known["orderByKey"].split("`")[1]
+            grouping = known["groupBy"]
         except (ValueError, KeyError, IndexError):  # not ours any more: written over with a whole view
             columns = []
     wanted = columns + [c for c in score_columns(headline) if c not in columns]
-    if wanted != columns or SHARE_TAG_PREFIX + VIEW_KEY not in tags:
-        client.set_experiment_tag(experiment_id, SHARE_TAG_PREFIX + VIEW_KEY, json.dumps(view_state(wanted, order_by)))
+    state = view_state(wanted, order_by)
+    if wanted != columns or grouping != state["groupBy"]:  # new columns, or a view of an older grouping
+        client.set_experiment_tag(experiment_id, SHARE_TAG_PREFIX + VIEW_KEY, json.dumps(state))
     description = tags.get(DESCRIPTION_TAG, "")
     if not description.strip() or description.startswith(DESCRIPTION_MARK):
         text = (f"{DESCRIPTION_MARK} runs grouped by env, setting (the preset and a digest of its schedule and data) "
