@@ -357,3 +357,28 @@ def test_runs_of_unlike_settings_are_labelled_never_weighed_and_drawn_apart(tmp_
             ys = np.concatenate([path.vertices[:, 1] for path in band.get_paths()])
             assert ys.min() >= 0.0 and ys.max() <= 1.0
     _pyplot().close(fig)
+
+
+def test_shuffling_the_runs_changes_no_printed_number():
+    """Every statistic sees the runs in seed order, whatever order the store returned them in (a bootstrap resamples
+    by position, so its interval ends would otherwise move)."""
+    import random
+
+    from o2o.report import RunRecord, results_table, statistics_markdown, to_markdown
+
+    def record(algo, seed, final):
+        return RunRecord(f"{algo}-{seed}", "maze", algo, str(seed), "d", 1000.0, "success_rate", start_time=seed,
+                         history={"offline/eval/success_rate": [(100, 0.5)], "online/eval/success_rate": [(1000, final)],
+                                  "online/cumulative_regret": [(1000, 1 - final)]})
+
+    runs = [record("calql", s, f) for s, f in enumerate((0.9, 0.1, 0.7, 0.3, 0.8, 0.2, 0.6))]
+    runs += [record("cql", s, f) for s, f in enumerate((0.4, 0.5, 0.2, 0.9, 0.3, 0.1, 0.6))]
+    pages = set()
+    for trial in range(4):
+        shuffled = runs[:]
+        random.Random(trial).shuffle(shuffled)
+        for i, r in enumerate(shuffled):
+            r.start_time = i  # the store's order: which run started first
+        rows = results_table(shuffled)
+        pages.add(statistics_markdown(rows) + to_markdown(rows, 0.1))
+    assert len(pages) == 1

@@ -209,8 +209,13 @@ def group_runs(records: list[RunRecord]) -> tuple[dict[tuple, list[RunRecord]], 
                 left_out.append(f"run {latest[r.seed].run_id} ({r.env}, {r.algo}, seed {r.seed}): an earlier run of the "
                                 f"same configuration and seed, replaced by {r.run_id}")
             latest[r.seed] = r
-        groups[key] = list(latest.values())
+        groups[key] = sorted(latest.values(), key=lambda r: seed_order(r.seed))  # rliable resamples by position
     return groups, left_out
+
+
+def seed_order(seed: str) -> tuple:
+    """Runs in seed order before any statistic: a bootstrap's interval must not depend on which run finished first."""
+    return (0, int(seed), "") if seed.lstrip("-").isdigit() else (1, 0, seed)
 
 
 def config_label(key: tuple, groups: dict[tuple, list[RunRecord]]) -> str:
