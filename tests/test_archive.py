@@ -108,6 +108,11 @@ def test_a_job_finds_its_finished_run_in_its_sweep_and_refuses_one_of_another_co
     changed = {**RESOLVED, "algo": {"name": "calql", "actor_hidden": [256, 256]}}
     with pytest.raises(ConfigError, match=r"another config \(algo.actor_hidden differ\)"):
         finished_in_sweep(client, changed, "algo=calql seed=3")
+    # the same study continued with other bookkeeping (threads, progress, device): the same job, which does nothing
+    bookkept = {**RESOLVED, "threads": 1, "progress": False, "device": "cpu"}
+    assert finished_in_sweep(client, bookkept, "algo=calql seed=3 threads=1 progress=false device=cpu").info.run_id \
+        == run_id
+    assert finished_in_sweep(client, RESOLVED, "algo=calql seed=3 algo.tau=0.01") is None  # another job
 
 
 def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_stops_it(tmp_path, monkeypatch):

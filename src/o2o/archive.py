@@ -219,18 +219,32 @@ def restore_records(client, experiment_id: str, sweep_dir: Path, folder: Path) -
     return parent, restored
 
 
+def computing_overrides(overrides: str) -> frozenset[str]:
+    """A job's overrides that change what it computes: not threads, progress, device, the experiment's name and
+    other bookkeeping (o2o.report.NOT_CONFIG but the seed), which a continued study may set otherwise."""
+    from o2o.report import NOT_CONFIG
+
+    bookkeeping = set(NOT_CONFIG) - {"seed"}
+    return frozenset(token for token in overrides.split() if "=" in token
+                     and token.split("=", 1)[0].lstrip("+~") not in bookkeeping and not token.startswith("hydra"))
+
+
 def finished_in_sweep(client, resolved: dict, overrides: str):
     """The finished run of this job in its sweep (a child of the parent run the sweep hands its jobs, with the same
     overrides), or None; one that ran another config stops the job (a later commit changed what the overrides
     compose): the sweep's page must not mix them."""
+    from o2o.report import NOT_CONFIG
+
     parent = os.environ.get(PARENT_RUN_ENV)
     if not parent:
         return None
-    same = [r for r in children(client, parent) if r.data.tags.get("overrides") == overrides]
+    job = computing_overrides(overrides)
+    same = [r for r in children(client, parent) if computing_overrides(r.data.tags.get("overrides", "")) == job]
     if not same:
         return None
     run = same[0]
-    expected = {k: str(v)[:6000] for k, v in flatten(resolved).items()}
+    bookkeeping = set(NOT_CONFIG) - {"seed"}
+    expected = {k: str(v)[:6000] for k, v in flatten(resolved).items() if k not in bookkeeping}
     differ = sorted(k for k in expected if run.data.params.get(k) != expected[k])
     if differ:
         raise ConfigError(f"this sweep already has a finished run of '{overrides}' (MLflow run {run.info.run_id}) "
