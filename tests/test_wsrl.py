@@ -13,7 +13,8 @@ from o2o.config import validate
 
 def test_the_recipe_is_the_authors_on_adroit():
     algo = validate(compose(["algo=wsrl", "env=adroit_door"])).algo
-    assert (algo.utd_ratio, algo.actor_update_interval, algo.update_schedule) == (4, 4, "step")
+    assert (algo.utd_ratio, algo.online_actor_update_interval, algo.update_schedule) == (4, 4, "step")
+    assert algo.actor_update_interval == 1  # pre-training is Cal-QL's: the actor steps with every critic step
     assert (algo.ensemble_size, algo.target_subset, algo.layer_norm, algo.actor_layer_norm) == (10, 2, True, True)
     assert (algo.warmup_steps, algo.warmup_actions, algo.mixing_ratio) == (5000, "policy", 0.0)
     assert algo.calibrate_offline and not algo.calibrate_online and not algo.online_regulariser
@@ -116,3 +117,28 @@ def test_the_warm_up_acts_with_the_pre_trained_policy_without_updates_and_no_off
                                                                "mlflow.log_models=false", "mlflow_experiment=o2o-wsrl"])
     assert final[M.ENV_STEPS] == 120
     assert seen == {"random": 0, "updates": (120 - 100) * 2, "offline_rows": 0}
+
+
+def test_the_actor_steps_every_update_in_pre_training_and_once_per_block_when_fine_tuning():
+    """WSRL pre-trains as Cal-QL (agent.update: actor and temperature every step) and fine-tunes with UTD 4, one actor
+    step per block of four critic steps (update_high_utd)."""
+    import torch
+
+    from o2o import metrics as M
+    from o2o.pipeline import make_agent
+
+    cfg = validate(compose(["algo=wsrl", "experiment=smoke", "algo.ensemble_size=2", "algo.target_subset=2"]))
+    agent = make_agent(cfg, OBS, ACT, torch.device("cpu"), compiled=False)
+    stepped = {}
+    for phase in (M.OFFLINE, M.ONLINE):
+        agent.begin_phase(phase)
+        actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+        moves = []
+        for _ in range(4):
+            before = [p.detach().clone() for p in agent.actor.parameters()]
+            agent.update(make_batch())
+            moves.append(any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters())))
+        stepped[phase] = moves
+        assert any(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters()))
+    assert stepped[M.OFFLINE] == [True] * 4
+    assert stepped[M.ONLINE].count(True) == 1

@@ -64,6 +64,7 @@ class ActorCritic(nn.Module):
         self.to(device)
         self.grad_steps = 0
         self.phase: str | None = None
+        self.actor_interval = cfg.actor_update_interval  # actor and temperature step every N critic steps (per phase)
         self.compiled_update = None  # set by compile_update
 
     def make_actor(self) -> nn.Module:
@@ -142,6 +143,7 @@ class ActorCritic(nn.Module):
         An agent whose losses differ by phase (Cal-QL's calibration) reads its own config here.
         """
         self.phase = phase
+        self.actor_interval = self.cfg.actor_update_interval
 
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         """The summed loss of every network this step trains, and metrics as tensors."""
@@ -155,7 +157,7 @@ class ActorCritic(nn.Module):
     def update(self, batch: Batch) -> dict:
         """One gradient step; returns metrics as tensors (no host sync)."""
         # the last critic step of each block of actor_update_interval (RLPD: the actor after its 20 critic steps)
-        update_actor = (self.grad_steps + 1) % self.cfg.actor_update_interval == 0
+        update_actor = (self.grad_steps + 1) % self.actor_interval == 0
         noise = {**self.draw_noise(batch.obs.shape[0]), **self.draw_target_subset()}
         first = self.pre_update(batch, noise)  # may add to ``noise`` what it computed for the main step
         if self.compiled_update is not None:

@@ -41,9 +41,14 @@ class CQLConfig(SoftActorConfig):
     # own max-target backup (WSRL's SAC agent: only on AntMaze)
     online_regulariser: bool = MISSING
     online_max_target_backup: bool = MISSING
+    # ... and its own actor step interval (WSRL: one actor step per block of 4 critic steps online, every step in its
+    # Cal-QL pre-training)
+    online_actor_update_interval: int = MISSING
 
     def check(self) -> None:
         super().check()
+        require(self.online_actor_update_interval >= 1,
+                f"algo.online_actor_update_interval must be >= 1, got {self.online_actor_update_interval}")
         require(self.cql_weight >= 0, f"algo.cql_weight must be >= 0, got {self.cql_weight}")
         require(self.temperature > 0, f"algo.temperature must be > 0, got {self.temperature}")
         require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
@@ -92,12 +97,14 @@ class CQL(SoftActorCritic):
 
     def begin_phase(self, phase: str) -> None:
         """Cal-QL's switch: calibrate offline and/or online as ``algo.calibrate_offline/online`` say; and whether
-        fine-tuning keeps the regulariser (``algo.online_regulariser``; WSRL fine-tunes as SAC)."""
+        fine-tuning keeps the regulariser (``algo.online_regulariser``; WSRL fine-tunes as SAC), its backup and its
+        actor step interval."""
         super().begin_phase(phase)
         online = phase == ONLINE  # retraining is offline
         self.calibrate = self.cfg.calibrate_online if online else self.cfg.calibrate_offline
         self.regularise = self.cfg.online_regulariser if online else True
         self.max_target_backup = self.cfg.online_max_target_backup if online else self.cfg.max_target_backup
+        self.actor_interval = self.cfg.online_actor_update_interval if online else self.cfg.actor_update_interval
 
     def idle_names(self) -> set[str]:
         """Without the regulariser (WSRL's SAC phase) the Lagrange multiplier has no loss."""
