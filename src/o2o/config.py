@@ -122,8 +122,9 @@ class DomainConfig:
     # something here, logged beside it.
     metric: str = MISSING
     extra_metrics: List[str] = field(default_factory=list)
-    # Returns-to-go bootstrap r_T / (1 - gamma) after an episode end that is not a terminal (the Cal-QL authors'
-    # calc_return_to_go with infinite_horizon=True: Kitchen, whose episodes never terminate)
+    # Returns-to-go bootstrap r_T / (1 - gamma) after an episode end that is not a terminal (the Cal-QL code's
+    # calc_return_to_go with infinite_horizon=True in OOO's fork, OOO_for_calql/replay_buffer.py: Kitchen, whose
+    # episodes never terminate)
     infinite_horizon: bool = MISSING
 
     def check(self) -> None:
