@@ -221,8 +221,9 @@ def test_learned_reference_and_exploration_options_are_checked():
     cfg = validate(compose(["retrain=ooo", "exploration=qknn", "exploration.coef=1.0"]))
     assert cfg.exploration.knn_k == 3
     retrain = cfg.retrain  # conservative_sac_exploitation.py and the exploitation commands of ooo_for_calql_scripts.md
+    # their commands pass --cql.feature_normalization=True, but the exploitation script's Q-function never reads it
     assert (retrain.steps, retrain.algorithm, retrain.clip_targets, retrain.feature_normalization) == (
-        1_000_000, "cql", True, True)
+        1_000_000, "cql", True, False)
     assert retrain.eval_episodes == 100 and retrain.mixing_ratio == cfg.algo.mixing_ratio
     with pytest.raises(ConfigError, match="retrain=ooo retrains with CQL, as OOO does"):
         validate(compose(["algo=iql", "retrain=ooo"]))
