@@ -45,7 +45,7 @@ def evaluated_on(evaluator, episodes: int):
 def retrain_during_finetuning(make_fresh_agent, offline: TransitionBuffer, online: TransitionBuffer, cfg,
                               ctx: RunContext):
     """``retrain.interval``: a callable that, at an env step of fine-tuning, trains a fresh agent offline on the data
-    so far and logs its score as ``online_retrained/eval/*`` at that step (offline RL as an online subroutine).
+    so far and logs its score as ``online_retrained/eval/*`` at that step: a measurement, the agent never acts.
     It runs on forked random streams, so the fine-tuning run goes on exactly as it would without it. A preempted
     run redoes an interrupted retraining from its start."""
 
