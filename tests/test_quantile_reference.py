@@ -78,3 +78,19 @@ def test_a_run_labels_every_transition_with_the_current_threshold(tmp_path, monk
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run_id = (tmp_path / "mlflow_run_id").read_text().strip()
     assert len(client.get_metric_history(run_id, M.reference(M.ONLINE, "v_ref_mae"))) == len(seen)
+
+
+def test_an_episode_that_succeeds_twice_counts_once():
+    """The Adroit rule makes every success step terminal; the quantile's episodes are the recorded ones (cut after
+    their last success), not the one-step pieces after each later success."""
+    from o2o.data.offline_data import OfflineData, apply_binary_success
+
+    n = 8  # one recorded episode: successes at steps 3, 5 and 6, then a failure step that the rule drops
+    data = OfflineData(observations=np.zeros((n, 2), np.float32), actions=np.zeros((n, 1), np.float32),
+                       rewards=np.zeros(n, np.float32), next_observations=np.zeros((n, 2), np.float32),
+                       terminals=np.zeros(n, bool), timeouts=np.arange(n) == n - 1,
+                       success=np.isin(np.arange(n), [3, 5, 6]))
+    binary = apply_binary_success(data)
+    assert binary.num_episodes == 3  # the rule's pieces: 0-3, 4-5, 6
+    assert binary.recorded_episode_ends.tolist() == [False] * 6 + [True]
+    assert binary.select(np.ones(7, bool)).recorded_episode_ends.tolist() == [False] * 6 + [True]

@@ -126,7 +126,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
         tracker.set_tags({"stage": "reference_returns"})
-        reference = fit_reference(offline, cfg, tracker, data.offline.episode_ends if offline is not None else None,
+        reference = fit_reference(offline, cfg, tracker,
+                                  data.offline.recorded_episode_ends if offline is not None else None,
                                   resume is None)
         obs_stats = ObservationStats.of(data.offline.observations) if data.offline is not None else None
         agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile, obs_stats)
@@ -404,7 +405,8 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
     if cfg.reference.value == "mc":
         return None
     b = offline.to_batch(offline.storage[: len(offline)])
-    if cfg.reference.value == "quantile":  # the offline episodes' returns: V_ref (their returns-to-go) at each start
+    if cfg.reference.value == "quantile":  # the recorded episodes' returns: V_ref at each start (a success the Adroit
+        # rule made terminal starts no episode of its own)
         starts = torch.as_tensor([e.start for e in episode_slices(episode_ends)], device=offline.device)
         reference = QuantileReference(cfg.reference.tau, b.v_ref[starts].cpu().numpy())
         errors = reference_error(torch.full_like(b.v_ref, reference.threshold), b.v_ref)

@@ -24,6 +24,9 @@ class OfflineData:
     ref_max_score: Optional[float] = None
     source: str = ""
     metadata: dict = field(default_factory=dict)
+    # the recorded episodes' last steps where success terminals split them further (apply_binary_success); None: as
+    # episode_ends
+    recorded_ends: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -38,6 +41,11 @@ class OfflineData:
         return ends
 
     @property
+    def recorded_episode_ends(self) -> np.ndarray:
+        """True at the last step of every recorded episode: not at each success the Adroit rule made terminal."""
+        return self.episode_ends if self.recorded_ends is None else self.recorded_ends
+
+    @property
     def num_episodes(self) -> int:
         return int(self.episode_ends.sum())
 
@@ -45,7 +53,8 @@ class OfflineData:
         keep = lambda a: None if a is None else a[mask]  # noqa: E731
         return replace(self, observations=self.observations[mask], actions=self.actions[mask],
                        rewards=self.rewards[mask], next_observations=self.next_observations[mask],
-                       terminals=self.terminals[mask], timeouts=self.timeouts[mask], success=keep(self.success))
+                       terminals=self.terminals[mask], timeouts=self.timeouts[mask], success=keep(self.success),
+                       recorded_ends=keep(self.recorded_ends))
 
 
 def episode_slices(ends: np.ndarray) -> list[slice]:
@@ -64,13 +73,14 @@ def apply_binary_success(data: OfflineData) -> OfflineData:
     if data.success is None:
         raise DatasetError(f"{data.source}: domain.binary_from_success needs per-step task success "
                            "(infos/success in Minari, infos/goal_achieved in D4RL HDF5), and this dataset has none")
-    keep = np.zeros(len(data), dtype=bool)
+    keep, recorded_ends = np.zeros(len(data), dtype=bool), np.zeros(len(data), dtype=bool)
     for episode in episode_slices(data.episode_ends):
         hits = np.flatnonzero(data.success[episode])
         if len(hits):
             keep[episode.start:episode.start + hits[-1] + 1] = True
+            recorded_ends[episode.start + hits[-1]] = True  # the episode, cut after its last success, ends there
     binary = replace(data, rewards=np.where(data.success, 0.0, -1.0).astype(np.float32),
-                     terminals=data.terminals | data.success)
+                     terminals=data.terminals | data.success, recorded_ends=recorded_ends)
     return binary.select(keep)
 
 
