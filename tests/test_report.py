@@ -346,6 +346,7 @@ def test_runs_of_unlike_settings_are_labelled_never_weighed_and_drawn_apart(tmp_
     stats = statistics_markdown(result["rows"])
     verdicts = [line for line in stats.splitlines() if "is better)" in line]
     assert len(verdicts) == 3 and all("calql (experiment=smoke) | cql (experiment=smoke)" in line for line in verdicts)
+    assert "**Exploratory**: the family is these 3 comparisons" in stats and "verdict (uncorrected)" in stats
     names = sorted(p.name for p in result["files"] if p.name.startswith("curves_"))
     assert names == ["curves_maze_1.png", "curves_maze_2.png"]
     from o2o.report import _pyplot, curves_figure
