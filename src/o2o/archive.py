@@ -26,7 +26,7 @@ import tarfile
 from pathlib import Path
 
 from o2o.errors import ConfigError
-from o2o.tracking import MAX_BATCH, PARENT_RUN_ENV, flatten
+from o2o.tracking import MAX_BATCH, PARENT_RUN_ENV, param_values
 
 FORMAT = 1
 PARENT_FILE = "parent.json"
@@ -244,7 +244,7 @@ def finished_in_sweep(client, resolved: dict, overrides: str):
         return None
     run = same[0]
     bookkeeping = set(NOT_CONFIG) - {"seed"}
-    expected = {k: str(v)[:6000] for k, v in flatten(resolved).items() if k not in bookkeeping}
+    expected = {k: v for k, v in param_values(resolved).items() if k not in bookkeeping}
     differ = sorted(k for k in expected if run.data.params.get(k) != expected[k])
     if differ:
         raise ConfigError(f"this sweep already has a finished run of '{overrides}' (MLflow run {run.info.run_id}) "

@@ -121,9 +121,8 @@ def remove_new_run_folder(output_dir: str, job_name: str) -> bool:
         if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == folder:
             handler.close()
     shutil.rmtree(folder, ignore_errors=True)
-    stop = outputs_dir()
+    stop, explicit = outputs_dir(), bool(_EXISTING_RUN_FOLDERS)  # hydra.run.dir given: its existing parents recorded
     for parent in folder.parents:
-        explicit = bool(_EXISTING_RUN_FOLDERS)  # hydra.run.dir given: its parents that existed are recorded
         if parent == stop or str(parent) in _EXISTING_RUN_FOLDERS or (not explicit and stop not in parent.parents):
             break
         try:

@@ -42,7 +42,8 @@ from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
 from o2o.stages.retrain import retrain, retrain_during_finetuning
-from o2o.tracking import PARENT_RUN_ENV, PRESET_TAG, SETTING_TAG, Tracker, check_store, default_tracking_uri, flatten, open_store
+from o2o.tracking import (PARENT_RUN_ENV, PRESET_TAG, SETTING_TAG, Tracker, check_store, default_tracking_uri, open_store,
+                          param_values, store_not_made)
 
 log = logging.getLogger("o2o")
 
@@ -177,8 +178,8 @@ def finished_elsewhere(resolved: dict, overrides: str, run_dir: Path) -> dict[st
 
     uri = default_tracking_uri()
     check_store(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        return None  # a store not yet created holds no run; the first run that logs creates it
+    if store_not_made(uri):
+        return None
     run = finished_in_sweep(open_store(uri), resolved, overrides)
     if run is None:
         return None
@@ -321,7 +322,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
                 "seed": str(cfg.seed), "stage": "dataset", "device": str(device), "run_dir": str(run_dir),
                 **(tags or {})}
     preset = run_tags.setdefault(PRESET_TAG, "none")
-    run_tags[SETTING_TAG] = setting_tag({k: str(v)[:6000] for k, v in flatten(resolved).items()}, preset)
+    run_tags[SETTING_TAG] = setting_tag(param_values(resolved), preset)
     default_name = "-".join([cfg.algo.name, cfg.env.name, *([preset] if preset != "none" else []), f"s{cfg.seed}"])
     tracker = Tracker(cfg.mlflow_experiment, cfg.run_name or default_name,
                       resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV),

@@ -685,11 +685,11 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 < args.dip_fraction <= 1:
         parser.error(f"--dip-fraction must be in (0, 1], a fraction of fine-tuning, got {args.dip_fraction}")
     try:
-        from o2o.tracking import check_store
+        from o2o.tracking import check_store, store_not_made
 
         uri = default_tracking_uri()
         check_store(uri)
-        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        if store_not_made(uri):
             raise NoMatchingRuns(f"the MLflow store {uri} does not exist yet: run a job first, or set "
                                  "MLFLOW_TRACKING_URI to the store that holds the runs")
         from mlflow.tracking import MlflowClient

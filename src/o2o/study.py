@@ -514,11 +514,11 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         raise UserError(f"--new starts another sweep, and {records} keeps the records of the study's earlier one: "
                         "give the new sweep its own records folder (--records DIR)")
     overrides = [*args.overrides, f"mlflow_experiment={args.experiment}"]
-    from o2o.tracking import check_store, open_store
+    from o2o.tracking import check_store, open_store, store_not_made
 
     uri = default_tracking_uri()
     check_store(uri)
-    if args.page_only and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if args.page_only and store_not_made(uri):
         raise UserError(f"--page-only {args.page_only}: the store {uri} does not exist: set MLFLOW_TRACKING_URI to the "
                         "store the sweep logged to")
     client = MlflowClient(uri) if args.page_only else open_store(uri)  # a sweep's store is made here if new

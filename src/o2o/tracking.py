@@ -178,6 +178,16 @@ def schema_newer_than_mlflow(message: str, uri: str) -> str | None:
                 "MLFLOW_TRACKING_URI to another store")
 
 
+def param_values(tree: Mapping[str, Any]) -> dict[str, str]:
+    """A resolved config as MLflow records it in a run's params: flattened keys, string values cut to MLflow's 6000."""
+    return {k: str(v)[:6000] for k, v in flatten(tree).items()}
+
+
+def store_not_made(uri: str) -> bool:
+    """A sqlite store whose file does not exist yet (the first run that logs creates it): it holds no run."""
+    return uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists()
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in tree.items():
@@ -274,7 +284,7 @@ class Tracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+        items = [Param(k, v) for k, v in param_values(params).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
