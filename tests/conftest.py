@@ -74,9 +74,13 @@ def plain_q(critic, member, s, a):
     for layer, (w, b) in enumerate(zip(critic.weights, critic.biases)):
         x = x @ w[member] + b[member, 0]
         if layer < last:
+            after = getattr(critic, "norm_after_activation", False)
+            if after:
+                x = torch.relu(x)
             if critic.layer_norm:
                 x = F.layer_norm(x, x.shape) * critic.norm_scales[layer][member, 0] + critic.norm_shifts[layer][member, 0]
-            x = torch.relu(x)
+            if not after:
+                x = torch.relu(x)
     return x[0]
 
 

@@ -27,7 +27,8 @@ def batches(n, size=B):
     g = torch.Generator().manual_seed(1)
     return [Batch(torch.randn(size, OBS, generator=g), torch.rand(size, ACT, generator=g) * 2 - 1,
                   torch.randn(size, generator=g), torch.randn(size, OBS, generator=g),
-                  (torch.rand(size, generator=g) < 0.2).float(), torch.randn(size, generator=g)) for _ in range(n)]
+                  (torch.rand(size, generator=g) < 0.2).float(), torch.randn(size, generator=g),
+                  torch.rand(size, ACT, generator=g) * 2 - 1) for _ in range(n)]  # next actions: ReBRAC reads them
 
 
 def train(agent, data, phase=OFFLINE):

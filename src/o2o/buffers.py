@@ -1,7 +1,9 @@
 """Transition storage on the training device, sampled with one ``index_select`` per draw.
 
 Each buffer keeps all fields of a transition side by side in one preallocated
-(capacity, width) tensor: [obs | action | reward | next_obs | done | v_ref].
+(capacity, width) tensor: [obs | action | reward | next_obs | done | v_ref], and, for an algorithm that reads
+them (``AlgoConfig.reads_next_actions``: ReBRAC's critic penalty), [... | next_action]: the action the data took
+at next_obs.
 """
 from __future__ import annotations
 
@@ -20,23 +22,30 @@ class Batch(NamedTuple):
     next_obs: torch.Tensor  # (B, D)
     dones: torch.Tensor  # (B,) 1.0 at terminals
     v_ref: torch.Tensor  # (B,) the reference value V_ref(s): the return-to-go, or a learned value (o2o.reference)
+    next_actions: torch.Tensor | None = None  # (B, A) the data's action at next_obs, where the buffers keep it
 
 
 class TransitionBuffer:
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device):
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, next_actions: bool = False):
         self.obs_dim, self.act_dim, self.device = obs_dim, act_dim, device
-        self.width = 2 * obs_dim + act_dim + 3
+        self.next_actions = next_actions
+        self.v_ref_column = 2 * obs_dim + act_dim + 2
+        self.width = row_width(obs_dim, act_dim, next_actions)
         self.storage = torch.zeros(capacity, self.width, dtype=torch.float32, device=device)
         self.capacity, self.size, self._next = capacity, 0, 0
 
     def __len__(self) -> int:
         return self.size
 
-    def add(self, obs, actions, rewards, next_obs, dones, v_ref) -> torch.Tensor:
-        """Append a block of transitions (numpy arrays); the oldest are overwritten when full. Returns their rows."""
+    def add(self, obs, actions, rewards, next_obs, dones, v_ref, next_actions=None) -> torch.Tensor:
+        """Append a block of transitions (numpy arrays); the oldest are overwritten when full. Returns their rows.
+        ``next_actions``: where the buffer keeps them; None leaves zeros until :meth:`set_next_actions`."""
         n = len(rewards)
         columns = [np.asarray(obs).reshape(n, -1), np.asarray(actions).reshape(n, -1), np.asarray(rewards)[:, None],
                    np.asarray(next_obs).reshape(n, -1), np.asarray(dones)[:, None], np.asarray(v_ref)[:, None]]
+        if self.next_actions:
+            columns.append(np.zeros((n, self.act_dim), np.float32) if next_actions is None
+                           else np.asarray(next_actions).reshape(n, -1))
         keep = min(n, self.capacity)
         idx = (self._next + torch.arange(keep, device=self.device)) % self.capacity
         # each column block copied straight into its rows (one copy, no intermediate block of rows)
@@ -61,7 +70,17 @@ class TransitionBuffer:
     def set_v_ref(self, idx: torch.Tensor, v_ref: np.ndarray) -> None:
         """Write the reference values of rows added before they were known (their episode had not ended)."""
         values = torch.as_tensor(np.asarray(v_ref, np.float32), device=self.device)
-        self.storage[idx, self.width - 1] = values
+        self.storage[idx, self.v_ref_column] = values
+
+    def set_next_actions(self, idx: torch.Tensor, actions: np.ndarray) -> None:
+        """Write, for an episode's rows in order, the action taken after each: the next row's; the last row's own
+        action where the episode ended (a terminal bootstraps nothing; after a time limit the next action is not
+        known)."""
+        if not self.next_actions or not len(idx):
+            return
+        actions = np.asarray(actions, np.float32).reshape(-1, self.act_dim)[-len(idx):]  # the rows kept
+        actions = torch.as_tensor(actions, device=self.device)
+        self.storage[idx, self.v_ref_column + 1:] = torch.cat([actions[1:], actions[-1:]])
 
     def state(self) -> dict:
         return {"rows": self.storage[: self.size].cpu().clone(), "next": self._next}
@@ -77,11 +96,26 @@ class TransitionBuffer:
 
     def to_batch(self, rows: torch.Tensor) -> Batch:
         o, a = self.obs_dim, self.act_dim
-        obs, actions, rewards, next_obs, dones, v_ref = rows.split([o, a, 1, o, 1, 1], dim=1)
-        return Batch(obs, actions, rewards.squeeze(1), next_obs, dones.squeeze(1), v_ref.squeeze(1))
+        if self.next_actions:
+            obs, actions, rewards, next_obs, dones, v_ref, next_actions = rows.split([o, a, 1, o, 1, 1, a], dim=1)
+        else:
+            (obs, actions, rewards, next_obs, dones, v_ref), next_actions = rows.split([o, a, 1, o, 1, 1], dim=1), None
+        return Batch(obs, actions, rewards.squeeze(1), next_obs, dones.squeeze(1), v_ref.squeeze(1), next_actions)
 
     def sample(self, n: int) -> Batch:
         return self.to_batch(self.sample_rows(n))
+
+
+def row_width(obs_dim: int, act_dim: int, next_actions: bool = False) -> int:
+    """Floats in one stored transition."""
+    return 2 * obs_dim + act_dim + 3 + (act_dim if next_actions else 0)
+
+
+def episode_next_actions(actions: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """For transitions in order with episode ends marked: the action of the next step of the same episode; at an
+    end, the step's own (see :meth:`TransitionBuffer.set_next_actions`)."""
+    following = np.concatenate([actions[1:], actions[-1:]]) if len(actions) else actions
+    return np.where(np.asarray(ends, bool)[:, None], actions, following)
 
 
 def offline_share(batch_size: int, mixing_ratio: float, offline_size: int, online_size: int) -> int:

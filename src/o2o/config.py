@@ -172,6 +172,12 @@ class AlgoConfig:
     def uses_offline_data(self) -> bool:
         return self.pretrain or self.mixing_ratio != 0
 
+    @property
+    def reads_next_actions(self) -> bool:
+        """Whether the losses read the data's action at the next state (``Batch.next_actions``; ReBRAC's critic
+        penalty): the buffers keep it only then."""
+        return False
+
     def conservative_retraining(self) -> "AlgoConfig | None":
         """The config of OOO's offline retraining with CQL (``retrain.algorithm=cql``): this algorithm's settings
         as CQL without calibration; None for an algorithm that has no CQL settings."""

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from o2o import metrics as M, mlflow_view
 from o2o.agents.core import ActorCritic, ObservationStats
 from o2o.agents.registry import agent_class
-from o2o.buffers import MixedSampler, TransitionBuffer
+from o2o.buffers import MixedSampler, TransitionBuffer, episode_next_actions, row_width
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import Config, doubtful_settings, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
@@ -256,13 +256,13 @@ def update_memory_lower_bound(cfg: Config, obs_dim: int, act_dim: int) -> int:
     weights = critic * 2 + actor + 3 * (critic + actor)  # + targets; grads, Adam m and v of what is trained
     batch = cfg.buffer.batch_size
     activations = batch * (algo.ensemble_size * sum(algo.critic_hidden) + sum(algo.actor_hidden))
-    return 4 * (weights + activations + batch * (2 * obs_dim + act_dim + 3))
+    return 4 * (weights + activations + batch * row_width(obs_dim, act_dim, algo.reads_next_actions))
 
 
 def check_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transitions: int, device: torch.device) -> None:
     """The buffers are allocated whole, and the networks and one batch's activations must fit beside them: refuse
     sizes the device cannot hold before any work."""
-    row = (2 * obs_dim + act_dim + 3) * 4  # TransitionBuffer's float32 row
+    row = row_width(obs_dim, act_dim, cfg.algo.reads_next_actions) * 4  # TransitionBuffer's float32 row
     buffers = (cfg.buffer.online_capacity + offline_transitions) * row
     update = update_memory_lower_bound(cfg, obs_dim, act_dim)
     free = free_memory(device)
@@ -393,8 +393,10 @@ def end_orphans(client, experiment: str, run_dir: Path, keep: Optional[str]) -> 
 def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
     """Labelled offline transitions (transformed rewards, returns-to-go), on the device."""
     rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo, data.terminals)
-    buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device)
-    buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns)
+    buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device,
+                              cfg.algo.reads_next_actions)
+    buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns,
+               episode_next_actions(data.actions, data.episode_ends) if cfg.algo.reads_next_actions else None)
     return buffer
 
 
@@ -462,7 +464,8 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         final.update(state.offline_final)
     if not cfg.schedule.online_steps:
         return final
-    online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device)
+    online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device,
+                              cfg.algo.reads_next_actions)
     if reference is not None:
         reference.attach(online)
     def fresh_agent() -> ActorCritic:

@@ -133,7 +133,9 @@ class EnsembleCritic(nn.Module):
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], ensemble_size: int = 2,
-                 orthogonal_init: bool = True, layer_norm: bool = False):
+                 orthogonal_init: bool = True, layer_norm: bool = False, norm_after_activation: bool = False):
+        """``layer_norm``: a LayerNorm in each hidden layer, before its ReLU (RLPD's, WSRL's) or, with
+        ``norm_after_activation``, after it (ReBRAC's)."""
         super().__init__()
         self.ensemble_size, self.obs_dim = ensemble_size, obs_dim
         widths = [obs_dim + act_dim, *hidden, 1]
@@ -145,7 +147,7 @@ class EnsembleCritic(nn.Module):
         # LayerNorm with a scale and shift of each member's own
         self.norm_scales = nn.ParameterList(nn.Parameter(torch.ones(ensemble_size, 1, h)) for h in hidden)
         self.norm_shifts = nn.ParameterList(nn.Parameter(torch.zeros(ensemble_size, 1, h)) for h in hidden)
-        self.layer_norm = layer_norm
+        self.layer_norm, self.norm_after_activation = layer_norm, norm_after_activation
         self.normalize_features = False  # the last hidden features scaled to unit length (OOO's retraining)
         if not layer_norm:
             self.norm_scales, self.norm_shifts = nn.ParameterList(), nn.ParameterList()
@@ -176,9 +178,12 @@ class EnsembleCritic(nn.Module):
             x = per_action.view(self.ensemble_size, batch, k, -1) + per_state.unsqueeze(2) + biases[0].unsqueeze(1)
             x = x.reshape(self.ensemble_size, batch * k, -1)
         for i in range(1, len(weights)):
+            if self.norm_after_activation:
+                x = F.relu(x)
             if self.layer_norm:
                 x = F.layer_norm(x, x.shape[-1:]) * scales[i - 1] + shifts[i - 1]
-            x = F.relu(x)
+            if not self.norm_after_activation:
+                x = F.relu(x)
             if self.normalize_features and i == len(weights) - 1:  # OOO's FullyConnectedNetwork: x / max(|x|, 1e-8)
                 x = x / x.norm(dim=-1, keepdim=True).clamp(min=1e-8)
             x = torch.baddbmm(biases[i], x, weights[i])

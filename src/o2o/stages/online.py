@@ -95,7 +95,8 @@ class EpisodeCollector(Collector):
         observations = episode.stacked_observations()
         rewards = transform_reward(np.asarray(episode.rewards, dtype=np.float32), algo)
         v_ref = self.labeller(rewards, observations[:-1], steps_before + len(episode), episode.terminated)
-        self.buffer.add(observations[:-1], episode.actions, rewards, observations[1:], episode.terminations, v_ref)
+        rows = self.buffer.add(observations[:-1], episode.actions, rewards, observations[1:], episode.terminations, v_ref)
+        self.buffer.set_next_actions(rows, episode.actions)
         progress.env_steps += len(episode)
         progress.pending_updates = max(progress.env_steps - max(algo.warmup_steps, steps_before), 0) * algo.utd_ratio
         return episode
@@ -110,6 +111,7 @@ class StepCollector(Collector):
 
     def collect(self, max_steps: int) -> Episode | None:
         self.rows: list[torch.Tensor] = []  # buffer rows of the episode so far
+        self.actions: list[np.ndarray] = []  # their actions
         self.rewards: list[np.float32] = []  # their transformed rewards
         self.terminated = False  # whether the last step so far ended the episode in a terminal state
         episode = self.rollout(max_steps, on_step=self.on_step)
@@ -120,6 +122,7 @@ class StepCollector(Collector):
         reward = transform_reward(np.float32(reward), self.cfg.algo)
         self.rewards.append(reward)
         self.terminated = bool(terminated)
+        self.actions.append(action)
         self.rows.append(self.buffer.add(obs[None], action[None], [reward], next_obs[None], [terminated], [0.0]))
         self.progress.env_steps += 1
         if self.progress.env_steps > self.cfg.algo.warmup_steps:
@@ -127,13 +130,15 @@ class StepCollector(Collector):
                 self.loop.add(self.learner.update())
 
     def end_episode(self) -> None:
-        """Write the V_ref of the episode's rows (a partial episode counts as truncated)."""
+        """Write the V_ref (and the next actions, where kept) of the episode's rows (a partial episode counts as
+        truncated)."""
         if self.rows:
             rows = torch.cat(self.rows)
             v_ref = self.labeller(np.asarray(self.rewards, dtype=np.float32),
                                   self.buffer.storage[rows, :self.buffer.obs_dim], self.progress.env_steps,
                                   self.terminated)
             self.buffer.set_v_ref(rows, v_ref)
+            self.buffer.set_next_actions(rows, np.stack(self.actions))
 
     def interrupted(self) -> None:
         """No random state to go back to: the resumed run starts a new episode from the present one."""
