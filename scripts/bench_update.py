@@ -7,6 +7,7 @@ all alike, with the fraction of the machine's matmul ceiling each reaches.
     python scripts/bench_update.py --threads 1 2 --precision fp32   # the thread table of docs/speed.md
     python scripts/bench_update.py --modes eager compiled  # compile=true against eager (+ cudagraphs on a GPU)
     python scripts/bench_update.py --profile --modes eager compiled  # where the time goes: matmuls, the rest
+    python scripts/bench_update.py --algos calql awac td3bc rebrac --precision fp32  # other methods, same sizes
 
 Synthetic data; the update only (both sides sample preallocated tensors). d3rlpy pins its own gymnasium, so it
 lives in its own environment and is driven through ``scripts/bench_d3rlpy_worker.py``.
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from o2o.agents.cql import CQL
+from o2o.agents.registry import agent_class
 from o2o.buffers import TransitionBuffer
 from o2o.cli import compose_config
 from o2o.config import validate
@@ -36,21 +37,24 @@ D3RLPY_VENV = ROOT / ".bench" / "d3rlpy-venv"
 
 
 class Ours:
-    def __init__(self, args, precision: str, mode: str = "eager"):
+    def __init__(self, args, precision: str, mode: str = "eager", algo: str = "calql"):
         torch.manual_seed(0)
         self.device = torch.device(args.device)
-        self.cfg = validate(compose_config(["algo=calql", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
-                                            f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]",
-                                            f"algo.n_actions={args.n_actions}"])).algo
-        self.agent = CQL(args.obs_dim, args.act_dim, self.cfg, self.device, precision)
+        self.cfg = validate(compose_config([f"algo={algo}", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
+                                            f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]"])).algo
+        if hasattr(self.cfg, "n_actions"):  # CQL's sampled actions
+            self.cfg.n_actions = args.n_actions
+        self.agent = agent_class(self.cfg)(args.obs_dim, args.act_dim, self.cfg, self.device, precision,
+                                           total_updates=10**6)
         self.agent.begin_phase("offline")
         if mode != "eager":
             self.agent.compile_update(cuda_graphs=mode == "cudagraphs")
         n = 100_000
         rng = np.random.default_rng(0)
-        self.buffer = TransitionBuffer(n, args.obs_dim, args.act_dim, self.device)
+        self.buffer = TransitionBuffer(n, args.obs_dim, args.act_dim, self.device, self.cfg.reads_next_actions)
         self.buffer.add(rng.normal(size=(n, args.obs_dim)), rng.uniform(-1, 1, (n, args.act_dim)), rng.normal(size=n),
-                        rng.normal(size=(n, args.obs_dim)), rng.random(n) < 0.01, rng.normal(size=n))
+                        rng.normal(size=(n, args.obs_dim)), rng.random(n) < 0.01, rng.normal(size=n),
+                        rng.uniform(-1, 1, (n, args.act_dim)) if self.cfg.reads_next_actions else None)
         self.batch_size = args.batch_size
 
     def seconds(self, steps: int) -> float:
@@ -152,6 +156,8 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled", "cudagraphs"],
                         help="compiled: compile=true (o2o.agents.compiled); cudagraphs: with CUDA graphs (GPU)")
+    parser.add_argument("--algos", nargs="+", default=["calql"],
+                        help="algorithm options (conf/algo) measured side by side at the same sizes")
     parser.add_argument("--against-d3rlpy", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         help="instead: where each o2o variant's time goes (matmuls against the rest), torch.profiler")
@@ -170,8 +176,8 @@ def main() -> None:
         return
     for threads in args.threads:
         torch.set_num_threads(threads)
-        variants = {f"o2o {p}" + (f" {m}" if m != "eager" else ""): Ours(args, p, m)
-                    for m in args.modes for p in args.precision}
+        variants = {f"o2o {a} {p}" + (f" {m}" if m != "eager" else ""): Ours(args, p, m, a)
+                    for a in args.algos for m in args.modes for p in args.precision}
         baseline = None
         if args.against_d3rlpy and device.type == "cpu":
             baseline = D3rlpy(args, threads)
@@ -187,13 +193,15 @@ def main() -> None:
                 times[name].append(variant.seconds(args.steps))
         ceiling = {p: matmul_ceiling(torch.bfloat16 if p == "bf16" else torch.float32, device)
                    for p in ("fp32", "bf16")}
-        flops = Ours(args, "fp32").flops()
+        flops = {a: Ours(args, "fp32", algo=a).flops() for a in args.algos}
         print(f"threads={threads}: matmul ceiling fp32 {ceiling['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
-              f"{ceiling['bf16'] / 1e9:.0f} GFLOP/s; one update = {flops / 1e9:.2f} GFLOP")
+              f"{ceiling['bf16'] / 1e9:.0f} GFLOP/s; one update = "
+              + ", ".join(f"{flops[a] / 1e9:.3f} GFLOP ({a})" for a in args.algos))
         ups = {name: args.steps / statistics.median(t) for name, t in times.items()}
         for name, rate in ups.items():
             precision = "bf16" if "bf16" in name else "fp32"
-            line = f"  {name:22s} {rate:8.2f} updates/s  {rate * flops / ceiling[precision]:6.1%} of the {precision} ceiling"
+            work = flops[name.split()[1]] if name.startswith("o2o ") else flops[args.algos[0]]
+            line = f"  {name:28s} {rate:8.2f} updates/s  {rate * work / ceiling[precision]:6.1%} of the {precision} ceiling"
             if baseline is not None:
                 line += f"  {rate / ups['d3rlpy fp32']:5.2f}x d3rlpy fp32"
             print(line, flush=True)

@@ -226,6 +226,30 @@ def test_td3_bc_moves_its_targets_on_actor_steps_only_and_compiles_to_the_eager_
     torch.testing.assert_close(blank.actor.act(obs, True, None), agents[0].actor.act(obs, True, None))
 
 
+def test_the_example_td3_bc_computes_what_the_built_in_td3bc_computes(own):
+    """The example's plain TD3+BC and the project's ``algo=td3bc`` (ReBRAC's agent with its additions off): the same
+    losses and the same step from the same weights and noise."""
+    from o2o.agents.core import ObservationStats
+    from o2o.agents.registry import agent_class
+
+    plugin_cfg = td3_bc(own)
+    builtin_cfg = validate(compose_config(["env=point_reach", "algo=td3bc", searchpath(own)])).algo
+    builtin_cfg.actor_hidden, builtin_cfg.critic_hidden = [16, 16], [16, 16]
+    stats = ObservationStats(np.array([0.5, -0.5], np.float32), np.array([2.0, 0.5], np.float32))
+    plugin = agent_class(plugin_cfg)(2, 2, plugin_cfg, torch.device("cpu"), obs_stats=stats)
+    builtin = agent_class(builtin_cfg)(2, 2, builtin_cfg, torch.device("cpu"), obs_stats=stats)
+    builtin.load_state_dict(plugin.state_dict())  # the same layout: actor, critics, targets, normalisers
+    for i, batch in enumerate(batches(4)):
+        torch.manual_seed(10 + i)
+        ours = plugin.update(batch)
+        torch.manual_seed(10 + i)
+        theirs = builtin.update(batch)
+        for key in (M.CRITIC_LOSS, "td_target", M.Q_DATA) + ((M.ACTOR_LOSS, "bc_loss", "lambda") if i % 2 else ()):
+            torch.testing.assert_close(theirs[key], ours[key], rtol=1e-6, atol=1e-6, msg=key)
+    for a, b in zip(plugin.state_dict().values(), builtin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- through the CLI, sweeps and o2o-study
 
 

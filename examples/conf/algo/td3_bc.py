@@ -1,6 +1,10 @@
 """TD3+BC (Fujimoto & Gu 2021, "A Minimalist Approach to Offline Reinforcement Learning") as an algorithm of one's
 own: its config schema, its agent and its registration in this one file, its values in ``td3_bc.yaml`` beside it.
 
+The project also ships TD3+BC, as ``algo=td3bc``: ReBRAC's agent with ReBRAC's additions switched off. This file
+is the same algorithm written plainly, the walkthrough of docs/extending.md; tests/test_own_extensions.py checks
+that the two compute the same losses from the same weights.
+
 As the authors' code (sfujim/TD3_BC, TD3_BC.py and main.py): a deterministic tanh actor; twin critics trained
 every step on r + gamma * min of the target critics at the target actor's action plus clipped Gaussian noise
 (``policy_noise`` 0.2, ``noise_clip`` 0.5); every ``actor_update_interval`` (their ``policy_freq``, 2) steps the

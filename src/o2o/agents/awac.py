@@ -134,7 +134,9 @@ class AWAC(ActorCritic):
             with self.autocast():
                 mean, log_std = self.actor(batch.obs)
             with torch.no_grad(), self.autocast():
-                value_action = mean if cfg.value_from == "mean" else mean + log_std.exp() * noise["eps_value"][:, 0]
+                value_action = mean.detach()
+                if cfg.value_from == "sample":
+                    value_action = value_action + log_std.detach().exp() * noise["eps_value"][:, 0]
                 v = self.q(self.critic, batch.obs, value_action.unsqueeze(1))[..., 0].amin(0)
                 advantage = q_data.detach().amin(0) - v
                 if cfg.advantage_clip is not None:
