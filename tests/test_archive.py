@@ -53,7 +53,7 @@ def test_records_restore_a_finished_run_as_it_was_and_only_once(tmp_path):
     finished = child(old, old_exp, parent)
     child(old, old_exp, parent, status="RUNNING", overrides="algo=calql seed=4")  # unfinished: not kept
     folder = tmp_path / "records"
-    written = write_records(old, parent, folder)
+    written = write_records(old, parent, folder, full=True)  # every metric with its timestamps
     assert sorted(p.name for p in written) == sorted([f"{finished}.json.gz", PARENT_FILE])
     assert not list(folder.glob("*.partial"))
     with gzip.open(folder / f"{finished}.json.gz", "rt") as handle:
@@ -81,6 +81,39 @@ def test_records_restore_a_finished_run_as_it_was_and_only_once(tmp_path):
     assert parent_record["run_id"] == parent and [r["run_id"] for r in runs] == [finished]
     # the store the records came from, still there: nothing to restore into its own sweep
     assert restore_records(old, old_exp, Path("/old/sweep"), folder) == (parent, 0)
+
+
+def test_a_compact_record_keeps_what_the_pages_read_and_the_last_value_of_the_rest(tmp_path):
+    """By default a record keeps the whole history, without timestamps, of the metrics the pages and the report read
+    (o2o.report.history_keys) and of the per-episode success; the last point of every other metric; no system
+    metrics. Restored, the kept histories read as they were."""
+    from o2o.archive import compact
+
+    old, old_exp = store(tmp_path, "old")
+    parent = sweep(old, old_exp)
+    resolved = {**RESOLVED, "domain": {"metric": "success_rate"}}
+    finished = child(old, old_exp, parent, resolved=resolved)
+    extra = [Metric("online/train/episode_success", i % 2, 1_700_000_000_000 + i, i) for i in range(30)]
+    extra += [Metric("online/train/alpha", 1.0 / (i + 1), 1_700_000_000_000 + i, 10 * i) for i in range(30)]
+    extra += [Metric("system/cpu_utilization_percentage", 50.0, 1_700_000_000_000 + i, i) for i in range(30)]
+    old.log_batch(finished, metrics=extra)
+    folder = tmp_path / "records"
+    write_records(old, parent, folder)
+    (record,) = read_records(folder)[1]
+    assert record["format"] == 2 and "system/cpu_utilization_percentage" not in record["metrics"]
+    assert record["metrics"]["online/eval/success_rate"] == [[2 * i, i / 1500] for i in range(1500)]  # no timestamps
+    assert len(record["metrics"]["online/train/episode_success"]) == 30
+    assert record["metrics"]["online/train/alpha"] == [[290, 1.0 / 30]]  # the last value only
+    assert compact(record) == record  # compacting is idempotent (and reads format 1: see the page test)
+
+    new, new_exp = store(tmp_path, "new")
+    restored_parent, _ = restore_records(new, new_exp, tmp_path / "sweep", folder)
+    (run,) = new.search_runs([new_exp], f"tags.mlflow.parentRunId = '{restored_parent}'")
+    before = old.get_run(finished)
+    assert [(s, v) for s, v, _ in history(new, run.info.run_id, "online/eval/success_rate")] == [
+        (s, v) for s, v, _ in history(old, finished, "online/eval/success_rate")]
+    assert {t for _, _, t in history(new, run.info.run_id, "online/eval/success_rate")} == {before.info.start_time}
+    assert run.data.metrics["final/online_success_rate"] == 0.9 and run.data.metrics["online/train/alpha"] == 1.0 / 30
 
 
 def test_records_of_one_sweep_never_mix_with_another(tmp_path):

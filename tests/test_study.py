@@ -15,7 +15,7 @@ from o2o.archive import ARCHIVED_TAG
 from o2o.config import validate
 from o2o import statistics as S
 from o2o.runtime import machine
-from o2o.study import available, claims, main, smoke_overrides, sweep_params
+from o2o.study import arms, available, claims, main, smoke_overrides, sweep_params
 
 STUDIES = available()
 
@@ -28,20 +28,20 @@ PAPER_DISCOUNT = 0.99  # the Cal-QL paper's, every domain (the authors' scripts)
 def test_every_study_preset_composes_for_each_of_its_algorithms(study, budget):
     params = sweep_params(study, budget)
     assert len(params["seed"]) >= S.MIN_SEEDS
+    names = []
+    for arm in arms(study, budget):
+        cfg = validate(compose([f"experiment=study/{study}/{budget}", *arm]))
+        names.append(cfg.algo.name)
+        assert f"algo={cfg.algo.name}" in arm or any(o.endswith(f"/arm={cfg.algo.name}") for o in arm) or (
+            "algo" not in params and not any("/arm=" in o for o in arm)), arm
     if "companion" in params:  # companion methods against plain Cal-QL, the baseline first
         assert params["algo"] == ["calql"] and params["companion"][0] == "plain" and len(params["companion"]) > 1
     else:
-        assert {"calql", "cql"} <= set(params["algo"])
-    for algo in params["algo"]:
-        for companion in params.get("companion", [None]):
-            extra = [f"companion={companion}"] if companion else []
-            cfg = validate(compose([f"experiment=study/{study}/{budget}", f"algo={algo}", *extra]))
-            assert cfg.algo.name == algo
+        assert {"calql", "cql"} <= set(names) and len(set(names)) == len(names)
 
 
 def discounts(study, budget, extra=()):
-    return {compose([f"experiment=study/{study}/{budget}", f"algo={algo}", *extra]).algo.gamma
-            for algo in sweep_params(study, budget)["algo"]}
+    return {compose([f"experiment=study/{study}/{budget}", *arm, *extra]).algo.gamma for arm in arms(study, budget)}
 
 
 @pytest.mark.parametrize("study,budget", PRESETS)
@@ -53,6 +53,7 @@ def test_every_study_preset_runs_the_papers_discount(study, budget):
 
 def test_the_cpu_presets_keep_the_papers_recipe_but_size():
     for study in STUDIES:
+        assert "paper" in STUDIES[study], f"{study} has no paper budget"
         cpu, paper = (compose([f"experiment=study/{study}/{b}", "algo=calql"]) for b in ("cpu", "paper"))
         assert cpu.env.name == paper.env.name and cpu.algo.cql_weight == paper.algo.cql_weight
         assert cpu.env.dataset == paper.env.dataset, study  # both presets state the data: the same data

@@ -2,8 +2,11 @@
 
 A study may span sessions, and the machine it runs on, with the sweep folder, the MLflow store and the checkpoints
 on it, may not be there for the next one. ``o2o-study`` therefore writes each finished child of its sweep as one
-record, ``<records>/<run_id>.json.gz`` (the run's params, tags, start and end times and the whole history of every
-metric, with steps and timestamps, as MLflow holds them), and the parent's study tags (command, commits, wall time)
+record, ``<records>/<run_id>.json.gz``: the run's params, tags, start and end times; the whole history, as
+(step, value), of each metric the pages and the report read (o2o.report.history_keys: evaluations, calibration,
+the training Q and V_ref series, the regret) and of the per-episode success the regret is computed from; and the
+last value of every other metric. System metrics and timestamps are left out (``o2o-study --full-records`` keeps
+every metric with its timestamps). The parent's study tags (command, commits, wall time) go
 to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
 On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
 parent run (the records' ``archived_run_id`` tag names the original run), and the sweep's jobs that already have a
@@ -28,7 +31,9 @@ from pathlib import Path
 from o2o.errors import ConfigError
 from o2o.tracking import MAX_BATCH, PARENT_RUN_ENV, param_values
 
-FORMAT = 1
+FORMAT = 2  # metric points [step, value] (with full records [step, value, timestamp]); format 1: every metric, timestamped
+READABLE = (1, 2)
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics
 PARENT_FILE = "parent.json"
 ARCHIVED_TAG = "archived_run_id"  # on a restored run: the id of the run its record was written from
 # the parent's tags that belong to the study, not to one machine's sweep folder
@@ -43,21 +48,45 @@ def children(client, parent: str, status: str | None = "FINISHED") -> list:
     return client.search_runs([experiment], where, max_results=5000)
 
 
-def run_record(client, run) -> dict:
-    """One finished run as plain JSON: what the page and the report read of it, and everything else MLflow holds
-    but its artifacts."""
+def run_record(client, run, full: bool = False) -> dict:
+    """One finished run as plain JSON: what the pages, the report and a recomputation of the regret read of it, and
+    the last value of every other metric; with ``full``, everything MLflow holds but its artifacts."""
     metrics = {key: sorted([m.step, m.value, m.timestamp] for m in client.get_metric_history(run.info.run_id, key))
                for key in run.data.metrics}
-    return {"format": FORMAT, "run_id": run.info.run_id, "run_name": run.info.run_name,
-            "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
-            "params": dict(run.data.params),
-            "tags": {k: v for k, v in run.data.tags.items() if k not in NOT_COPIED},
-            "metrics": metrics}
+    record = {"format": FORMAT, "run_id": run.info.run_id, "run_name": run.info.run_name,
+              "status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
+              "params": dict(run.data.params),
+              "tags": {k: v for k, v in run.data.tags.items() if k not in NOT_COPIED},
+              "metrics": metrics}
+    return record if full else compact(record)
 
 
-def write_records(client, parent: str, folder: Path) -> list[Path]:
-    """Each finished child of ``parent`` not yet in ``folder``, and the parent's study tags (rewritten each time:
-    its wall time grows); returns the files written."""
+def kept_histories(record: dict) -> set[str]:
+    """The metrics whose whole history a compact record keeps (o2o.report.history_keys, under the names the run
+    logged them by, and the per-episode success)."""
+    from o2o import metrics as M
+    from o2o.report import METRIC_PARAM, _legacy_name, history_keys
+
+    keys = {*history_keys(record["params"].get(METRIC_PARAM, "?")), M.train(M.ONLINE, M.EPISODE_SUCCESS)}
+    return keys | {_legacy_name(key) for key in keys}
+
+
+def compact(record: dict) -> dict:
+    """A record (either format) as a compact one: no system metrics, no timestamps, whole histories only of
+    :func:`kept_histories`, the last point of every other metric."""
+    keep = kept_histories(record)
+    metrics = {}
+    for key, points in record["metrics"].items():
+        if key.startswith(SYSTEM_PREFIX) or not points:
+            continue
+        points = [[p[0], p[1]] for p in points]
+        metrics[key] = points if key in keep else [max(points, key=lambda p: p[0])]
+    return {**record, "format": FORMAT, "metrics": metrics}
+
+
+def write_records(client, parent: str, folder: Path, full: bool = False) -> list[Path]:
+    """Each finished child of ``parent`` not yet in ``folder`` (``full``: with every metric and its timestamps),
+    and the parent's study tags (rewritten each time: its wall time grows); returns the files written."""
     tags = client.get_run(parent).data.tags
     origin = tags.get(ARCHIVED_TAG, parent)
     parent_file = folder / PARENT_FILE
@@ -71,7 +100,7 @@ def write_records(client, parent: str, folder: Path) -> list[Path]:
         if not path.exists():
             partial = path.with_name(path.name + ".partial")  # a record is whole or absent, also when killed
             with gzip.open(partial, "wt") as handle:
-                json.dump(run_record(client, run), handle)
+                json.dump(run_record(client, run, full), handle)
             partial.replace(path)
             written.append(path)
     kept = json.loads(parent_file.read_text()).get("datasets", {}) if parent_file.exists() else {}
@@ -160,7 +189,7 @@ def read_records(folder: Path) -> tuple[dict | None, list[dict]]:
         except (OSError, EOFError, ValueError) as err:  # not gzip, truncated, not JSON (JSONDecodeError is a ValueError)
             raise ConfigError(f"{path} cannot be read as a study record ({type(err).__name__}): restore it from git "
                               "(git checkout -- <file>) or remove it") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT:
+        if not isinstance(record, dict) or record.get("format") not in READABLE:
             raise ConfigError(f"{path} is a record of format "
                               f"{record.get('format') if isinstance(record, dict) else None!r}, this code reads {FORMAT}: "
                               "read it with the commit that wrote it")
@@ -210,8 +239,9 @@ def restore_records(client, experiment_id: str, sweep_dir: Path, folder: Path) -
         params = [Param(k, v) for k, v in record["params"].items()]
         for i in range(0, len(params), PARAM_BATCH):
             client.log_batch(run_id, params=params[i:i + PARAM_BATCH])
-        metrics = [Metric(key, value, timestamp, step) for key, points in record["metrics"].items()
-                   for step, value, timestamp in points]
+        # a compact record keeps no timestamps: its points take the run's start time
+        metrics = [Metric(key, point[1], point[2] if len(point) > 2 else record["start_time"] or 0, point[0])
+                   for key, points in record["metrics"].items() for point in points]
         for i in range(0, len(metrics), MAX_BATCH):
             client.log_batch(run_id, metrics=metrics[i:i + MAX_BATCH])
         client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])

@@ -166,12 +166,17 @@ def _record(client, run) -> RunRecord:
                        tags.get("dataset", "?"), float(params.get("schedule.online_steps", "nan")),
                        params.get(METRIC_PARAM, "?"), {k: v for k, v in params.items() if k not in NOT_CONFIG},
                        run.info.start_time or 0, tags.get("overrides", ""))
-    for key in (*(record.score_key(phase) for phase in (*M.PHASES, M.RETRAIN)), *TRAIN_KEYS,
-                BONUS, *REFERENCE_ERRORS):
+    for key in history_keys(record.metric):
         stored = key if key in run.data.metrics else _legacy_name(key)
         if stored in run.data.metrics:
             record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, stored))
     return record
+
+
+def history_keys(metric: str) -> tuple[str, ...]:
+    """The metrics whose whole history the report and the study pages read, for a run scored by ``metric``."""
+    return (*(M.evaluation(phase, metric) for phase in (*M.PHASES, M.RETRAIN)), *TRAIN_KEYS, BONUS,
+            *REFERENCE_ERRORS)
 
 
 def _legacy_name(key: str) -> str:

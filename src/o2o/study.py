@@ -76,6 +76,18 @@ def sweep_params(name: str, budget: str) -> dict[str, list[str]]:
     return {key: str(values).split(",") for key, values in cfg.hydra.sweeper.params.items()}
 
 
+def arms(name: str, budget: str) -> list[list[str]]:
+    """Each configuration the preset's sweep compares, as the overrides that select it (seeds aside): an algorithm
+    (``algo=cql``), an algorithm with a companion method, or an arm file of the study's own
+    (``+experiment/study/baselines/arm=rlpd``: an algorithm with what the study changes for it)."""
+    import itertools
+
+    params = {key: values for key, values in sweep_params(name, budget).items() if key != "seed"}
+    keys = sorted(params)
+    return [[f"{key}={value}" for key, value in zip(keys, combo)]
+            for combo in itertools.product(*(params[key] for key in keys))]
+
+
 def smoke_overrides() -> list[str]:
     """The smoke preset's values (conf/experiment/smoke.yaml) as overrides: ``--budget smoke`` runs a study's cpu
     preset at that size, to check that it runs end to end in about a minute."""
@@ -126,8 +138,9 @@ class StudyClock:
     records (o2o.archive), so that a machine lost with its session loses no finished run."""
 
     def __init__(self, client, experiment: str, sweep_dir: Path, command: str, commit: str,
-                 records: Path | None = None):
+                 records: Path | None = None, full_records: bool = False):
         self.client, self.experiment, self.sweep_dir = client, experiment, sweep_dir
+        self.full_records = full_records
         self.command, self.commit = command, commit
         self.records = records  # where each tick keeps the runs that have finished (o2o.archive), if anywhere
         self.records_error: str | None = None  # the last failure to write them, said once
@@ -157,7 +170,7 @@ class StudyClock:
         from o2o.archive import write_records
 
         try:
-            write_records(self.client, parent, self.records)
+            write_records(self.client, parent, self.records, self.full_records)
             self.records_error = None
         except Exception as err:
             if str(err) != self.records_error:
@@ -413,7 +426,7 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     per = "variant" if PLAIN in seeds else "algorithm"
     lines = [f"# Study `{name}` at the {budget} scale ({n_seeds} seeds per {per})", "", preset_header(name, budget),
              "", f"Preset: `{preset}`. MLflow: experiment `{experiment}`, sweep parent "
-             f"run `{parent}`, {result['runs']} finished runs.", "",
+             f"run `{sweep_run_id(client, parent)}`, {result['runs']} finished runs.", "",
              "## The paper's claims at this scale", "",
              "| claim | verdict | numbers (point estimate [95% interval]) |", "|---|---|---|"]
     checked = claims(seeds) + companion_claims(seeds)
@@ -448,6 +461,39 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     return page
 
 
+def sweep_run_id(client, parent: str) -> str:
+    """The sweep's parent run as the study ran it: in a store its records were restored into, the original's id."""
+    from o2o.archive import ARCHIVED_TAG
+
+    return client.get_run(parent).data.tags.get(ARCHIVED_TAG, parent)
+
+
+def page_from_records(name: str, budget: str, records: Path, out: Path, experiment: str) -> Path:
+    """The study's page written from its records alone, on any machine: they are restored into a new store in a
+    temporary folder (no sweep, no launcher, no MLflow store of one's own), and the page is written from it with the
+    command, commits and wall time the records keep."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    from o2o.archive import PARENT_FILE, restore_records
+    from o2o.tracking import ensure_experiment
+
+    if not (records / PARENT_FILE).exists():
+        raise UserError(f"--page-from-records: {records} holds no study records ({PARENT_FILE} is missing): give the "
+                        "folder the study wrote them to (--records DIR)")
+    with tempfile.TemporaryDirectory(prefix="o2o-records-") as tmp:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        client = MlflowClient(uri)
+        experiment_id = ensure_experiment(client, experiment, uri)
+        parent, _ = restore_records(client, experiment_id, records, records)
+        tags = client.get_run(parent).data.tags
+        command = tags.get("study_command") or f"o2o-study {name} --budget {budget}"
+        commit = tags.get("study_commit") or "not recorded"
+        wall = float(tags["study_wall_s"]) if "study_wall_s" in tags else None
+        return write_page(client, experiment, parent, name, budget, out, command, commit, wall)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -479,6 +525,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", metavar="DIR",
                         help="where the study keeps its finished runs, to commit with the page and restore on another "
                              "machine (default: <out>/<name>-<budget>/records)")
+    parser.add_argument("--page-from-records", action="store_true",
+                        help="write the page from the study's records alone (restored into a temporary store): no "
+                             "sweep, no launcher, no MLflow store needed")
+    parser.add_argument("--full-records", action="store_true",
+                        help="records keep every metric with its timestamps, system metrics included (by default "
+                             "what the pages, the report and the regret read)")
     parser.add_argument("--new", action="store_true",
                         help="start a new sweep folder (by default the same command continues the study's latest one)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every job, e.g. hydra.sweeper.params.seed=0,1")
@@ -510,6 +562,13 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     records = Path(args.records) if args.records else out / f"{args.name}-{args.budget}" / "records"
     from o2o.archive import PARENT_FILE
 
+    if args.page_from_records:
+        if args.page_only or args.new or args.overrides:
+            raise UserError("--page-from-records writes the page of the records as they are: it takes no --page-only, "
+                            "--new or overrides")
+        page = page_from_records(args.name, args.budget, records, out, args.experiment)
+        print(f"results page: {page}, from the records in {records}")
+        return
     if args.new and not args.page_only and (records / PARENT_FILE).exists():
         raise UserError(f"--new starts another sweep, and {records} keeps the records of the study's earlier one: "
                         "give the new sweep its own records folder (--records DIR)")
@@ -549,7 +608,7 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         command = shlex.join(["o2o-study", *(argv_of(args))])
         if os.environ.get(CONFIG_PATH_ENV):  # one's own config folders: the command reruns only with them
             command = f"{CONFIG_PATH_ENV}={shlex.quote(os.environ[CONFIG_PATH_ENV])} {command}"
-        clock = StudyClock(client, args.experiment, sweep_dir, command, commit, records)
+        clock = StudyClock(client, args.experiment, sweep_dir, command, commit, records, args.full_records)
         code = run_counting(cmd, clock)
         parent = find_parent(client, args.experiment, sweep_dir)
         if code:
@@ -559,7 +618,7 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     if args.page_only:
         from o2o.archive import write_records
 
-        write_records(client, parent, records)
+        write_records(client, parent, records, args.full_records)
     page = write_page(client, args.experiment, parent, args.name, args.budget, out, command, commit, wall)
     print(f"results page: {page} (and in the sweep's MLflow run {parent}, artifacts study/); its runs' records: "
           f"{records}")
