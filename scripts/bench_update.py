@@ -67,12 +67,15 @@ class Ours:
         return time.perf_counter() - start
 
     def flops(self) -> int:
-        """Floating-point operations of one update (torch's counter: matmuls, the bulk of the work)."""
+        """Floating-point operations of one update (torch's counter: matmuls, the bulk of the work), the mean over a
+        block of updates where the actor steps once per block."""
         from torch.utils.flop_counter import FlopCounterMode
 
+        updates = self.cfg.actor_update_interval  # a delayed actor steps once in so many updates: their mean
         with FlopCounterMode(display=False) as counter:
-            self.agent.update(self.buffer.sample(self.batch_size))
-        return counter.get_total_flops()
+            for _ in range(updates):
+                self.agent.update(self.buffer.sample(self.batch_size))
+        return counter.get_total_flops() // updates
 
 
 class D3rlpy:
@@ -200,7 +203,7 @@ def main() -> None:
         ups = {name: args.steps / statistics.median(t) for name, t in times.items()}
         for name, rate in ups.items():
             precision = "bf16" if "bf16" in name else "fp32"
-            work = flops[name.split()[1]] if name.startswith("o2o ") else flops[args.algos[0]]
+            work = flops[name.split()[1]] if name.startswith("o2o ") else Ours(args, "fp32").flops()  # d3rlpy: Cal-QL
             line = f"  {name:28s} {rate:8.2f} updates/s  {rate * work / ceiling[precision]:6.1%} of the {precision} ceiling"
             if baseline is not None:
                 line += f"  {rate / ups['d3rlpy fp32']:5.2f}x d3rlpy fp32"

@@ -49,7 +49,7 @@ def test_hybrid_rl_is_sac_from_scratch_with_half_of_every_batch_offline(env):
 def test_awac_keeps_the_offline_data_in_its_buffer_and_pretrains():
     awac = validate(compose(["algo=awac", "env=adroit_door"])).algo
     assert awac.pretrain and awac.mixing_ratio == -1 and awac.critic_output_max == 0.0
-    assert (awac.temperature, awac.advantage_clip, awac.value_from, awac.actor_weight_decay) == (0.5, 0.5, "mean", 1e-4)
+    assert (awac.beta, awac.advantage_clip, awac.value_from, awac.actor_weight_decay) == (0.5, 0.5, "mean", 1e-4)
     dense = validate(compose(["algo=awac", "env=adroit_door_dense"])).algo
     assert dense.critic_output_max is None  # dense rewards are positive: no clamp at 0
 

@@ -83,6 +83,18 @@ def test_compiled_update_equals_eager(case):
         assert compiled.optimizer.param_groups[0]["lr"] == eager.optimizer.param_groups[0]["lr"] < compiled.cfg.actor_lr
 
 
+def test_rebrac_online_decay_compiles_once_and_equals_eager():
+    """ReBRAC's online penalty weights change every update (the decay): graph inputs, not constants baked in."""
+    data = batches(STEPS)
+    eager, compiled = make("rebrac"), make("rebrac", "aot_eager")
+    for agent in (eager, compiled):
+        agent.grad_steps = 3  # pre-training took 3 of the 12 planned updates
+    metrics = [train(agent, data, ONLINE) for agent in (eager, compiled)]
+    assert_same_training(eager, compiled, *metrics)
+    weights = [m["actor_bc_weight"].item() for m in metrics[1] if "actor_bc_weight" in m]
+    assert len(set(weights)) == len(weights) > 1  # it moved, and the compiled update followed it
+
+
 def test_compiled_bf16_equals_eager_bf16():
     data = batches(3)
     eager, compiled = make("calql", precision="bf16"), make("calql", "aot_eager", precision="bf16")

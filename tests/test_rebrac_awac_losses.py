@@ -35,27 +35,31 @@ def make_batch():
                  torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 0.0]), torch.zeros(B), torch.rand(B, ACT, generator=g) * 2 - 1)
 
 
-def plain_actor(agent, s):
-    """The deterministic actor layer by layer: tanh(W_out relu(...)) on (normalised) s."""
-    actor = agent.actor
-    x = s
-    if hasattr(actor.normalizer, "mean"):
-        x = (x - actor.normalizer.mean) / actor.normalizer.std
+MEAN, STD = np.array([0.5, -0.5, 0.0], np.float32), np.array([2.0, 0.5, 1.0], np.float32)
+
+
+def normalised(agent, s):
+    """TD3+BC's (s - mean) / (std + 1e-3) of the data (main.py); ReBRAC's configs normalise nothing."""
+    if agent.cfg.normalize_observations:
+        return (s - torch.as_tensor(MEAN)) / (torch.as_tensor(STD) + 1e-3)
+    return s
+
+
+def plain_actor(agent, actor, s):
+    """The deterministic actor layer by layer: tanh(W_out relu(...)) on the normalised s."""
+    x = normalised(agent, s)
     for layer in actor.trunk:
         x = layer(x)
     return torch.tanh(actor.head(x))
 
 
 def plain_critic_q(agent, critic, member, s, a):
-    if hasattr(critic.normalizer, "mean"):
-        s = (s - critic.normalizer.mean) / critic.normalizer.std
-    return plain_q(critic.ensemble, member, s, a)
+    return plain_q(critic.ensemble, member, normalised(agent, s), a)
 
 
 @pytest.mark.parametrize("name", ["rebrac", "td3bc"])
 def test_rebrac_and_td3bc_losses_equal_their_authors_equations(name):
-    stats = ObservationStats(np.array([0.5, -0.5, 0.0], np.float32), np.array([2.0, 0.5, 1.0], np.float32))
-    agent = make(ReBRAC, name, obs_stats=stats, gamma=0.9, **({"actor_bc_weight": 0.3, "critic_bc_weight": 0.7}
+    agent = make(ReBRAC, name, obs_stats=ObservationStats(MEAN, STD), gamma=0.9, **({"actor_bc_weight": 0.3, "critic_bc_weight": 0.7}
                                                                if name == "rebrac" else {}))
     cfg, batch = agent.cfg, make_batch()
     noise = agent.draw_noise(B)
@@ -66,15 +70,13 @@ def test_rebrac_and_td3bc_losses_equal_their_authors_equations(name):
         for b in range(B):
             s, a, s2, a2_data = batch.obs[b], batch.actions[b], batch.next_obs[b], batch.next_actions[b]
             smoothing = (noise["target_noise"][b, 0] * 0.2).clamp(-0.5, 0.5)
-            target_actor_a2 = torch.tanh(agent.actor_target.head(agent.actor_target.trunk(
-                agent.actor_target.normalizer(s2.unsqueeze(0)))))[0]
-            a2 = (target_actor_a2 + smoothing).clamp(-1, 1)
+            a2 = (plain_actor(agent, agent.actor_target, s2) + smoothing).clamp(-1, 1)
             next_q = min(plain_critic_q(agent, agent.critic_target, i, s2, a2) for i in range(2))
             if name == "rebrac":  # critic penalty on the data's next action, inside the bootstrap
                 next_q = next_q - 0.7 * ((a2 - a2_data) ** 2).sum()
             target = batch.rewards[b] + 0.9 * (1 - batch.dones[b]) * next_q
             critic_loss += sum((plain_critic_q(agent, agent.critic, i, s, a) - target) ** 2 for i in range(2)) / B
-            pi = plain_actor(agent, s)
+            pi = plain_actor(agent, agent.actor, s)
             q = [plain_critic_q(agent, agent.critic, i, s, pi) for i in range(2)]
             qs_pi.append(min(q) if name == "rebrac" else q[0])
             bcs.append(((pi - a) ** 2).sum() if name == "rebrac" else ((pi - a) ** 2).mean())
@@ -90,7 +92,7 @@ def test_rebrac_and_td3bc_losses_equal_their_authors_equations(name):
 
 def test_td3bc_is_the_rebrac_agent_with_its_additions_off():
     # on a domain where neither has per-domain values: each YAML's own
-    rebrac, td3bc = (validate(compose([f"algo={a}", "env=hopper"])).algo for a in ("rebrac", "td3bc"))
+    rebrac, td3bc = (validate(compose([f"algo={a}", "env=kitchen_mixed"])).algo for a in ("rebrac", "td3bc"))
     assert type(rebrac) is type(td3bc)
     differs = {k for k in vars(rebrac) if getattr(rebrac, k) != getattr(td3bc, k)}
     assert differs == {"name", "layer_norm", "actor_hidden", "critic_hidden", "init", "actor_lr", "critic_lr",
@@ -152,10 +154,13 @@ def plain_awac_policy(agent, s):
 @pytest.mark.parametrize("value_from, clip, q_max", [("mean", 0.5, 0.0), ("sample", None, None)])
 def test_awac_losses_equal_the_authors_equations(value_from, clip, q_max):
     agent = make(AWAC, "awac", gamma=0.9, value_from=value_from, advantage_clip=clip, critic_output_max=q_max,
-                 temperature=0.5, actor_weight_decay=1e-2)
+                 beta=0.5, actor_weight_decay=1e-2)
     batch = make_batch()
     noise = agent.draw_noise(B)
-    cap = (lambda q: min(q, q_max)) if q_max is not None else (lambda q: q)
+    cap = (lambda q: q.clamp(max=q_max)) if q_max is not None else (lambda q: q)
+    critic, critic_target = (getattr(c, "ensemble", c) for c in (agent.critic, agent.critic_target))  # unclamped
+    if q_max is not None:  # the clamp is the critic's output: whoever reads Q (the calibration probe) sees it
+        assert agent.critic(batch.obs, batch.actions.unsqueeze(1)).max() <= q_max
     with torch.no_grad():
         _, m = agent.compute_losses(batch, noise, update_actor=True)
         critic_loss, scores, log_pis = 0.0, [], []
@@ -163,13 +168,13 @@ def test_awac_losses_equal_the_authors_equations(value_from, clip, q_max):
             s, a, s2 = batch.obs[b], batch.actions[b], batch.next_obs[b]
             mean2, log_std2 = plain_awac_policy(agent, s2)
             a2 = mean2 + log_std2.exp() * noise["eps_next"][b, 0]  # a sample, not squashed, not clipped
-            next_q = min(cap(plain_q(agent.critic_target, i, s2, a2)) for i in range(2))  # no entropy term (alpha 0)
+            next_q = min(cap(plain_q(critic_target, i, s2, a2)) for i in range(2))  # no entropy term (alpha 0)
             target = batch.rewards[b] + 0.9 * (1 - batch.dones[b]) * next_q
-            q_data = [cap(plain_q(agent.critic, i, s, a)) for i in range(2)]
+            q_data = [cap(plain_q(critic, i, s, a)) for i in range(2)]
             critic_loss += sum((q - target) ** 2 for q in q_data) / B
             mean, log_std = plain_awac_policy(agent, s)
             v_action = mean if value_from == "mean" else mean + log_std.exp() * noise["eps_value"][b, 0]
-            v = min(cap(plain_q(agent.critic, i, s, v_action)) for i in range(2))
+            v = min(cap(plain_q(critic, i, s, v_action)) for i in range(2))
             score = min(q_data) - v
             scores.append(min(score, torch.tensor(clip)) if clip is not None else score)
             log_pis.append(torch.distributions.Normal(mean, log_std.exp()).log_prob(a).sum())

@@ -527,3 +527,24 @@ def test_a_page_names_every_machine_its_runs_ran_on_and_says_where_it_cannot():
                                                      f"before runs recorded their machine; this page was written on "
                                                      f"{machine()})")
     assert machines_line(client, runs("c")) == f"Machine: not recorded by its runs (this page was written on {machine()})"
+
+
+def test_a_study_page_is_written_again_from_its_records_alone(tmp_path):
+    """pen_o2o's committed records, restored into a temporary store by ``--page-from-records`` (no sweep, no launcher,
+    no store of one's own: MLFLOW_TRACKING_URI points nowhere), give the committed page: every number, the command and
+    the commits; only the time the page was written differs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/nowhere/mlflow.db"}
+    done = subprocess.run([sys.executable, "-m", "o2o.study", "pen_o2o", "--page-from-records", "--out", str(tmp_path),
+                           "--records", str(ROOT / "docs" / "results" / "pen_o2o-cpu" / "records")],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = re.sub(r"Written [0-9-]+ [0-9:]+ \w+", "Written <when>", (tmp_path / "pen_o2o-cpu.md").read_text())
+    committed = re.sub(r"Written [0-9-]+ [0-9:]+ \w+", "Written <when>",
+                       (ROOT / "docs" / "results" / "pen_o2o-cpu.md").read_text())
+    assert written == committed
+    assert not (tmp_path / "nowhere").exists()
+    records = sum(p.stat().st_size for p in (ROOT / "docs" / "results" / "pen_o2o-cpu" / "records").glob("*.json.gz"))
+    assert records < 500_000  # a study's records stay small

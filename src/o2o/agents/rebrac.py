@@ -8,19 +8,24 @@ mean(actor_bc_weight * BC(pi(s), a) - alpha / mean|Q| * Q(s, pi(s))) and only th
 
 ReBRAC as its authors run it: tinkoff-ai/ReBRAC at 694385b (``src/algorithms/rebrac.py``, ``src/networks.py``,
 ``configs/rebrac/*``), the same losses as CORL's ``algorithms/offline/rebrac.py``; fine-tuning as CORL's
-``algorithms/finetune/rebrac.py`` and ``configs/finetune/rebrac/*`` (the critic penalty off online, the actor's
-decayed linearly to ``online_actor_bc_floor`` of its value over the online updates). BC is summed over the action
+``algorithms/finetune/rebrac.py`` and ``configs/finetune/rebrac/*`` (the critic penalty off online; the actor's
+weight times max(``online_actor_bc_floor``, 1 - t / N) at online update t of N: with the floor 0.5 it falls linearly
+to half its value by the middle of fine-tuning and stays there). BC is summed over the action
 dimensions, Q is the min of the two critics, alpha is 1; LayerNorm after each hidden ReLU of the critics; hidden
 layers start at U(+-1/sqrt(fan_in)) with biases 0.1, the output layers at U(+-3e-3) (critic) and U(+-1e-3) (actor).
 
 TD3+BC (``conf/algo/td3bc.yaml``) is this agent with ReBRAC's additions off, exactly the authors' equations
 (sfujim/TD3_BC, TD3_BC.py): BC the mean over the action dimensions, Q1 only, alpha 2.5, no critic penalty, no
 LayerNorm, PyTorch's default init, observations normalised by the data's mean and std + 1e-3
-(tests/test_baseline_losses.py checks both against their formulas written out).
+(tests/test_rebrac_awac_losses.py checks both against their formulas written out).
 
 Differs on purpose (both): the critic and the actor take one summed step, so on an actor step the actor's loss
 (and lambda) see the critic as it was before this update's critic step (the authors step the critic first); the
-target actor moves toward the actor after its step (ReBRAC's toward the actor before it; TD3+BC's after).
+target actor moves toward the actor after its step (ReBRAC's toward the actor before it; TD3+BC's after); the actor
+steps on the 2nd, 4th, ... update (ReBRAC: the 1st, 3rd, ...); LayerNorm's epsilon is PyTorch's 1e-5 (Flax's
+1e-6). ReBRAC's critic penalty: at the last step of an episode cut by its time limit the data has no next action,
+and the step's own stands in (ReBRAC's loader drops those steps); a terminal step bootstraps nothing, so there it
+does not matter.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from torch import nn
 
 from o2o import metrics as M
 from o2o.agents.core import ActorCritic
-from o2o.agents.networks import EnsembleCritic, ObservationNormalizer, mlp
+from o2o.agents.networks import EnsembleCritic
 from o2o.agents.registry import register
 from o2o.buffers import Batch
 from o2o.config import AlgoConfig, require
@@ -54,7 +59,7 @@ class ReBRACConfig(AlgoConfig):
     noise_clip: float = MISSING  # ... clipped to +-noise_clip
     exploration_noise: float = MISSING  # std of the Gaussian noise on the actor's action when it acts online
     normalize_observations: bool = MISSING  # (s - mean) / (std + 1e-3) of the offline data
-    online_actor_bc_floor: float = MISSING  # online, actor_bc_weight decays linearly to this fraction of itself
+    online_actor_bc_floor: float = MISSING  # online, actor_bc_weight x max(floor, 1 - t / N) at online update t of N
 
     def check(self) -> None:
         super().check()
@@ -66,6 +71,9 @@ class ReBRACConfig(AlgoConfig):
         require(0 <= self.online_actor_bc_floor <= 1,
                 f"algo.online_actor_bc_floor must be in [0, 1], got {self.online_actor_bc_floor}")
         require(not self.orthogonal_init, "algo.orthogonal_init: ReBRAC and TD3+BC set their init by algo.init")
+        require(not self.normalize_observations or self.pretrain,
+                "algo.normalize_observations needs the offline data's statistics, read when pre-training: set "
+                "algo.pretrain=true or algo.normalize_observations=false")
 
     @property
     def reads_next_actions(self) -> bool:
@@ -116,6 +124,14 @@ class NormalizedCritic(nn.Module):
         super().__init__()
         self.normalizer, self.ensemble = normalizer, critic
 
+    @property
+    def normalize_features(self) -> bool:  # retraining's feature normalisation acts on the ensemble
+        return self.ensemble.normalize_features
+
+    @normalize_features.setter
+    def normalize_features(self, value: bool) -> None:
+        self.ensemble.normalize_features = value
+
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_weights: bool = False) -> torch.Tensor:
         return self.ensemble(self.normalizer(obs), actions, detach_weights)
 
@@ -131,8 +147,7 @@ class ReBRAC(ActorCritic):
         self.build_optimizer()
 
     def _normalizer(self) -> nn.Module:
-        return ObservationNormalizer(self.obs_dim, self.obs_stats, 1e-3) if self.cfg.normalize_observations \
-            else nn.Identity()
+        return self.observation_normalizer(eps=1e-3) if self.cfg.normalize_observations else nn.Identity()
 
     def make_actor(self) -> nn.Module:
         cfg = self.cfg
@@ -141,8 +156,8 @@ class ReBRAC(ActorCritic):
 
     def make_critic(self, act_dim: int | None = None, ensemble_size: int | None = None) -> nn.Module:
         cfg = self.cfg
-        critic = EnsembleCritic(self.obs_dim, self.act_dim, cfg.critic_hidden, cfg.ensemble_size, False,
-                                cfg.layer_norm, norm_after_activation=True)
+        critic = EnsembleCritic(self.obs_dim, self.act_dim if act_dim is None else act_dim, cfg.critic_hidden,
+                                ensemble_size or cfg.ensemble_size, False, cfg.layer_norm, norm_after_activation=True)
         last = len(critic.weights) - 1
         for i, (weight, bias) in enumerate(zip(critic.weights, critic.biases)):
             fan_in = weight.shape[1]
@@ -175,9 +190,9 @@ class ReBRAC(ActorCritic):
 
     def draw_noise(self, batch_size: int) -> dict:
         actor_bc, critic_bc = self.bc_weights()  # as inputs, so that the compiled graph does not bake them in
-        return {"target_noise": torch.randn(batch_size, 1, self.act_dim, device=self.device),
-                "actor_bc_weight": torch.tensor(actor_bc, device=self.device),
-                "critic_bc_weight": torch.tensor(critic_bc, device=self.device)}
+        return {"target_noise": torch.randn(batch_size, 1, self.act_dim, device=self.device),  # (a fill, no host copy)
+                "actor_bc_weight": torch.full((), actor_bc, device=self.device),
+                "critic_bc_weight": torch.full((), critic_bc, device=self.device)}
 
     def checkpoint(self) -> dict:
         return {**super().checkpoint(), "online_start": self.online_start}
