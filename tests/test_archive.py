@@ -3,6 +3,7 @@ never twice, never into another sweep; a job whose finished run its sweep alread
 import gzip
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,8 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     data.mkdir(parents=True)
     (data / "main_data.hdf5").write_bytes(b"the transitions of one machine's build")
     (data / "metadata.json").write_text("{}")
+    recipe = ["build-adroit", "--tasks", "pen", "--seed", "0"]
+    (data.parent / "o2o_build.json").write_text(json.dumps({"o2o-data": recipe}))
     client, experiment = store(tmp_path, "data")
     parent = sweep(client, experiment)
     run_id = child(client, experiment, parent)
@@ -174,6 +177,38 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     assert (data / "main_data.hdf5").read_bytes() == b"the transitions of one machine's build"
     (data / "main_data.hdf5").write_bytes(b"the transitions of another machine's build")
     with pytest.raises(ConfigError, match="another build of o2o/pen/built-v0"):
+        restore_dataset(folder)
+
+    # the archive stays out of git: where it is not, the dataset is built again from its recipe, and must be the same
+    kept = json.loads((folder / PARENT_FILE).read_text())["datasets"]["o2o/pen/built-v0"]
+    assert kept["recipe"] == {"o2o-data": recipe}
+    assert subprocess.run(["git", "check-ignore", "-q", "docs/results/x-cpu/records/" + kept["file"]],
+                          cwd=Path(__file__).parents[1]).returncode == 0
+    (folder / kept["file"]).unlink()
+    shutil.rmtree(data.parent)
+    built = []
+
+    def build(content):
+        def collect(dataset_id, params):
+            built.append((dataset_id, params))
+            data.mkdir(parents=True, exist_ok=True)
+            (data / "main_data.hdf5").write_bytes(content)
+        return collect
+
+    parent_record = json.loads((folder / PARENT_FILE).read_text())
+    parent_record["datasets"]["o2o/pen/built-v0"]["recipe"] = {"collector": {"name": "waypoints", "seed": 0}}
+    (folder / PARENT_FILE).write_text(json.dumps(parent_record))
+    assert restore_dataset(folder, build(b"the transitions of one machine's build")) == ["o2o/pen/built-v0"]
+    assert built == [("o2o/pen/built-v0", {"name": "waypoints", "seed": 0})]
+    shutil.rmtree(data.parent)
+    with pytest.raises(ConfigError, match=r"built again here \(collected with name=waypoints seed=0\) is not the build "
+                                          "the study's runs trained on"):
+        restore_dataset(folder, build(b"the transitions of another machine's build"))
+    # an o2o-data recipe runs that command: here it cannot find its assets, and says so in one line
+    shutil.rmtree(data.parent)
+    parent_record["datasets"]["o2o/pen/built-v0"]["recipe"] = {"o2o-data": [*recipe, "--assets", str(tmp_path / "no")]}
+    (folder / PARENT_FILE).write_text(json.dumps(parent_record))
+    with pytest.raises(ConfigError, match="could not be built again from its recipe .*--assets .* is not a folder"):
         restore_dataset(folder)
 
 

@@ -13,11 +13,14 @@ parent run (the records' ``archived_run_id`` tag names the original run), and th
 finished run there do nothing (:func:`finished_in_sweep`). Artifacts (policy models, per-run plots, the resolved
 config file) are not kept: the page rebuilds its figures from the metrics.
 
-The data too: a dataset built here (``o2o-data build-adroit``) is not the same on every machine (its BC policy is
-fit and rolled out with floating-point kernels that differ between CPUs: pen's AWAC recipe kept 36,147 transitions
-on one machine and 33,554 on another, same code and seed), so the study keeps the Minari dataset its runs trained on
-(``dataset-<name>.tar.xz``, with its data file's SHA-256 in ``parent.json``) and restores it where it is missing; a
-machine holding another build of the same id stops the study before any job (:func:`restore_dataset`).
+The data too: a dataset built here (``o2o-data build-adroit``, or collected on first use) is named in
+``parent.json`` by its data file's SHA-256 and the recipe that builds it (the ``o2o-data`` command, or the
+collector's params). Its archive (``dataset-<name>.tar.xz``) is written beside the records for this machine but
+kept out of git (it can be megabytes). Where the dataset is missing, the study unpacks the archive if it is there,
+else builds the dataset again from its recipe, and stops before any job, with one line, if that build is not the one
+the runs trained on (a build is not the same on every machine: pen's AWAC recipe kept 36,147 transitions on one
+machine and 33,554 on another, same code and seed); a machine holding another build of the same id stops it too
+(:func:`restore_dataset`).
 """
 from __future__ import annotations
 
@@ -135,8 +138,23 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def dataset_recipe(dataset_id: str) -> dict | None:
+    """How the dataset was built, as its builder recorded it: ``{"o2o-data": [args]}`` or ``{"collector": params}``."""
+    from o2o.data.build.cli import BUILD_RECORD
+    from o2o.data.build.collectors import COLLECTOR_RECORD
+    from o2o.data.minari import minari_root
+
+    folder = Path(minari_root()) / dataset_id
+    if (folder / BUILD_RECORD).is_file():
+        return json.loads((folder / BUILD_RECORD).read_text())
+    if (folder / COLLECTOR_RECORD).is_file():
+        return {"collector": json.loads((folder / COLLECTOR_RECORD).read_text())}
+    return None
+
+
 def keep_dataset(dataset_id: str, folder: Path) -> dict:
-    """The Minari dataset's folder as ``dataset-<name>.tar.xz`` in ``folder``, and what identifies it."""
+    """The Minari dataset's folder as ``dataset-<name>.tar.xz`` in ``folder`` (for this machine; git ignores it), and
+    what identifies it and builds it again."""
     from o2o.data.minari import minari_root
 
     name = "dataset-" + dataset_id.replace("/", "-") + ".tar.xz"
@@ -144,12 +162,37 @@ def keep_dataset(dataset_id: str, folder: Path) -> dict:
     with tarfile.open(partial, "w:xz") as tar:
         tar.add(Path(minari_root()) / dataset_id, arcname=dataset_id)
     partial.replace(folder / name)
-    return {"file": name, "sha256": sha256(data_file(dataset_id))}
+    return {"file": name, "sha256": sha256(data_file(dataset_id)), "recipe": dataset_recipe(dataset_id)}
 
 
-def restore_dataset(folder: Path) -> list[str]:
-    """The datasets the study's runs trained on, unpacked into the Minari folder where they are missing; returns
-    their ids. Another build of the same id here stops the study (its runs would train on other data)."""
+def rebuild_dataset(dataset_id: str, recipe: dict | None, collect=None) -> str:
+    """Build the dataset again from its recipe; returns the recipe as a command line. ``collect(dataset_id,
+    params)``: how a collected dataset is collected (the study composes its env); an ``o2o-data`` recipe runs that
+    command with the assets found where o2o-data looks for them."""
+    import subprocess
+    import sys
+
+    if recipe and "o2o-data" in recipe:
+        argv = [sys.executable, "-m", "o2o.data.build.cli", *recipe["o2o-data"]]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode:
+            tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ConfigError(f"{dataset_id} could not be built again from its recipe (o2o-data "
+                              f"{' '.join(recipe['o2o-data'])}): {tail}")
+        return "o2o-data " + " ".join(recipe["o2o-data"])
+    if recipe and "collector" in recipe and collect is not None:
+        collect(dataset_id, recipe["collector"])
+        return "collected with " + " ".join(f"{k}={v}" for k, v in sorted(recipe["collector"].items()))
+    raise ConfigError(f"{dataset_id}, the dataset the study's runs trained on, is not here, its archive is not in the "
+                      "records folder and no recipe to build it again is recorded: restore the archive from the "
+                      "machine that built it")
+
+
+def restore_dataset(folder: Path, collect=None) -> list[str]:
+    """The datasets the study's runs trained on, where they are missing unpacked from their archive or, without it,
+    built again from their recipe (``collect``: see :func:`rebuild_dataset`); returns their ids. Another build of
+    the same id here, or a build that does not reproduce the runs' data, stops the study (its runs would train on
+    other data)."""
     from o2o.data.minari import minari_is_partial, minari_root
 
     parent_file = folder / PARENT_FILE
@@ -167,10 +210,19 @@ def restore_dataset(folder: Path) -> list[str]:
         if minari_is_partial(dataset_id):
             raise ConfigError(f"{here.parent.parent} is an incomplete dataset folder: remove it, and the study "
                               f"restores {dataset_id} from {folder / kept['file']}")
-        with tarfile.open(folder / kept["file"], "r:xz") as tar:
-            tar.extractall(minari_root(), filter="data")
-        if sha256(here) != kept["sha256"]:
-            raise ConfigError(f"{folder / kept['file']} does not hold the data its record names (SHA-256 differs)")
+        archive = folder / kept["file"]
+        if archive.is_file():
+            with tarfile.open(archive, "r:xz") as tar:
+                tar.extractall(minari_root(), filter="data")
+            if sha256(here) != kept["sha256"]:
+                raise ConfigError(f"{archive} does not hold the data its record names (SHA-256 differs)")
+        else:
+            how = rebuild_dataset(dataset_id, kept.get("recipe"), collect)
+            if sha256(here) != kept["sha256"]:
+                raise ConfigError(f"{dataset_id} built again here ({how}) is not the build the study's runs trained on "
+                                  f"(SHA-256 {sha256(here)[:12]}..., the runs' {kept['sha256'][:12]}...; builds differ "
+                                  f"between machines): copy {archive.name} from the machine that built it into "
+                                  f"{folder}, or start the study again here with --new")
         restored.append(dataset_id)
     return restored
 

@@ -602,7 +602,7 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         if sweep_dir.exists():
             print(f"continuing the sweep in {sweep_dir} (finished jobs are kept, unfinished ones resume; --new "
                   "starts another)", flush=True)
-        restore(client, args.experiment, sweep_dir, records)
+        restore(client, args.experiment, sweep_dir, records, args.name, args.budget)
         cmd = sweep_command(args.name, args.budget, args.launcher, sweep_dir, overrides)
         print("running:", shlex.join(cmd), flush=True)
         command = shlex.join(["o2o-study", *(argv_of(args))])
@@ -624,15 +624,32 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
           f"{records}")
 
 
-def restore(client, experiment: str, sweep_dir: Path, records: Path) -> None:
+def collector_of(name: str, budget: str):
+    """How the study's own collected dataset is collected again (o2o.archive.rebuild_dataset): as its preset's env
+    collects it, when that is the dataset and the params the records name."""
+    def collect(dataset_id: str, params: dict) -> None:
+        from o2o.cli import compose_config
+        from o2o.config import validate
+        from o2o.data.build.collectors import collect_dataset, collector_params
+
+        env = validate(compose_config([f"experiment=study/{name}/{'cpu' if budget == SMOKE else budget}"])).env
+        if env.dataset.id != dataset_id or env.dataset.collector is None or collector_params(env) != params:
+            raise UserError(f"{dataset_id}, collected with {params}, is not the dataset the preset of study {name} "
+                            "collects: restore its archive from the machine that built it")
+        collect_dataset(env)
+    return collect
+
+
+def restore(client, experiment: str, sweep_dir: Path, records: Path, name: str = "", budget: str = "") -> None:
     """The study's records of finished runs that this store lacks (a study continued on another machine), restored
-    into the sweep's parent run before the sweep starts, so that their jobs do nothing."""
+    into the sweep's parent run before the sweep starts, so that their jobs do nothing; the data they trained on
+    first (o2o.archive.restore_dataset)."""
     from o2o.archive import restore_dataset, restore_records
     from o2o.tracking import default_tracking_uri, ensure_experiment, open_store, store_lock
 
     if not records.is_dir():
         return
-    for dataset_id in restore_dataset(records):
+    for dataset_id in restore_dataset(records, collector_of(name, budget) if name else None):
         print(f"restored the dataset {dataset_id} that the study's runs trained on, from {records}", flush=True)
     uri = default_tracking_uri()
     open_store(uri)  # a new store made under its lock (jobs may make it at the same time)

@@ -96,6 +96,27 @@ def at_least_zero_float(text: str) -> float:
     return value
 
 
+BUILD_RECORD = "o2o_build.json"  # beside a built dataset's data/: the command that builds it again
+
+
+def recipe(args, dataset_id: str) -> list[str]:
+    """The ``o2o-data`` arguments that build ``dataset_id`` again (its task alone; the assets where they are found)."""
+    task = dataset_id.split("/")[-2]
+    argv = ["build-adroit", "--namespace", args.namespace, "--tasks", task, "--seed", str(args.seed),
+            "--bc-steps", str(args.bc_steps), "--bc-noise", str(args.bc_noise),
+            "--reference-episodes", str(args.reference_episodes), "--awac-rollouts", str(args.awac_rollouts)]
+    return argv + (["--d4rl-size"] if args.d4rl_size else ["--expert-episodes", str(args.expert_episodes),
+                                                            "--cloned-episodes", str(args.cloned_episodes)])
+
+
+def write_build_record(dataset_id: str, argv: list[str]) -> None:
+    import json
+
+    folder = Path(minari_root()) / dataset_id
+    if folder.is_dir():
+        (folder / BUILD_RECORD).write_text(json.dumps({"o2o-data": argv}) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="o2o-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     for dataset_id, summary in report.items():
+        if not summary.get("skipped"):
+            write_build_record(dataset_id, recipe(args, dataset_id))
         if summary.get("skipped"):
             print(f"{dataset_id}: exists, skipped")
         else:
