@@ -117,6 +117,14 @@ def test_the_verdict_rule():
     assert S.combine([S.HOLDS, S.CONTRADICTED, S.INCONCLUSIVE]) == S.CONTRADICTED
 
 
+def test_fewer_seeds_than_the_minimum_decide_nothing():
+    """One seed a side gives an interval of no width: without the minimum it would 'hold' on a single run."""
+    assert S.improves([0.9], [0.1]) == (S.INCONCLUSIVE, S.Interval(1.0, 1.0, 1.0, 1))
+    assert S.verdict(S.mean_interval([-3.0, -2.0, -4.0, -3.5]), 0.0, "below") == S.INCONCLUSIVE  # 4 seeds
+    assert S.verdict(S.mean_interval([-3.0, -2.0, -4.0, -3.5, -2.5]), 0.0, "below") == S.HOLDS  # 5
+    assert S.improves([0.9, 0.8, 0.85, 0.95, 0.9], [0.1, 0.2, 0.15, 0.05, 0.1])[0] == S.HOLDS
+
+
 def test_claims_are_judged_by_the_intervals():
     from rliable import metrics
 

@@ -39,6 +39,7 @@ class Interval:
     point: float
     low: float
     high: float
+    seeds: int | None = None  # the fewest per-seed values behind it (None: not from seeds); below MIN_SEEDS it decides nothing
 
     def __str__(self) -> str:
         return self.format()
@@ -85,9 +86,9 @@ def aggregates(values: Sequence[float]) -> dict[str, Interval]:
         return {"mean": NAN, "iqm": NAN}
     if len(v) == 1:
         x = float(v[0, 0])
-        return {"mean": Interval(x, x, x), "iqm": Interval(x, x, x)}
+        return {"mean": Interval(x, x, x, 1), "iqm": Interval(x, x, x, 1)}
     point, ci = _estimate({"x": v}, lambda s: np.array([metrics.aggregate_mean(s), metrics.aggregate_iqm(s)]))
-    return {name: Interval(float(point["x"][i]), float(ci["x"][0, i]), float(ci["x"][1, i]))
+    return {name: Interval(float(point["x"][i]), float(ci["x"][0, i]), float(ci["x"][1, i]), len(v))
             for i, name in enumerate(("mean", "iqm"))}
 
 
@@ -103,7 +104,7 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> Interv
     if len(a) == 0 or len(b) == 0:
         return NAN
     point, ci = _estimate({"p": (a, b)}, metrics.probability_of_improvement)
-    return Interval(float(point["p"]), float(ci["p"][0, 0]), float(ci["p"][1, 0]))
+    return Interval(float(point["p"]), float(ci["p"][0, 0]), float(ci["p"][1, 0]), min(len(a), len(b)))
 
 
 def verdict(interval: Interval, threshold: float, claimed: str) -> str:
@@ -112,6 +113,8 @@ def verdict(interval: Interval, threshold: float, claimed: str) -> str:
     if claimed not in ("above", "below"):
         raise ValueError(f"claimed must be 'above' or 'below', not {claimed!r}")
     if math.isnan(interval.low) or math.isnan(interval.high):
+        return INCONCLUSIVE
+    if interval.seeds is not None and interval.seeds < MIN_SEEDS:  # one seed's interval has no width at all
         return INCONCLUSIVE
     above, below = interval.low > threshold, interval.high < threshold
     if (above and claimed == "above") or (below and claimed == "below"):

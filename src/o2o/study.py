@@ -431,7 +431,7 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
              "| claim | verdict | numbers (point estimate [95% interval]) |", "|---|---|---|"]
     checked = claims(seeds) + companion_claims(seeds)
     lines += [f"| {c} | {v} | {n} |" for c, v, n in checked] or ["| (none: the study has no Cal-QL and CQL pair, nor a plain Cal-QL among companions) | | |"]
-    lines += ["", S.RULE + (f" With fewer than {S.MIN_SEEDS} seeds the intervals are too wide to decide much."
+    lines += ["", S.RULE + (f" With fewer than {S.MIN_SEEDS} seeds no claim is decided: every verdict is inconclusive."
                             if n_seeds < S.MIN_SEEDS else ""), ""]
     lines += _section("Calibration through each phase", calibration_course(seeds),
                       "Means over seeds with 95% stratified-bootstrap intervals (rliable), on each run's fixed batch of "
