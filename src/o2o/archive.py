@@ -68,10 +68,10 @@ def kept_histories(record: dict) -> set[str]:
     """The metrics whose whole history a compact record keeps (o2o.report.history_keys, under the names the run
     logged them by, and the per-episode success)."""
     from o2o import metrics as M
-    from o2o.report import METRIC_PARAM, _legacy_name, history_keys
+    from o2o.report import METRIC_PARAM, legacy_name, history_keys
 
     keys = {*history_keys(record["params"].get(METRIC_PARAM, "?")), M.train(M.ONLINE, M.EPISODE_SUCCESS)}
-    return keys | {_legacy_name(key) for key in keys}
+    return keys | {legacy_name(key) for key in keys}
 
 
 def compact(record: dict) -> dict:

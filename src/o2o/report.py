@@ -167,7 +167,7 @@ def _record(client, run) -> RunRecord:
                        params.get(METRIC_PARAM, "?"), {k: v for k, v in params.items() if k not in NOT_CONFIG},
                        run.info.start_time or 0, tags.get("overrides", ""))
     for key in history_keys(record.metric):
-        stored = key if key in run.data.metrics else _legacy_name(key)
+        stored = key if key in run.data.metrics else legacy_name(key)
         if stored in run.data.metrics:
             record.history[key] = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, stored))
     return record
@@ -179,7 +179,7 @@ def history_keys(metric: str) -> tuple[str, ...]:
             *REFERENCE_ERRORS)
 
 
-def _legacy_name(key: str) -> str:
+def legacy_name(key: str) -> str:
     """The name a metric had in stores written before a rename (``metrics.LEGACY_NAMES``)."""
     head, _, name = key.rpartition("/")
     return f"{head}/{M.LEGACY_NAMES[name]}" if name in M.LEGACY_NAMES else key

@@ -3,10 +3,10 @@ pipeline, the compiled update and the tests.
 
 An agent file declares its name, its config schema and its agent class in one place::
 
-    @register("td3bc", TD3BCConfig)
-    class TD3BC(ActorCritic): ...
+    @register("my_method", MyMethodConfig)
+    class MyMethod(ActorCritic): ...
 
-and its YAML starts from that schema (``defaults: [/schema/algo@_here_: td3bc, _self_]``). The built-in agents
+and its YAML starts from that schema (``defaults: [/schema/algo@_here_: my_method, _self_]``). The built-in agents
 are the modules of this package, found by :func:`load_builtin`; a researcher's own are ``.py`` files in the
 ``algo/`` folder of a config folder they add to the search path (docs/extending.md),
 imported by :func:`load_plugins` before the config is composed.
