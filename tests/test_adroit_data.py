@@ -1,4 +1,6 @@
 """Adroit datasets built from the DAPG assets, the binary reward, and dataset listing."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -162,3 +164,32 @@ def test_pen_awac_recipe_has_expert_episodes_standing_in_and_says_so():
     again = build(ASSETS, namespace="o2o-test-pen", tasks=["pen"], expert_episodes=1, reference_episodes=1, seed=0,
                   awac_rollouts=2, awac_bc_max_steps=50)
     assert again["o2o-test-pen/pen/awac-recipe-expert-demos-v0"] == {"skipped": True}
+
+
+@needs_assets
+def test_the_awac_recipe_rolled_out_from_kept_bc_weights_is_the_same_data_without_a_fit(tmp_path, monkeypatch):
+    """The builder keeps the fitted BC policy beside the data; a build from those weights skips the fit (the part that
+    differs between CPU kinds) and writes the same episodes."""
+    import hashlib
+    import shutil
+
+    from o2o.data.build import awac_recipe
+    from o2o.data.build.adroit import build
+    from o2o.data.minari import minari_root
+
+    def digest(dataset_id):
+        return hashlib.sha256((Path(minari_root()) / dataset_id / "data" / "main_data.hdf5").read_bytes()).hexdigest()
+
+    kwargs = dict(namespace="o2o-test-w", tasks=["pen"], expert_episodes=1, reference_episodes=1, seed=0,
+                  awac_rollouts=2, awac_bc_max_steps=50)
+    build(ASSETS, **kwargs)
+    dataset_id = "o2o-test-w/pen/awac-recipe-expert-demos-v0"
+    first, kept = digest(dataset_id), tmp_path / "pen_bc.npz"
+    shutil.copy2(Path(minari_root()) / dataset_id / awac_recipe.BC_WEIGHTS, kept)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("fit again")
+
+    monkeypatch.setattr(awac_recipe, "fit_gaussian_bc", no_fit)
+    build(ASSETS, **kwargs, overwrite=True, awac_bc_weights={"pen": kept})
+    assert digest(dataset_id) == first

@@ -159,6 +159,7 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     (data / "metadata.json").write_text("{}")
     recipe = ["build-adroit", "--tasks", "pen", "--seed", "0"]
     (data.parent / "o2o_build.json").write_text(json.dumps({"o2o-data": recipe}))
+    (data.parent / "o2o_awac_bc.npz").write_bytes(b"the BC policy's weights")  # the AWAC recipe's, beside its data
     client, experiment = store(tmp_path, "data")
     parent = sweep(client, experiment)
     run_id = child(client, experiment, parent)
@@ -181,7 +182,11 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
 
     # the archive stays out of git: where it is not, the dataset is built again from its recipe, and must be the same
     kept = json.loads((folder / PARENT_FILE).read_text())["datasets"]["o2o/pen/built-v0"]
-    assert kept["recipe"] == {"o2o-data": recipe}
+    # the BC weights travel with the records (git keeps them): rolled out again they give the same data on any CPU
+    assert kept["recipe"] == {"o2o-data": [*recipe, "--awac-bc-weights", "dataset-o2o-pen-built-v0-bc.npz"]}
+    assert (folder / "dataset-o2o-pen-built-v0-bc.npz").read_bytes() == b"the BC policy's weights"
+    assert subprocess.run(["git", "check-ignore", "-q", "docs/results/x-cpu/records/dataset-o2o-pen-built-v0-bc.npz"],
+                          cwd=Path(__file__).parents[1]).returncode == 1
     assert subprocess.run(["git", "check-ignore", "-q", "docs/results/x-cpu/records/" + kept["file"]],
                           cwd=Path(__file__).parents[1]).returncode == 0
     (folder / kept["file"]).unlink()

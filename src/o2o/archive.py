@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -155,6 +156,7 @@ def dataset_recipe(dataset_id: str) -> dict | None:
 def keep_dataset(dataset_id: str, folder: Path) -> dict:
     """The Minari dataset's folder as ``dataset-<name>.tar.xz`` in ``folder`` (for this machine; git ignores it), and
     what identifies it and builds it again."""
+    from o2o.data.build.awac_recipe import BC_WEIGHTS
     from o2o.data.minari import minari_root
 
     name = "dataset-" + dataset_id.replace("/", "-") + ".tar.xz"
@@ -162,10 +164,18 @@ def keep_dataset(dataset_id: str, folder: Path) -> dict:
     with tarfile.open(partial, "w:xz") as tar:
         tar.add(Path(minari_root()) / dataset_id, arcname=dataset_id)
     partial.replace(folder / name)
-    return {"file": name, "sha256": sha256(data_file(dataset_id)), "recipe": dataset_recipe(dataset_id)}
+    recipe = dataset_recipe(dataset_id)
+    weights = Path(minari_root()) / dataset_id / BC_WEIGHTS
+    if recipe and "o2o-data" in recipe and weights.is_file():  # a few hundred kB that make a rebuild the same anywhere
+        kept = name.replace(".tar.xz", "-bc.npz")
+        shutil.copy2(weights, folder / kept)
+        if Path(str(weights) + ".json").is_file():
+            shutil.copy2(str(weights) + ".json", str(folder / kept) + ".json")
+        recipe = {"o2o-data": [*recipe["o2o-data"], "--awac-bc-weights", kept]}
+    return {"file": name, "sha256": sha256(data_file(dataset_id)), "recipe": recipe}
 
 
-def rebuild_dataset(dataset_id: str, recipe: dict | None, collect=None) -> str:
+def rebuild_dataset(dataset_id: str, recipe: dict | None, collect=None, folder: Path | None = None) -> str:
     """Build the dataset again from its recipe; returns the recipe as a command line. ``collect(dataset_id,
     params)``: how a collected dataset is collected (the study composes its env); an ``o2o-data`` recipe runs that
     command with the assets found where o2o-data looks for them."""
@@ -173,7 +183,11 @@ def rebuild_dataset(dataset_id: str, recipe: dict | None, collect=None) -> str:
     import sys
 
     if recipe and "o2o-data" in recipe:
-        argv = [sys.executable, "-m", "o2o.data.build.cli", *recipe["o2o-data"]]
+        args = list(recipe["o2o-data"])
+        if "--awac-bc-weights" in args and folder is not None:  # kept beside the records
+            at = args.index("--awac-bc-weights") + 1
+            args[at] = str(folder / args[at])
+        argv = [sys.executable, "-m", "o2o.data.build.cli", *args]
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -217,7 +231,7 @@ def restore_dataset(folder: Path, collect=None) -> list[str]:
             if sha256(here) != kept["sha256"]:
                 raise ConfigError(f"{archive} does not hold the data its record names (SHA-256 differs)")
         else:
-            how = rebuild_dataset(dataset_id, kept.get("recipe"), collect)
+            how = rebuild_dataset(dataset_id, kept.get("recipe"), collect, folder)
             if sha256(here) != kept["sha256"]:
                 raise ConfigError(f"{dataset_id} built again here ({how}) is not the build the study's runs trained on "
                                   f"(SHA-256 {sha256(here)[:12]}..., the runs' {kept['sha256'][:12]}...; builds differ "

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from o2o.data.build import awac_recipe
 from o2o.data.build.collectors import write_minari_atomically
 from o2o.data.build.hand_dapg import door_demonstrations, expert_policy
+from o2o.data.minari import minari_root
 from o2o.envs import register_robotics
 from o2o.rollout import rollout
 
@@ -180,8 +181,9 @@ def write_minari(dataset_id: str, task: str, episodes: list[Episode], ref: tuple
 def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert_episodes: int = 50,
           cloned_episodes: int = 50, bc_steps: int = 2000, bc_noise: float = 0.1, reference_episodes: int = 10,
           seed: int = 0, overwrite: bool = False, awac_rollouts: int = awac_recipe.AWAC_BC_ROLLOUTS,
-          awac_bc_max_steps: int = 20_000) -> dict[str, dict]:
-    """Build the datasets (``awac_rollouts=0`` skips the AWAC recipe); returns a summary per dataset id."""
+          awac_bc_max_steps: int = 20_000, awac_bc_weights: dict[str, Path] | None = None) -> dict[str, dict]:
+    """Build the datasets (``awac_rollouts=0`` skips the AWAC recipe; ``awac_bc_weights``: task -> the AWAC-recipe
+    BC weights an earlier build kept, rolled out instead of a new fit); returns a summary per dataset id."""
     import minari
 
     assets = Path(assets)
@@ -224,7 +226,11 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
                 env = make_adroit(task)
                 demos = [run_episode(env, expert, seed * 100_000 + 90_000 + i) for i in range(AWAC_DEMONSTRATIONS)]
                 env.close()
-            save(dataset_id, task, *awac_dataset(task, demos, ref, awac_rollouts, awac_bc_max_steps, seed))
+            data, policy = awac_dataset(task, demos, ref, awac_rollouts, awac_bc_max_steps, seed,
+                                        (awac_bc_weights or {}).get(task))
+            save(dataset_id, task, *data)
+            # the weights beside the data: a study keeps them, and a rebuild from them is the same on any CPU
+            awac_recipe.save_bc(policy, data[3], Path(minari_root()) / dataset_id / awac_recipe.BC_WEIGHTS)
         if human is None:
             continue
         save(f"{namespace}/door/human-v0", task, human, ref,
@@ -250,13 +256,22 @@ def awac_recipe_id(namespace: str, task: str) -> str:
 
 
 def awac_dataset(task: str, demos: list[Episode], ref: tuple[float, float], rollouts: int, bc_max_steps: int,
-                 seed: int):
-    """The demonstrations and ``rollouts`` episodes of the maximum-likelihood Gaussian BC policy fit on them (save's
-    arguments after the id and task)."""
-    policy, fit = awac_recipe.fit_gaussian_bc(np.concatenate([e.observations[:-1] for e in demos]),
-                                              np.concatenate([e.actions for e in demos]), seed, bc_max_steps)
-    log.info("%s AWAC-recipe BC: kept step %d of %d (held-out NLL %.2f, train %.2f), mean action std %.3f", task,
-             fit["bc_step_kept"], bc_max_steps, fit["bc_held_out_nll"], fit["bc_train_nll"], fit["bc_action_std_mean"])
+                 seed: int, bc_weights: Path | None = None):
+    """The demonstrations and ``rollouts`` episodes of the maximum-likelihood Gaussian BC policy fit on them, or kept
+    in ``bc_weights`` from an earlier build (save's arguments after the id and task, and the policy)."""
+    observations = np.concatenate([e.observations[:-1] for e in demos])
+    actions = np.concatenate([e.actions for e in demos])
+    if bc_weights is not None:
+        policy, fit = awac_recipe.load_bc(bc_weights, observations.shape[1], actions.shape[1])
+        log.info("%s AWAC-recipe BC: the weights kept in %s, not fit again", task, bc_weights)
+        fit.setdefault("bc_step_kept", "kept")
+        fit.setdefault("bc_action_std_mean", float("nan"))
+    else:
+        policy, fit = awac_recipe.fit_gaussian_bc(observations, actions, seed, bc_max_steps)
+    if bc_weights is None:
+        log.info("%s AWAC-recipe BC: kept step %d of %d (held-out NLL %.2f, train %.2f), mean action std %.3f", task,
+                 fit["bc_step_kept"], bc_max_steps, fit["bc_held_out_nll"], fit["bc_train_nll"],
+                 fit["bc_action_std_mean"])
     env = make_adroit(task)
     act = awac_recipe.sampling_policy(policy, np.random.default_rng([seed, 7]))
     episodes = [run_episode(env, act, seed * 100_000 + 70_000 + i)
@@ -272,4 +287,4 @@ def awac_dataset(task: str, demos: list[Episode], ref: tuple[float, float], roll
         f"experiments configure it, fit by maximum likelihood, kept at step {fit['bc_step_kept']} of {bc_max_steps} by "
         f"held-out NLL) sampled with its own std (mean {fit['bc_action_std_mean']:.3f}). Unpublished and so chosen "
         "here: the BC steps, any extra noise. See o2o.data.build.awac_recipe.")
-    return demos + episodes, ref, description, fit
+    return (demos + episodes, ref, description, fit), policy

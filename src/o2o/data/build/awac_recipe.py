@@ -36,7 +36,9 @@ log-likelihood), checked every ``check_every`` steps up to ``max_steps``.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,6 +111,27 @@ def fit_gaussian_bc(observations: np.ndarray, actions: np.ndarray, seed: int, ma
         std = policy(obs[:1]).stddev[0]
     return policy, {"bc_step_kept": best[1], "bc_train_nll": train_nll, "bc_held_out_nll": best[0],
                     "bc_action_std_mean": float(std.mean()), "bc_max_steps": max_steps, "bc_held_out_history": history}
+
+
+BC_WEIGHTS = "o2o_awac_bc.npz"  # beside a built dataset's data/: the fitted policy's weights (and .json: the fit)
+
+
+def save_bc(policy: GaussianBC, fit: dict, path: Path) -> None:
+    """The fitted policy's weights as plain arrays (np.load reads them back without running any code) and the
+    record of its fit beside them."""
+    np.savez(path, **{k: v.detach().cpu().numpy() for k, v in policy.state_dict().items()})
+    Path(str(path) + ".json").write_text(json.dumps(fit))
+
+
+def load_bc(path: Path, obs_dim: int, act_dim: int) -> tuple[GaussianBC, dict]:
+    """The policy :func:`save_bc` kept: rolled out again, it gives the same episodes on another CPU kind, where a new
+    fit would not (measured: pen's fit differs between AVX2 and AVX-512 kernels; its rollouts with the kept weights
+    are bit-identical)."""
+    policy = GaussianBC(obs_dim, act_dim)
+    with np.load(path, allow_pickle=False) as weights:
+        policy.load_state_dict({k: torch.as_tensor(weights[k]) for k in weights.files})
+    side = Path(str(path) + ".json")
+    return policy, (json.loads(side.read_text()) if side.is_file() else {})
 
 
 def sampling_policy(policy: GaussianBC, rng: np.random.Generator):

@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--bc-noise", type=at_least_zero_float, default=0.1)
     b.add_argument("--reference-episodes", type=positive, default=10)
     b.add_argument("--seed", type=at_least_zero, default=0)
+    b.add_argument("--awac-bc-weights", metavar="FILE",
+                   help="the AWAC-recipe BC policy an earlier build kept (o2o_awac_bc.npz beside its data), rolled "
+                        "out instead of a new fit: the same data on any CPU kind (one task)")
     b.add_argument("--overwrite", action="store_true")
     sub.add_parser("list", help="local datasets and the remote ids the env options use")
     args = parser.parse_args(argv)
@@ -151,11 +154,17 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.assets).is_dir():
         parser.error(f"--assets {args.assets} is not a folder (a clone of aravindr93/hand_dapg, or one holding "
                      "door-v0_expert_policy.npz, ...)")
+    weights = None
+    if args.awac_bc_weights:
+        if len(args.tasks) != 1 or not Path(args.awac_bc_weights).is_file():
+            parser.error(f"--awac-bc-weights {args.awac_bc_weights} needs one task (--tasks) and an existing file")
+        weights = {args.tasks[0]: Path(args.awac_bc_weights)}
     expert, cloned = (D4RL_EXPERT_EPISODES, D4RL_CLONED_EPISODES) if args.d4rl_size else (
         args.expert_episodes, args.cloned_episodes)
     try:
         report = build(args.assets, args.namespace, args.tasks, expert, cloned, args.bc_steps, args.bc_noise,
-                       args.reference_episodes, args.seed, args.overwrite, args.awac_rollouts)
+                       args.reference_episodes, args.seed, args.overwrite, args.awac_rollouts,
+                       awac_bc_weights=weights)
     except DatasetError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
