@@ -104,7 +104,7 @@ def test_a_compact_record_keeps_what_the_pages_read_and_the_last_value_of_the_re
     assert record["format"] == 2 and "system/cpu_utilization_percentage" not in record["metrics"]
     assert record["metrics"]["online/eval/success_rate"] == [[2 * i, i / 1500] for i in range(1500)]  # no timestamps
     assert len(record["metrics"]["online/train/episode_success"]) == 30
-    assert record["metrics"]["online/train/alpha"] == [[290, 1.0 / 30]]  # the last value only
+    assert record["metrics"]["online/train/alpha"] == [[10 * i, 1.0 / (i + 1)] for i in range(26, 30)]  # the last 4
     assert compact(record) == record  # compacting is idempotent (and reads format 1: see the page test)
 
     new, new_exp = store(tmp_path, "new")
@@ -115,6 +115,27 @@ def test_a_compact_record_keeps_what_the_pages_read_and_the_last_value_of_the_re
         (s, v) for s, v, _ in history(old, finished, "online/eval/success_rate")]
     assert {t for _, _, t in history(new, run.info.run_id, "online/eval/success_rate")} == {before.info.start_time}
     assert run.data.metrics["final/online_success_rate"] == 0.9 and run.data.metrics["online/train/alpha"] == 1.0 / 30
+
+    # what the report reads of a run is the same from the full record and from the compact one
+    from o2o.report import _record
+
+    old.log_batch(finished, metrics=[Metric("offline/train/q_data", -i, 1_700_000_000_000 + i, 250 * i)
+                                     for i in range(40)])
+    full_folder = tmp_path / "full"
+    write_records(old, parent, full_folder, full=True)
+    (full_record,) = read_records(full_folder)[1]
+    compact_folder = tmp_path / "compact"
+    compact_folder.mkdir()
+    shutil.copy(full_folder / PARENT_FILE, compact_folder / PARENT_FILE)
+    with gzip.open(compact_folder / f"{finished}.json.gz", "wt") as handle:
+        json.dump(compact(full_record), handle)
+    read = []
+    for name, records in (("from-full", full_folder), ("from-compact", compact_folder)):
+        client, experiment = store(tmp_path, name)
+        restored, _ = restore_records(client, experiment, tmp_path / name, records)
+        (run,) = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{restored}'")
+        read.append(_record(client, run).history)
+    assert read[0] == read[1] and len(read[0]["offline/train/q_data"]) == 40
 
 
 def test_records_of_one_sweep_never_mix_with_another(tmp_path):
@@ -209,11 +230,20 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     with pytest.raises(ConfigError, match=r"built again here \(collected with name=waypoints seed=0\) is not the build "
                                           "the study's runs trained on"):
         restore_dataset(folder, build(b"the transitions of another machine's build"))
+    assert not data.parent.exists()  # the other build is removed: no job trains on it
     # an o2o-data recipe runs that command: here it cannot find its assets, and says so in one line
-    shutil.rmtree(data.parent)
     parent_record["datasets"]["o2o/pen/built-v0"]["recipe"] = {"o2o-data": [*recipe, "--assets", str(tmp_path / "no")]}
     (folder / PARENT_FILE).write_text(json.dumps(parent_record))
     with pytest.raises(ConfigError, match="could not be built again from its recipe .*--assets .* is not a folder"):
+        restore_dataset(folder)
+    # an AWAC-recipe dataset whose BC policy was not kept cannot come back the same from a new fit: said at once
+    awac = {"o2o/pen/awac-recipe-expert-demos-v0": {**parent_record["datasets"]["o2o/pen/built-v0"],
+                                                    "recipe": {"o2o-data": recipe}}}
+    (folder / PARENT_FILE).write_text(json.dumps({**parent_record, "datasets": awac}))
+    with pytest.raises(ConfigError, match="built before its BC policy was kept"):
+        restore_dataset(folder)
+    (folder / PARENT_FILE).write_text('{"datasets": {"o2o/x/y-v0": {"file": 3}}}')
+    with pytest.raises(ConfigError, match="is not a study's parent record"):
         restore_dataset(folder)
 
 

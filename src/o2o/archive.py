@@ -4,8 +4,9 @@ A study may span sessions, and the machine it runs on, with the sweep folder, th
 on it, may not be there for the next one. ``o2o-study`` therefore writes each finished child of its sweep as one
 record, ``<records>/<run_id>.json.gz``: the run's params, tags, start and end times; the whole history, as
 (step, value), of each metric the pages and the report read (o2o.report.history_keys: evaluations, calibration,
-the training Q and V_ref series, the regret) and of the per-episode success the regret is computed from; and the
-last value of every other metric. System metrics and timestamps are left out (``o2o-study --full-records`` keeps
+the training Q and V_ref series, the cumulative regret), of every evaluation, calibration and reference metric, and
+of the per-episode success; and the last four points of every other metric (the window of the mechanism figures in
+docs/results/README.md). System metrics and timestamps are left out (``o2o-study --full-records`` keeps
 every metric with its timestamps). The parent's study tags (command, commits, wall time) go
 to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
 On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
@@ -65,26 +66,31 @@ def run_record(client, run, full: bool = False) -> dict:
     return record if full else compact(record)
 
 
+WHOLE_GROUPS = ("/eval/", "/calibration/", "/reference/")  # evaluations, the fixed-batch probe, V_ref's errors
+LAST_POINTS = 4  # of every other metric: the window of the mechanism figures (docs/results/README.md)
+
+
 def kept_histories(record: dict) -> set[str]:
-    """The metrics whose whole history a compact record keeps (o2o.report.history_keys, under the names the run
-    logged them by, and the per-episode success)."""
+    """The metrics whose whole history a compact record keeps: o2o.report.history_keys (under the names the run
+    logged them by), every evaluation, calibration and reference metric, and the per-episode success."""
     from o2o import metrics as M
-    from o2o.report import METRIC_PARAM, legacy_name, history_keys
+    from o2o.report import METRIC_PARAM, history_keys, legacy_name
 
     keys = {*history_keys(record["params"].get(METRIC_PARAM, "?")), M.train(M.ONLINE, M.EPISODE_SUCCESS)}
+    keys |= {key for key in record["metrics"] if any(group in key for group in WHOLE_GROUPS)}
     return keys | {legacy_name(key) for key in keys}
 
 
 def compact(record: dict) -> dict:
-    """A record (either format) as a compact one: no system metrics, no timestamps, whole histories only of
-    :func:`kept_histories`, the last point of every other metric."""
+    """A record (either format) as a compact one: no system metrics, no timestamps, whole histories of
+    :func:`kept_histories`, the last ``LAST_POINTS`` points of every other metric (in the order logged)."""
     keep = kept_histories(record)
     metrics = {}
     for key, points in record["metrics"].items():
         if key.startswith(SYSTEM_PREFIX) or not points:
             continue
-        points = [[p[0], p[1]] for p in points]
-        metrics[key] = points if key in keep else [max(points, key=lambda p: p[0])]
+        points = [[p[0], p[1]] for p in sorted(points, key=lambda p: (p[0], p[2] if len(p) > 2 else 0))]
+        metrics[key] = points if key in keep else points[-LAST_POINTS:]
     return {**record, "format": FORMAT, "metrics": metrics}
 
 
@@ -183,23 +189,48 @@ def rebuild_dataset(dataset_id: str, recipe: dict | None, collect=None, folder: 
     import sys
 
     if recipe and "o2o-data" in recipe:
-        args = list(recipe["o2o-data"])
+        args = recipe["o2o-data"]
+        if not isinstance(args, list) or not all(isinstance(a, str) for a in args) or args[-1] == "--awac-bc-weights":
+            raise ConfigError(f"the recipe of {dataset_id} in {PARENT_FILE} is not a list of o2o-data arguments: "
+                              "restore the file from git (git checkout -- <file>)")
+        if "awac-recipe" in dataset_id and "--awac-bc-weights" not in args:
+            raise ConfigError(f"{dataset_id} was built before its BC policy was kept, and a new BC fit differs between "
+                              "CPU kinds (docs/data.md): its data come back only from its archive, on the machine that "
+                              "built it; or start the study again here with --new --records DIR")
+        args = list(args)
         if "--awac-bc-weights" in args and folder is not None:  # kept beside the records
             at = args.index("--awac-bc-weights") + 1
             args[at] = str(folder / args[at])
         argv = [sys.executable, "-m", "o2o.data.build.cli", *args]
+        print(f"building {dataset_id} again from its recipe (o2o-data {' '.join(recipe['o2o-data'])}): minutes",
+              flush=True)
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode:
             tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise ConfigError(f"{dataset_id} could not be built again from its recipe (o2o-data "
                               f"{' '.join(recipe['o2o-data'])}): {tail}")
         return "o2o-data " + " ".join(recipe["o2o-data"])
-    if recipe and "collector" in recipe and collect is not None:
+    if recipe and "collector" in recipe:
+        if collect is None:
+            raise ConfigError(f"{dataset_id} is collected by its study's preset: restore it with o2o-study")
         collect(dataset_id, recipe["collector"])
         return "collected with " + " ".join(f"{k}={v}" for k, v in sorted(recipe["collector"].items()))
     raise ConfigError(f"{dataset_id}, the dataset the study's runs trained on, is not here, its archive is not in the "
                       "records folder and no recipe to build it again is recorded: restore the archive from the "
                       "machine that built it")
+
+
+def kept_datasets(parent_file: Path) -> dict[str, dict]:
+    """The datasets ``parent.json`` names, each with its archive's name and its SHA-256; a file that is not such a
+    record stops with one line."""
+    try:
+        datasets = json.loads(parent_file.read_text()).get("datasets", {})
+        if not all(isinstance(k.get("file"), str) and isinstance(k.get("sha256"), str) for k in datasets.values()):
+            raise ValueError("a dataset without its file or SHA-256")
+    except (ValueError, AttributeError) as err:
+        raise ConfigError(f"{parent_file} is not a study's parent record ({err}): restore it from git "
+                          "(git checkout -- <file>)") from None
+    return datasets
 
 
 def restore_dataset(folder: Path, collect=None) -> list[str]:
@@ -213,7 +244,7 @@ def restore_dataset(folder: Path, collect=None) -> list[str]:
     if not parent_file.exists():
         return []
     restored = []
-    for dataset_id, kept in json.loads(parent_file.read_text()).get("datasets", {}).items():
+    for dataset_id, kept in kept_datasets(parent_file).items():
         here = data_file(dataset_id)
         if here.exists():
             if sha256(here) != kept["sha256"]:
@@ -232,11 +263,13 @@ def restore_dataset(folder: Path, collect=None) -> list[str]:
                 raise ConfigError(f"{archive} does not hold the data its record names (SHA-256 differs)")
         else:
             how = rebuild_dataset(dataset_id, kept.get("recipe"), collect, folder)
-            if sha256(here) != kept["sha256"]:
+            built = sha256(here) if here.is_file() else "nothing"
+            if built != kept["sha256"]:
+                shutil.rmtree(Path(minari_root()) / dataset_id, ignore_errors=True)  # no run may train on it
                 raise ConfigError(f"{dataset_id} built again here ({how}) is not the build the study's runs trained on "
-                                  f"(SHA-256 {sha256(here)[:12]}..., the runs' {kept['sha256'][:12]}...; builds differ "
-                                  f"between machines): copy {archive.name} from the machine that built it into "
-                                  f"{folder}, or start the study again here with --new")
+                                  f"(SHA-256 {built[:12]}..., the runs' {kept['sha256'][:12]}...; builds differ "
+                                  f"between machines; the build is removed): copy {archive.name} from the machine that "
+                                  f"built it into {folder}, or start the study again here with --new --records DIR")
         restored.append(dataset_id)
     return restored
 
@@ -257,7 +290,8 @@ def read_records(folder: Path) -> tuple[dict | None, list[dict]]:
                               "(git checkout -- <file>) or remove it") from None
         if not isinstance(record, dict) or record.get("format") not in READABLE:
             raise ConfigError(f"{path} is a record of format "
-                              f"{record.get('format') if isinstance(record, dict) else None!r}, this code reads {FORMAT}: "
+                              f"{record.get('format') if isinstance(record, dict) else None!r}, this code reads "
+                              f"{' and '.join(map(str, READABLE))}: "
                               "read it with the commit that wrote it")
         runs.append(record)
     return parent, runs

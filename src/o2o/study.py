@@ -488,6 +488,9 @@ def page_from_records(name: str, budget: str, records: Path, out: Path, experime
         experiment_id = ensure_experiment(client, experiment, uri)
         parent, _ = restore_records(client, experiment_id, records, records)
         tags = client.get_run(parent).data.tags
+        if tags.get("study", f"{name}/{budget}") != f"{name}/{budget}":
+            raise UserError(f"{records} are the records of study {tags['study']}, not {name}/{budget}: give that "
+                            "study's name and budget, or its own records (--records DIR)")
         command = tags.get("study_command") or f"o2o-study {name} --budget {budget}"
         commit = tags.get("study_commit") or "not recorded"
         wall = float(tags["study_wall_s"]) if "study_wall_s" in tags else None
@@ -667,6 +670,8 @@ def argv_of(args) -> list[str]:
         argv += ["--launcher", args.launcher]
     if args.experiment != "o2o":
         argv += ["--experiment", args.experiment]
+    if args.full_records:
+        argv += ["--full-records"]
     return argv + list(args.overrides)
 
 

@@ -229,7 +229,7 @@ def build(assets: str | Path, namespace: str = "o2o", tasks=tuple(TASKS), expert
             data, policy = awac_dataset(task, demos, ref, awac_rollouts, awac_bc_max_steps, seed,
                                         (awac_bc_weights or {}).get(task))
             save(dataset_id, task, *data)
-            # the weights beside the data: a study keeps them, and a rebuild from them is the same on any CPU
+            # the weights beside the data: a study keeps them and rebuilds from them (no new fit: docs/data.md)
             awac_recipe.save_bc(policy, data[3], Path(minari_root()) / dataset_id / awac_recipe.BC_WEIGHTS)
         if human is None:
             continue

@@ -124,12 +124,18 @@ def save_bc(policy: GaussianBC, fit: dict, path: Path) -> None:
 
 
 def load_bc(path: Path, obs_dim: int, act_dim: int) -> tuple[GaussianBC, dict]:
-    """The policy :func:`save_bc` kept: rolled out again, it gives the same episodes on another CPU kind, where a new
-    fit would not (measured: pen's fit differs between AVX2 and AVX-512 kernels; its rollouts with the kept weights
-    are bit-identical)."""
+    """The policy :func:`save_bc` kept, rolled out again instead of a new fit. Measured on one AMD EPYC: pen's fit
+    differs between ATen's AVX2 and AVX-512 kernels, and its rollouts from kept weights are bit-identical under both;
+    other CPUs (MKL's own code paths, other vendors) are not measured, and a restore checks the data's SHA-256."""
+    from o2o.errors import DatasetError
+
     policy = GaussianBC(obs_dim, act_dim)
-    with np.load(path, allow_pickle=False) as weights:
-        policy.load_state_dict({k: torch.as_tensor(weights[k]) for k in weights.files})
+    try:
+        with np.load(path, allow_pickle=False) as weights:
+            policy.load_state_dict({k: torch.as_tensor(weights[k]) for k in weights.files})
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        raise DatasetError(f"{path} is not the weights of this task's AWAC-recipe BC policy "
+                           f"({type(err).__name__}): give the o2o_awac_bc.npz its build kept") from None
     side = Path(str(path) + ".json")
     return policy, (json.loads(side.read_text()) if side.is_file() else {})
 

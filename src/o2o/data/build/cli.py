@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--seed", type=at_least_zero, default=0)
     b.add_argument("--awac-bc-weights", metavar="FILE",
                    help="the AWAC-recipe BC policy an earlier build kept (o2o_awac_bc.npz beside its data), rolled "
-                        "out instead of a new fit: the same data on any CPU kind (one task)")
+                        "out instead of a new fit (one task); docs/data.md: what it makes reproducible")
     b.add_argument("--overwrite", action="store_true")
     sub.add_parser("list", help="local datasets and the remote ids the env options use")
     args = parser.parse_args(argv)
