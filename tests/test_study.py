@@ -557,7 +557,10 @@ def test_a_study_page_is_written_again_from_its_records_alone(tmp_path):
     kept = [p for p in (ROOT / "docs" / "results" / "pen_o2o-cpu" / "records").iterdir()
             if not p.name.endswith(".tar.xz")]  # everything git keeps (a dataset's archive stays out of it)
     assert sum(p.stat().st_size for p in kept) < 500_000  # a study's records stay small
-    wrong = subprocess.run([sys.executable, "-m", "o2o.study", "door_calibration", "--page-from-records", "--out",
-                            str(tmp_path), "--records", str(ROOT / "docs" / "results" / "pen_o2o-cpu" / "records")],
-                           capture_output=True, text=True, env=env, timeout=600)
-    assert wrong.returncode == 2 and "are the records of study pen_o2o/cpu" in wrong.stderr
+    # another study's records are refused, not written under this study's name
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "parent.json").write_text('{"format": 2, "run_id": "a", "tags": {"study": "pen_o2o/cpu"}}')
+    with pytest.raises(SystemExit) as stop:
+        main(["door_calibration", "--page-from-records", "--out", str(tmp_path / "out"), "--records", str(other)])
+    assert stop.value.code == 2 and not (tmp_path / "out" / "door_calibration-cpu.md").exists()
