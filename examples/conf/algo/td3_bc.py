@@ -107,11 +107,7 @@ class TD3BC(ActorCritic):
             next_actions = (self.actor_target(batch.next_obs).unsqueeze(1) + smoothing).clamp(-1.0, 1.0)
             q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)[:, 0]
             td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * q_next
-        with self.autocast():
-            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        td_loss = (q_data - td_target).pow(2).mean(dim=1)
-        loss = td_loss.sum()
-        metrics = {M.CRITIC_LOSS: loss.detach(), "td_loss": td_loss.detach().mean(), "td_target": td_target.mean()}
+        loss, q_data, metrics = self.td_losses(batch, td_target)
         if update_actor:
             with self.autocast():
                 pi = self.actor(batch.obs).float()

@@ -75,14 +75,6 @@ class ClampedCritic(nn.Module):
         super().__init__()
         self.ensemble, self.q_max = ensemble, q_max
 
-    @property
-    def normalize_features(self) -> bool:
-        return self.ensemble.normalize_features
-
-    @normalize_features.setter
-    def normalize_features(self, value: bool) -> None:
-        self.ensemble.normalize_features = value
-
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_weights: bool = False) -> torch.Tensor:
         return self.ensemble(obs, actions, detach_weights).clamp(max=self.q_max)
 
@@ -150,11 +142,7 @@ class AWAC(ActorCritic):
             next_actions = next_mean.unsqueeze(1) + next_log_std.exp().unsqueeze(1) * noise["eps_next"]  # unclipped
             q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)[:, 0]
             td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * q_next
-        with self.autocast():
-            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        td_loss = (q_data - td_target).pow(2).mean(dim=1)
-        loss = td_loss.sum()
-        metrics = {M.CRITIC_LOSS: loss.detach(), "td_loss": td_loss.detach().mean(), "td_target": td_target.mean()}
+        loss, q_data, metrics = self.td_losses(batch, td_target)
         if update_actor:
             with self.autocast():
                 mean, log_std = self.actor(batch.obs)

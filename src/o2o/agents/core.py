@@ -110,6 +110,16 @@ class ActorCritic(nn.Module):
             q = q[noise["target_subset"]]
         return q.amin(0)
 
+    def td_losses(self, batch: Batch, td_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Every critic's mean squared TD error against ``td_target`` on the batch's actions, summed over the
+        ensemble: the loss, Q(s, a_data) (E, B), and the critic step's metrics."""
+        with self.autocast():
+            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
+        td_loss = (q_data - td_target).pow(2).mean(dim=1)
+        loss = td_loss.sum()
+        return loss, q_data, {M.CRITIC_LOSS: loss.detach(), "td_loss": td_loss.detach().mean(),
+                              "td_target": td_target.mean()}
+
     def q_metrics(self, q_data: torch.Tensor, batch: Batch) -> dict:
         """Q on dataset actions against the reference return: the calibration diagnostic every agent logs."""
         q_mean = q_data.detach().mean(0)

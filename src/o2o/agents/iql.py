@@ -119,10 +119,7 @@ class IQL(ActorCritic):
             with torch.no_grad():
                 v = self.v(batch.obs)
                 td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * self.v(batch.next_obs)
-            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        td_loss = (q_data - td_target).pow(2).mean(dim=1)
-        critic_loss = td_loss.sum()
-        loss = critic_loss
+        loss, q_data, critic_metrics = self.td_losses(batch, td_target)
         metrics = {}
         if update_actor:
             weights = advantage_weights(q_target - v, cfg.awr_temperature, cfg.awr_max_weight)
@@ -133,6 +130,5 @@ class IQL(ActorCritic):
             loss = loss + actor_loss
             metrics = {M.ACTOR_LOSS: actor_loss.detach(), "awr_weight": weights.mean(), "log_pi_data": log_pi.detach().mean()}
         metrics.update(self.q_metrics(q_data, batch))
-        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-                        "td_target": td_target.mean()})
+        metrics.update(critic_metrics)
         return loss, metrics

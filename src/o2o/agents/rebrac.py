@@ -124,14 +124,6 @@ class NormalizedCritic(nn.Module):
         super().__init__()
         self.normalizer, self.ensemble = normalizer, critic
 
-    @property
-    def normalize_features(self) -> bool:  # retraining's feature normalisation acts on the ensemble
-        return self.ensemble.normalize_features
-
-    @normalize_features.setter
-    def normalize_features(self, value: bool) -> None:
-        self.ensemble.normalize_features = value
-
     def forward(self, obs: torch.Tensor, actions: torch.Tensor, detach_weights: bool = False) -> torch.Tensor:
         return self.ensemble(self.normalizer(obs), actions, detach_weights)
 
@@ -217,11 +209,7 @@ class ReBRAC(ActorCritic):
             if cfg.reads_next_actions:  # ReBRAC's critic penalty on the data's next action
                 q_next = q_next - noise["critic_bc_weight"] * (next_actions[:, 0] - batch.next_actions).pow(2).sum(-1)
             td_target = batch.rewards + cfg.gamma * (1.0 - batch.dones) * q_next
-        with self.autocast():
-            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        td_loss = (q_data - td_target).pow(2).mean(dim=1)
-        loss = td_loss.sum()
-        metrics = {M.CRITIC_LOSS: loss.detach(), "td_loss": td_loss.detach().mean(), "td_target": td_target.mean()}
+        loss, q_data, metrics = self.td_losses(batch, td_target)
         if update_actor:
             with self.autocast():
                 pi = self.actor(batch.obs).float()

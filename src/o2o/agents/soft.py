@@ -86,17 +86,13 @@ class SoftActorCritic(ActorCritic):
     def soft_losses(self, batch: Batch, td_target: torch.Tensor, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
         """SAC's losses for a given TD target: every critic's mean squared TD error (summed over the ensemble), and
         with ``update_actor`` the actor's and the temperature's."""
-        with self.autocast():
-            q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
-        td_loss = (q_data - td_target).pow(2).mean(dim=1)
-        critic_loss = td_loss.sum()
-        loss, metrics = critic_loss, {}
+        loss, q_data, critic_metrics = self.td_losses(batch, td_target)
+        metrics = {}
         if update_actor:
             with self.autocast():
                 mean, log_std = self.actor(batch.obs)
                 actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
             loss = loss + actor_loss
         metrics.update(self.q_metrics(q_data, batch))
-        metrics.update({M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-                        "td_target": td_target.mean()})
+        metrics.update(critic_metrics)
         return loss, metrics

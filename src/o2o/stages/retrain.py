@@ -17,6 +17,7 @@ from o2o import metrics as M
 from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import capture_rng, restore_rng
 from o2o.run_state import RETRAIN_STAGE
+from o2o.agents.networks import EnsembleCritic
 from o2o.stages.common import Learner, RunContext, log
 from o2o.stages.offline import pretrain
 
@@ -25,8 +26,10 @@ def prepare(agent, cfg, offline: TransitionBuffer, online: TransitionBuffer) -> 
     """OOO's retraining options on a fresh agent: the critics' last hidden features normalised, and the TD target
     bounded by the data's rewards, min and max over 1 - gamma (conservative_sac_exploitation.py,
     bound_q_functions_according_to_data: over the offline data and the replay buffer)."""
-    if cfg.retrain.feature_normalization:
-        agent.critic.normalize_features = agent.critic_target.normalize_features = True
+    if cfg.retrain.feature_normalization:  # every ensemble, also one an agent wraps (normaliser, clamp)
+        for module in (*agent.critic.modules(), *agent.critic_target.modules()):
+            if isinstance(module, EnsembleCritic):
+                module.normalize_features = True
     if cfg.retrain.clip_targets:
         rewards = torch.cat([offline.rewards(), online.rewards()])
         agent.target_bounds = (float(rewards.min()) / (1 - cfg.algo.gamma), float(rewards.max()) / (1 - cfg.algo.gamma))
