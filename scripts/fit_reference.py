@@ -24,7 +24,7 @@ def main(overrides: list[str]) -> None:
     for source in ("regression", "td"):
         cfg = validate(compose_config([*overrides, f"reference={source}"]))
         buffer = offline_buffer(load_data(cfg).offline, cfg, torch.device("cpu"))
-        b = buffer.to_batch(buffer.storage[: len(buffer)])
+        b = buffer.batch()
         for seed in (0, 1):
             reference = LearnedReference(buffer.obs_dim, cfg.reference, cfg.algo.gamma, seed, torch.device("cpu"))
             start, done, points = time.time(), 0, []

@@ -21,6 +21,7 @@ def isolated_environment(tmp_path_factory):
     os.environ.update({
         "HF_HUB_OFFLINE": "1",
         "MINARI_DATASETS_PATH": str(base / "minari"),
+        "OGBENCH_DATASETS_PATH": str(base / "ogbench"),
         "O2O_OUTPUTS": str(base / "outputs"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{base / 'outputs' / 'mlflow.db'}",
         "OMP_NUM_THREADS": "1",

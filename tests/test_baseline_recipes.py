@@ -60,13 +60,13 @@ def test_next_actions_follow_each_episode_and_end_on_its_own_action():
     assert episode_next_actions(actions, ends).tolist() == [[2, 3], [2, 3], [6, 7], [8, 9], [8, 9]]
     buffer = TransitionBuffer(4, 1, 2, torch.device("cpu"), next_actions=True)
     rows = buffer.add(np.zeros((3, 1)), actions[:3], np.zeros(3), np.zeros((3, 1)), np.zeros(3), np.ones(3))
-    batch = buffer.to_batch(buffer.storage[rows])
+    batch = buffer.batch(rows)
     assert torch.equal(batch.next_actions, torch.zeros(3, 2)) and torch.equal(batch.v_ref, torch.ones(3))
     buffer.set_next_actions(rows, actions[:3])
-    assert buffer.to_batch(buffer.storage[rows]).next_actions.tolist() == [[2, 3], [4, 5], [4, 5]]
+    assert buffer.batch(rows).next_actions.tolist() == [[2, 3], [4, 5], [4, 5]]
     buffer.set_v_ref(rows, np.full(3, 7.0))  # the v_ref column is not the last one any more
-    assert buffer.to_batch(buffer.storage[rows]).v_ref.tolist() == [7.0] * 3
-    assert TransitionBuffer(4, 1, 2, torch.device("cpu")).to_batch(torch.zeros(2, 7)).next_actions is None
+    assert buffer.batch(rows).v_ref.tolist() == [7.0] * 3
+    assert TransitionBuffer(4, 1, 2, torch.device("cpu")).to_batch((torch.zeros(2, 7), None)).next_actions is None
 
 
 @pytest.mark.parametrize("schedule", ["step", "episode"])
@@ -87,7 +87,7 @@ def test_rebrac_reads_the_datas_next_action_offline_and_online(monkeypatch, tmp_
                                                          "schedule.online_steps=150", f"algo.update_schedule={schedule}"])
     assert len(buffers) >= 2 and all(b.next_actions for b in buffers)
     for buffer in buffers:
-        b = buffer.to_batch(buffer.storage[: len(buffer)])
+        b = buffer.batch()
         continues = (b.next_obs[:-1] == b.obs[1:]).all(1) & (b.dones[:-1] == 0)
         assert continues.sum() > 100
         assert torch.equal(b.next_actions[:-1][continues], b.actions[1:][continues])

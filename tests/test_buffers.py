@@ -49,7 +49,7 @@ def test_blocks_land_in_ring_order_with_every_field():
 def test_fields_round_trip_and_ring_overwrites_oldest():
     buf = filled(5, 0.0, capacity=4)
     assert len(buf) == 4
-    rewards = sorted(buf.to_batch(buf.storage).rewards.tolist())
+    rewards = sorted(buf.batch(slice(0, buf.capacity)).rewards.tolist())
     assert rewards == [1.0, 2.0, 3.0, 4.0]  # reward 0 was overwritten
-    batch = buf.to_batch(buf.storage)
+    batch = buf.batch(slice(0, buf.capacity))
     torch.testing.assert_close(batch.v_ref, batch.rewards * 2)

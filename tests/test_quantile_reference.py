@@ -24,7 +24,7 @@ def test_the_threshold_is_the_quantile_of_the_returns_and_every_state_shares_it(
     offline, online = buffer_with([5.0, 6.0, 7.0]), buffer_with([])
     reference.attach(offline)
     reference.attach(online)
-    assert offline.to_batch(offline.storage[:3]).v_ref.tolist() == [1.75] * 3
+    assert offline.batch(slice(0, 3)).v_ref.tolist() == [1.75] * 3
     values = reference.episode_values(torch.tensor([10.0, 9.0, 8.0]), observations=None)  # return at its start: 10
     assert reference.threshold == pytest.approx(2.0)  # quantile of 1, 2, 3, 4, 10 at 0.25
     assert values.tolist() == [2.0] * 3 and offline.storage[:3, -1].tolist() == [2.0] * 3

@@ -1,4 +1,8 @@
 """o2o: offline-to-online RL (Cal-QL, CQL) as a Hydra + MLflow experiment pipeline."""
+import os
+
+# MuJoCo renders image observations offscreen: EGL (GPU, or Mesa's llvmpipe on a CPU) unless the user chose
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 
 def run(*args, **kwargs):

@@ -4,6 +4,11 @@ Each buffer keeps all fields of a transition side by side in one preallocated
 (capacity, width) tensor: [obs | action | reward | next_obs | done | v_ref], and, for an algorithm that reads
 them (``AlgoConfig.reads_next_actions``: ReBRAC's critic penalty), [... | next_action]: the action the data took
 at next_obs.
+
+Image observations (``frames=True``) stay uint8: they live in a second (capacity, 2 * obs_dim) uint8 tensor,
+[obs | next_obs] flattened (H * W * C each), and the float rows hold the rest. A batch then carries them as uint8
+(B, obs_dim) to the device, and the agent's encoder turns them into floats (o2o.agents.encoders). A sampled "row"
+is the pair (float rows, frame rows or None).
 """
 from __future__ import annotations
 
@@ -16,22 +21,30 @@ import torch
 class Batch(NamedTuple):
     """A sampled batch of transitions, as the agents' updates take it."""
 
-    obs: torch.Tensor  # (B, D)
+    obs: torch.Tensor  # (B, D) float32, or uint8 flattened frames (B, H * W * C)
     actions: torch.Tensor  # (B, A)
     rewards: torch.Tensor  # (B,) transformed
-    next_obs: torch.Tensor  # (B, D)
+    next_obs: torch.Tensor  # (B, D), as obs
     dones: torch.Tensor  # (B,) 1.0 at terminals
     v_ref: torch.Tensor  # (B,) the reference value V_ref(s): the return-to-go, or a learned value (o2o.reference)
     next_actions: torch.Tensor | None = None  # (B, A) the data's action at next_obs, where the buffers keep it
 
 
+Rows = tuple  # (float rows (n, width), frame rows (n, 2 * obs_dim) uint8 or None)
+
+
 class TransitionBuffer:
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, next_actions: bool = False):
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, next_actions: bool = False,
+                 frames: bool = False):
         self.obs_dim, self.act_dim, self.device = obs_dim, act_dim, device
-        self.next_actions = next_actions
-        self.v_ref_column = 2 * obs_dim + act_dim + 2
-        self.width = row_width(obs_dim, act_dim, next_actions)
+        self.next_actions, self.frames = next_actions, frames
+        self.float_obs = 0 if frames else obs_dim  # observation floats in a float row
+        self.obs_dtype = np.uint8 if frames else np.float32
+        self.v_ref_column = 2 * self.float_obs + act_dim + 2
+        self.width = row_width(self.float_obs, act_dim, next_actions)
         self.storage = torch.zeros(capacity, self.width, dtype=torch.float32, device=device)
+        self.frame_storage = (torch.zeros(capacity, 2 * obs_dim, dtype=torch.uint8, device=device) if frames
+                              else None)
         self.capacity, self.size, self._next = capacity, 0, 0
 
     def __len__(self) -> int:
@@ -41,31 +54,51 @@ class TransitionBuffer:
         """Append a block of transitions (numpy arrays); the oldest are overwritten when full. Returns their rows.
         ``next_actions``: where the buffer keeps them; None leaves zeros until :meth:`set_next_actions`."""
         n = len(rewards)
-        columns = [np.asarray(obs).reshape(n, -1), np.asarray(actions).reshape(n, -1), np.asarray(rewards)[:, None],
-                   np.asarray(next_obs).reshape(n, -1), np.asarray(dones)[:, None], np.asarray(v_ref)[:, None]]
+        obs_columns = [np.asarray(obs).reshape(n, -1), np.asarray(next_obs).reshape(n, -1)]
+        if self.frames and any(c.dtype != np.uint8 for c in obs_columns):
+            raise TypeError("image observations must be uint8 frames")
+        float_columns = [np.asarray(actions).reshape(n, -1), np.asarray(rewards)[:, None],
+                         np.asarray(dones)[:, None], np.asarray(v_ref)[:, None]]
+        if not self.frames:
+            float_columns = [obs_columns[0], float_columns[0], float_columns[1], obs_columns[1], *float_columns[2:]]
         if self.next_actions:
-            columns.append(np.zeros((n, self.act_dim), np.float32) if next_actions is None
-                           else np.asarray(next_actions).reshape(n, -1))
+            float_columns.append(np.zeros((n, self.act_dim), np.float32) if next_actions is None
+                                 else np.asarray(next_actions).reshape(n, -1))
         keep = min(n, self.capacity)
         idx = (self._next + torch.arange(keep, device=self.device)) % self.capacity
+        targets = [(self.storage, float_columns, torch.float32)]
+        if self.frames:
+            targets.append((self.frame_storage, obs_columns, torch.uint8))
         # each column block copied straight into its rows (one copy, no intermediate block of rows)
         start, first = self._next, min(keep, self.capacity - self._next)
         for rows, source in ((slice(start, start + first), slice(n - keep, n - keep + first)),
                              (slice(0, keep - first), slice(n - keep + first, n))):
-            left = 0
-            for column in columns:
-                width = column.shape[1]
-                block = column[source]
-                if len(block):
-                    self.storage[rows, left: left + width].copy_(torch.from_numpy(np.ascontiguousarray(block)))
-                left += width
+            for storage, columns, dtype in targets:
+                left = 0
+                for column in columns:
+                    width = column.shape[1]
+                    block = column[source]
+                    if len(block):
+                        storage[rows, left: left + width].copy_(
+                            torch.from_numpy(np.ascontiguousarray(block)).to(dtype))
+                    left += width
         self._next = (self._next + keep) % self.capacity
         self.size = min(self.size + keep, self.capacity)
         return idx
 
     def rewards(self) -> torch.Tensor:
         """The (transformed) rewards of every stored transition."""
-        return self.storage[: self.size, self.obs_dim + self.act_dim]
+        return self.storage[: self.size, self.float_obs + self.act_dim]
+
+    def set_all_v_ref(self, value: float) -> None:
+        """One reference value for every stored transition (a quantile reference's threshold)."""
+        self.storage[: self.size, self.v_ref_column] = value
+
+    def observations(self, idx: torch.Tensor) -> torch.Tensor:
+        """The observations of the given rows, as stored (float32, or uint8 frames)."""
+        if self.frames:
+            return self.frame_storage[idx, : self.obs_dim]
+        return self.storage[idx, : self.obs_dim]
 
     def set_v_ref(self, idx: torch.Tensor, v_ref: np.ndarray) -> None:
         """Write the reference values of rows added before they were known (their episode had not ended)."""
@@ -83,23 +116,40 @@ class TransitionBuffer:
         self.storage[idx, self.v_ref_column + 1:] = torch.cat([actions[1:], actions[-1:]])
 
     def state(self) -> dict:
-        return {"rows": self.storage[: self.size].cpu().clone(), "next": self._next}
+        state = {"rows": self.storage[: self.size].cpu().clone(), "next": self._next}
+        if self.frames:
+            state["frames"] = self.frame_storage[: self.size].cpu().clone()
+        return state
 
     def load_state(self, state: dict) -> None:
         rows = state["rows"]
         self.storage[: len(rows)] = rows.to(self.device)
+        if self.frames:
+            self.frame_storage[: len(rows)] = state["frames"].to(self.device)
         self.size, self._next = len(rows), state["next"]
 
-    def sample_rows(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        idx = torch.randint(0, self.size, (n,), device=self.device, generator=generator)
-        return self.storage.index_select(0, idx)
+    def rows(self, idx: torch.Tensor | slice | None = None) -> Rows:
+        """The stored rows at ``idx`` (a tensor of indices or a slice; None: every stored row)."""
+        idx = slice(0, self.size) if idx is None else idx
+        pick = (lambda t: t[idx]) if isinstance(idx, slice) else (lambda t: t.index_select(0, idx))
+        return pick(self.storage), (pick(self.frame_storage) if self.frames else None)
 
-    def to_batch(self, rows: torch.Tensor) -> Batch:
-        o, a = self.obs_dim, self.act_dim
+    def batch(self, idx: torch.Tensor | slice | None = None) -> Batch:
+        """The stored transitions at ``idx`` (None: all of them) as a batch."""
+        return self.to_batch(self.rows(idx))
+
+    def sample_rows(self, n: int, generator: torch.Generator | None = None) -> Rows:
+        return self.rows(torch.randint(0, self.size, (n,), device=self.device, generator=generator))
+
+    def to_batch(self, rows: Rows) -> Batch:
+        floats, frames = rows
+        o, a = self.float_obs, self.act_dim
         if self.next_actions:
-            obs, actions, rewards, next_obs, dones, v_ref, next_actions = rows.split([o, a, 1, o, 1, 1, a], dim=1)
+            obs, actions, rewards, next_obs, dones, v_ref, next_actions = floats.split([o, a, 1, o, 1, 1, a], dim=1)
         else:
-            (obs, actions, rewards, next_obs, dones, v_ref), next_actions = rows.split([o, a, 1, o, 1, 1], dim=1), None
+            (obs, actions, rewards, next_obs, dones, v_ref), next_actions = floats.split([o, a, 1, o, 1, 1], dim=1), None
+        if frames is not None:
+            obs, next_obs = frames.split([self.obs_dim, self.obs_dim], dim=1)
         return Batch(obs, actions, rewards.squeeze(1), next_obs, dones.squeeze(1), v_ref.squeeze(1), next_actions)
 
     def sample(self, n: int) -> Batch:
@@ -107,8 +157,13 @@ class TransitionBuffer:
 
 
 def row_width(obs_dim: int, act_dim: int, next_actions: bool = False) -> int:
-    """Floats in one stored transition."""
+    """Floats in one stored transition (``obs_dim`` 0 for frames, which are kept apart)."""
     return 2 * obs_dim + act_dim + 3 + (act_dim if next_actions else 0)
+
+
+def transition_bytes(obs_dim: int, act_dim: int, next_actions: bool = False, frames: bool = False) -> int:
+    """Bytes one stored transition takes: its float row, and its two uint8 frames where observations are images."""
+    return 4 * row_width(0 if frames else obs_dim, act_dim, next_actions) + (2 * obs_dim if frames else 0)
 
 
 def episode_next_actions(actions: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -151,4 +206,6 @@ class MixedSampler:
             parts.append(self.offline.sample_rows(n_off))
         if self.batch_size - n_off:
             parts.append(self.online.sample_rows(self.batch_size - n_off))
-        return self.online.to_batch(torch.cat(parts) if len(parts) > 1 else parts[0])
+        if len(parts) == 1:
+            return self.online.to_batch(parts[0])
+        return self.online.to_batch(tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts)))

@@ -60,16 +60,22 @@ class DatasetConfig:
     # files (o2o.data.awac, the Cal-QL paper's data): exactly one.
     id: Optional[str] = None
     path: Optional[str] = None
-    download: bool = MISSING  # fetch a Minari dataset that is not local (needs network)
+    # An OGBench dataset name (``cube-single-play-v0``): its file in OGBench's folder (o2o.data.ogbench), built by
+    # ``o2o-data build-ogbench`` or downloaded
+    ogbench: Optional[str] = None
+    download: bool = MISSING  # fetch a Minari or OGBench dataset that is not local (needs network)
     collector: Optional[CollectorConfig] = None
 
     def check(self) -> None:
         require(not (self.id and self.path),
                 f"env.dataset.path and env.dataset.id={self.id} are both set, and a run reads one dataset: add "
                 "env.dataset.id=null to read the file")
-        require(bool(self.id) != bool(self.path),
-                 "env.dataset: set exactly one of env.dataset.id (a Minari id) or env.dataset.path (a D4RL HDF5 file, or a "
-                 "folder of AWAC's Adroit files)")
+        require(not (self.ogbench and (self.id or self.path)),
+                f"env.dataset.ogbench={self.ogbench} and env.dataset.{'id' if self.id else 'path'} are both set, and a "
+                "run reads one dataset: set the other to null")
+        require(bool(self.ogbench) or bool(self.id) != bool(self.path),
+                 "env.dataset: set exactly one of env.dataset.id (a Minari id), env.dataset.path (a D4RL HDF5 file, an "
+                 "OGBench .npz file, or a folder of AWAC's Adroit files) or env.dataset.ogbench (an OGBench name)")
         if self.id:
             from minari.dataset.minari_dataset import DATASET_ID_RE
 
@@ -92,6 +98,9 @@ class EnvConfig:
     # D4RL reference scores for the normalized return; None = the dataset's metadata.
     ref_min_score: Optional[float] = None
     ref_max_score: Optional[float] = None
+    # Added to every reward, the env's and the dataset's alike (before any algorithm's reward transform): a task
+    # whose paper scores another reward than the env's (visual_pick_place: +1 at success, 0 otherwise)
+    reward_shift: float = 0.0
 
     def check(self) -> None:
         require(self.max_episode_steps is None or self.max_episode_steps > 0,
@@ -214,6 +223,31 @@ class BufferConfig:
     def check(self) -> None:
         require(self.online_capacity > 0, f"buffer.online_capacity must be > 0, got {self.online_capacity}")
         require(self.batch_size > 0, f"buffer.batch_size must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class EncoderConfig:
+    """The image encoder in front of each network, and the training batches' augmentation (o2o.agents.encoders).
+    ``name: none`` for state observations; an env option with image observations picks one."""
+
+    name: str = MISSING  # none | impala_small
+    stack_sizes: List[int] = field(default_factory=list)  # convolution widths, one stack each
+    num_blocks: int = 0  # residual blocks per stack
+    mlp_hidden: List[int] = field(default_factory=list)  # GELU layers after the convolutions: the features' width
+    augment_pad: int = 0  # random crop after padding this many edge pixels; 0: no augmentation
+    augment_probability: float = 0.0  # the chance that a training batch is augmented (OGBench's p_aug)
+
+    def check(self) -> None:
+        require(self.name in ("none", "impala_small"), f"encoder must be none or impala_small, got {self.name!r}")
+        if self.name == "none":
+            return
+        require(bool(self.stack_sizes) and all(w > 0 for w in self.stack_sizes),
+                f"encoder.stack_sizes must be positive widths, got {list(self.stack_sizes)}")
+        require(self.num_blocks >= 0, f"encoder.num_blocks must be >= 0, got {self.num_blocks}")
+        require(all(w > 0 for w in self.mlp_hidden), f"encoder.mlp_hidden must be positive, got {list(self.mlp_hidden)}")
+        require(self.augment_pad >= 0, f"encoder.augment_pad must be >= 0, got {self.augment_pad}")
+        require(0.0 <= self.augment_probability <= 1.0,
+                f"encoder.augment_probability must be in [0, 1], got {self.augment_probability}")
 
 
 MAX_STEPS = 10**9  # a bound on step counts, far above any schedule a study runs; beyond it a run never ends
@@ -364,6 +398,7 @@ class Config:
     algo: AlgoConfig = MISSING  # a registered algorithm's schema (o2o.agents.registry), installed by the algo's YAML
     buffer: BufferConfig = field(default_factory=BufferConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # image observations: the env option sets it
     seed: int = MISSING
     device: str = MISSING  # auto | cpu | cuda | cuda:N
     precision: str = MISSING  # auto | fp32 | bf16 (autocast); auto: o2o.runtime.choose_precision
@@ -383,11 +418,18 @@ class Config:
     calibration_batch: int = MISSING  # offline transitions in the fixed batch of the calibration diagnostics; 0: off
 
     def check(self) -> None:
-        for part in (self.env, self.domain, self.algo, self.buffer, self.schedule, self.mlflow, self.reference,
-                     self.exploration, self.retrain):
+        for part in (self.env, self.domain, self.algo, self.buffer, self.schedule, self.encoder, self.mlflow,
+                     self.reference, self.exploration, self.retrain):
             part.check()
         require(self.reference.value == "mc" or self.algo.uses_offline_data,
                  f"reference={self.reference.value} fits V_ref on the offline data, which {self.algo.name} does not read")
+        pixels = self.encoder.name != "none"
+        require(not pixels or self.reference.value in ("mc", "quantile"),
+                f"reference={self.reference.value} fits a value network on flat observations; with image observations "
+                "(encoder.name != none) use reference=mc or quantile")
+        require(not pixels or self.exploration.bonus == "none",
+                f"exploration={self.exploration.bonus} reads flat observations; with image observations use "
+                "exploration=none")
         require(self.exploration.bonus == "none" or self.schedule.online_steps > 0,
                  f"exploration={self.exploration.bonus} acts during fine-tuning: schedule.online_steps is 0")
         require(not self.retrain.steps or self.retrain.algorithm == "run"

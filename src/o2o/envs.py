@@ -10,6 +10,11 @@ from o2o.config import DomainConfig, EnvConfig
 from o2o.errors import ConfigError
 
 
+def is_image_space(space) -> bool:
+    """An observation space of uint8 frames (H, W, C): kept as images, never flattened to floats."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
 def flatten_observation(obs: Any, keys: list[str]) -> np.ndarray:
     """Concatenate the chosen keys of a dict observation (or pass an array through)."""
     if not keys:
@@ -18,13 +23,20 @@ def flatten_observation(obs: Any, keys: list[str]) -> np.ndarray:
 
 
 class FlatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
-    """Dict observations -> one float32 vector, keys in the configured order."""
+    """Dict observations -> one float32 vector, keys in the configured order. Image observations (uint8 frames
+    (H, W, C)) pass through as they are."""
 
     def __init__(self, env: gym.Env, keys: list[str]):
         gym.utils.RecordConstructorArgs.__init__(self, keys=list(keys))
         gym.ObservationWrapper.__init__(self, env)
         self.keys = list(keys)
         space = env.observation_space
+        self.frames = is_image_space(space)
+        if self.frames:
+            if self.keys:
+                raise ConfigError(f"env.obs_keys {self.keys} name dict keys, and {env.spec.id if env.spec else 'the env'}'s "
+                                  "observations are images: leave env.obs_keys empty")
+            return
         available = list(space.spaces) if isinstance(space, gym.spaces.Dict) else []
         unknown = [k for k in self.keys if k not in available]
         if available and not self.keys:
@@ -37,7 +49,7 @@ class FlatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=sample.shape, dtype=np.float32)
 
     def observation(self, observation: Any) -> np.ndarray:
-        return flatten_observation(observation, self.keys)
+        return observation if self.frames else flatten_observation(observation, self.keys)
 
 
 class BinarySuccessReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
@@ -91,6 +103,8 @@ class SuccessFromTasks(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info["tasks_at_goal"] = len([t for t in info.get("step_task_completions", []) if t in goal]) / len(goal)
         return obs, reward, terminated, truncated, info
 
+
+OGBENCH_PREFIXES = ("cube-", "scene-", "puzzle-", "visual-")  # ids the ogbench package registers on import
 
 _ADROIT_DENSE_NOTICE: list[str] = []  # Gymnasium-Robotics' import-time notice, kept for the runs it concerns
 
@@ -174,9 +188,11 @@ def registered_id(gym_id: str) -> str:
 
 
 def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | None = None) -> gym.Env:
-    """Build the configured env with a flat float32 observation, under the domain's episode rules if given
-    (binary reward, end at success): training and evaluation envs alike."""
+    """Build the configured env with a flat float32 observation (or uint8 frames), under the domain's episode rules
+    if given (binary reward, end at success): training and evaluation envs alike."""
     register_robotics()
+    if cfg.gym_id.startswith(OGBENCH_PREFIXES):
+        import ogbench  # noqa: F401  registers its envs
     if cfg.gym_id.startswith("AdroitHand") and cfg.name.endswith("_dense") and _ADROIT_DENSE_NOTICE:
         import logging
 
@@ -191,6 +207,8 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
     except TypeError as err:  # a kwarg the env does not take
         raise ConfigError(f"env.gym_kwargs do not fit {cfg.gym_id}: {err}") from None
     env = FlatObservation(env, cfg.obs_keys)
+    if cfg.reward_shift:
+        env = gym.wrappers.TransformReward(env, lambda r: r + cfg.reward_shift)
     if cfg.gym_id.startswith("FrankaKitchen"):
         env = SuccessFromTasks(env)
     if domain is not None and domain.binary_from_success:

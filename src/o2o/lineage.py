@@ -34,16 +34,18 @@ def digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _schema(obs_dim: int, act_dim: int):
+def _schema(obs_shape: tuple, act_dim: int, obs_dtype=np.float32):
     from mlflow.types import Schema, TensorSpec
 
-    f32, flag = np.dtype("float32"), np.dtype("bool")
-    return Schema([TensorSpec(f32, (-1, obs_dim), "observations"), TensorSpec(f32, (-1, act_dim), "actions"),
-                   TensorSpec(f32, (-1,), "rewards"), TensorSpec(f32, (-1, obs_dim), "next_observations"),
+    f32, flag, obs = np.dtype("float32"), np.dtype("bool"), np.dtype(obs_dtype)
+    return Schema([TensorSpec(obs, (-1, *obs_shape), "observations"), TensorSpec(f32, (-1, act_dim), "actions"),
+                   TensorSpec(f32, (-1,), "rewards"), TensorSpec(obs, (-1, *obs_shape), "next_observations"),
                    TensorSpec(flag, (-1,), "terminals"), TensorSpec(flag, (-1,), "timeouts")])
 
 
-def _dataset(source, name: str, content_digest: str, obs_dim: int, act_dim: int, profile: dict[str, Any]):
+def _dataset(source, name: str, content_digest: str, obs_shape: tuple, act_dim: int, profile: dict[str, Any],
+             obs_dtype=np.float32):
+    """``obs_shape``: one observation's (the flat size, or an image's (H, W, C)), ``obs_dtype`` its type."""
     from mlflow.data.meta_dataset import MetaDataset
 
     class TransitionsDataset(MetaDataset):  # MetaDataset with a profile: counts shown beside the digest
@@ -54,7 +56,7 @@ def _dataset(source, name: str, content_digest: str, obs_dim: int, act_dim: int,
         def to_dict(self):
             return {**super().to_dict(), "profile": json.dumps(profile)}
 
-    return TransitionsDataset(source, name=name, digest=content_digest, schema=_schema(obs_dim, act_dim))
+    return TransitionsDataset(source, name=name, digest=content_digest, schema=_schema(obs_shape, act_dim, obs_dtype))
 
 
 def offline_dataset(data, env_cfg):
@@ -67,26 +69,30 @@ def offline_dataset(data, env_cfg):
 
     if env_cfg.dataset.id:
         name, location = env_cfg.dataset.id, os.path.join(minari_root(), env_cfg.dataset.id)
+    elif env_cfg.dataset.ogbench:
+        from o2o.data.ogbench import dataset_file
+
+        name, location = env_cfg.dataset.ogbench, str(dataset_file(env_cfg.dataset.ogbench))
     else:
         name, location = os.path.basename(env_cfg.dataset.path), env_cfg.dataset.path
     content = digest(data.observations, data.actions, data.rewards, data.next_observations, data.terminals,
                      data.timeouts)
     profile = {"transitions": len(data), "episodes": data.num_episodes, "source": data.source}
     return _dataset(local_source(os.path.abspath(location)), name, content,
-                    data.observations.shape[1], data.actions.shape[1], profile)
+                    data.observations.shape[1:], data.actions.shape[1], profile, data.observations.dtype)
 
 
 def online_dataset(buffer, env_name: str, episodes: int):
     """The online transitions a run collected (``o2o.buffers.TransitionBuffer``: rewards as stored, transformed)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
 
-    b = buffer.to_batch(buffer.storage[: len(buffer)].cpu())
-    content = digest(b.obs.numpy(), b.actions.numpy(), b.rewards.numpy(), b.next_obs.numpy(), b.dones.numpy() > 0.5)
+    b = buffer.batch()
+    content = digest(*(t.cpu().numpy() for t in (b.obs, b.actions, b.rewards, b.next_obs)), b.dones.cpu().numpy() > 0.5)
     profile = {"transitions": len(buffer), "episodes": episodes, "source": "online fine-tuning"}
     # MLflow keeps one dataset per name and digest in an experiment: identical online data (same seed and config)
     # is one dataset, whichever run collected it first
     return _dataset(CodeDatasetSource({"o2o.collected_by": "online fine-tuning", "o2o.env": env_name}),
-                    f"{env_name}-online", content, buffer.obs_dim, buffer.act_dim, profile)
+                    f"{env_name}-online", content, (buffer.obs_dim,), buffer.act_dim, profile, buffer.obs_dtype)
 
 
 def log_dataset(client, run_id: str, dataset, context: str) -> None:

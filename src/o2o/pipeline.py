@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from o2o import metrics as M, mlflow_view
 from o2o.agents.core import ActorCritic, ObservationStats
 from o2o.agents.registry import agent_class
-from o2o.buffers import MixedSampler, TransitionBuffer, episode_next_actions, row_width
+from o2o.agents.encoders import PixelObservation
+from o2o.buffers import MixedSampler, TransitionBuffer, episode_next_actions, transition_bytes
 from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import Config, doubtful_settings, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
@@ -116,7 +117,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     device = runtime.device
     check_store(default_tracking_uri())
     data = load_data(cfg)  # before MLflow: a missing or mismatched dataset stops the job before anything is written
-    check_memory(cfg, data.obs_dim, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
+    check_memory(cfg, data.observation, data.act_dim, len(data.offline) if data.offline is not None else 0, device)
     if data.offline is not None and cfg.buffer.batch_size > len(data.offline):
         raise DatasetError(f"buffer.batch_size={cfg.buffer.batch_size} is more than the {len(data.offline)} offline "
                            f"transitions of {data.offline.source}: lower buffer.batch_size")
@@ -130,8 +131,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         reference = fit_reference(offline, cfg, tracker,
                                   data.offline.recorded_episode_ends if offline is not None else None,
                                   resume is None)
-        obs_stats = ObservationStats.of(data.offline.observations) if data.offline is not None else None
-        agent = make_agent(cfg, data.obs_dim, data.act_dim, device, runtime.precision, runtime.compile, obs_stats)
+        obs_stats = (ObservationStats.of(data.offline.observations)
+                     if data.offline is not None and not isinstance(data.observation, PixelObservation) else None)
+        agent = make_agent(cfg, data.observation, data.act_dim, device, runtime.precision, runtime.compile, obs_stats)
         evaluator = Evaluator(cfg, data.ref_min, data.ref_max)
         state = resume or RunState(config=resolved, run_id=tracker.run_id, precision=runtime.precision)
         tracker.set_tags({MACHINES_TAG: add_machine(state, machine(), resumed=resume is not None)})
@@ -247,24 +249,31 @@ def mlp_parameters(widths: list[int]) -> int:
     return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
 
 
-def update_memory_lower_bound(cfg: Config, obs_dim: int, act_dim: int) -> int:
+def update_memory_lower_bound(cfg: Config, observation: "int | PixelObservation", act_dim: int) -> int:
     """Bytes an update needs at least (float32): the critics, their targets and the actor with gradients and Adam's
-    two moments, and one batch through every critic layer (CQL's sampled actions multiply this; not counted)."""
+    two moments, and one batch through every critic layer (CQL's sampled actions multiply this; not counted; nor are
+    an image encoder's weights and activations)."""
     algo = cfg.algo
+    pixels = isinstance(observation, PixelObservation)
+    obs_dim = observation.features if pixels else observation
     critic = algo.ensemble_size * mlp_parameters([obs_dim + act_dim, *algo.critic_hidden, 1])
     actor = mlp_parameters([obs_dim, *algo.actor_hidden, 2 * act_dim])
     weights = critic * 2 + actor + 3 * (critic + actor)  # + targets; grads, Adam m and v of what is trained
     batch = cfg.buffer.batch_size
     activations = batch * (algo.ensemble_size * sum(algo.critic_hidden) + sum(algo.actor_hidden))
-    return 4 * (weights + activations + batch * row_width(obs_dim, act_dim, algo.reads_next_actions))
+    flat = observation.flat_dim if pixels else obs_dim
+    return 4 * weights + 4 * activations + batch * transition_bytes(flat, act_dim, algo.reads_next_actions, pixels)
 
 
-def check_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transitions: int, device: torch.device) -> None:
+def check_memory(cfg: Config, observation: "int | PixelObservation", act_dim: int, offline_transitions: int,
+                 device: torch.device) -> None:
     """The buffers are allocated whole, and the networks and one batch's activations must fit beside them: refuse
     sizes the device cannot hold before any work."""
-    row = row_width(obs_dim, act_dim, cfg.algo.reads_next_actions) * 4  # TransitionBuffer's float32 row
+    pixels = isinstance(observation, PixelObservation)
+    flat = observation.flat_dim if pixels else observation
+    row = transition_bytes(flat, act_dim, cfg.algo.reads_next_actions, pixels)  # TransitionBuffer's bytes per row
     buffers = (cfg.buffer.online_capacity + offline_transitions) * row
-    update = update_memory_lower_bound(cfg, obs_dim, act_dim)
+    update = update_memory_lower_bound(cfg, observation, act_dim)
     free = free_memory(device)
     if buffers > free:
         raise ConfigError(f"buffer.online_capacity={cfg.buffer.online_capacity} needs {buffers / 2**30:.1f} GiB of buffers "
@@ -281,7 +290,7 @@ def check_memory(cfg: Config, obs_dim: int, act_dim: int, offline_transitions: i
 @dataclass
 class RunData:
     offline: Optional[OfflineData]  # None when the algorithm never reads the offline data
-    obs_dim: int
+    observation: "int | PixelObservation"  # the flat observation's size, or image frames and their encoder
     act_dim: int
     ref_min: Optional[float]
     ref_max: Optional[float]
@@ -301,15 +310,29 @@ def load_data(cfg: Config) -> RunData:
     if cfg.domain.metric == M.NORMALIZED_RETURN and (ref_min is None or ref_max is None):
         raise DatasetError(f"{cfg.env.name} is scored by D4RL's normalized return but neither its dataset nor the env "
                            "option gives reference scores: set env.ref_min_score and env.ref_max_score")
-    return RunData(data, obs_shape[0], act_shape[0], ref_min, ref_max)
+    return RunData(data, observation_input(cfg, obs_shape), act_shape[0], ref_min, ref_max)
 
 
 def env_shapes(cfg: Config) -> tuple[tuple, tuple]:
-    """The flat observation and action shapes of the configured env."""
+    """The observation (flat, or an image's (H, W, C)) and action shapes of the configured env."""
     probe_env = make_env(cfg.env)
     shapes = probe_env.observation_space.shape, probe_env.action_space.shape
     probe_env.close()
     return shapes
+
+
+def observation_input(cfg: Config, obs_shape: tuple) -> "int | PixelObservation":
+    """What the agent is built for: the flat observation's size, or, for an env whose observations are images
+    (H, W, C), the frames with the configured encoder. Each without the other stops here."""
+    if len(obs_shape) == 3:
+        if cfg.encoder.name == "none":
+            raise ConfigError(f"{cfg.env.name}'s observations are images {tuple(obs_shape)}: choose an image encoder "
+                              "(encoder=impala_small)")
+        return PixelObservation(tuple(int(n) for n in obs_shape), cfg.encoder)
+    if cfg.encoder.name != "none":
+        raise ConfigError(f"encoder={cfg.encoder.name} reads images, and {cfg.env.name}'s observations are flat "
+                          f"{tuple(obs_shape)}: use encoder=none")
+    return obs_shape[0]
 
 
 def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, device: torch.device,
@@ -318,7 +341,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
     run_id_file = run_dir / RUN_ID_FILE
     run_id = run_id_file.read_text().strip() if run_id_file.exists() else None
     end_orphans(open_store(default_tracking_uri()), cfg.mlflow_experiment, run_dir, run_id)
-    run_tags = {"env": cfg.env.name, "algo": cfg.algo.name, "dataset": cfg.env.dataset.id or cfg.env.dataset.path,
+    run_tags = {"env": cfg.env.name, "algo": cfg.algo.name, "dataset": cfg.env.dataset.id or cfg.env.dataset.path or f"ogbench:{cfg.env.dataset.ogbench}",
                 "seed": str(cfg.seed), "stage": "dataset", "device": str(device), "run_dir": str(run_dir),
                 **(tags or {})}
     preset = run_tags.setdefault(PRESET_TAG, "none")
@@ -393,8 +416,9 @@ def end_orphans(client, experiment: str, run_dir: Path, keep: Optional[str]) -> 
 def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
     """Labelled offline transitions (transformed rewards, returns-to-go), on the device."""
     rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo, data.terminals)
-    buffer = TransitionBuffer(len(data), data.observations.shape[1], data.actions.shape[1], device,
-                              cfg.algo.reads_next_actions)
+    frames = data.observations.dtype == np.uint8
+    buffer = TransitionBuffer(len(data), int(np.prod(data.observations.shape[1:])), data.actions.shape[1], device,
+                              cfg.algo.reads_next_actions, frames=frames)
     buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns,
                episode_next_actions(data.actions, data.episode_ends) if cfg.algo.reads_next_actions else None)
     return buffer
@@ -407,7 +431,7 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
     fits it again (logging it once)."""
     if cfg.reference.value == "mc":
         return None
-    b = offline.to_batch(offline.storage[: len(offline)])
+    b = offline.batch()
     if cfg.reference.value == "quantile":  # the recorded episodes' returns: V_ref at each start (a success the Adroit
         # rule made terminal starts no episode of its own)
         starts = torch.as_tensor([e.start for e in episode_slices(episode_ends)], device=offline.device)
@@ -431,7 +455,7 @@ def fit_reference(offline: Optional[TransitionBuffer], cfg: Config, tracker: Tra
     return reference
 
 
-def make_agent(cfg: Config, obs_dim: int, act_dim: int, device: torch.device, precision: str = "fp32",
+def make_agent(cfg: Config, obs_dim: "int | PixelObservation", act_dim: int, device: torch.device, precision: str = "fp32",
                compiled: bool | None = None, obs_stats: ObservationStats | None = None) -> ActorCritic:
     """The configured algorithm's agent (its registered class, o2o.agents.registry); ``precision`` is what it
     computes in (``runtime.choose_precision``), ``compiled`` whether its update is one compiled graph (None: as
@@ -464,12 +488,12 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         final.update(state.offline_final)
     if not cfg.schedule.online_steps:
         return final
-    online = TransitionBuffer(cfg.buffer.online_capacity, agent.obs_dim, agent.act_dim, agent.device,
-                              cfg.algo.reads_next_actions)
+    online = TransitionBuffer(cfg.buffer.online_capacity, agent.flat_obs_dim, agent.act_dim, agent.device,
+                              cfg.algo.reads_next_actions, frames=agent.pixels is not None)
     if reference is not None:
         reference.attach(online)
     def fresh_agent() -> ActorCritic:
-        return make_agent(retraining_config(cfg), agent.obs_dim, agent.act_dim, agent.device, agent.precision,
+        return make_agent(retraining_config(cfg), agent.observation, agent.act_dim, agent.device, agent.precision,
                           agent.compiled_update is not None, agent.obs_stats)
 
     if state.stage == RETRAIN_STAGE:  # fine-tuning is done: its buffer and summary are in the checkpoint
@@ -564,8 +588,8 @@ def complete_finished(resume: RunState, checkpoints: Checkpoints, cfg: Config, r
     log.warning("%s: the final checkpoint exists but its MLflow run is %s; completing its finish", run_dir, status)
     tracker = Tracker(cfg.mlflow_experiment, None, {}, {}, run_id=resume.run_id)
     setup_runtime(cfg)  # seeds and threads; the policy model is exported in fp32 whatever the precision
-    (obs_dim,), (act_dim,) = env_shapes(cfg)
-    agent = make_agent(cfg, obs_dim, act_dim, torch.device("cpu"), compiled=False)  # only exported
+    obs_shape, (act_dim,) = env_shapes(cfg)
+    agent = make_agent(cfg, observation_input(cfg, obs_shape), act_dim, torch.device("cpu"), compiled=False)  # exported
     agent.restore(resume.agent)
     publish_final(tracker, checkpoints, resume.final, agent, cfg, run_dir)
     return resume.final

@@ -4,7 +4,8 @@ The actor's deterministic action (what evaluation uses) is exported with
 ``torch.export`` and logged as a pyfunc "model from code"
 (``policy_model_code.py``): ``mlflow.pyfunc.load_model("runs:/<run>/policy")``
 in any process with torch and mlflow returns a model whose ``predict`` maps a
-float32 observation batch (n, obs_dim) to actions (n, act_dim). Its signature
+float32 observation batch (n, obs_dim), or for image observations a uint8 frame batch (n, H, W, C), to actions
+(n, act_dim). Its signature
 says so, its input example is an observation of the env, and its metadata
 names the env and the observation layout, so it can act without this project
 (README, "The trained policy"). The export is fp32 whatever
@@ -31,19 +32,21 @@ CODE = Path(__file__).with_name("policy_model_code.py")
 
 
 class DeterministicPolicy(nn.Module):
-    """obs (n, obs_dim) -> the actor's deterministic action (n, act_dim), as the agent acts in evaluation."""
+    """obs (n, obs_dim) float32, or frames (n, H, W, C) uint8 -> the actor's deterministic action (n, act_dim), as
+    the agent acts in evaluation."""
 
     def __init__(self, actor: nn.Module):
         super().__init__()
         self.actor = actor
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor.act(obs, True, None)
+        return self.actor.act(obs.reshape(obs.shape[0], -1), True, None)
 
 
-def export_policy(policy: DeterministicPolicy, obs_dim: int, path: Path) -> None:
-    """``policy`` as a ``torch.export`` program with a dynamic batch size."""
-    example = torch.zeros(2, obs_dim)
+def export_policy(policy: DeterministicPolicy, example_obs: np.ndarray, path: Path) -> None:
+    """``policy`` as a ``torch.export`` program with a dynamic batch size, for observations like ``example_obs``
+    (one batch of them)."""
+    example = torch.zeros(2, *example_obs.shape[1:], dtype=torch.as_tensor(example_obs).dtype)
     program = torch.export.export(policy, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     torch.export.save(program, str(path))
 
@@ -92,11 +95,12 @@ def log_policy(client, run_id: str, actor: nn.Module, example_obs: np.ndarray, n
 
     if name in logged_model_names(client, run_id):
         return
-    example = np.asarray(example_obs, dtype=np.float32).reshape(1, -1)
+    frames = np.asarray(example_obs).dtype == np.uint8  # an image observation: a batch of frames (1, H, W, C)
+    example = np.asarray(example_obs)[None] if frames else np.asarray(example_obs, dtype=np.float32).reshape(1, -1)
     with tempfile.TemporaryDirectory() as tmp, _quiet_mlflow():
         path = Path(tmp) / "policy.pt2"
         policy = DeterministicPolicy(copy.deepcopy(actor).cpu().float().eval())  # the run's actor stays as it is
-        export_policy(policy, example.shape[1], path)
+        export_policy(policy, example, path)
         actions = policy(torch.as_tensor(example))
         experiment_id = client.get_run(run_id).info.experiment_id
         remove_unfinished_models(client, experiment_id, run_id, name)

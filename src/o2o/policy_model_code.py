@@ -3,7 +3,7 @@
 MLflow copies this file into the logged model and runs it when the model is
 loaded, so loading needs torch, numpy and mlflow only, not this project.
 The policy itself is a ``torch.export`` program (``policy.pt2``): observation
-batch (n, obs_dim) float32 in, deterministic action batch (n, act_dim) out.
+batch (n, obs_dim) float32, or frames (n, H, W, C) uint8, in; deterministic action batch (n, act_dim) out.
 """
 import numpy as np
 import torch
@@ -19,9 +19,14 @@ class ExportedPolicy(PythonModel):
         self.policy = torch.export.load(context.artifacts["policy"]).module()
 
     def predict(self, context, model_input, params=None):
-        obs = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        obs = np.asarray(model_input)
+        if obs.dtype == np.uint8:  # frames: (H, W, C) or a batch of them
+            obs = torch.as_tensor(obs.reshape(-1, *obs.shape[-3:]))
+        else:
+            obs = torch.as_tensor(obs.astype(np.float32, copy=False))
+            obs = obs.reshape(-1, obs.shape[-1])
         with torch.no_grad():
-            return self.policy(obs.reshape(-1, obs.shape[-1])).numpy()
+            return self.policy(obs).numpy()
 
 
 set_model(ExportedPolicy())

@@ -117,7 +117,7 @@ class QuantileReference:
     def _rewrite(self) -> None:
         value = self.threshold
         for buffer in self.buffers:
-            buffer.storage[: len(buffer), buffer.v_ref_column] = value
+            buffer.set_all_v_ref(value)
 
     def episode_values(self, mc_returns: torch.Tensor, observations) -> torch.Tensor:
         """A finished episode: its return (the return-to-go at its first step) joins the others; every state's

@@ -13,7 +13,11 @@ evaluation action when true), ``eps`` standard normal noise (B, 1, act_dim) for 
 the exploration bonuses and the exported MLflow policy call only this.
 
 **Constructor.** ``Agent(obs_dim, act_dim, cfg, device, precision="fp32", total_updates=0, obs_stats=None)``:
-``cfg`` the validated ``algo`` config (the agent's registered schema), ``total_updates`` the gradient steps the
+``obs_dim`` the flat observation's size, or for image observations a
+:class:`~o2o.agents.encoders.PixelObservation` (the frames' shape and the encoder): the core then puts an encoder
+of its own in front of the actor, the critic and its target (and of any network the agent passes through
+:meth:`encoded`), builds them on the encoder's features (``self.obs_dim`` is their width), and augments training
+batches as the encoder's config says; the agent's losses are the same. ``cfg`` the validated ``algo`` config (the agent's registered schema), ``total_updates`` the gradient steps the
 run plans (for a learning-rate schedule), ``obs_stats`` the offline dataset's observation statistics
 (:class:`ObservationStats`; None when the run reads no offline data). An agent that normalises observations
 builds its networks behind :meth:`observation_normalizer`, so that the statistics are saved in its state dict
@@ -31,6 +35,7 @@ from torch import nn
 
 from o2o import metrics as M
 from o2o.agents import torch_internals as internals
+from o2o.agents.encoders import Encoded, PixelObservation, augment, make_encoder
 from o2o.agents.networks import EnsembleCritic, ObservationNormalizer
 from o2o.buffers import Batch
 from o2o.config import AlgoConfig
@@ -52,11 +57,14 @@ class ActorCritic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, cfg: AlgoConfig, device: torch.device, precision: str = "fp32",
                  total_updates: int = 0, obs_stats: ObservationStats | None = None):
         super().__init__()
+        self.pixels = obs_dim if isinstance(obs_dim, PixelObservation) else None
+        if self.pixels is not None:
+            obs_dim, obs_stats = self.pixels.features, None  # the networks see the encoder's features
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim  # total_updates: for agents with an LR schedule
         self.device, self.obs_stats = device, obs_stats
-        self.actor = self.make_actor()
-        self.critic = self.make_critic()
-        self.critic_target = self.make_critic()
+        self.actor = self.encoded(self.make_actor())
+        self.critic = self.encoded(self.make_critic())
+        self.critic_target = self.encoded(self.make_critic())
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
         self.precision = precision
@@ -67,9 +75,26 @@ class ActorCritic(nn.Module):
         self.actor_interval = cfg.actor_update_interval  # actor and temperature step every N critic steps (per phase)
         self.compiled_update = None  # set by compile_update
 
+    @property
+    def observation(self) -> "int | PixelObservation":
+        """What the agent was built for: the flat observation's size, or the image frames and their encoder."""
+        return self.pixels if self.pixels is not None else self.obs_dim
+
+    @property
+    def flat_obs_dim(self) -> int:
+        """The size of one observation as the buffers keep it (an image's H * W * C)."""
+        return self.pixels.flat_dim if self.pixels is not None else self.obs_dim
+
     def make_actor(self) -> nn.Module:
         """The policy: an ``nn.Module`` with the actor interface (module docstring)."""
         raise NotImplementedError
+
+    def encoded(self, net: nn.Module) -> nn.Module:
+        """``net`` behind an image encoder of its own where observations are images (o2o.agents.encoders); ``net``
+        itself otherwise."""
+        if self.pixels is None:
+            return net
+        return Encoded(make_encoder(self.pixels), net)
 
     def observation_normalizer(self, eps: float = 0.0) -> ObservationNormalizer:
         """(obs - mean) / (std + eps) with the dataset's statistics (the identity until a checkpoint fills it, when
@@ -168,6 +193,8 @@ class ActorCritic(nn.Module):
         """One gradient step; returns metrics as tensors (no host sync)."""
         # the last critic step of each block of actor_update_interval (RLPD: the actor after its 20 critic steps)
         update_actor = (self.grad_steps + 1) % self.actor_interval == 0
+        if self.pixels is not None:
+            batch = augment(batch, self.pixels)
         noise = {**self.draw_noise(batch.obs.shape[0]), **self.draw_target_subset()}
         first = self.pre_update(batch, noise)  # may add to ``noise`` what it computed for the main step
         if self.compiled_update is not None:
@@ -216,7 +243,8 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def act(self, obs, deterministic: bool) -> "torch.Tensor":
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device).reshape(1, -1)
+        dtype = torch.uint8 if self.pixels is not None else torch.float32
+        obs_t = torch.as_tensor(np.asarray(obs), dtype=dtype, device=self.device).reshape(1, -1)
         with self.autocast():
             action = self.actor.act(obs_t, deterministic, torch.randn(1, 1, self.act_dim, device=self.device))
         return action.reshape(-1).float().cpu().numpy()

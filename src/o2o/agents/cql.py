@@ -34,6 +34,7 @@ class CQLConfig(SoftActorConfig):
     temperature: float = MISSING
     n_actions: int = MISSING
     max_target_backup: bool = MISSING
+    backup_actions: int = MISSING  # pi(.|s') samples whose max the max-target backup takes
     # Cal-QL: bound policy-action Q-values by the reference return, per phase
     calibrate_offline: bool = MISSING
     calibrate_online: bool = MISSING
@@ -52,6 +53,7 @@ class CQLConfig(SoftActorConfig):
         require(self.cql_weight >= 0, f"algo.cql_weight must be >= 0, got {self.cql_weight}")
         require(self.temperature > 0, f"algo.temperature must be > 0, got {self.temperature}")
         require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
+        require(self.backup_actions >= 1, f"algo.backup_actions must be >= 1, got {self.backup_actions}")
 
     def conservative_retraining(self) -> "CQLConfig":
         return dataclasses.replace(self, calibrate_offline=False, calibrate_online=False)
@@ -81,7 +83,7 @@ class CQL(SoftActorCritic):
 
     @property
     def n_backup(self) -> int:
-        return self.cfg.n_actions if self.max_target_backup else 1
+        return self.cfg.backup_actions if self.max_target_backup else 1
 
     def draw_noise(self, batch_size: int) -> dict:
         n, a, dev = self.cfg.n_actions, self.act_dim, self.device

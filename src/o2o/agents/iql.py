@@ -57,7 +57,7 @@ class IQL(ActorCritic):
     def __init__(self, obs_dim: int, act_dim: int, cfg: IQLConfig, device, precision: str = "fp32",
                  total_updates: int = 0, obs_stats=None):
         super().__init__(obs_dim, act_dim, cfg, device, precision, total_updates, obs_stats)
-        self.value = self.make_critic(act_dim=0, ensemble_size=1).to(device)  # V(s): a critic without actions
+        self.value = self.encoded(self.make_critic(act_dim=0, ensemble_size=1)).to(device)  # V(s): a critic without actions
         self._no_action = torch.zeros(1, 1, 0, device=device)
         self.build_optimizer([{"params": list(self.value.parameters()), "lr": cfg.critic_lr}])
         horizon = max(total_updates, 1)

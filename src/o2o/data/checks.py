@@ -24,6 +24,8 @@ def check_finite(data: OfflineData) -> None:
     """NaN or inf in the data would train silently into NaN weights: stop with the field and the count."""
     for name in ("observations", "actions", "rewards", "next_observations"):
         values = getattr(data, name)
+        if not np.issubdtype(values.dtype, np.floating):  # frames (uint8) hold only finite values
+            continue
         bad = int(np.count_nonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1)))
         if bad:
             raise DatasetError(f"{data.source}: {bad} transitions with non-finite values (NaN or inf) in {name}; "
@@ -32,6 +34,9 @@ def check_finite(data: OfflineData) -> None:
 
 def check_matches_env(data: OfflineData, cfg: EnvConfig, observation_shape: tuple, action_shape: tuple) -> None:
     got_obs, got_act = data.observations.shape[1:], data.actions.shape[1:]
+    if len(observation_shape) == 3 and data.observations.dtype != np.uint8:
+        raise DatasetError(f"dataset {data.source} holds {data.observations.dtype} observations and env {cfg.gym_id} "
+                           "gives uint8 frames: choose the dataset of frames recorded in this env")
     if tuple(got_obs) != tuple(observation_shape) or tuple(got_act) != tuple(action_shape):
         raise DatasetError(
             f"dataset {data.source} does not match env {cfg.gym_id} (env={cfg.name}): dataset observations "

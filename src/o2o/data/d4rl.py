@@ -56,7 +56,7 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
         if missing:
             raise DatasetError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
         _check_arrays(f, path)
-        obs = f["observations"][:].astype(np.float32)
+        obs = _observations(f["observations"])
         n = len(obs)
         terminals = _flags(f["terminals"][:], path, "terminals")
         timeouts = _flags(f["timeouts"][:], path, "timeouts") if "timeouts" in f else np.zeros(n, bool)
@@ -70,7 +70,7 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
                            ref_min_score=float_or_none(f.attrs.get("ref_min_score")),
                            ref_max_score=float_or_none(f.attrs.get("ref_max_score")))
         if "next_observations" in f:
-            return replace(data, next_observations=f["next_observations"][:].astype(np.float32))
+            return replace(data, next_observations=_observations(f["next_observations"]))
     next_obs = np.concatenate([obs[1:], obs[-1:]])
     keep = ~data.timeouts
     keep[-1] = bool(data.terminals[-1])
@@ -81,7 +81,14 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
 
 # D4RL's layout (d4rl.qlearning_dataset): one row per step, observations and actions (N, dim), the rest (N,)
 MATRICES = ("observations", "actions", "next_observations")
+FRAME_KEYS = ("observations", "next_observations")  # may hold uint8 images instead of float vectors
 VECTORS = ("rewards", "terminals", "timeouts", "infos/success", "infos/goal_achieved")
+
+
+def _observations(array) -> np.ndarray:
+    """Float32 vectors, or uint8 frames kept as they are."""
+    values = array[:]
+    return values if values.dtype == np.uint8 and values.ndim == 4 else values.astype(np.float32)
 
 
 def _check_arrays(f, path: str) -> None:
@@ -97,12 +104,14 @@ def _check_arrays(f, path: str) -> None:
             raise DatasetError(f"{path}: {key} is a group of {sorted(f[key].keys())[:5]}, not one array; D4RL stores "
                                f"{key} as one array with a row per step: flatten it when building the file")
         rank = 2 if key in MATRICES else 1
-        if f[key].ndim != rank:
+        frames = key in FRAME_KEYS and f[key].ndim == 4 and f[key].dtype == np.uint8  # images (N, H, W, C)
+        if f[key].ndim != rank and not frames:
             raise DatasetError(f"{path}: {key} has shape {f[key].shape}; D4RL stores it as "
-                               f"{'(N, dim)' if rank == 2 else '(N,)'}, one row per step: fix the file")
+                               f"{'(N, dim)' if rank == 2 else '(N,)'}, one row per step (images: (N, H, W, C) uint8): "
+                               "fix the file")
         lengths[key] = f[key].shape[0]
         kinds = "f" if key in MATRICES else "biuf"  # observations and actions are real vectors; flags may be ints
-        if f[key].dtype.kind not in kinds:
+        if f[key].dtype.kind not in kinds and not frames:
             raise DatasetError(f"{path}: {key} is stored as {f[key].dtype}; D4RL stores "
                                f"{'float32' if key in MATRICES else 'numbers'}: convert it when building the file")
     if len(set(lengths.values())) > 1:
@@ -110,9 +119,11 @@ def _check_arrays(f, path: str) -> None:
                            "every array holds one row per step: fix the file")
     if lengths["observations"] == 0:
         raise DatasetError(f"{path} holds no steps: choose another dataset")
-    if "next_observations" in f and f["next_observations"].shape[1] != f["observations"].shape[1]:
-        raise DatasetError(f"{path}: next_observations are {f['next_observations'].shape[1]} wide, observations "
-                           f"{f['observations'].shape[1]}: both are the env's observation; fix the file")
+    if "next_observations" in f and (f["next_observations"].shape[1:] != f["observations"].shape[1:]
+                                     or f["next_observations"].dtype.kind != f["observations"].dtype.kind):
+        raise DatasetError(f"{path}: next_observations are {f['next_observations'].shape[1:]} "
+                           f"{f['next_observations'].dtype}, observations {f['observations'].shape[1:]} "
+                           f"{f['observations'].dtype}: both are the env's observation; fix the file")
     if lengths["observations"] > 1 and (np.asarray(f["terminals"][:]) == 1).all():
         raise DatasetError(f"{path}: every one of its {lengths['observations']} steps is terminal, so no episode is "
                            "longer than one step (a flag array inverted, or filled with ones?): fix the file")

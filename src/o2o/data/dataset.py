@@ -5,7 +5,8 @@ Each source has its reader, and every reader returns an :class:`~o2o.data.offlin
 - a Minari dataset, ``env.dataset.id`` (o2o.data.minari), built first by its collector where the env option
   names one (o2o.data.build.collectors);
 - a D4RL-format HDF5 file, ``env.dataset.path`` (o2o.data.d4rl);
-- a folder of AWAC's Adroit files, ``env.dataset.path`` (o2o.data.awac): the Cal-QL paper's own Adroit data.
+- a folder of AWAC's Adroit files, ``env.dataset.path`` (o2o.data.awac): the Cal-QL paper's own Adroit data;
+- an OGBench file, ``env.dataset.ogbench`` (its name) or ``env.dataset.path`` (a ``.npz``) (o2o.data.ogbench).
 
 A new source is a module beside these with a reader of the same shape, chosen in :func:`read_source`; the checks
 in o2o.data.checks then apply to it as to every other.
@@ -13,9 +14,15 @@ in o2o.data.checks then apply to it as to every other.
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import replace
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from o2o.config import EnvConfig
+from o2o.data import ogbench
 from o2o.data.awac import is_awac_folder, load_awac
 from o2o.data.checks import (ADROIT_LAYOUT, check_adroit_layout, check_finite, check_matches_env,
                              check_reference_scores, clip_actions)
@@ -29,6 +36,9 @@ log = logging.getLogger("o2o")
 
 def read_source(cfg: EnvConfig) -> OfflineData:
     """The configured dataset as stored, from whichever source the env option names."""
+    if cfg.dataset.ogbench or (cfg.dataset.path and ogbench.is_ogbench_file(cfg.dataset.path)):
+        path = ogbench.fetch(cfg.dataset.ogbench, cfg.dataset.download) if cfg.dataset.ogbench else Path(cfg.dataset.path)
+        return ogbench.load(path, cfg.gym_id, free_bytes=os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
         return load_awac(cfg.dataset.path, cfg.gym_id)
     if cfg.dataset.path:
@@ -44,6 +54,8 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
     ``binary_from_success`` (the domain's reward rule) turns it into the binary-reward data.
     """
     data = read_source(cfg)
+    if cfg.reward_shift:
+        data = replace(data, rewards=(data.rewards + cfg.reward_shift).astype(np.float32))
     if len(data) == 0:
         raise DatasetError(f"{data.source} holds no transitions (D4RL's reading drops the last step of an episode "
                            "that never ends): choose another dataset")
@@ -73,6 +85,8 @@ def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[
     normalized scores use the same references as the offline algorithms'.
     A remote dataset is not downloaded for this: (None, None) then.
     """
+    if cfg.dataset.ogbench or (cfg.dataset.path and ogbench.is_ogbench_file(cfg.dataset.path)):
+        return None, None  # OGBench's files carry none: scored by success
     if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
         return None, None  # AWAC's files carry none: the env option's
     if cfg.dataset.path:

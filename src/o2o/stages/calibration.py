@@ -30,7 +30,7 @@ PROBE_ACTIONS = 10  # policy samples per state: the Cal-QL authors' cql_n_action
 class CalibrationProbe:
     def __init__(self, offline: TransitionBuffer, size: int, seed: int):
         idx = np.random.default_rng(seed).choice(len(offline), size=min(size, len(offline)), replace=False)
-        self.batch = offline.to_batch(offline.storage[torch.as_tensor(np.sort(idx), device=offline.device)])
+        self.batch = offline.batch(torch.as_tensor(np.sort(idx), device=offline.device))
         generator = torch.Generator(device=offline.device).manual_seed(seed)
         self.eps = torch.randn(len(idx) * PROBE_ACTIONS, 1, offline.act_dim, generator=generator,
                                device=offline.device)

@@ -92,7 +92,7 @@ class EpisodeCollector(Collector):
         if episode is None:
             self.loop.bar.update(steps_before - self.loop.bar.n)  # collected again on resume: its steps do not count
             return None
-        observations = episode.stacked_observations()
+        observations = episode.stacked_observations(self.buffer.obs_dtype)
         rewards = transform_reward(np.asarray(episode.rewards, dtype=np.float32), algo)
         v_ref = self.labeller(rewards, observations[:-1], steps_before + len(episode), episode.terminated)
         rows = self.buffer.add(observations[:-1], episode.actions, rewards, observations[1:], episode.terminations, v_ref)
@@ -135,7 +135,7 @@ class StepCollector(Collector):
         if self.rows:
             rows = torch.cat(self.rows)
             v_ref = self.labeller(np.asarray(self.rewards, dtype=np.float32),
-                                  self.buffer.storage[rows, :self.buffer.obs_dim], self.progress.env_steps,
+                                  self.buffer.observations(rows), self.progress.env_steps,
                                   self.terminated)
             self.buffer.set_v_ref(rows, v_ref)
             self.buffer.set_next_actions(rows, np.stack(self.actions))

@@ -16,6 +16,7 @@ import yaml
 from o2o.data.build.awac_recipe import AWAC_BC_ROLLOUTS
 from o2o.data.build.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
 from o2o.data.minari import OFFICIAL_NAMESPACES, minari_root
+from o2o.data import ogbench
 from o2o.errors import DatasetError, OneLineParser
 
 
@@ -141,9 +142,32 @@ def main(argv: list[str] | None = None) -> None:
                    help="the AWAC-recipe BC policy an earlier build kept (o2o_awac_bc.npz beside its data), rolled "
                         "out instead of a new fit (one task); docs/data.md: what it makes reproducible")
     b.add_argument("--overwrite", action="store_true")
+    g = sub.add_parser("build-ogbench", help="build an OGBench manipulation dataset with the ogbench package's "
+                                            "oracles (OGBench's recipe; o2o.data.ogbench)")
+    g.add_argument("--env", required=True, choices=list(ogbench.TASK_ENVS))
+    g.add_argument("--type", default="play", choices=["play", "noisy"], help="OGBench's dataset type")
+    g.add_argument("--visual", action="store_true", help="64x64 RGB frames (the visual-* env; rendered, slow on a CPU)")
+    g.add_argument("--episodes", type=positive, default=ogbench.OGBENCH_EPISODES,
+                   help=f"trajectories (OGBench's: {ogbench.OGBENCH_EPISODES})")
+    g.add_argument("--episode-steps", type=positive, default=ogbench.OGBENCH_EPISODE_STEPS,
+                   help=f"steps per trajectory (OGBench's: {ogbench.OGBENCH_EPISODE_STEPS})")
+    g.add_argument("--seed", type=at_least_zero, default=0)
+    g.add_argument("--out", help="folder (default: OGBENCH_DATASETS_PATH, else ~/.ogbench/data)")
+    g.add_argument("--overwrite", action="store_true")
     sub.add_parser("list", help="local datasets and the remote ids the env options use")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.command == "build-ogbench":
+        try:
+            path = ogbench.build_dataset(args.env, args.type, args.visual, args.episodes, args.episode_steps,
+                                         args.seed, out_dir=Path(args.out) if args.out else None,
+                                         overwrite=args.overwrite)
+        except DatasetError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(f"{path}: env.dataset.ogbench={path.stem}" + ("" if not args.out else f" (OGBENCH_DATASETS_PATH={args.out})"))
+        return
 
     if args.command == "list":
         print(f"local datasets: {minari_root()}")
