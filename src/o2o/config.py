@@ -100,7 +100,7 @@ class EnvConfig:
     ref_max_score: Optional[float] = None
     # Added to every reward, the env's and the dataset's alike (before any algorithm's reward transform): a task
     # whose paper scores another reward than the env's (visual_pick_place: +1 at success, 0 otherwise)
-    reward_shift: float = 0.0
+    reward_shift: Optional[float] = None
 
     def check(self) -> None:
         require(self.max_episode_steps is None or self.max_episode_steps > 0,
@@ -232,10 +232,10 @@ class EncoderConfig:
 
     name: str = MISSING  # none | impala_small
     stack_sizes: List[int] = field(default_factory=list)  # convolution widths, one stack each
-    num_blocks: int = 0  # residual blocks per stack
+    num_blocks: int = MISSING  # residual blocks per stack
     mlp_hidden: List[int] = field(default_factory=list)  # GELU layers after the convolutions: the features' width
-    augment_pad: int = 0  # random crop after padding this many edge pixels; 0: no augmentation
-    augment_probability: float = 0.0  # the chance that a training batch is augmented (OGBench's p_aug)
+    augment_pad: int = MISSING  # random crop after padding this many edge pixels; 0: no augmentation
+    augment_probability: float = MISSING  # the chance that a training batch is augmented (OGBench's p_aug)
 
     def check(self) -> None:
         require(self.name in ("none", "impala_small"), f"encoder must be none or impala_small, got {self.name!r}")
