@@ -8,6 +8,7 @@ all alike, with the fraction of the machine's matmul ceiling each reaches.
     python scripts/bench_update.py --modes eager compiled  # compile=true against eager (+ cudagraphs on a GPU)
     python scripts/bench_update.py --profile --modes eager compiled  # where the time goes: matmuls, the rest
     python scripts/bench_update.py --algos calql awac td3bc rebrac --precision fp32  # other methods, same sizes
+    python scripts/bench_update.py --image 64 --precision fp32   # + the same update on 64x64 RGB frames (encoder=)
 
 Synthetic data; the update only (both sides sample preallocated tensors). d3rlpy pins its own gymnasium, so it
 lives in its own environment and is driven through ``scripts/bench_d3rlpy_worker.py``.
@@ -36,25 +37,42 @@ ROOT = Path(__file__).resolve().parents[1]
 D3RLPY_VENV = ROOT / ".bench" / "d3rlpy-venv"
 
 
+IMAGE_TRANSITIONS = 10_000  # random frames sampled by the image variant (memory for 100k: printed, not allocated)
+
+
 class Ours:
-    def __init__(self, args, precision: str, mode: str = "eager", algo: str = "calql"):
+    def __init__(self, args, precision: str, mode: str = "eager", algo: str = "calql", image: int = 0):
+        """``image``: observations are (image, image, 3) uint8 frames behind the configured encoder."""
         torch.manual_seed(0)
         self.device = torch.device(args.device)
-        self.cfg = validate(compose_config([f"algo={algo}", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
-                                            f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]"])).algo
+        composed = validate(compose_config([f"algo={algo}", f"algo.actor_hidden=[{args.hidden},{args.hidden}]",
+                                            f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]",
+                                            f"encoder={args.encoder}"]))
+        self.cfg = composed.algo
         if hasattr(self.cfg, "n_actions"):  # CQL's sampled actions
             self.cfg.n_actions = args.n_actions
-        self.agent = agent_class(self.cfg)(args.obs_dim, args.act_dim, self.cfg, self.device, precision,
+        observation, obs_dim = args.obs_dim, args.obs_dim
+        if image:
+            from o2o.agents.encoders import PixelObservation
+
+            observation = PixelObservation((image, image, 3), composed.encoder)
+            obs_dim = observation.flat_dim
+        self.agent = agent_class(self.cfg)(observation, args.act_dim, self.cfg, self.device, precision,
                                            total_updates=10**6)
         self.agent.begin_phase("offline")
         if mode != "eager":
             self.agent.compile_update(cuda_graphs=mode == "cudagraphs")
-        n = 100_000
+        n = IMAGE_TRANSITIONS if image else 100_000
         rng = np.random.default_rng(0)
-        self.buffer = TransitionBuffer(n, args.obs_dim, args.act_dim, self.device, self.cfg.reads_next_actions)
-        self.buffer.add(rng.normal(size=(n, args.obs_dim)), rng.uniform(-1, 1, (n, args.act_dim)), rng.normal(size=n),
-                        rng.normal(size=(n, args.obs_dim)), rng.random(n) < 0.01, rng.normal(size=n),
-                        rng.uniform(-1, 1, (n, args.act_dim)) if self.cfg.reads_next_actions else None)
+        self.buffer = TransitionBuffer(n, obs_dim, args.act_dim, self.device, self.cfg.reads_next_actions,
+                                       frames=bool(image))
+        if image:
+            obs = rng.integers(0, 256, (n, obs_dim), dtype=np.uint8)
+            next_obs = np.roll(obs, 1, axis=0)
+        else:
+            obs, next_obs = rng.normal(size=(n, obs_dim)), rng.normal(size=(n, obs_dim))
+        self.buffer.add(obs, rng.uniform(-1, 1, (n, args.act_dim)), rng.normal(size=n), next_obs, rng.random(n) < 0.01,
+                        rng.normal(size=n), rng.uniform(-1, 1, (n, args.act_dim)) if self.cfg.reads_next_actions else None)
         self.batch_size = args.batch_size
 
     def seconds(self, steps: int) -> float:
@@ -161,6 +179,9 @@ def main() -> None:
                         help="compiled: compile=true (o2o.agents.compiled); cudagraphs: with CUDA graphs (GPU)")
     parser.add_argument("--algos", nargs="+", default=["calql"],
                         help="algorithm options (conf/algo) measured side by side at the same sizes")
+    parser.add_argument("--image", type=int, default=0, metavar="SIZE",
+                        help="also each o2o variant on SIZE x SIZE RGB frames behind the encoder (--encoder)")
+    parser.add_argument("--encoder", default="impala_small", help="conf/encoder option of the image variants")
     parser.add_argument("--against-d3rlpy", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         help="instead: where each o2o variant's time goes (matmuls against the rest), torch.profiler")
@@ -179,8 +200,10 @@ def main() -> None:
         return
     for threads in args.threads:
         torch.set_num_threads(threads)
-        variants = {f"o2o {a} {p}" + (f" {m}" if m != "eager" else ""): Ours(args, p, m, a)
-                    for a in args.algos for m in args.modes for p in args.precision}
+        sizes = [0, args.image] if args.image else [0]  # the state update, and beside it the image update
+        variants = {f"o2o {a} {p}" + (f" {m}" if m != "eager" else "") + (f" {size}px" if size else ""):
+                    Ours(args, p, m, a, size)
+                    for a in args.algos for m in args.modes for p in args.precision for size in sizes}
         baseline = None
         if args.against_d3rlpy and device.type == "cpu":
             baseline = D3rlpy(args, threads)
@@ -197,19 +220,29 @@ def main() -> None:
         ceiling = {p: matmul_ceiling(torch.bfloat16 if p == "bf16" else torch.float32, device)
                    for p in ("fp32", "bf16")}
         flops = {a: Ours(args, "fp32", algo=a).flops() for a in args.algos}
+        if args.image:
+            flops.update({f"{a}px": Ours(args, "fp32", algo=a, image=args.image).flops() for a in args.algos})
         print(f"threads={threads}: matmul ceiling fp32 {ceiling['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
               f"{ceiling['bf16'] / 1e9:.0f} GFLOP/s; one update = "
               + ", ".join(f"{flops[a] / 1e9:.3f} GFLOP ({a})" for a in args.algos))
         ups = {name: args.steps / statistics.median(t) for name, t in times.items()}
         for name, rate in ups.items():
             precision = "bf16" if "bf16" in name else "fp32"
-            work = flops[name.split()[1]] if name.startswith("o2o ") else Ours(args, "fp32").flops()  # d3rlpy: Cal-QL
+            algo = name.split()[1] + ("px" if name.endswith("px") else "")
+            work = flops[algo] if name.startswith("o2o ") else Ours(args, "fp32").flops()  # d3rlpy: Cal-QL
             line = f"  {name:28s} {rate:8.2f} updates/s  {rate * work / ceiling[precision]:6.1%} of the {precision} ceiling"
             if baseline is not None:
                 line += f"  {rate / ups['d3rlpy fp32']:5.2f}x d3rlpy fp32"
             print(line, flush=True)
         if baseline is not None:
             baseline.close()
+    if args.image:
+        from o2o.buffers import transition_bytes
+
+        per = transition_bytes(args.image * args.image * 3, args.act_dim, frames=True)
+        print(f"buffer memory: {per} bytes per {args.image}x{args.image} transition (its frame and next frame, uint8), "
+              f"{per * 100_000 / 2**30:.2f} GiB for 100k transitions; a state transition: "
+              f"{transition_bytes(args.obs_dim, args.act_dim)} bytes")
 
 
 if __name__ == "__main__":
