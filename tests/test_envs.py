@@ -16,6 +16,11 @@ DATASET_SHAPES = {
     "kitchen_partial": (59, 9), "kitchen_mixed": (59, 9), "kitchen_complete": (59, 9),
     "halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6), "pointmaze_umaze": (6, 2),
     "pointmaze_medium": (6, 2),
+    # OGBench's single-task envs: states, and 64x64 RGB frames for the visual ones
+    "ogbench_cube_single": (28, 5), "ogbench_cube_double": (37, 5), "ogbench_scene": (40, 5),
+    "ogbench_puzzle_3x3": (55, 5),
+    **{f"ogbench_visual_{t}": ((64, 64, 3), 5) for t in ("cube_single", "cube_double", "scene", "puzzle_3x3")},
+    "visual_pick_place": ((64, 64, 3), 5),
 }
 ENVS = sorted(p.stem for p in (ROOT / "conf" / "env").glob("*.yaml"))
 
@@ -27,18 +32,31 @@ def test_every_env_option_has_known_dataset_shapes():
 @pytest.mark.parametrize("env_name", ENVS)
 def test_env_option_builds_resets_and_steps(env_name):
     cfg = validate(compose([f"env={env_name}"]))
+    if env_name.startswith("ogbench_visual_"):  # rendered twins of tested state options; visual_pick_place is built
+        import gymnasium as gym
+        import ogbench  # noqa: F401
+
+        kwargs = gym.spec(cfg.env.gym_id).kwargs
+        assert (kwargs["ob_type"], kwargs["width"], kwargs["height"]) == ("pixels", 64, 64)
+        assert gym.spec(cfg.env.gym_id.removeprefix("visual-")).id in [
+            validate(compose([f"env={e}"])).env.gym_id for e in ENVS if e.startswith("ogbench_") and "visual" not in e]
+        assert cfg.encoder.name == "impala_small"
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env = make_env(cfg.env, seed=0)
         obs, _ = env.reset(seed=0)
         for _ in range(3):
             obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-    obs_dim, act_dim = DATASET_SHAPES[env_name.removesuffix("_dense")]
-    assert obs.shape == (obs_dim,) and obs.dtype == np.float32
+    obs_shape, act_dim = DATASET_SHAPES[env_name.removesuffix("_dense")]
+    frames = isinstance(obs_shape, tuple)
+    assert obs.shape == (obs_shape if frames else (obs_shape,)) and obs.dtype == (np.uint8 if frames else np.float32)
+    assert (cfg.encoder.name != "none") == frames  # an env option of frames picks its encoder
     assert env.action_space.shape == (act_dim,)
     assert np.isfinite(reward)
     assert ("success" in info) == (env_name not in ("halfcheetah", "hopper", "walker2d"))
-    assert cfg.env.ref_min_score is not None or cfg.env.dataset.collector
+    normalized = "normalized_return" in (cfg.domain.metric, *cfg.domain.extra_metrics)
+    assert cfg.env.ref_min_score is not None or cfg.env.dataset.collector or not normalized
     env.close()
 
 

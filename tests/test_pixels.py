@@ -223,6 +223,40 @@ def test_a_frame_dataset_too_big_for_memory_stops_before_loading(tmp_path, monke
     assert not loaded
 
 
+def test_frames_in_a_d4rl_file_are_kept_as_uint8_and_checked_for_memory_before_reading(tmp_path, monkeypatch):
+    import h5py
+
+    from o2o.data import checks
+    from o2o.data.d4rl import load_d4rl_hdf5
+    from o2o.errors import DatasetError
+
+    path = tmp_path / "frames.hdf5"
+    with h5py.File(path, "w") as f:
+        f["observations"] = frames(5)
+        f["next_observations"] = frames(5, seed=1)
+        f["actions"] = np.zeros((5, 2), np.float32)
+        f["rewards"] = np.zeros(5, np.float32)
+        f["terminals"] = np.zeros(5, bool)
+    data = load_d4rl_hdf5(str(path))
+    assert data.observations.dtype == np.uint8 and data.observations.shape == (5, *SHAPE)
+    np.testing.assert_array_equal(data.next_observations, frames(5, seed=1))
+    monkeypatch.setattr(checks, "free_host_memory", lambda: 1000)
+    with pytest.raises(DatasetError, match=r"5 observations of \(8, 8, 3\) uint8 need about"):
+        load_d4rl_hdf5(str(path))
+
+
+def test_the_preflight_counts_frames_as_uint8_and_refuses_buffers_that_do_not_fit(monkeypatch):
+    from o2o import pipeline
+
+    cfg = validate(compose(["experiment=smoke", "encoder=impala_small", "buffer.online_capacity=1000"]))
+    spec = PixelObservation((64, 64, 3), cfg.encoder)
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 100 * 2**30)
+    pipeline.check_memory(cfg, spec, 5, 100_000, torch.device("cpu"))  # 101k frames pairs: about 2.3 GiB
+    monkeypatch.setattr(pipeline, "free_memory", lambda device: 2 * 2**30)
+    with pytest.raises(ConfigError, match=r"needs 2\.3 GiB of buffers"):
+        pipeline.check_memory(cfg, spec, 5, 100_000, torch.device("cpu"))
+
+
 # --------------------------------------------------------------------------- a run on frames, every stage
 
 

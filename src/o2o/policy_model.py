@@ -133,4 +133,6 @@ def policy_metadata(cfg, grad_steps: int) -> dict:
     env = cfg.env
     return {"algo": cfg.algo.name, "env": env.name, "gym_id": env.gym_id, "gym_kwargs": dict(env.gym_kwargs),
             "max_episode_steps": env.max_episode_steps, "obs_keys": list(env.obs_keys), "grad_steps": grad_steps,
+            "observations": ("uint8 frames (n, H, W, C), as the env renders them" if cfg.encoder.name != "none"
+                             else "float32 (n, obs_dim), obs_keys concatenated in order"),
             "action": "deterministic (tanh of the policy mean), in [-1, 1]"}

@@ -2,6 +2,7 @@
 (where a dataset records it) the env it was recorded in."""
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -147,3 +148,21 @@ def check_reference_scores(ref_min, ref_max, source: str) -> None:
             or ref_max <= ref_min:
         raise DatasetError(f"{source} records reference scores min {ref_min} and max {ref_max}: they must be finite "
                            "with max above min; fix the dataset's ref_min_score / ref_max_score")
+
+
+FRAME_LOAD_COPIES = 5  # frames held at once while loading: the file's, observations, next observations, the buffer's two
+
+
+def free_host_memory() -> int:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_frames_fit(source: str, shape: tuple, dtype, free_bytes: int | None = None, hint: str = "") -> None:
+    """A dataset of ``shape`` (N, ...) observations that cannot be loaded in the free memory stops before loading,
+    with what it needs (images: the frames are held several times while loading, FRAME_LOAD_COPIES)."""
+    free = free_host_memory() if free_bytes is None else free_bytes
+    need = FRAME_LOAD_COPIES * int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if need > free:
+        raise DatasetError(f"{source}: {shape[0]} observations of {tuple(shape[1:])} {np.dtype(dtype)} need about "
+                           f"{need / 2**30:.1f} GiB to load and {free / 2**30:.1f} GiB are free: "
+                           f"{hint or 'use a smaller dataset'} or a machine with more memory")

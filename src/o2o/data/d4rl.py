@@ -7,6 +7,7 @@ from typing import Optional
 
 import numpy as np
 
+from o2o.data.checks import check_frames_fit
 from o2o.data.offline_data import OfflineData, float_or_none
 from o2o.errors import DatasetError
 
@@ -56,6 +57,8 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
         if missing:
             raise DatasetError(f"{path} is not a D4RL dataset: it lacks {', '.join(missing)}")
         _check_arrays(f, path)
+        if f["observations"].ndim == 4:  # frames: they must fit in memory before they are read
+            check_frames_fit(path, f["observations"].shape, f["observations"].dtype)
         obs = _observations(f["observations"])
         n = len(obs)
         terminals = _flags(f["terminals"][:], path, "terminals")

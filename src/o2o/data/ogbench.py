@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from o2o.data.checks import check_frames_fit
 from o2o.data.offline_data import OfflineData
 from o2o.errors import DatasetError
 
@@ -43,7 +44,6 @@ RECIPE_KEY = "o2o_recipe"  # a JSON string in a file built here; OGBench's reade
 TASK_ENVS = ("cube-single", "cube-double", "scene", "puzzle-3x3")
 OGBENCH_EPISODES, OGBENCH_EPISODE_STEPS = 1000, 1001  # commands.sh: --num_episodes=1000 --max_episode_steps=1001
 P_RANDOM_ACTION = {"puzzle-3x3": 0.2}  # commands.sh, noisy datasets; 0.1 for the others
-FRAME_LOAD_COPIES = 5  # frames held at once while loading: the file's, observations, next observations, the buffer's two
 
 
 def ogbench_dir() -> Path:
@@ -100,11 +100,7 @@ def check_fits_memory(path: Path, free_bytes: int) -> None:
     if "observations" not in shapes:
         raise DatasetError(f"{path} holds no observations (keys: {', '.join(shapes)}): not an OGBench dataset")
     shape, dtype = shapes["observations"]
-    need = FRAME_LOAD_COPIES * int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if need > free_bytes:
-        raise DatasetError(f"{path.name}: {shape[0]} observations of {tuple(shape[1:])} {np.dtype(dtype)} need about "
-                           f"{need / 2**30:.1f} GiB to load and {free_bytes / 2**30:.1f} GiB are free: build a smaller "
-                           "one (o2o-data build-ogbench --episodes N) or use a machine with more memory")
+    check_frames_fit(path.name, shape, dtype, free_bytes, "build a smaller one (o2o-data build-ogbench --episodes N)")
 
 
 def state_env_id(gym_id: str) -> str:
