@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SMOKE_ANY_ENV, algo_config, compose
-from o2o.agents.encoders import Encoded, ImpalaEncoder, PixelObservation, augment, random_crop
+from conftest import ALGOS, ROOT, SMOKE_ANY_ENV, algo_config, compose
+from o2o.agents.encoders import Encoded, ImpalaEncoder, PixelObservation, augment, random_crop, same_max_pool
 from o2o.agents.registry import agent_class
 from o2o.buffers import Batch, MixedSampler, TransitionBuffer
 from o2o.config import EncoderConfig, validate
@@ -121,7 +121,11 @@ def pixel_agent(name="cql", augment_probability=1.0, **over):
     return agent_class(cfg)(spec, 2, cfg, torch.device("cpu"))
 
 
-def test_acting_and_the_calibration_probe_see_frames_unaugmented():
+def test_acting_and_the_calibration_probe_see_frames_unaugmented(monkeypatch):
+    from o2o.agents import core
+
+    crops = []
+    monkeypatch.setattr(core, "augment", lambda batch, spec: crops.append(1) or augment(batch, spec))
     agent = pixel_agent()
     frame = frames(1)[0]
     action = agent.act(frame, deterministic=True)
@@ -136,9 +140,22 @@ def test_acting_and_the_calibration_probe_see_frames_unaugmented():
     probe = CalibrationProbe(buffer, 6, seed=0)
     assert torch.equal(probe.batch.obs, buffer.batch(torch.arange(6)).obs)  # as stored
     assert np.isfinite(list(probe(agent).values())).all()
+    assert not crops  # acting and probing never augment
+    agent.update(pixel_batch())
+    assert crops == [1]  # a training batch does
 
 
 # --------------------------------------------------------------------------- the encoder and its gradients
+
+
+def test_the_max_pool_pads_as_flax_does_not_as_pytorch():
+    x = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 2, 2] = 9.0  # 'SAME' for 4 -> 2: windows at rows 0-2 and 2-3 (+ padding), both hold row 2
+    assert same_max_pool(x)[0, 0].tolist() == [[9.0, 9.0], [9.0, 9.0]]
+    symmetric = torch.nn.functional.max_pool2d(x, 3, 2, padding=1)  # PyTorch's: rows -1..1 and 1..3
+    assert symmetric[0, 0].tolist() == [[0.0, 0.0], [0.0, 9.0]]
+    odd = torch.arange(25.0).view(1, 1, 5, 5)  # 5 -> 3: one pixel of padding on each side
+    assert same_max_pool(odd)[0, 0].tolist() == [[6.0, 8.0, 9.0], [16.0, 18.0, 19.0], [21.0, 23.0, 24.0]]
 
 
 def test_impala_encoder_matches_ogbench_shapes():
@@ -162,7 +179,7 @@ def grads(agent, update_actor):
     return {name: None if p.grad is None else p.grad.clone() for name, p in agent.named_parameters()}
 
 
-@pytest.mark.parametrize("name", ["cql", "iql", "rebrac"])
+@pytest.mark.parametrize("name", ALGOS)
 def test_each_encoder_learns_from_its_own_networks_loss_only(name):
     agent = pixel_agent(name)
     assert isinstance(agent.actor, Encoded) and isinstance(agent.critic, Encoded)
@@ -208,6 +225,26 @@ def test_images_without_an_encoder_and_an_encoder_without_images_stop_with_one_l
     for override, message in (("reference=regression", "reference=regression"), ("exploration=rnd", "exploration=rnd")):
         with pytest.raises(ConfigError, match=message):
             validate(compose(["experiment=smoke", "encoder=impala_small", override]))
+
+
+def test_observations_of_three_axes_that_are_not_uint8_frames_stop_with_one_line():
+    import gymnasium as gym
+
+    from o2o.envs import FlatObservation
+
+    class FloatImages(gym.Env):
+        observation_space = gym.spaces.Box(0.0, 1.0, (8, 8, 3), np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    with pytest.raises(ConfigError, match=r"float32 arrays \(8, 8, 3\): image observations are uint8 frames"):
+        FlatObservation(FloatImages(), [])
+
+
+def test_the_online_buffer_is_no_larger_than_the_online_steps():
+    from o2o.pipeline import online_rows
+
+    assert online_rows(validate(compose(["experiment=smoke"]))) == 300  # smoke: 300 online steps, capacity 1M
+    assert online_rows(validate(compose(["experiment=smoke", "buffer.online_capacity=100"]))) == 100
 
 
 def test_a_frame_dataset_too_big_for_memory_stops_before_loading(tmp_path, monkeypatch):

@@ -32,6 +32,9 @@ class FlatObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         self.keys = list(keys)
         space = env.observation_space
         self.frames = is_image_space(space)
+        if isinstance(space, gym.spaces.Box) and len(space.shape) == 3 and not self.frames:
+            raise ConfigError(f"{env.spec.id if env.spec else 'the env'}'s observations are {space.dtype} arrays "
+                              f"{space.shape}: image observations are uint8 frames (H, W, C); convert them in the env")
         if self.frames:
             if self.keys:
                 raise ConfigError(f"env.obs_keys {self.keys} name dict keys, and {env.spec.id if env.spec else 'the env'}'s "

@@ -272,7 +272,7 @@ def check_memory(cfg: Config, observation: "int | PixelObservation", act_dim: in
     pixels = isinstance(observation, PixelObservation)
     flat = observation.flat_dim if pixels else observation
     row = transition_bytes(flat, act_dim, cfg.algo.reads_next_actions, pixels)  # TransitionBuffer's bytes per row
-    buffers = (cfg.buffer.online_capacity + offline_transitions) * row
+    buffers = (online_rows(cfg) + offline_transitions) * row
     update = update_memory_lower_bound(cfg, observation, act_dim)
     free = free_memory(device)
     if buffers > free:
@@ -285,6 +285,11 @@ def check_memory(cfg: Config, observation: "int | PixelObservation", act_dim: in
                           f"{update / 2**30:.1f} GiB (the networks with their Adam state and one batch's activations) "
                           f"beside {buffers / 2**30:.1f} GiB of buffers; {free / 2**30:.1f} GiB are free on "
                           f"{device.type}: use smaller networks or batches")
+
+
+def online_rows(cfg: Config) -> int:
+    """The online buffer's rows: its capacity, or the online steps where fewer (more rows would never be written)."""
+    return min(cfg.buffer.online_capacity, max(cfg.schedule.online_steps, 1))
 
 
 @dataclass
@@ -488,7 +493,7 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         final.update(state.offline_final)
     if not cfg.schedule.online_steps:
         return final
-    online = TransitionBuffer(cfg.buffer.online_capacity, agent.flat_obs_dim, agent.act_dim, agent.device,
+    online = TransitionBuffer(online_rows(cfg), agent.flat_obs_dim, agent.act_dim, agent.device,
                               cfg.algo.reads_next_actions, frames=agent.pixels is not None)
     if reference is not None:
         reference.attach(online)

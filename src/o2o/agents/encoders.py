@@ -54,6 +54,14 @@ def _same_pool_padding(size: int, window: int = 3, stride: int = 2) -> tuple[int
     return total // 2, total - total // 2
 
 
+def same_max_pool(x: torch.Tensor) -> torch.Tensor:
+    """flax's ``nn.max_pool(window (3, 3), strides (2, 2), padding='SAME')`` on (B, C, H, W): -inf padding placed
+    as TensorFlow places it (the larger half after), not PyTorch's symmetric padding."""
+    top, bottom = _same_pool_padding(x.shape[2])
+    left, right = _same_pool_padding(x.shape[3])
+    return F.max_pool2d(F.pad(x, (left, right, top, bottom), value=-math.inf), 3, 2)
+
+
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -95,11 +103,7 @@ class ImpalaEncoder(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = frames.reshape(-1, *self.shape).permute(0, 3, 1, 2).float() / 255.0  # (B, C, H, W)
         for stack in self.stacks:
-            x = stack["conv"](x)
-            top, bottom = _same_pool_padding(x.shape[2])
-            left, right = _same_pool_padding(x.shape[3])
-            x = F.max_pool2d(F.pad(x, (left, right, top, bottom), value=-math.inf), 3, 2)
-            x = stack["blocks"](x)
+            x = stack["blocks"](same_max_pool(stack["conv"](x)))
         x = F.relu(x).permute(0, 2, 3, 1).flatten(1)  # flattened as flax does (H, W, C)
         for layer in self.mlp:
             x = F.gelu(layer(x), approximate="tanh")  # flax's nn.gelu is the tanh approximation by default
@@ -154,14 +158,15 @@ def random_crop(frames: torch.Tensor, shape: tuple[int, int, int], offsets: torc
 
 
 def augment(batch, spec: PixelObservation, generator: torch.Generator | None = None):
+    # ``generator``: a CPU generator for the coin; the offsets come from the device's own stream
     """OGBench's training-batch augmentation (module docstring): with probability ``augment_probability`` the whole
     batch, each sample's observation and next observation cropped at one offset of its own."""
     cfg = spec.encoder
     device = batch.obs.device
     if not cfg.augment_probability or not cfg.augment_pad:
         return batch
-    if torch.rand((), generator=generator, device=device).item() >= cfg.augment_probability:
+    if torch.rand((), generator=generator).item() >= cfg.augment_probability:  # drawn on the CPU: no device sync
         return batch
-    offsets = torch.randint(0, 2 * cfg.augment_pad + 1, (len(batch.obs), 2), generator=generator, device=device)
+    offsets = torch.randint(0, 2 * cfg.augment_pad + 1, (len(batch.obs), 2), device=device)
     return batch._replace(obs=random_crop(batch.obs, spec.shape, offsets, cfg.augment_pad),
                           next_obs=random_crop(batch.next_obs, spec.shape, offsets, cfg.augment_pad))

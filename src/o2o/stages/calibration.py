@@ -22,9 +22,17 @@ import numpy as np
 import torch
 
 from o2o import metrics as M
+from o2o.agents.encoders import Encoded
 from o2o.buffers import TransitionBuffer
 
 PROBE_ACTIONS = 10  # policy samples per state: the Cal-QL authors' cql_n_actions
+
+
+def policy_samples(actor, obs: torch.Tensor, k: int, eps: torch.Tensor) -> torch.Tensor:
+    """``k`` stochastic actions per state (B * k, A), state-major; an image actor encodes each frame once."""
+    if isinstance(actor, Encoded):
+        return actor.net.act(actor.encode(obs).repeat_interleave(k, 0), False, eps)
+    return actor.act(obs.repeat_interleave(k, 0), False, eps)
 
 
 class CalibrationProbe:
@@ -41,7 +49,7 @@ class CalibrationProbe:
         n = len(b.rewards)
         with agent.autocast():
             q_data = agent.critic(b.obs, b.actions.unsqueeze(1)).float().mean(0)[:, 0]  # (B,)
-            actions = agent.actor.act(b.obs.repeat_interleave(PROBE_ACTIONS, 0), False, self.eps)
+            actions = policy_samples(agent.actor, b.obs, PROBE_ACTIONS, self.eps)
             q_pi = agent.critic(b.obs, actions.float().view(n, PROBE_ACTIONS, -1)).float()  # (E, B, K)
         v_ref = b.v_ref
         values = torch.stack([q_data.mean(), q_pi.mean(), v_ref.mean(), q_data.mean() / v_ref.mean(),
