@@ -49,8 +49,8 @@ class Ours:
                                             f"algo.critic_hidden=[{','.join([str(args.hidden)] * args.layers)}]",
                                             f"encoder={args.encoder}"]))
         self.cfg = composed.algo
-        if hasattr(self.cfg, "n_actions"):  # CQL's sampled actions
-            self.cfg.n_actions = args.n_actions
+        if hasattr(self.cfg, "n_actions"):  # CQL's sampled actions, and its max backup's (the authors' use one count)
+            self.cfg.n_actions = self.cfg.backup_actions = args.n_actions
         observation, obs_dim = args.obs_dim, args.obs_dim
         if image:
             from o2o.agents.encoders import PixelObservation

@@ -131,7 +131,7 @@ def test_rlpd_run_draws_half_of_every_batch_offline(monkeypatch, tmp_path):
     real = TransitionBuffer.sample_rows
 
     def spy(self, n, generator=None):
-        draws.append((self.capacity == 1_000_000, n))  # online buffer: the configured online capacity
+        draws.append((self.capacity == 60, n))  # the online buffer: as many rows as the 60 online steps
         return real(self, n, generator)
 
     monkeypatch.setattr(TransitionBuffer, "sample_rows", spy)

@@ -40,7 +40,7 @@ def plain_losses(agent, batch, noise, calibrate):
         for b in range(B):
             s, a, s2 = batch.obs[b], batch.actions[b], batch.next_obs[b]
             backups = []
-            for k in range(N):
+            for k in range(cfg.backup_actions):  # the max backup's own count (10 here, the regulariser's N is 3)
                 a2, _ = plain_policy(agent.actor, s2, noise["eps_next"][b, N + k])
                 backups.append(min(plain_q(agent.critic_target, j, s2, a2) for j in range(2)))
             target = batch.rewards[b] + gamma * (1 - batch.dones[b]) * max(backups)
@@ -68,6 +68,7 @@ def plain_losses(agent, batch, noise, calibrate):
 @pytest.mark.parametrize("calibrate", [False, True])
 def test_update_matches_plain_formulation(calibrate):
     agent = make_agent(cql_weight=2.0, lagrange=False)  # the fixed weight (the Lagrange version: its own test)
+    assert agent.cfg.backup_actions == 10 != N
     batch = make_batch(mc_scale=0.05)
     noise = agent.draw_noise(B)
     with torch.no_grad():

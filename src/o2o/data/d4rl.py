@@ -124,9 +124,11 @@ def _check_arrays(f, path: str) -> None:
         raise DatasetError(f"{path} holds no steps: choose another dataset")
     if "next_observations" in f and (f["next_observations"].shape[1:] != f["observations"].shape[1:]
                                      or f["next_observations"].dtype.kind != f["observations"].dtype.kind):
-        raise DatasetError(f"{path}: next_observations are {f['next_observations'].shape[1:]} "
-                           f"{f['next_observations'].dtype}, observations {f['observations'].shape[1:]} "
-                           f"{f['observations'].dtype}: both are the env's observation; fix the file")
+        def describe(array) -> str:
+            return f"{array.shape[1]} wide" if array.ndim == 2 else f"{array.dtype} frames {array.shape[1:]}"
+
+        raise DatasetError(f"{path}: next_observations are {describe(f['next_observations'])}, observations "
+                           f"{describe(f['observations'])}: both are the env's observation; fix the file")
     if lengths["observations"] > 1 and (np.asarray(f["terminals"][:]) == 1).all():
         raise DatasetError(f"{path}: every one of its {lengths['observations']} steps is terminal, so no episode is "
                            "longer than one step (a flag array inverted, or filled with ones?): fix the file")
