@@ -344,6 +344,10 @@ def test_a_run_on_frames_goes_through_every_stage_resumes_and_exports_a_policy_t
     run_id = (run_dir / "mlflow_run_id").read_text().strip()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    inputs = {i.tags[0].value: json.loads(i.dataset.schema)["mlflow_colspec"] for i in run.inputs.dataset_inputs}
+    for context in ("offline", "online"):  # both datasets logged as frames of the env's shape
+        spec = inputs[context][0]
+        assert spec["name"] == "observations" and spec["tensor-spec"] == {"dtype": "uint8", "shape": [-1, 16, 16, 3]}
     history = client.get_metric_history(run_id, "offline/calibration/q_data")
     assert history and all(np.isfinite(m.value) for m in history)
     policy = mlflow.pyfunc.load_model(f"runs:/{run_id}/policy")

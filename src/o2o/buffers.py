@@ -35,8 +35,10 @@ Rows = tuple  # (float rows (n, width), frame rows (n, 2 * obs_dim) uint8 or Non
 
 class TransitionBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, next_actions: bool = False,
-                 frames: bool = False):
+                 frames: bool = False, obs_shape: tuple | None = None):
+        """``frames``: observations are uint8 images, ``obs_shape`` their (H, W, C) (kept flat, ``obs_dim`` long)."""
         self.obs_dim, self.act_dim, self.device = obs_dim, act_dim, device
+        self.obs_shape = tuple(obs_shape) if obs_shape is not None else (obs_dim,)
         self.next_actions, self.frames = next_actions, frames
         self.float_obs = 0 if frames else obs_dim  # observation floats in a float row
         self.obs_dtype = np.uint8 if frames else np.float32

@@ -92,7 +92,7 @@ def online_dataset(buffer, env_name: str, episodes: int):
     # MLflow keeps one dataset per name and digest in an experiment: identical online data (same seed and config)
     # is one dataset, whichever run collected it first
     return _dataset(CodeDatasetSource({"o2o.collected_by": "online fine-tuning", "o2o.env": env_name}),
-                    f"{env_name}-online", content, (buffer.obs_dim,), buffer.act_dim, profile, buffer.obs_dtype)
+                    f"{env_name}-online", content, buffer.obs_shape, buffer.act_dim, profile, buffer.obs_dtype)
 
 
 def log_dataset(client, run_id: str, dataset, context: str) -> None:

@@ -423,7 +423,7 @@ def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> Tran
     rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo, data.terminals)
     frames = data.observations.dtype == np.uint8
     buffer = TransitionBuffer(len(data), int(np.prod(data.observations.shape[1:])), data.actions.shape[1], device,
-                              cfg.algo.reads_next_actions, frames=frames)
+                              cfg.algo.reads_next_actions, frames=frames, obs_shape=data.observations.shape[1:])
     buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns,
                episode_next_actions(data.actions, data.episode_ends) if cfg.algo.reads_next_actions else None)
     return buffer
@@ -494,7 +494,8 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
     if not cfg.schedule.online_steps:
         return final
     online = TransitionBuffer(online_rows(cfg), agent.flat_obs_dim, agent.act_dim, agent.device,
-                              cfg.algo.reads_next_actions, frames=agent.pixels is not None)
+                              cfg.algo.reads_next_actions, frames=agent.pixels is not None,
+                              obs_shape=agent.pixels.shape if agent.pixels is not None else None)
     if reference is not None:
         reference.attach(online)
     def fresh_agent() -> ActorCritic:
