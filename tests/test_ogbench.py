@@ -109,6 +109,29 @@ def test_the_builder_follows_ogbenchs_recipe_on_a_few_episodes(tmp_path):
         assert json.loads(str(f[ogbench.RECIPE_KEY]))["p_random_action"] == 0.2  # commands.sh: puzzle's noisy data
 
 
+def test_the_build_command_a_missing_dataset_names_builds_that_dataset(monkeypatch):
+    import o2o.data.build.cli as cli
+
+    parsed = {}
+
+    def capture(env, dataset_type, visual, episodes, steps, seed, out_dir=None, overwrite=False):
+        parsed.update(env=env, type=dataset_type, visual=visual, episodes=episodes, steps=steps)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli.ogbench, "build_dataset", capture)
+    for env, dataset_type, visual, episodes, steps in (("cube-single", "play", False, 1000, 1001),
+                                                        ("scene", "noisy", True, 1000, 1001),
+                                                        ("puzzle-3x3", "play", False, 100, 1001),
+                                                        ("cube-double", "noisy", True, 20, 50)):
+        name = ogbench.dataset_name(("visual-" if visual else "") + env, dataset_type, episodes, steps)
+        command = ogbench.build_command(name).split()
+        assert command[:2] == ["o2o-data", "build-ogbench"]
+        with pytest.raises(SystemExit):
+            cli.main(command[1:])
+        assert parsed == dict(env=env, type=dataset_type, visual=visual, episodes=episodes, steps=steps), name
+    assert "--env ENV" in ogbench.build_command("someone-elses-v3")
+
+
 def test_visual_data_are_built_and_read_as_uint8_frames(tmp_path):
     path = ogbench.build_dataset("cube-single", "play", visual=True, episodes=1, episode_steps=4, out_dir=tmp_path,
                                  progress=False, env_kwargs={"width": 16, "height": 16})
@@ -119,7 +142,7 @@ def test_visual_data_are_built_and_read_as_uint8_frames(tmp_path):
 
 def test_the_download_path_goes_to_ogbenchs_server_and_stops_with_one_line_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("OGBENCH_DATASETS_PATH", str(tmp_path))
-    with pytest.raises(DatasetError, match="o2o-data build-ogbench --dataset cube-single-play-v0"):
+    with pytest.raises(DatasetError, match="o2o-data build-ogbench --env cube-single --type play\\)"):
         ogbench.fetch("cube-single-play-v0", download=False)
     asked = []
 

@@ -64,8 +64,8 @@ def fetch(name: str, download: bool) -> Path:
     if path.is_file():
         return path
     if not download:
-        raise DatasetError(f"OGBench dataset {name} is not in {path.parent}: build it here (o2o-data build-ogbench "
-                           f"--dataset {name}), or download it where there is network ({ONLINE_SOURCE}/{name}.npz) and "
+        raise DatasetError(f"OGBench dataset {name} is not in {path.parent}: build it here ({build_command(name)}), "
+                           f"or download it where there is network ({ONLINE_SOURCE}/{name}.npz) and "
                            f"copy it there (or set OGBENCH_DATASETS_PATH), or set env.dataset.download=true")
     import ogbench
 
@@ -73,7 +73,7 @@ def fetch(name: str, download: bool) -> Path:
         ogbench.download_datasets([name], str(path.parent))
     except OSError as err:  # no network, unknown name (HTTP 404)
         raise DatasetError(f"OGBench dataset {name} could not be downloaded from {ONLINE_SOURCE} ({err}): build it "
-                           f"here (o2o-data build-ogbench --dataset {name}) or copy the file to {path}") from None
+                           f"here ({build_command(name)}) or copy the file to {path}") from None
     return path
 
 
@@ -147,6 +147,21 @@ def dataset_name(env: str, dataset_type: str, episodes: int, episode_steps: int)
     if (episodes, episode_steps) == (OGBENCH_EPISODES, OGBENCH_EPISODE_STEPS):
         return f"{env}-{dataset_type}-v0"
     return f"{env}-{dataset_type}-{episodes}x{episode_steps}-v0"
+
+
+def build_command(name: str) -> str:
+    """The ``o2o-data`` command that builds the dataset ``name`` here (OGBench's names, and this builder's smaller
+    ones: :func:`dataset_name`); for a name of neither form, the command's general shape."""
+    import re
+
+    match = re.fullmatch(r"(visual-)?(" + "|".join(TASK_ENVS) + r")-(play|noisy)(?:-(\d+)x(\d+))?-v0", name)
+    if match is None:
+        return "o2o-data build-ogbench --env ENV [--type play|noisy] [--visual] [--episodes N]"
+    visual, env, dataset_type, episodes, steps = match.groups()
+    command = f"o2o-data build-ogbench --env {env} --type {dataset_type}" + (" --visual" if visual else "")
+    if episodes:
+        command += f" --episodes {episodes} --episode-steps {steps}"
+    return command
 
 
 def _oracles(env, task_env: str, dataset_type: str, noise: float, noise_smoothing: float, min_norm: float) -> dict:
