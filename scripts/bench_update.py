@@ -65,7 +65,7 @@ class Ours:
         n = IMAGE_TRANSITIONS if image else 100_000
         rng = np.random.default_rng(0)
         self.buffer = TransitionBuffer(n, obs_dim, args.act_dim, self.device, self.cfg.reads_next_actions,
-                                       frames=bool(image))
+                                       (image, image, 3) if image else None)
         if image:
             obs = rng.integers(0, 256, (n, obs_dim), dtype=np.uint8)
             next_obs = np.roll(obs, 1, axis=0)

@@ -47,7 +47,7 @@ def pixel_batch(n=6, seed=0):
 
 
 def test_buffers_keep_uint8_frames_and_return_what_was_stored():
-    buffer = TransitionBuffer(5, FLAT, 2, torch.device("cpu"), frames=True)
+    buffer = TransitionBuffer(5, FLAT, 2, torch.device("cpu"), obs_shape=SHAPE)
     obs, next_obs = frames(7), frames(7, seed=1)
     actions = np.arange(14, dtype=np.float32).reshape(7, 2)
     rows = buffer.add(obs[:3], actions[:3], np.ones(3), next_obs[:3], np.zeros(3), np.full(3, 2.0))
@@ -64,15 +64,15 @@ def test_buffers_keep_uint8_frames_and_return_what_was_stored():
     with pytest.raises(TypeError, match="uint8"):
         buffer.add(obs[:1].astype(np.float32), actions[:1], [0.0], next_obs[:1], [0.0], [0.0])
 
-    restored = TransitionBuffer(5, FLAT, 2, torch.device("cpu"), frames=True)
+    restored = TransitionBuffer(5, FLAT, 2, torch.device("cpu"), obs_shape=SHAPE)
     restored.load_state(buffer.state())  # a checkpoint keeps the frames
     for a, b in zip(restored.batch(), buffer.batch()):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
 def test_mixed_batches_carry_the_frames_of_both_buffers():
-    offline = TransitionBuffer(4, FLAT, 2, torch.device("cpu"), frames=True)
-    online = TransitionBuffer(4, FLAT, 2, torch.device("cpu"), frames=True)
+    offline = TransitionBuffer(4, FLAT, 2, torch.device("cpu"), obs_shape=SHAPE)
+    online = TransitionBuffer(4, FLAT, 2, torch.device("cpu"), obs_shape=SHAPE)
     obs = frames(8)
     offline.add(obs[:4], np.zeros((4, 2)), np.zeros(4), obs[:4], np.zeros(4), np.zeros(4))
     online.add(obs[4:], np.ones((4, 2)), np.ones(4), obs[4:], np.zeros(4), np.zeros(4))
@@ -133,7 +133,7 @@ def test_acting_and_the_calibration_probe_see_frames_unaugmented(monkeypatch):
     np.testing.assert_allclose(action, direct, rtol=0, atol=0)
     from o2o.stages.calibration import CalibrationProbe
 
-    buffer = TransitionBuffer(6, FLAT, 2, torch.device("cpu"), frames=True)
+    buffer = TransitionBuffer(6, FLAT, 2, torch.device("cpu"), obs_shape=SHAPE)
     b = pixel_batch()
     buffer.add(b.obs.numpy(), b.actions.numpy(), b.rewards.numpy(), b.next_obs.numpy(), b.dones.numpy(),
                b.v_ref.numpy())

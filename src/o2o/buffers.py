@@ -5,7 +5,7 @@ Each buffer keeps all fields of a transition side by side in one preallocated
 them (``AlgoConfig.reads_next_actions``: ReBRAC's critic penalty), [... | next_action]: the action the data took
 at next_obs.
 
-Image observations (``frames=True``) stay uint8: they live in a second (capacity, 2 * obs_dim) uint8 tensor,
+Image observations (an ``obs_shape`` of (H, W, C)) stay uint8: they live in a second (capacity, 2 * obs_dim) uint8 tensor,
 [obs | next_obs] flattened (H * W * C each), and the float rows hold the rest. A batch then carries them as uint8
 (B, obs_dim) to the device, and the agent's encoder turns them into floats (o2o.agents.encoders). A sampled "row"
 is the pair (float rows, frame rows or None).
@@ -35,17 +35,17 @@ Rows = tuple  # (float rows (n, width), frame rows (n, 2 * obs_dim) uint8 or Non
 
 class TransitionBuffer:
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device, next_actions: bool = False,
-                 frames: bool = False, obs_shape: tuple | None = None):
-        """``frames``: observations are uint8 images, ``obs_shape`` their (H, W, C) (kept flat, ``obs_dim`` long)."""
+                 obs_shape: tuple | None = None):
+        """``obs_shape``: one observation's shape; (H, W, C) for uint8 frames, kept flat (``obs_dim`` long)."""
         self.obs_dim, self.act_dim, self.device = obs_dim, act_dim, device
         self.obs_shape = tuple(obs_shape) if obs_shape is not None else (obs_dim,)
-        self.next_actions, self.frames = next_actions, frames
-        self.float_obs = 0 if frames else obs_dim  # observation floats in a float row
-        self.obs_dtype = np.uint8 if frames else np.float32
+        self.next_actions, self.frames = next_actions, len(self.obs_shape) == 3
+        self.float_obs = 0 if self.frames else obs_dim  # observation floats in a float row
+        self.obs_dtype = np.uint8 if self.frames else np.float32
         self.v_ref_column = 2 * self.float_obs + act_dim + 2
         self.width = row_width(self.float_obs, act_dim, next_actions)
         self.storage = torch.zeros(capacity, self.width, dtype=torch.float32, device=device)
-        self.frame_storage = (torch.zeros(capacity, 2 * obs_dim, dtype=torch.uint8, device=device) if frames
+        self.frame_storage = (torch.zeros(capacity, 2 * obs_dim, dtype=torch.uint8, device=device) if self.frames
                               else None)
         self.capacity, self.size, self._next = capacity, 0, 0
 

@@ -254,25 +254,27 @@ def update_memory_lower_bound(cfg: Config, observation: "int | PixelObservation"
     two moments, and one batch through every critic layer (CQL's sampled actions multiply this; not counted; nor are
     an image encoder's weights and activations)."""
     algo = cfg.algo
-    pixels = isinstance(observation, PixelObservation)
-    obs_dim = observation.features if pixels else observation
+    obs_dim = observation.features if isinstance(observation, PixelObservation) else observation
     critic = algo.ensemble_size * mlp_parameters([obs_dim + act_dim, *algo.critic_hidden, 1])
     actor = mlp_parameters([obs_dim, *algo.actor_hidden, 2 * act_dim])
     weights = critic * 2 + actor + 3 * (critic + actor)  # + targets; grads, Adam m and v of what is trained
     batch = cfg.buffer.batch_size
     activations = batch * (algo.ensemble_size * sum(algo.critic_hidden) + sum(algo.actor_hidden))
-    flat = observation.flat_dim if pixels else obs_dim
-    return 4 * weights + 4 * activations + batch * transition_bytes(flat, act_dim, algo.reads_next_actions, pixels)
+    return 4 * (weights + activations) + batch * stored_bytes(observation, act_dim, algo.reads_next_actions)
+
+
+def stored_bytes(observation: "int | PixelObservation", act_dim: int, next_actions: bool) -> int:
+    """Bytes of one transition in a TransitionBuffer: float rows, and uint8 frames where observations are images."""
+    if isinstance(observation, PixelObservation):
+        return transition_bytes(observation.flat_dim, act_dim, next_actions, frames=True)
+    return transition_bytes(observation, act_dim, next_actions)
 
 
 def check_memory(cfg: Config, observation: "int | PixelObservation", act_dim: int, offline_transitions: int,
                  device: torch.device) -> None:
     """The buffers are allocated whole, and the networks and one batch's activations must fit beside them: refuse
     sizes the device cannot hold before any work."""
-    pixels = isinstance(observation, PixelObservation)
-    flat = observation.flat_dim if pixels else observation
-    row = transition_bytes(flat, act_dim, cfg.algo.reads_next_actions, pixels)  # TransitionBuffer's bytes per row
-    buffers = (online_rows(cfg) + offline_transitions) * row
+    buffers = (online_rows(cfg) + offline_transitions) * stored_bytes(observation, act_dim, cfg.algo.reads_next_actions)
     update = update_memory_lower_bound(cfg, observation, act_dim)
     free = free_memory(device)
     if buffers > free:
@@ -421,9 +423,8 @@ def end_orphans(client, experiment: str, run_dir: Path, keep: Optional[str]) -> 
 def offline_buffer(data: OfflineData, cfg: Config, device: torch.device) -> TransitionBuffer:
     """Labelled offline transitions (transformed rewards, returns-to-go), on the device."""
     rewards, mc_returns = label_rewards(data.rewards, data.episode_ends, cfg.domain, cfg.algo, data.terminals)
-    frames = data.observations.dtype == np.uint8
     buffer = TransitionBuffer(len(data), int(np.prod(data.observations.shape[1:])), data.actions.shape[1], device,
-                              cfg.algo.reads_next_actions, frames=frames, obs_shape=data.observations.shape[1:])
+                              cfg.algo.reads_next_actions, obs_shape=data.observations.shape[1:])
     buffer.add(data.observations, data.actions, rewards, data.next_observations, data.terminals, mc_returns,
                episode_next_actions(data.actions, data.episode_ends) if cfg.algo.reads_next_actions else None)
     return buffer
@@ -494,8 +495,7 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
     if not cfg.schedule.online_steps:
         return final
     online = TransitionBuffer(online_rows(cfg), agent.flat_obs_dim, agent.act_dim, agent.device,
-                              cfg.algo.reads_next_actions, frames=agent.pixels is not None,
-                              obs_shape=agent.pixels.shape if agent.pixels is not None else None)
+                              cfg.algo.reads_next_actions, agent.pixels.shape if agent.pixels is not None else None)
     if reference is not None:
         reference.attach(online)
     def fresh_agent() -> ActorCritic:

@@ -158,9 +158,9 @@ def random_crop(frames: torch.Tensor, shape: tuple[int, int, int], offsets: torc
 
 
 def augment(batch, spec: PixelObservation, generator: torch.Generator | None = None):
-    # ``generator``: a CPU generator for the coin; the offsets come from the device's own stream
     """OGBench's training-batch augmentation (module docstring): with probability ``augment_probability`` the whole
-    batch, each sample's observation and next observation cropped at one offset of its own."""
+    batch, each sample's observation and next observation cropped at one offset of its own. ``generator``: a CPU
+    generator for the coin (no device sync); the offsets come from the device's own stream."""
     cfg = spec.encoder
     device = batch.obs.device
     if not cfg.augment_probability or not cfg.augment_pad:

@@ -14,7 +14,6 @@ in o2o.data.checks then apply to it as to every other.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -36,9 +35,9 @@ log = logging.getLogger("o2o")
 
 def read_source(cfg: EnvConfig) -> OfflineData:
     """The configured dataset as stored, from whichever source the env option names."""
-    if cfg.dataset.ogbench or (cfg.dataset.path and ogbench.is_ogbench_file(cfg.dataset.path)):
+    if _is_ogbench(cfg):
         path = ogbench.fetch(cfg.dataset.ogbench, cfg.dataset.download) if cfg.dataset.ogbench else Path(cfg.dataset.path)
-        return ogbench.load(path, cfg.gym_id, free_bytes=os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        return ogbench.load(path, cfg.gym_id)
     if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
         return load_awac(cfg.dataset.path, cfg.gym_id)
     if cfg.dataset.path:
@@ -85,7 +84,7 @@ def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[
     normalized scores use the same references as the offline algorithms'.
     A remote dataset is not downloaded for this: (None, None) then.
     """
-    if cfg.dataset.ogbench or (cfg.dataset.path and ogbench.is_ogbench_file(cfg.dataset.path)):
+    if _is_ogbench(cfg):
         return None, None  # OGBench's files carry none: scored by success
     if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
         return None, None  # AWAC's files carry none: the env option's
@@ -99,6 +98,10 @@ def dataset_reference_scores(cfg: EnvConfig) -> tuple[Optional[float], Optional[
         scores = float_or_none(meta.get("ref_min_score")), float_or_none(meta.get("ref_max_score"))
     check_reference_scores(*scores, cfg.dataset.path or cfg.dataset.id)
     return scores
+
+
+def _is_ogbench(cfg: EnvConfig) -> bool:
+    return bool(cfg.dataset.ogbench) or bool(cfg.dataset.path and ogbench.is_ogbench_file(cfg.dataset.path))
 
 
 def _env_observation(cfg: EnvConfig):

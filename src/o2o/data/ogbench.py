@@ -91,7 +91,7 @@ def npz_shapes(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
     return shapes
 
 
-def check_fits_memory(path: Path, free_bytes: int) -> None:
+def check_fits_memory(path: Path, free_bytes: int | None = None) -> None:
     """A dataset of frames that cannot be loaded here stops before loading, with what it needs."""
     try:
         shapes = npz_shapes(path)
@@ -109,7 +109,8 @@ def state_env_id(gym_id: str) -> str:
 
 
 def load(path: Path, gym_id: str, free_bytes: int | None = None) -> OfflineData:
-    """An OGBench file as transitions, relabelled for the single-task env ``gym_id`` (module docstring)."""
+    """An OGBench file as transitions, relabelled for the single-task env ``gym_id`` (module docstring); a file
+    that cannot be loaded in ``free_bytes`` (None: the host's free memory) stops first."""
     import gymnasium as gym
     import ogbench  # noqa: F401  registers the envs
     from ogbench.relabel_utils import relabel_dataset
@@ -118,8 +119,7 @@ def load(path: Path, gym_id: str, free_bytes: int | None = None) -> OfflineData:
     if "singletask" not in gym_id:
         raise DatasetError(f"env.gym_id={gym_id} is a goal-conditioned OGBench env, which gives no task reward: use "
                            "its single-task variant (*-singletask-v0 or *-singletask-taskN-v0)")
-    if free_bytes is not None:
-        check_fits_memory(path, free_bytes)
+    check_fits_memory(path, free_bytes)
     visual = gym_id.startswith("visual-")
     data = load_dataset(str(path), ob_dtype=np.uint8 if visual else np.float32, compact_dataset=False, add_info=True)
     env = gym.make(state_env_id(gym_id))
