@@ -2,6 +2,7 @@
 never twice, never into another sweep; a job whose finished run its sweep already holds does nothing."""
 import gzip
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,7 +113,7 @@ def test_a_compact_record_keeps_what_the_pages_read_and_the_last_value_of_the_re
     folder = tmp_path / "records"
     write_records(old, parent, folder)
     (record,) = read_records(folder)[1]
-    assert record["format"] == 2 and "system/cpu_utilization_percentage" not in record["metrics"]
+    assert record["format"] == 3 and "system/cpu_utilization_percentage" not in record["metrics"]
     assert record["metrics"]["online/eval/success_rate"] == [[2 * i, i / 1500] for i in range(1500)]  # no timestamps
     assert len(record["metrics"]["online/train/episode_success"]) == 30
     assert record["metrics"]["online/train/alpha"] == [[10 * i, 1.0 / (i + 1)] for i in range(26, 30)]  # the last 4
@@ -147,6 +148,45 @@ def test_a_compact_record_keeps_what_the_pages_read_and_the_last_value_of_the_re
         (run,) = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{restored}'")
         read.append(_record(client, run).history)
     assert read[0] == read[1] and len(read[0]["offline/train/q_data"]) == 40
+
+
+def test_float32_metrics_are_written_short_and_read_back_exactly(tmp_path):
+    """The agent logs float32s, whose float64 form has 17 digits; a record writes them in float32's shortest form
+    (half the size) and reads back the very float64 values MLflow holds. A metric with any other value, or one
+    beyond float32's range, is written as it is. Records of format 2 (every value in float64's form) still read."""
+    import numpy as np
+
+    client, experiment = store(tmp_path, "short")
+    parent = sweep(client, experiment)
+    run_id = child(client, experiment, parent)
+    agent = [float(np.float32(v)) for v in np.random.default_rng(0).normal(-40.0, 30.0, 200)] + [math.nan]
+    mixed = [0.5, 0.75, 1 / 3]  # 1/3 is no float32
+    client.log_batch(run_id, metrics=[Metric("offline/calibration/q_policy", v, 0, i) for i, v in enumerate(agent)]
+                     + [Metric("online/cumulative_regret", v, 0, i) for i, v in enumerate(mixed)]
+                     + [Metric("offline/eval/success_rate", 1e39, 0, 0)])
+    folder = tmp_path / "records"
+    write_records(client, parent, folder)
+    with gzip.open(folder / f"{run_id}.json.gz", "rt") as handle:
+        text = handle.read()
+        written = json.loads(text)
+    assert written["float32"] == ["offline/calibration/q_policy"]
+    assert str(agent[0]) not in text and str(np.float32(agent[0])) in text  # the short form, not the long one
+    assert str(mixed[-1]) in text and "1e+39" in text
+    (record,) = read_records(folder)[1]
+    back = [v for _, v in record["metrics"]["offline/calibration/q_policy"]]
+    assert back[:-1] == agent[:-1] and math.isnan(back[-1])
+    assert [v for _, v in record["metrics"]["online/cumulative_regret"]] == mixed
+    new, new_exp = store(tmp_path, "restored")
+    restored, _ = restore_records(new, new_exp, tmp_path / "sweep", folder)
+    (run,) = new.search_runs([new_exp], f"tags.mlflow.parentRunId = '{restored}'")
+    assert [m.value for m in sorted(new.get_metric_history(run.info.run_id, "offline/calibration/q_policy"),
+                                    key=lambda m: m.step)][:-1] == agent[:-1]
+
+    old_format = {**written, "format": 2, "metrics": record["metrics"]}  # format 2: float64's form, no float32 list
+    del old_format["float32"]
+    with gzip.open(folder / f"{run_id}.json.gz", "wt") as handle:
+        json.dump(old_format, handle)
+    assert json.dumps(read_records(folder)[1][0]["metrics"]) == json.dumps(record["metrics"])  # NaN != NaN
 
 
 def test_records_of_one_sweep_never_mix_with_another(tmp_path):

@@ -6,7 +6,8 @@ record, ``<records>/<run_id>.json.gz``: the run's params, tags, start and end ti
 (step, value), of each metric the pages and the report read (o2o.report.history_keys: evaluations, calibration,
 the training Q and V_ref series, the cumulative regret), of every evaluation, calibration and reference metric, and
 of the per-episode success; and the last four points of every other metric (the window of the mechanism figures in
-docs/results/README.md). System metrics and timestamps are left out (``o2o-study --full-records`` keeps
+docs/results/README.md). A metric whose values are all float32 (the agent's) is written in float32's shortest
+decimal form and read back as the very values MLflow holds. System metrics and timestamps are left out (``o2o-study --full-records`` keeps
 every metric with its timestamps). The parent's study tags (command, commits, wall time) go
 to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
 On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
@@ -28,16 +29,23 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
+
 from o2o.errors import ConfigError
 from o2o.tracking import MAX_BATCH, PARENT_RUN_ENV, param_values
 
-FORMAT = 2  # metric points [step, value] (with full records [step, value, timestamp]); format 1: every metric, timestamped
-READABLE = (1, 2)
+# format 3: metric points [step, value] (full records: [step, value, timestamp]), and the metrics named in FLOAT32
+# written in float32's shortest decimal form, read back exactly; format 2: every value in float64's form;
+# format 1: every metric, timestamped
+FORMAT = 3
+READABLE = (1, 2, 3)
+FLOAT32 = "float32"  # a record's metrics whose every value is a float32 (what the agent logged): half the digits
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics
 PARENT_FILE = "parent.json"
 ARCHIVED_TAG = "archived_run_id"  # on a restored run: the id of the run its record was written from
@@ -94,6 +102,36 @@ def compact(record: dict) -> dict:
     return {**record, "format": FORMAT, "metrics": metrics}
 
 
+def shortened(record: dict) -> dict:
+    """``record`` as written: each metric whose every value is a float32 (the agent's tensors are) in float32's
+    shortest decimal form, about 9 digits instead of 17, and named in ``FLOAT32``; :func:`widened` reads back the
+    very float64 values MLflow holds. A metric with any value that is not a float32 is written as it is."""
+    metrics, short = {}, []
+    for key, points in record["metrics"].items():
+        with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, so its metric stays as it is
+            written = [[p[0], float(str(np.float32(p[1]))), *p[2:]] for p in points]
+        if all(exactly(w[1], p[1]) for w, p in zip(written, points)):
+            metrics[key] = written
+            short.append(key)
+        else:
+            metrics[key] = points
+    return {**record, "format": FORMAT, "metrics": metrics, FLOAT32: short}
+
+
+def exactly(written: float, value: float) -> bool:
+    """Whether ``written`` reads back as ``value`` through float32 (NaN as NaN)."""
+    back = float(np.float32(written))
+    return back == value or (math.isnan(back) and math.isnan(value))
+
+
+def widened(record: dict) -> dict:
+    """A record as read: the metrics written in float32's form (:func:`shortened`) as the float64 values they were."""
+    short = set(record.pop(FLOAT32, ()))
+    for key in short & record["metrics"].keys():
+        record["metrics"][key] = [[p[0], float(np.float32(p[1])), *p[2:]] for p in record["metrics"][key]]
+    return record
+
+
 def write_records(client, parent: str, folder: Path, full: bool = False) -> list[Path]:
     """Each finished child of ``parent`` not yet in ``folder`` (``full``: with every metric and its timestamps),
     and the parent's study tags (rewritten each time: its wall time grows); returns the files written."""
@@ -110,7 +148,7 @@ def write_records(client, parent: str, folder: Path, full: bool = False) -> list
         if not path.exists():
             partial = path.with_name(path.name + ".partial")  # a record is whole or absent, also when killed
             with gzip.open(partial, "wt") as handle:
-                json.dump(run_record(client, run, full), handle)
+                json.dump(shortened(run_record(client, run, full)), handle)
             partial.replace(path)
             written.append(path)
     kept = json.loads(parent_file.read_text()).get("datasets", {}) if parent_file.exists() else {}
@@ -293,7 +331,7 @@ def read_records(folder: Path) -> tuple[dict | None, list[dict]]:
                               f"{record.get('format') if isinstance(record, dict) else None!r}, this code reads "
                               f"{' and '.join(map(str, READABLE))}: "
                               "read it with the commit that wrote it")
-        runs.append(record)
+        runs.append(widened(record))
     return parent, runs
 
 
