@@ -188,6 +188,38 @@ def test_retrained_scores_get_their_own_column_beside_the_fine_tuned_ones(store)
     assert door["rows"] and "after retraining" not in (tmp / "d" / "table.md").read_text()  # no retraining, no column
 
 
+def test_each_configuration_keeps_one_style_of_its_own_in_every_panel_and_figure():
+    """An algorithm with no pre-training is drawn in the online panel only; it once took the colour another
+    algorithm had there (Hybrid RL drawn as IQL in the baselines page). Every configuration's colour is its own, the
+    same in the curves and the calibration figures, and past ten colours the line style tells them apart."""
+    from o2o.report import RunRecord, _pyplot, calibration_figure, curves_figure
+
+    def record(algo, offline=True):
+        phases = ("offline", "online") if offline else ("online",)
+        history = {f"{phase}/{group}/{name}": [(100, 0.5), (200, 0.6)] for phase in phases
+                   for group, names in (("eval", ("success_rate",)), ("calibration", ("q_data", "v_ref")))
+                   for name in names}
+        return RunRecord("r", "maze", algo, "0", "d", 0.0, "success_rate", history=history)
+
+    records = [record(a) for a in ("awac", "calql", "cql", "cql_sac")] + [record("hybrid_rl", offline=False)] + [
+        record(a) for a in ("iql", "rebrac")]
+    curves, calibration = curves_figure(records, "maze"), calibration_figure(records, "maze")
+
+    def colors(ax):
+        return {line.get_label(): line.get_color() for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+    online = colors(curves.axes[1])
+    assert len(online) == 7 and len(set(online.values())) == 7
+    assert colors(curves.axes[0]) == {a: c for a, c in online.items() if a != "hybrid_rl"}
+    assert colors(calibration.axes[1]) == online  # the calibration figure's online Q panel
+    many = curves_figure([record(f"algo_{i:02d}") for i in range(12)], "maze")
+    styles = {(line.get_color(), line.get_linestyle()) for line in many.axes[1].get_lines()
+              if line.get_label().startswith("algo_")}
+    assert len(styles) == 12
+    for fig in (curves, calibration, many):
+        _pyplot().close(fig)
+
+
 def test_the_calibration_plot_of_an_offline_study_has_no_empty_online_column():
     from o2o.report import RunRecord, calibration_figure
 

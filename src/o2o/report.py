@@ -441,23 +441,31 @@ def _band(runs_points: list[list[tuple[int, float]]], grid_size: int = 60):
         return grid, np.nanmean(values, axis=0), np.nanstd(values, axis=0)
 
 
+def palette(configurations) -> dict[str, dict]:
+    """Each configuration's colour (and, past matplotlib's ten colours, line style), by its place in sorted order:
+    the same in every figure of a page, and never shared by two configurations drawn in one panel (an online-only
+    algorithm drawn after the others once took the colour of another in the online panel)."""
+    styles = ("-", "--", "-.", ":")
+    return {name: {"color": f"C{i % 10}", "linestyle": styles[i // 10 % len(styles)]}
+            for i, name in enumerate(sorted(configurations))}
+
+
 def _plot_phases(axes, groups: dict[str, list[RunRecord]], series, label_of=lambda algo: algo, style=None,
                  bounds: tuple[float, float] | None = None):
     """``series(record, phase)`` gives a run's [(step, value)] for the offline and the online panel; ``bounds``: the
-    values' range (a success rate's [0, 1]), which a mean ± std band does not leave."""
-    colors = {}
+    values' range (a success rate's [0, 1]), which a mean ± std band does not leave. Each configuration is drawn
+    in its :func:`palette` style unless ``style`` sets one."""
+    styles = palette(groups)
     for algo, runs in sorted(groups.items()):
         for ax, phase in zip(axes, M.PHASES):
             band = _band([series(r, phase) for r in runs])
             if band is None:
                 continue
             grid, mean, std = band
-            style = dict(style or {})
-            style.setdefault("color", colors.get(algo))
+            drawn = {**styles[algo], **(style or {})}
             if len(grid) == 1:  # one point (e.g. only the score after pre-training): a marker, not an invisible line
-                style.setdefault("marker", "o")
-            line, = ax.plot(grid, mean, label=label_of(algo), **style)
-            colors[algo] = line.get_color()
+                drawn.setdefault("marker", "o")
+            line, = ax.plot(grid, mean, label=label_of(algo), **drawn)
             low, high = mean - std, mean + std
             if bounds is not None:
                 low, high = np.clip(low, *bounds), np.clip(high, *bounds)
@@ -587,8 +595,9 @@ def calibration_figure(records: list[RunRecord], title: str):
         return lambda r, phase: r.history.get(M.calibration(phase, name), [])
 
     hidden = "_"  # matplotlib leaves a label starting with it out of legends: each configuration is named once
-    for i, (algo, runs) in enumerate(sorted(groups.items())):  # V_ref per algorithm: reward transforms differ
-        color, one = f"C{i}", {algo: runs}
+    colors = {algo: style["color"] for algo, style in palette(groups).items()}  # line styles carry the series here
+    for algo, runs in sorted(groups.items()):  # V_ref per algorithm: reward transforms differ
+        color, one = colors[algo], {algo: runs}
         _plot_phases(axes[0], one, series("q_data"), style={"color": color})
         for row, name, linestyle in ((0, "v_ref", ":"), (1, "below_v_ref", "-"), (1, "bound_rate", "--")):
             _plot_phases(axes[row], one, series(name), label_of=lambda a: hidden + a,
