@@ -415,3 +415,17 @@ def test_shuffling_the_runs_changes_no_printed_number():
         rows = results_table(shuffled)
         pages.add(statistics_markdown(rows) + to_markdown(rows, 0.1))
     assert len(pages) == 1
+
+
+def test_a_page_with_one_exploratory_comparison_says_so_in_the_singular():
+    """An offline study of Cal-QL against CQL (door_calibration) has one pairwise comparison: the page names its
+    family as that one comparison, not as "these 1 comparisons" with a warning about their number."""
+    from o2o.report import RunRecord, results_table, statistics_markdown
+
+    records = [RunRecord(f"{algo}-{s}", "door", algo, str(s), "d", 0.0, "success_rate", start_time=s,
+                         history={"offline/eval/success_rate": [(20000, 0.1 * s + (algo == "calql") * 0.05)]})
+               for algo in ("calql", "cql") for s in range(5)]
+    text = statistics_markdown(results_table(records))
+    assert len([line for line in text.splitlines() if "is better) |" in line]) == 1
+    assert "**Exploratory**: the family is this one comparison, judged at 95%; a study's pre-registered" in text
+    assert "these 1 comparisons" not in text and "one in twenty" not in text

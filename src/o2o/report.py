@@ -366,9 +366,11 @@ def statistics_markdown(rows: list[dict]) -> str:
         out += ("\n\nProbability that a run of a Cal-QL row improves on a run of the row it is set against (rliable, "
                 "95% interval; each pair of Cal-QL rows once, since P(B better) is 1 - P(A better); only rows of one "
                 "setting, equal in every param but the algorithm's own). "
-                f"**Exploratory**: the family is these {len(pairs)} comparisons, each judged at 95% on its own with no "
-                "correction for their number, so about one in twenty would leave \"inconclusive\" by chance alone; a "
-                "study's pre-registered comparisons are its claims table.\n\n"
+                + (f"**Exploratory**: the family is these {len(pairs)} comparisons, each judged at 95% on its own "
+                   "with no correction for their number, so about one in twenty would leave \"inconclusive\" by "
+                   "chance alone" if len(pairs) > 1 else "**Exploratory**: the family is this one comparison, judged "
+                   "at 95%")
+                + "; a study's pre-registered comparisons are its claims table.\n\n"
                 "| env | Cal-QL row | against | on | P(Cal-QL row better) | verdict (uncorrected) |\n"
                 "|---|---|---|---|---|---|\n" + "\n".join(pairs))
     return out + ("\n\nMeans and interquartile means (IQM) over seeds with 95% stratified-bootstrap confidence "
