@@ -564,3 +564,22 @@ def test_a_study_page_is_written_again_from_its_records_alone(tmp_path):
     with pytest.raises(SystemExit) as stop:
         main(["door_calibration", "--page-from-records", "--out", str(tmp_path / "out"), "--records", str(other)])
     assert stop.value.code == 2 and not (tmp_path / "out" / "door_calibration-cpu.md").exists()
+
+
+def test_a_sweep_param_override_is_passed_as_hydra_takes_it():
+    """``o2o-study NAME hydra.sweeper.params.seed=0,1`` (the help's example) reaches Hydra quoted; unquoted, Hydra
+    stops with "Sweeping over Hydra's configuration is not supported"."""
+    import subprocess
+    import sys
+
+    from o2o.study import sweep_param
+
+    assert sweep_param("hydra.sweeper.params.algo=cql,calql") == "hydra.sweeper.params.algo='cql,calql'"
+    for unchanged in ("hydra.sweeper.params.algo='cql,calql'", "hydra.sweeper.params.seed=3", "algo=cql",
+                      "env.gym_kwargs.maze_map=[1,0]"):
+        assert sweep_param(unchanged) == unchanged
+    shown = subprocess.run([sys.executable, "-m", "o2o.cli", "experiment=study/door_calibration/paper",
+                            sweep_param("hydra.sweeper.params.algo=cql,calql"), "--cfg", "hydra"],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert shown.returncode == 0, shown.stderr
+    assert "algo: cql,calql" in shown.stdout and "seed: 0,1,2,3,4" in shown.stdout

@@ -110,6 +110,19 @@ def sweep_command(name: str, budget: str, launcher: str, sweep_dir: Path, overri
             f"hydra.sweep.dir={sweep_dir}", *extra, *overrides]
 
 
+SWEEP_PARAMS = "hydra.sweeper.params."
+
+
+def sweep_param(override: str) -> str:
+    """``hydra.sweeper.params.seed=0,1`` as Hydra takes it on the command line, ``hydra.sweeper.params.seed='0,1'``:
+    unquoted, Hydra reads the commas as a sweep over a key of its own and stops ("Sweeping over Hydra's
+    configuration is not supported"). Any other override is left as it is."""
+    key, sep, value = override.partition("=")
+    if key.startswith(SWEEP_PARAMS) and sep and "," in value and value[:1] not in "'\"":
+        return f"{key}='{value}'"
+    return override
+
+
 def study_sweep_dir(folder: Path, new: bool) -> Path:
     """The study's latest sweep folder, so that the same command continues it (a study may span sessions), or a new
     timestamped one (``--new``, or none yet)."""
@@ -575,7 +588,7 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     if args.new and not args.page_only and (records / PARENT_FILE).exists():
         raise UserError(f"--new starts another sweep, and {records} keeps the records of the study's earlier one: "
                         "give the new sweep its own records folder (--records DIR)")
-    overrides = [*args.overrides, f"mlflow_experiment={args.experiment}"]
+    overrides = [*map(sweep_param, args.overrides), f"mlflow_experiment={args.experiment}"]
     from o2o.tracking import check_store, open_store, store_not_made
 
     uri = default_tracking_uri()
