@@ -575,6 +575,7 @@ def test_a_sweep_param_override_is_passed_as_hydra_takes_it():
     from o2o.study import sweep_param
 
     assert sweep_param("hydra.sweeper.params.algo=cql,calql") == "hydra.sweeper.params.algo='cql,calql'"
+    assert sweep_param("+hydra.sweeper.params.tau=0.1,0.2") == "+hydra.sweeper.params.tau='0.1,0.2'"
     for unchanged in ("hydra.sweeper.params.algo='cql,calql'", "hydra.sweeper.params.seed=3", "algo=cql",
                       "env.gym_kwargs.maze_map=[1,0]"):
         assert sweep_param(unchanged) == unchanged

@@ -444,9 +444,10 @@ def _band(runs_points: list[list[tuple[int, float]]], grid_size: int = 60):
 
 
 def palette(configurations) -> dict[str, dict]:
-    """Each configuration's colour (and, past matplotlib's ten colours, line style), by its place in sorted order:
-    the same in every figure of a page, and never shared by two configurations drawn in one panel (an online-only
-    algorithm drawn after the others once took the colour of another in the online panel)."""
+    """Each configuration's colour (and, past matplotlib's ten colours, line style; the calibration figure, whose
+    line styles name its series, takes the colour only), by its place in sorted order: the same in the curves, Q
+    and calibration figures of one env and setting, and never shared by two configurations drawn in one panel of
+    the curves figure (an online-only algorithm drawn after the others once took the colour of another there)."""
     styles = ("-", "--", "-.", ":")
     return {name: {"color": f"C{i % 10}", "linestyle": styles[i // 10 % len(styles)]}
             for i, name in enumerate(sorted(configurations))}

@@ -118,8 +118,9 @@ def sweep_param(override: str) -> str:
     unquoted, Hydra reads the commas as a sweep over a key of its own and stops ("Sweeping over Hydra's
     configuration is not supported"). Any other override is left as it is."""
     key, sep, value = override.partition("=")
-    if key.startswith(SWEEP_PARAMS) and sep and "," in value and value[:1] not in "'\"":
-        return f"{key}='{value}'"
+    if key.lstrip("+").startswith(SWEEP_PARAMS) and sep and "," in value and value[:1] not in "'\"":
+        quote = "'" if "'" not in value else '"'
+        return f"{key}={quote}{value}{quote}"
     return override
 
 
