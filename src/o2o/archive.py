@@ -7,9 +7,9 @@ record, ``<records>/<run_id>.json.gz``: the run's params, tags, start and end ti
 the training Q and V_ref series, the cumulative regret), of every evaluation, calibration and reference metric, and
 of the per-episode success; and the last four points of every other metric (the window of the mechanism figures in
 docs/results/README.md). A metric whose values are all float32 (the agent's) is written in float32's shortest
-decimal form and read back as the very values MLflow holds. System metrics and timestamps are left out (``o2o-study --full-records`` keeps
-every metric with its timestamps). The parent's study tags (command, commits, wall time) go
-to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
+decimal form and read back as the very values MLflow holds. System metrics and timestamps are left out
+(``o2o-study --full-records`` keeps every metric with its timestamps). The parent's study tags (command, commits,
+wall time) go to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
 On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
 parent run (the records' ``archived_run_id`` tag names the original run), and the sweep's jobs that already have a
 finished run there do nothing (:func:`finished_in_sweep`). Artifacts (policy models, per-run plots, the resolved
@@ -118,9 +118,14 @@ def shortened(record: dict) -> dict:
     return {**record, "format": FORMAT, "metrics": metrics, FLOAT32: short}
 
 
+def read_back(written: float) -> float:
+    """A value written in float32's form as the float64 it was: through float32."""
+    return float(np.float32(written))
+
+
 def exactly(written: float, value: float) -> bool:
-    """Whether ``written`` reads back as ``value`` through float32 (NaN as NaN)."""
-    back = float(np.float32(written))
+    """Whether ``written`` reads back as ``value`` (NaN as NaN)."""
+    back = read_back(written)
     return back == value or (math.isnan(back) and math.isnan(value))
 
 
@@ -128,7 +133,7 @@ def widened(record: dict) -> dict:
     """A record as read: the metrics written in float32's form (:func:`shortened`) as the float64 values they were."""
     short = set(record.pop(FLOAT32, ()))
     for key in short & record["metrics"].keys():
-        record["metrics"][key] = [[p[0], float(np.float32(p[1])), *p[2:]] for p in record["metrics"][key]]
+        record["metrics"][key] = [[p[0], read_back(p[1]), *p[2:]] for p in record["metrics"][key]]
     return record
 
 

@@ -5,10 +5,10 @@ Each buffer keeps all fields of a transition side by side in one preallocated
 them (``AlgoConfig.reads_next_actions``: ReBRAC's critic penalty), [... | next_action]: the action the data took
 at next_obs.
 
-Image observations (an ``obs_shape`` of (H, W, C)) stay uint8: they live in a second (capacity, 2 * obs_dim) uint8 tensor,
-[obs | next_obs] flattened (H * W * C each), and the float rows hold the rest. A batch then carries them as uint8
-(B, obs_dim) to the device, and the agent's encoder turns them into floats (o2o.agents.encoders). A sampled "row"
-is the pair (float rows, frame rows or None).
+Image observations (an ``obs_shape`` of (H, W, C)) stay uint8: they live in a second (capacity, 2 * obs_dim) uint8
+tensor, [obs | next_obs] flattened (H * W * C each), and the float rows hold the rest. A batch then carries them as
+uint8 (B, obs_dim) to the device, and the agent's encoder turns them into floats (o2o.agents.encoders). A sampled
+"row" is the pair (float rows, frame rows or None).
 """
 from __future__ import annotations
 
