@@ -9,8 +9,8 @@ of the per-episode success; and the last four points of every other metric (the 
 docs/results/README.md). A metric whose values are all float32 (the agent's) is written in float32's shortest
 decimal form and read back as the very values MLflow holds. System metrics and timestamps are left out
 (``o2o-study --full-records`` keeps every metric with its timestamps). The parent's study tags (command, commits,
-wall time) go to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
-On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
+wall time) go to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed
+with the page. On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
 parent run (the records' ``archived_run_id`` tag names the original run), and the sweep's jobs that already have a
 finished run there do nothing (:func:`finished_in_sweep`). Artifacts (policy models, per-run plots, the resolved
 config file) are not kept: the page rebuilds its figures from the metrics.
