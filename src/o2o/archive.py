@@ -2,26 +2,26 @@
 
 A study may span sessions, and the machine it runs on, with the sweep folder, the MLflow store and the checkpoints
 on it, may not be there for the next one. ``o2o-study`` therefore writes each finished child of its sweep as one
-record, ``<records>/<run_id>.json.gz``: the run's params, tags, start and end times; the whole history, as
-(step, value), of each metric the pages and the report read (o2o.report.history_keys: evaluations, calibration,
-the training Q and V_ref series, the cumulative regret), of every evaluation, calibration and reference metric, and
-of the per-episode success; and the last four points of every other metric (the window of the mechanism figures in
+record, ``<records>/<run_id>.json.gz``: the run's params, tags, start and end times; the whole history, as (step,
+value), of each metric the pages and the report read (o2o.report.history_keys: evaluations, calibration, the
+training Q and V_ref series, the cumulative regret), of every evaluation, calibration and reference metric, and of
+the per-episode success; and the last four points of every other metric (the window of the mechanism figures in
 docs/results/README.md). A metric whose values are all float32 (the agent's) is written in float32's shortest
-decimal form and read back as the very values MLflow holds. System metrics and timestamps are left out
-(``o2o-study --full-records`` keeps every metric with its timestamps). The parent's study tags (command, commits,
-wall time) go to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed
-with the page. On a machine whose store lacks them, the same command restores them into its store as children of its sweep's
-parent run (the records' ``archived_run_id`` tag names the original run), and the sweep's jobs that already have a
-finished run there do nothing (:func:`finished_in_sweep`). Artifacts (policy models, per-run plots, the resolved
-config file) are not kept: the page rebuilds its figures from the metrics.
+decimal form and read back as the very values MLflow holds. System metrics and timestamps are left out (``o2o-study
+--full-records`` keeps every metric with its timestamps). The parent's study tags (command, commits, wall time) go
+to ``<records>/parent.json``; ``<records>`` is ``<page folder>/<name>-<budget>/records``, committed with the page.
+On a machine whose store lacks them, the same command restores them into its store as children of its sweep's parent
+run (the records' ``archived_run_id`` tag names the original run), and the sweep's jobs that already have a finished
+run there do nothing (:func:`finished_in_sweep`). Artifacts (policy models, per-run plots, the resolved config file)
+are not kept: the page rebuilds its figures from the metrics.
 
 The data too: a dataset built here (``o2o-data build-adroit``, or collected on first use) is named in
 ``parent.json`` by its data file's SHA-256 and the recipe that builds it (the ``o2o-data`` command, or the
-collector's params). Its archive (``dataset-<name>.tar.xz``) is written beside the records for this machine but
-kept out of git (it can be megabytes). Where the dataset is missing, the study unpacks the archive if it is there,
-else builds the dataset again from its recipe, and stops before any job, with one line, if that build is not the one
-the runs trained on (a build is not the same on every machine: pen's AWAC recipe kept 36,147 transitions on one
-machine and 33,554 on another, same code and seed); a machine holding another build of the same id stops it too
+collector's params). Its archive (``dataset-<name>.tar.xz``) is written beside the records for this machine but kept
+out of git (it can be megabytes). Where the dataset is missing, the study unpacks the archive if it is there, else
+builds the dataset again from its recipe, and stops before any job, with one line, if that build is not the one the
+runs trained on (a build is not the same on every machine: pen's AWAC recipe kept 36,147 transitions on one machine
+and 33,554 on another, same code and seed); a machine holding another build of the same id stops it too
 (:func:`restore_dataset`).
 """
 from __future__ import annotations
