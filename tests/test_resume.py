@@ -104,7 +104,7 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     finish(tmp_path)
     records = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     proc = subprocess.run(command(tmp_path) + ["seed=5"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "another config" in proc.stderr
+    assert proc.returncode == 2 and "another config (seed: 0 in the run, 5 now)" in proc.stderr
     # refused before Hydra starts: .hydra/overrides.yaml, the record needed to resume, is untouched
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == records
 
@@ -173,7 +173,7 @@ def test_a_run_dir_without_a_checkpoint_refuses_another_config(tmp_path, monkeyp
         run(algo="calql", run_dir=str(tmp_path), overrides=overrides)
     assert (tmp_path / "mlflow_run_id").exists() and not (tmp_path / "checkpoints").exists()
     monkeypatch.undo()
-    with pytest.raises(ConfigError, match="started with another config"):
+    with pytest.raises(ConfigError, match=r"started with another config \(seed: 0 in the run, 5 now\)"):
         run(algo="calql", run_dir=str(tmp_path), overrides=[*overrides, "seed=5"])
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     (only,) = client.search_runs([client.get_experiment_by_name("o2o-leak").experiment_id])
@@ -341,3 +341,14 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(CheckpointError, match="cannot be read"):
         Checkpoints(tmp_path).load()
     assert not marker.exists()
+
+
+def test_a_refused_resume_names_what_differs():
+    from o2o.pipeline import config_difference
+
+    run = {"seed": 0, "algo": {"lr": 0.001, "hidden": [256, 256]}, "gone": 1}
+    assert config_difference(run, {"seed": 0, "algo": {"lr": 0.001, "hidden": [256, 256]}, "gone": 1}) == ""
+    assert config_difference(run, {"seed": 0, "algo": {"lr": 0.0003, "hidden": [256, 256]}, "new": 2}) == (
+        "algo.lr: 0.001 in the run, 0.0003 now; gone: 1 in the run, absent now; new: absent in the run, 2 now")
+    many = {"a": 1, "b": 1, "c": 1, "d": 1, "e": 1}
+    assert config_difference(many, {k: 2 for k in many}).endswith("; and 2 more")

@@ -43,8 +43,8 @@ from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
 from o2o.stages.online import finetune
 from o2o.stages.retrain import retrain, retrain_during_finetuning
-from o2o.tracking import (PARENT_RUN_ENV, PRESET_TAG, SETTING_TAG, Tracker, check_store, default_tracking_uri, open_store,
-                          param_values, store_not_made)
+from o2o.tracking import (PARENT_RUN_ENV, PRESET_TAG, SETTING_TAG, Tracker, check_store, default_tracking_uri, flatten,
+                          open_store, param_values, store_not_made)
 
 log = logging.getLogger("o2o")
 
@@ -225,18 +225,28 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
                               "with is unknown: restore the file, or give this run its own run directory "
                               "(hydra.run.dir=...)") from None
         if before != resolved:
-            raise ConfigError(f"{run_dir} holds a run started with another config: rerun it with the same overrides, "
-                              "or give this one its own run directory (hydra.run.dir=...)")
+            raise ConfigError(f"{run_dir} holds a run started with another config ({config_difference(before, resolved)})"
+                              ": rerun it with the same overrides, or give this one its own run directory "
+                              "(hydra.run.dir=...)")
         return None
     if resume is None:
         return None
     if resume.config != resolved:
-        raise ConfigError(f"{run_dir} holds a run with another config: resume it with the same overrides, "
-                          "or give this one its own run directory (hydra.run.dir=...)")
+        raise ConfigError(f"{run_dir} holds a run with another config ({config_difference(resume.config, resolved)}): "
+                          "resume it with the same overrides, or give this one its own run directory "
+                          "(hydra.run.dir=...)")
     if not resume.finished:
         log.info("resuming %s from its %s checkpoint (%d gradient steps)", run_dir, resume.stage,
                  resume.agent["grad_steps"])
     return resume
+
+
+def config_difference(recorded: dict, given: dict, shown: int = 3) -> str:
+    """The keys two resolved configs differ in, each with the run's value and the one given now."""
+    before, now = flatten(recorded), flatten(given)
+    keys = sorted(k for k in before.keys() | now.keys() if k not in before or k not in now or before[k] != now[k])
+    parts = [f"{k}: {before.get(k, 'absent')} in the run, {now.get(k, 'absent')} now" for k in keys[:shown]]
+    return "; ".join(parts) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def free_memory(device: torch.device) -> int:
