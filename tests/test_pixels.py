@@ -282,6 +282,50 @@ def test_frames_in_a_d4rl_file_are_kept_as_uint8_and_checked_for_memory_before_r
         load_d4rl_hdf5(str(path))
 
 
+def test_frames_in_a_minari_dataset_are_kept_as_uint8_and_checked_for_memory_before_reading(tmp_path, monkeypatch):
+    import warnings
+
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from o2o.config import EnvConfig
+    from o2o.data import checks
+    from o2o.data.checks import check_matches_env
+    from o2o.data.minari import _read_minari_episodes, load_minari
+    from o2o.data.minari_hdf5 import concatenate_episodes, read_minari_hdf5
+    from o2o.errors import DatasetError
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    lengths = [3, 1, 4]
+    episodes = [frames(n + 1, seed=i) for i, n in enumerate(lengths)]
+    buffers = [EpisodeBuffer(id=i, observations=episodes[i], actions=np.zeros((n, 2), np.float32), rewards=[0.0] * n,
+                             terminations=[False] * n, truncations=[False] * (n - 1) + [True])
+               for i, n in enumerate(lengths)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("o2o-test/frames/reach-v0", buffers,
+                                           observation_space=gym.spaces.Box(0, 255, SHAPE, np.uint8),
+                                           action_space=gym.spaces.Box(-1, 1, (2,)), algorithm_name="test")
+    expected = np.concatenate([e[:-1] for e in episodes]), np.concatenate([e[1:] for e in episodes])
+    path = str(tmp_path / "o2o-test/frames/reach-v0/data/main_data.hdf5")
+    monkeypatch.setattr("o2o.data.minari_hdf5.MIN_EPISODES_PER_WORKER", 1)
+    iterated = concatenate_episodes(_read_minari_episodes(minari.load_dataset("o2o-test/frames/reach-v0"), []))
+    for read in [iterated, *(read_minari_hdf5(path, [], len(lengths), sum(lengths), w) for w in (1, 2))]:
+        assert read["observations"].dtype == np.uint8  # Minari's iterator, the file read in one and in two processes
+        np.testing.assert_array_equal(read["observations"], expected[0])
+        np.testing.assert_array_equal(read["next_observations"], expected[1])
+    data = load_minari("o2o-test/frames/reach-v0", [], download=False)
+    assert data.observations.shape == (sum(lengths), *SHAPE) and data.observations.dtype == np.uint8
+    check_matches_env(data, EnvConfig(name="frames", gym_id="o2o-test/frames"), SHAPE, (2,))  # what the env gives
+    with pytest.raises(DatasetError, match=r"dataset observations \(8, 8, 3\)"):  # an env of vectors refuses it
+        check_matches_env(data, EnvConfig(name="vectors", gym_id="o2o-test/vectors"), (FLAT,), (2,))
+    monkeypatch.setattr(checks, "free_host_memory", lambda: 1000)
+    monkeypatch.setattr("o2o.data.minari.read_minari_hdf5", lambda *a, **k: pytest.fail("read before the check"))
+    with pytest.raises(DatasetError, match=r"'o2o-test/frames/reach-v0': 8 observations of \(8, 8, 3\) uint8 need"):
+        load_minari("o2o-test/frames/reach-v0", [], download=False)
+
+
 def test_the_preflight_counts_frames_as_uint8_and_refuses_buffers_that_do_not_fit(monkeypatch):
     from o2o import pipeline
 

@@ -1,5 +1,6 @@
 """Minari datasets: found locally, downloaded when a network exists, locked while a collector builds one, and read
-as flat transitions (through o2o.data.minari_hdf5 for HDF5 files, else Minari's own episode iterator)."""
+as flat transitions (through o2o.data.minari_hdf5 for HDF5 files, else Minari's own episode iterator): vectors, or
+uint8 frames where the observation is an image."""
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,10 @@ import numpy as np
 
 from o2o.config import EnvConfig
 from o2o.data.awac import TASKS as AWAC_GYM_IDS
-from o2o.data.checks import check_recorded_env
-from o2o.data.minari_hdf5 import concatenate_episodes, read_minari_hdf5
+from o2o.data.checks import check_frames_fit, check_recorded_env
+from o2o.data.minari_hdf5 import concatenate_episodes, observation_rows, read_minari_hdf5
 from o2o.data.offline_data import OfflineData, float_or_none
+from o2o.envs import is_image_space
 from o2o.errors import DatasetError
 
 
@@ -128,6 +130,10 @@ def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True,
     if env_cfg is not None and recorded is not None:
         check_recorded_env(recorded, env_cfg, f"Minari dataset '{dataset_id}'")
     meta = dict(dataset.storage.metadata)
+    space = dataset.observation_space
+    if not obs_keys and is_image_space(space):  # frames: they must fit in memory before they are read
+        check_frames_fit(f"Minari dataset '{dataset_id}'", (dataset.total_steps, *space.shape), space.dtype,
+                         hint="build a smaller one")
     path = os.path.join(minari_root(), dataset_id, "data", "main_data.hdf5")
     if meta.get("data_format", "hdf5") == "hdf5" and os.path.isfile(path):
         if not dataset.total_episodes:
@@ -171,7 +177,5 @@ def recorded_env_spec(metadata: dict) -> Optional[dict]:
 
 
 def _flatten_batch(observations, keys: list[str]) -> np.ndarray:
-    if isinstance(observations, dict):
-        return np.concatenate([np.asarray(observations[k], dtype=np.float32).reshape(len(observations[k]), -1)
-                               for k in keys], axis=1)
-    return np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
+    arrays = [np.asarray(observations[k]) for k in keys] if isinstance(observations, dict) else [np.asarray(observations)]
+    return observation_rows(arrays, frames_allowed=not keys)

@@ -131,15 +131,26 @@ def _read_episode_range(path: str, obs_keys: list[str], first: int, last: int,
     with h5py.File(path, "r") as f:
         for i in range(first, last):
             ep = h5py.h5g.open(f.id, b"episode_%d" % i)
-            obs = [read(ep, k) for k in keys]
-            parts["obs"].append(obs[0].reshape(len(obs[0]), -1).astype(np.float32, copy=False) if len(obs) == 1 else
-                                np.concatenate([o.reshape(len(o), -1) for o in obs], axis=1, dtype=np.float32))
+            parts["obs"].append(observation_rows([read(ep, k) for k in keys], frames_allowed=not obs_keys))
             for part, name in (("act", b"actions"), ("rew", b"rewards"), ("term", b"terminations"),
                                ("trunc", b"truncations")):
                 parts[part].append(read(ep, name))
             if with_success:
                 parts["success"].append(read(ep, b"infos/success"))
     return parts
+
+
+def is_frames(array: np.ndarray) -> bool:
+    """One episode's observations as uint8 frames (T, H, W, C), as o2o.envs.is_image_space keeps them."""
+    return array.dtype == np.uint8 and array.ndim == 4
+
+
+def observation_rows(arrays: list[np.ndarray], frames_allowed: bool) -> np.ndarray:
+    """One episode's observations (one array per observation key) as rows the agent reads: float32 vectors,
+    or uint8 frames kept as they are when the observation is one array of frames (no env.obs_keys)."""
+    if frames_allowed and len(arrays) == 1 and is_frames(arrays[0]):
+        return arrays[0]
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1, dtype=np.float32)
 
 
 def concatenate_episodes(parts: dict[str, list]) -> dict[str, np.ndarray]:
