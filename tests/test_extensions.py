@@ -291,7 +291,8 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
     monkeypatch.setattr(retrain_module, "pretrain", fake_pretrain)
     cfg = SimpleNamespace(seed=0, algo=SimpleNamespace(name="cql", gamma=0.99), buffer=SimpleNamespace(batch_size=64),
                           retrain=SimpleNamespace(steps=50, mixing_ratio=-1.0, algorithm="cql", with_cql=True, clip_targets=True,
-                                                  feature_normalization=True, eval_episodes=7))
+                                                  feature_normalization=True, eval_episodes=7, upsample_batch=0,
+                                                  reward_bias=None, terminal_reward=None))
     agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]), torch.device("cpu"))
     state = SimpleNamespace(stage="online", online=SimpleNamespace(buffer=None), retrain=None)
     ctx = SimpleNamespace(state=state, evaluator=SimpleNamespace(episodes=2))
@@ -315,6 +316,107 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
     assert fresh.critic.normalize_features and fresh.critic_target.normalize_features and ctx.evaluator.episodes == 2
     assert state.finetuned_agent["grad_steps"] == agent.grad_steps and state.online.buffer["rows"].shape[0] == 100
     assert fresh is not agent
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    # (exploration coef, target bounds, terminal reward, algo reward bias, retrain upsample, bias, terminal reward):
+    # OOO's commands (ooo_for_calql_scripts.md), maze2d's on PointMaze
+    (["env=pointmaze_umaze"], (10.0, [-5.0, 6.0], None, -5.0, 32, None, None)),
+    (["env=kitchen_mixed"], (10.0, [None, 0.5], 0.0, -5.0, 0, -4.0, 0.0)),
+    (["env=adroit_door"], (0.5, None, None, 5.0, 0, None, None)),
+    (["env=antmaze_umaze"], (50.0, None, None, -5.0, 0, None, None)),
+    (["env=halfcheetah"], (1.0, None, None, 0.0, 0, None, None)),  # no OOO command: their code's defaults
+])
+@pytest.mark.parametrize("algo", ["cql", "calql"])
+def test_ooo_takes_its_commands_values_for_each_domain(overrides, expected, algo):
+    cfg = validate(compose([*overrides, f"algo={algo}", "companion=ooo"]))
+    e, r = cfg.exploration, cfg.retrain
+    assert (e.coef, e.target_bounds, e.terminal_reward, cfg.algo.reward_bias, r.upsample_batch, r.reward_bias,
+            r.terminal_reward) == expected
+    trained = validate(compose([*overrides, f"algo={algo}", "exploration=rnd_trained"])).exploration
+    assert (trained.coef, trained.target_bounds, trained.terminal_reward) == expected[:3]
+
+
+def test_the_exploring_runs_values_are_cql_and_cal_qls_only():
+    plain = validate(compose(["env=kitchen_mixed", "algo=iql"])).algo.reward_bias
+    iql = validate(compose(["env=kitchen_mixed", "algo=iql", "exploration=rnd"]))  # OOO's values are their CQL code's
+    assert (iql.exploration.coef, iql.exploration.target_bounds, iql.algo.reward_bias) == (1.0, None, plain)
+    with pytest.raises(ConfigError, match="exploration.target_bounds bounds CQL's TD target; iql has none"):
+        validate(compose(["algo=iql", "exploration=rnd", "exploration.target_bounds=[0,1]"]))
+    with pytest.raises(ConfigError, match=r"exploration.target_bounds must be \[min, max\]"):
+        validate(compose(["exploration=rnd", "exploration.target_bounds=[1,0]"]))
+    with pytest.raises(ConfigError, match="retrain.reward_bias relabels the rewards of a CQL retraining"):
+        validate(compose(["retrain=same", "retrain.reward_bias=-4"]))
+
+
+def test_target_bounds_are_the_rewards_over_one_minus_gamma_widened_by_the_online_rewards():
+    from o2o.stages.common import target_bounds
+
+    assert target_bounds(None, 0.9) is None
+    assert target_bounds([-5.0, 6.0], 0.9) == pytest.approx((-50.0, 60.0))
+    assert target_bounds([-5.0, 6.0], 0.9, torch.tensor([-1.0, 2.0])) == pytest.approx((-50.0, 60.0))  # inside
+    assert target_bounds([-5.0, 6.0], 0.9, torch.tensor([-7.0, 8.0])) == pytest.approx((-70.0, 80.0))  # widened
+    assert target_bounds([None, 0.5], 0.9, torch.tensor([-7.0, 1.0])) == pytest.approx((-math.inf, 10.0))  # open side
+
+
+def test_the_exploring_agent_is_bounded_from_pre_training_and_widened_by_each_online_episode():
+    from o2o.stages.online import bound_exploring_targets
+
+    cfg = validate(compose(["algo=cql", "exploration=rnd", "exploration.target_bounds=[-5,6]", "algo.gamma=0.9"]))
+    agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8], gamma=0.9), torch.device("cpu"))
+    bound_exploring_targets(agent, cfg)  # pre-training: the command's bounds
+    assert agent.target_bounds == pytest.approx((-50.0, 60.0))
+    online = TransitionBuffer(10, 3, 2, torch.device("cpu"))
+    online.add(np.zeros((2, 3)), np.zeros((2, 2)), np.array([-9.0, 1.0]), np.zeros((2, 3)), np.zeros(2), np.zeros(2))
+    bound_exploring_targets(agent, cfg, online)  # an episode below the lower bound widens it
+    assert agent.target_bounds == pytest.approx((-90.0, 60.0))
+    unbounded = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]), torch.device("cpu"))
+    bound_exploring_targets(unbounded, validate(compose(["algo=cql"])), online)
+    assert unbounded.target_bounds is None
+
+
+def test_kitchen_batches_are_terminal_exactly_where_the_reward_is_zero():
+    from o2o.stages.common import Learner, relabelled
+
+    rewards = torch.tensor([-4.0, 0.0, -1.0, 0.0])
+    batch = batch_of(torch.zeros(4, 3), rewards)._replace(dones=torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    assert relabelled(lambda: batch) is not None and relabelled(lambda: batch)() is batch  # no rule: as sampled
+    ruled = relabelled(lambda: batch, terminal_reward=0.0)()
+    assert ruled.dones.tolist() == [0.0, 1.0, 0.0, 1.0] and torch.equal(ruled.rewards, rewards)
+    shifted = relabelled(lambda: batch, 1.0, 0.0)()  # retraining: -5 -> -4, then the rule on the new rewards
+    assert shifted.rewards.tolist() == [-3.0, 1.0, 0.0, 1.0] and shifted.dones.tolist() == [0.0, 0.0, 1.0, 0.0]
+    seen = []
+    agent = SimpleNamespace(update=lambda b: seen.append(b) or {})
+    Learner(agent, relabelled(lambda: batch, terminal_reward=0.0)).update()  # the learner trains on the rule's batch
+    assert seen[0].dones.tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_ooos_retraining_upsamples_the_best_online_transitions_and_relabels_kitchen(monkeypatch):
+    from o2o.stages.retrain import prepare, retraining_batches
+
+    offline = TransitionBuffer(50, 3, 2, torch.device("cpu"))
+    offline.add(np.zeros((50, 3)), np.zeros((50, 2)), np.full(50, -5.0), np.zeros((50, 3)), np.zeros(50), np.zeros(50))
+    online = TransitionBuffer(20, 3, 2, torch.device("cpu"))
+    rewards = np.array([-5.0] * 17 + [-1.0] * 3)  # the buffer's best reward, three times
+    online.add(np.arange(20)[:, None].repeat(3, 1), np.zeros((20, 2)), rewards, np.zeros((20, 3)), np.zeros(20), np.zeros(20))
+
+    def config(**retrain):
+        base = dict(mixing_ratio=0.5, upsample_batch=0, reward_bias=None, terminal_reward=None, clip_targets=True,
+                    feature_normalization=False)
+        return SimpleNamespace(algo=SimpleNamespace(reward_bias=-5.0, gamma=0.9), buffer=SimpleNamespace(batch_size=16),
+                               retrain=SimpleNamespace(**{**base, **retrain}))
+
+    torch.manual_seed(0)
+    batch = retraining_batches(offline, online, config(upsample_batch=32))()
+    assert len(batch.rewards) == 16 + 32 and (batch.rewards[16:] == -1.0).all()  # 32 more, all at the best reward
+    assert set(batch.obs[16:, 0].tolist()) == {17.0, 18.0, 19.0}
+    assert len(retraining_batches(offline, online, config())().rewards) == 16  # no upsampling: the batch as mixed
+    kitchen = config(reward_bias=-4.0, terminal_reward=0.0)  # explored at -5, retrained at -4
+    batch = retraining_batches(offline, online, kitchen)()
+    assert set(batch.rewards.tolist()) <= {-4.0, 0.0} and torch.equal(batch.dones, (batch.rewards == 0).float())
+    agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]), torch.device("cpu"))
+    prepare(agent, kitchen, offline, online)  # the bound is on the relabelled rewards
+    assert agent.target_bounds == pytest.approx((-40.0, 0.0))
 
 
 RESUMABLE = [*SMOKE, "mlflow_experiment=o2o-extensions", "schedule.offline_steps=100", "schedule.online_steps=300",

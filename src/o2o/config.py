@@ -321,6 +321,13 @@ class ExplorationConfig:
     rnd_trains: Optional[bool] = None
     knn_k: Optional[int] = None  # qknn: the neighbour whose distance is the particle estimate
     pretraining: Optional[bool] = None  # the bonus from the first pre-training step (OOO's RND), not from fine-tuning
+    # The exploring run's TD target bounded by [min, max] / (1 - gamma), in the learner's rewards (null: that side
+    # unbounded), from the first pre-training step, each side widened by the rewards of every online episode (OOO's
+    # --cql.bound_q_functions with --cql.min_reward / --cql.max_reward); null: unbounded
+    target_bounds: Optional[List[Optional[float]]] = None
+    # Every training batch's transitions terminal exactly where the learner's reward equals this (OOO's Kitchen rule,
+    # batch["dones"] = rewards == 0); null: the data's and the env's terminals
+    terminal_reward: Optional[float] = None
 
     def check(self) -> None:
         require(self.bonus not in UNTRACED_BONUSES, f"exploration={self.bonus}: {UNTRACED_BONUSES.get(self.bonus)}")
@@ -335,6 +342,11 @@ class ExplorationConfig:
                      "exploration=rnd needs rnd_hidden, rnd_lr > 0, rnd_update_proportion in (0, 1] and rnd_trains")
         if self.bonus == "qknn":
             require((self.knn_k or 0) >= 1, f"exploration.knn_k must be >= 1, got {self.knn_k}")
+        if self.target_bounds is not None:
+            low, high = (list(self.target_bounds) + [None, None])[:2]
+            require(len(self.target_bounds) == 2 and (low is None or high is None or low < high),
+                     f"exploration.target_bounds must be [min, max] with min < max (null: unbounded), got "
+                     f"{list(self.target_bounds)}")
 
 
 @dataclass
@@ -348,6 +360,14 @@ class RetrainConfig:
     clip_targets: bool = MISSING  # target Q within [min r, max r] / (1 - gamma) of the data (OOO's bound)
     feature_normalization: bool = MISSING  # the critics' last hidden features scaled to unit length (OOO's)
     eval_episodes: int = MISSING  # episodes per evaluation of the retrained agent
+    # Transitions of the online buffer at its highest reward added to every batch, this many (OOO's
+    # --upsample_batch_size); 0: none
+    upsample_batch: int = MISSING
+    # The retrained agent's reward bias in place of the run's algo.reward_bias (OOO's Kitchen retraining: -4, where
+    # its exploration used -5); null: the run's
+    reward_bias: Optional[float] = None
+    # As exploration.terminal_reward, for the retrained agent's batches (OOO's Kitchen retraining)
+    terminal_reward: Optional[float] = None
 
     @property
     def with_cql(self) -> bool:
@@ -362,6 +382,10 @@ class RetrainConfig:
         require(not self.interval or self.steps > 0, "retrain.interval needs retrain.steps > 0 (retrain=ooo)")
         require(self.mixing_ratio == -1 or 0 <= self.mixing_ratio <= 1,
                  f"retrain.mixing_ratio must be in [0, 1] or -1 (proportional), got {self.mixing_ratio}")
+        require(self.upsample_batch >= 0, f"retrain.upsample_batch must be >= 0, got {self.upsample_batch}")
+        require(self.reward_bias is None or self.with_cql,
+                 "retrain.reward_bias relabels the rewards of a CQL retraining (retrain.algorithm=cql); the run's own "
+                 "algorithm (retrain.algorithm=run) reads reference values computed with the run's rewards")
 
 
 @dataclass
@@ -438,6 +462,9 @@ class Config:
                  "does not have: use algo=cql or calql, or retrain=same to retrain with the run's own algorithm")
         require(not self.retrain.clip_targets or self.algo.conservative_retraining() is not None,
                  f"retrain.clip_targets bounds CQL's TD target; {self.algo.name} retrains without one")
+        require(self.exploration.target_bounds is None or self.algo.conservative_retraining() is not None,
+                 f"exploration.target_bounds bounds CQL's TD target; {self.algo.name} has none: use algo=cql or calql, "
+                 "or exploration.target_bounds=null")
         require(not self.retrain.steps or (self.schedule.online_steps > 0 and self.algo.uses_offline_data),
                  "retrain retrains on the offline data and the online transitions: it needs schedule.online_steps > 0 "
                  f"and an algorithm that reads the offline data ({self.algo.name} does not)")

@@ -17,7 +17,7 @@ RETURN = "return"  # the task's own (untransformed) episode return
 NORMALIZED_RETURN = "normalized_return"  # D4RL's normalized return, x100
 SUCCESS_RATE = "success_rate"  # fraction of episodes that reach the goal at any step
 # Kitchen: mean fraction of the configured tasks in their goal state at an episode's last step (the Cal-QL authors'
-# rewards[-1] / 4 in OOO's fork of their code, MaxSobolMark/OOO OOO_for_calql/conservative_sac_main.py)
+# rewards[-1] / 4: nakamotoo/Cal-QL branch dev/add-kitchen, JaxCQL/conservative_sac_main.py)
 TASKS_SOLVED = "tasks_solved"
 TASKS_EVER_SOLVED = "tasks_ever_solved"  # Kitchen: mean fraction of the configured tasks completed at some step
 EPISODE_LENGTH = "episode_length"

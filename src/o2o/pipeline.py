@@ -38,10 +38,10 @@ from o2o.run_state import (FINAL_STAGE, MACHINES_TAG, OFFLINE_STAGE, ONLINE_STAG
                           add_machine)
 from o2o.runtime import ThreadGovernor, choose_compile, machine, setup_runtime
 from o2o.stages.calibration import CalibrationProbe
-from o2o.stages.common import Learner, RunContext
+from o2o.stages.common import Learner, RunContext, relabelled
 from o2o.stages.evaluate import Evaluator
 from o2o.stages.offline import pretrain
-from o2o.stages.online import finetune
+from o2o.stages.online import bound_exploring_targets, finetune
 from o2o.stages.retrain import retrain, retrain_during_finetuning
 from o2o.tracking import (PARENT_RUN_ENV, PRESET_TAG, SETTING_TAG, Tracker, check_store, default_tracking_uri, flatten,
                           open_store, param_values, store_not_made)
@@ -497,7 +497,9 @@ def run_stages(agent: ActorCritic, offline: Optional[TransitionBuffer], cfg: Con
         from_start = bonus if cfg.exploration.pretraining else None  # OOO's RND: from the first pre-training step
         if from_start is not None and state.offline is not None and state.offline.bonus is not None:
             from_start.load_state(state.offline.bonus)
-        learner = Learner(agent, lambda: offline.sample(cfg.buffer.batch_size), from_start, cfg.exploration.coef or 0.0)
+        bound_exploring_targets(agent, cfg)
+        sample = relabelled(lambda: offline.sample(cfg.buffer.batch_size), terminal_reward=cfg.exploration.terminal_reward)
+        learner = Learner(agent, sample, from_start, cfg.exploration.coef or 0.0)
         final.update(pretrain(agent, learner, cfg.schedule.offline_steps, ctx))
         publish_policy(agent, cfg, ctx.tracker, PRETRAINED_POLICY)
     elif state.stage in (ONLINE_STAGE, RETRAIN_STAGE):

@@ -57,8 +57,8 @@ def returns_to_go(rewards: np.ndarray, episode_ends: np.ndarray, gamma: float,
     (already transformed) turns on the sparse failure rule. ``tails``, True at
     an episode's last step T, continues the return past it as if r_T repeated
     for ever: G_t = sum_{k=t..T} gamma^(k-t) r_k + gamma^(T-t+1) r_T / (1 - gamma)
-    (calc_return_to_go with infinite_horizon=True, as OOO's fork of the Cal-QL code runs Kitchen:
-    MaxSobolMark/OOO, OOO_for_calql/replay_buffer.py).
+    (calc_return_to_go with infinite_horizon=True, as the Cal-QL authors run Kitchen: nakamotoo/Cal-QL branch
+    dev/add-kitchen, JaxCQL/replay_buffer.py and sampler.py).
     """
     rewards = np.asarray(rewards, dtype=np.float64)
     out = np.empty_like(rewards)

@@ -25,6 +25,37 @@ from o2o.tracking import Tracker
 log = logging.getLogger("o2o")
 
 
+def relabelled(sample: Callable[[], Batch], reward_shift: float = 0.0,
+               terminal_reward: Optional[float] = None) -> Callable[[], Batch]:
+    """``sample`` with each batch's rewards shifted by ``reward_shift`` and, with ``terminal_reward``, its transitions
+    terminal exactly where the (shifted) reward equals it: OOO's Kitchen batches (MaxSobolMark/OOO,
+    conservative_sac_main.py and conservative_sac_exploitation.py: ``batch["dones"] = rewards == 0``, on rewards
+    re-biased from the exploration run's -5 to -4 when retraining)."""
+    if not reward_shift and terminal_reward is None:
+        return sample
+
+    def draw() -> Batch:
+        batch = sample()
+        rewards = batch.rewards + reward_shift if reward_shift else batch.rewards
+        dones = batch.dones if terminal_reward is None else (rewards == terminal_reward).to(batch.dones.dtype)
+        return batch._replace(rewards=rewards, dones=dones)
+
+    return draw
+
+
+def target_bounds(bounds, gamma: float, rewards: Optional[torch.Tensor] = None) -> Optional[tuple[float, float]]:
+    """A bound on the TD target, [min, max] / (1 - gamma) from ``bounds`` (reward units; None: that side open),
+    each side widened by ``rewards`` where they pass it (OOO's exploration runs, conservative_sac_main.py: min_q and
+    max_q widened after each round of online episodes); None when ``bounds`` is None."""
+    if bounds is None:
+        return None
+    low, high = bounds
+    if rewards is not None and len(rewards):
+        low = None if low is None else min(low, float(rewards.min()))
+        high = None if high is None else max(high, float(rewards.max()))
+    return (-math.inf if low is None else low / (1 - gamma), math.inf if high is None else high / (1 - gamma))
+
+
 class MetricAverager:
     """Sums metric tensors on the device; one host transfer per flush. Each metric is averaged over the updates that
     emitted it: a delayed actor's loss (RLPD's one actor step per 20 critic steps) is its own mean, not diluted by the

@@ -28,7 +28,7 @@ from o2o.reference import reference_error
 from o2o.returns import reference_returns, transform_reward
 from o2o.rollout import Episode, rollout
 from o2o.run_state import ONLINE_STAGE, OnlineProgress
-from o2o.stages.common import Learner, PhaseLoop, RunContext, Ticker
+from o2o.stages.common import Learner, PhaseLoop, RunContext, Ticker, relabelled, target_bounds
 
 
 class EpisodeLabeller:
@@ -168,6 +168,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
         if reference is not None and progress.reference is not None:
             reference.load_state(progress.reference)
     agent.begin_phase(M.ONLINE)
+    bound_exploring_targets(agent, cfg, sampler.online)
     if not resumed and not ctx.state.eval_history:  # no pre-training: score the initial policy at env step 0
         progress.results = ctx.evaluate(agent, M.ONLINE, 0)
 
@@ -190,7 +191,8 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                      evaluate=Ticker(sched.eval_interval_online or total, progress, "next_eval"),
                      checkpoint=Ticker(sched.checkpoint_interval, progress, "next_checkpoint"))
     hooks = ((Ticker(cfg.retrain.interval, progress, "next_retrain"), retrain_now),) if retrain_now else ()
-    learner = Learner(agent, sampler.sample, bonus, cfg.exploration.coef)
+    learner = Learner(agent, relabelled(sampler.sample, terminal_reward=cfg.exploration.terminal_reward), bonus,
+                      cfg.exploration.coef)
     collector = COLLECTORS[cfg.algo.update_schedule](env, learner, sampler.online,
                                                      EpisodeLabeller(cfg, reference, ctx.tracker), cfg, progress, loop)
 
@@ -202,6 +204,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                     save(collector.interrupted())
                     raise Preempted(f"online env step {progress.env_steps}")
                 _log_episode(ctx, progress, episode)
+                bound_exploring_targets(agent, cfg, sampler.online)
             while progress.pending_updates:  # the episode schedule's updates, owed for the episode just stored
                 loop.add(learner.update())
                 progress.pending_updates -= 1
@@ -212,6 +215,14 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
     env.close()
     return {**{M.summary(M.ONLINE, k): v for k, v in progress.results.items()},
             M.CUMULATIVE_REGRET: progress.regret, M.EPISODES: float(progress.episodes), M.ENV_STEPS: float(progress.env_steps)}
+
+
+def bound_exploring_targets(agent, cfg: Config, online: TransitionBuffer | None = None) -> None:
+    """``exploration.target_bounds``: the exploring agent's TD target bound, widened by the online transitions'
+    rewards so far (a resumed run's as well, from its buffer)."""
+    if cfg.exploration.target_bounds is not None:
+        agent.target_bounds = target_bounds(cfg.exploration.target_bounds, cfg.algo.gamma,
+                                            online.rewards() if online is not None else None)
 
 
 def _start(ctx: RunContext, cfg: Config) -> tuple[OnlineProgress, bool]:

@@ -14,11 +14,11 @@ import contextlib
 import torch
 
 from o2o import metrics as M
-from o2o.buffers import MixedSampler, TransitionBuffer
+from o2o.buffers import Batch, MixedSampler, TransitionBuffer
 from o2o.checkpoints import capture_rng, restore_rng
 from o2o.run_state import RETRAIN_STAGE
 from o2o.agents.networks import EnsembleCritic
-from o2o.stages.common import Learner, RunContext, log
+from o2o.stages.common import Learner, RunContext, log, relabelled
 from o2o.stages.offline import pretrain
 
 
@@ -31,8 +31,33 @@ def prepare(agent, cfg, offline: TransitionBuffer, online: TransitionBuffer) -> 
             if isinstance(module, EnsembleCritic):
                 module.normalize_features = True
     if cfg.retrain.clip_targets:
-        rewards = torch.cat([offline.rewards(), online.rewards()])
+        rewards = torch.cat([offline.rewards(), online.rewards()]) + reward_shift(cfg)
         agent.target_bounds = (float(rewards.min()) / (1 - cfg.algo.gamma), float(rewards.max()) / (1 - cfg.algo.gamma))
+
+
+def reward_shift(cfg) -> float:
+    """``retrain.reward_bias``: what the retrained agent adds to the stored rewards (the run's bias taken back)."""
+    return 0.0 if cfg.retrain.reward_bias is None else cfg.retrain.reward_bias - cfg.algo.reward_bias
+
+
+def retraining_batches(offline: TransitionBuffer, online: TransitionBuffer, cfg):
+    """The retrained agent's batches: offline and online by ``retrain.mixing_ratio``; with ``retrain.upsample_batch``,
+    that many more drawn from the online transitions at the online buffer's highest reward (OOO's
+    conservative_sac_exploitation.py, upsample_batch_size: the replay buffer's rows whose reward reaches its max,
+    concatenated to every batch); then relabelled (``retrain.reward_bias``, ``retrain.terminal_reward``)."""
+    sample = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.retrain.mixing_ratio).sample
+    extra = cfg.retrain.upsample_batch
+    if extra and len(online):
+        rewards = online.rewards()
+        best = torch.nonzero(rewards >= rewards.max()).squeeze(1)
+        mixed = sample
+
+        def sample() -> Batch:
+            batch = mixed()
+            top = online.batch(best[torch.randint(0, len(best), (extra,), device=best.device)])
+            return Batch(*(None if a is None else torch.cat([a, b]) for a, b in zip(batch, top)))
+
+    return relabelled(sample, reward_shift(cfg), cfg.retrain.terminal_reward)
 
 
 @contextlib.contextmanager
@@ -60,9 +85,9 @@ def retrain_during_finetuning(make_fresh_agent, offline: TransitionBuffer, onlin
             agent = make_fresh_agent()
             prepare(agent, cfg, offline, online)
             agent.begin_phase(M.RETRAIN)
-            sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.retrain.mixing_ratio)
+            sample = retraining_batches(offline, online, cfg)
             for _ in range(cfg.retrain.steps):
-                agent.update(sampler.sample())
+                agent.update(sample())
             ctx.check_finite_parameters(agent, M.ONLINE_RETRAINED)
             with evaluated_on(ctx.evaluator, cfg.retrain.eval_episodes):
                 results = ctx.evaluator(agent)
@@ -88,9 +113,9 @@ def retrain(finetuned, make_fresh_agent, offline: TransitionBuffer, online: Tran
     if state.stage == RETRAIN_STAGE and state.retrain is not None:
         agent.restore(state.agent)
     prepare(agent, cfg, offline, online)
-    sampler = MixedSampler(offline, online, cfg.buffer.batch_size, cfg.retrain.mixing_ratio)
+    sample = retraining_batches(offline, online, cfg)
     log.info("offline retraining: a fresh %s (%s) on %d offline and %d online transitions, %d gradient steps",
              cfg.algo.name, "CQL, no calibration" if cfg.retrain.with_cql else "the run's algorithm",
              len(offline), len(online), cfg.retrain.steps)
     with evaluated_on(ctx.evaluator, cfg.retrain.eval_episodes):
-        return pretrain(agent, Learner(agent, sampler.sample), cfg.retrain.steps, ctx, phase=M.RETRAIN), agent
+        return pretrain(agent, Learner(agent, sample), cfg.retrain.steps, ctx, phase=M.RETRAIN), agent
