@@ -151,6 +151,22 @@ def test_every_env_passes_gymnasiums_checker_and_has_a_spec(env, own, monkeypatc
         check_env(made, skip_render_check=True)
 
 
+def test_hydras_own_flags_follow_the_overrides_with_ones_own_config_folder(own, main_py):
+    """O2O_CONFIG_PATH adds a hydra.searchpath override; Hydra's flags after the user's overrides still parse."""
+    done = subprocess.run(main_py + ["env=point_reach", "algo=td3_bc", "--cfg", "job"], cwd=own, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "O2O_CONFIG_PATH": str(own / "conf")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "name: td3_bc" in done.stdout and "gym_id: point_reach" in done.stdout
+    from o2o.config_sources import with_searchpath
+
+    added = f"hydra.searchpath=[file://{own / 'conf'}]"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("O2O_CONFIG_PATH", str(own / "conf"))
+        assert with_searchpath(["-m", "a=1", "b=2"]) == ["-m", added, "a=1", "b=2"]  # with the overrides, after -m
+        assert with_searchpath(["a=1", "--cfg", "job"]) == [added, "a=1", "--cfg", "job"]
+        assert with_searchpath(["--cfg", "job"]) == ["--cfg", "job", added]
+
+
 def test_an_env_module_that_cannot_be_imported_stops_with_one_line(own, main_py):
     done = subprocess.run(main_py + ["env=point_reach", "algo=td3_bc", searchpath(own), "env.gym_id=nowhere:Env-v0",
                                      *SMOKE_ANY_ENV], cwd=own, capture_output=True, text=True, timeout=120)
@@ -309,6 +325,19 @@ def test_a_study_of_ones_own_sweeps_ones_own_algorithm_and_cal_ql(own, tmp_path,
     assert all(r.info.status == "FINISHED" for r in children)
     records = list((tmp_path / "reach_td3bc-smoke" / "records").glob("*.json.gz"))
     assert len(records) == 2
+
+
+def test_a_study_whose_job_fails_writes_its_page_and_exits_with_the_sweeps_status(own, tmp_path, monkeypatch):
+    from conftest import exploding_algorithm
+    from o2o.study import main
+
+    monkeypatch.chdir(own)
+    monkeypatch.setenv("O2O_CONFIG_PATH", f"{own / 'conf'}:{exploding_algorithm(tmp_path / 'conf')}")
+    with pytest.raises(SystemExit) as stopped:
+        main(["reach_td3bc", "--budget", "smoke", "--out", str(tmp_path), "--experiment", "o2o-own-failing", "seed=0",
+              "hydra.sweeper.params.algo=exploding,td3_bc", "threads=1", "mlflow.log_models=false", *QUIET])
+    assert stopped.value.code == 2  # the sweep's: one of its jobs failed
+    assert "| td3_bc |" in (tmp_path / "reach_td3bc-smoke.md").read_text()  # the page of the run that finished
 
 
 def test_a_dataset_recorded_in_ones_own_env_is_checked_against_it(own, monkeypatch):

@@ -554,7 +554,7 @@ def run(env: str = "pointmaze_umaze", algo: str = "calql", overrides: Sequence[s
         run_dir: str | None = None) -> dict[str, float]:
     """Run one job from Python, with the same config groups as the command line.
 
-    >>> run(env="pointmaze_umaze", algo="calql", overrides=["schedule=smoke", "seed=1"])
+    >>> run(env="pointmaze_umaze", algo="calql", overrides=["experiment=smoke", "seed=1"])
     """
     import time
 

@@ -598,7 +598,7 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         raise UserError(f"--page-only {args.page_only}: the store {uri} does not exist: set MLFLOW_TRACKING_URI to the "
                         "store the sweep logged to")
     client = MlflowClient(uri) if args.page_only else open_store(uri)  # a sweep's store is made here if new
-    wall = None
+    wall, code = None, 0
     if args.page_only:
         parent = args.page_only
         from mlflow.exceptions import MlflowException
@@ -639,6 +639,8 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     page = write_page(client, args.experiment, parent, args.name, args.budget, out, command, commit, wall)
     print(f"results page: {page} (and in the sweep's MLflow run {parent}, artifacts study/); its runs' records: "
           f"{records}")
+    if code:  # the page is written; the exit status still says the sweep did not finish
+        raise SystemExit(code)
 
 
 def collector_of(name: str, budget: str):
