@@ -467,6 +467,25 @@ def test_each_pair_of_calql_rows_is_compared_once_and_named():
     assert f"{point:.2f} [{low:.2f}, {high:.2f}]" in line
 
 
+def test_the_pairwise_table_can_weigh_any_algorithm_against_the_others():
+    """``o2o-report --focus ALGO``: one's own method's rows set against every other row of their setting."""
+    from o2o.report import RunRecord, results_table, statistics_markdown
+
+    def runs(algo, scores):
+        return [RunRecord(f"{algo}-{s}", "pointmaze_medium", algo, str(s), "d", 6000.0, "success_rate", config={},
+                          start_time=s, overrides=f"algo={algo} seed={s}",
+                          history={M.evaluation(M.ONLINE, "success_rate"): [(6000, score)]})
+                for s, score in enumerate(scores)]
+
+    rows = results_table(runs("mine", [0.9, 0.8, 0.9, 0.95, 0.85]) + runs("cql", [0.1, 0.2, 0.1, 0.15, 0.2]))
+    assert "is better) |" not in statistics_markdown(rows)  # no Cal-QL row: nothing set against anything
+    text = statistics_markdown(rows, focus="mine")
+    (pair,) = [line for line in text.splitlines() if "fine-tuning (higher is better) |" in line]
+    assert "| mine row | against |" in text and "P(mine row better)" in text
+    assert pair.split("|")[2].strip() == "mine" and pair.split("|")[3].strip() == "cql"
+    assert pair.split("|")[-2].strip() == "holds"  # every run of mine beats every run of cql
+
+
 KILLED_PART = """
 import sys, threading, time
 from mlflow.tracking import MlflowClient

@@ -330,10 +330,16 @@ def results_table(records: list[RunRecord], dip_fraction: float = DIP_FRACTION) 
     return rows
 
 
-def statistics_markdown(rows: list[dict]) -> str:
+FOCUS = "calql"  # the algorithm whose rows the pairwise table sets against the others (o2o-report --focus)
+
+
+def statistics_markdown(rows: list[dict], focus: str = FOCUS) -> str:
     """rliable's aggregates per row (mean and IQM of the scores, mean regret, 95% stratified-bootstrap intervals),
-    and per env the probability that Cal-QL improves on each other row, with the verdict of o2o.statistics."""
+    and per env the probability that each row of the ``focus`` algorithm improves on each other row of its setting,
+    with the verdict of o2o.statistics."""
     from o2o import statistics as S
+
+    shown = "Cal-QL" if focus == "calql" else focus
 
     lines = ["| env | algo | config | seeds | after pre-training: mean, IQM | after fine-tuning: mean, IQM | "
              "cumulative regret: mean |", "|---|---|---|---|---|---|---|"]
@@ -347,11 +353,11 @@ def statistics_markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['env']} | {r['algo']} | {config_cell(r) or '-'} | {r['seeds']} | {cells[0]} | {cells[1]} | "
                      f"{'-' if math.isnan(regret.point) else regret.format(3)} |")
     pairs = []
-    calqls = [r for r in rows if r["algo"] == "calql"]
+    calqls = [r for r in rows if r["algo"] == focus]
     for i, calql in enumerate(calqls):
         for other in (r for r in rows if r["env"] == calql["env"] and r is not calql
                       and r[SETTING_KEY] == calql[SETTING_KEY]):  # unlike settings are never weighed
-            if any(other is r for r in calqls[:i]):  # each pair of Cal-QL rows once: P(B > A) is 1 - P(A > B)
+            if any(other is r for r in calqls[:i]):  # each pair of focus rows once: P(B > A) is 1 - P(A > B)
                 continue
             for name, label, higher in (("final", "score after fine-tuning", True),
                                         ("offline", "score after pre-training", True), ("regret", "cumulative regret", False)):
@@ -363,15 +369,15 @@ def statistics_markdown(rows: list[dict]) -> str:
                              f"{label} ({'higher' if higher else 'lower'} is better) | {p.format(2)} | {verdict} |")
     out = "\n".join(lines)
     if pairs:
-        out += ("\n\nProbability that a run of a Cal-QL row improves on a run of the row it is set against (rliable, "
-                "95% interval; each pair of Cal-QL rows once, since P(B better) is 1 - P(A better); only rows of one "
+        out += (f"\n\nProbability that a run of a {shown} row improves on a run of the row it is set against (rliable, "
+                f"95% interval; each pair of {shown} rows once, since P(B better) is 1 - P(A better); only rows of one "
                 "setting, equal in every param but the algorithm's own). "
                 + (f"**Exploratory**: the family is these {len(pairs)} comparisons, each judged at 95% on its own "
                    "with no correction for their number, so about one in twenty would leave \"inconclusive\" by "
                    "chance alone" if len(pairs) > 1 else "**Exploratory**: the family is this one comparison, judged "
                    "at 95%")
                 + "; a study's pre-registered comparisons are its claims table.\n\n"
-                "| env | Cal-QL row | against | on | P(Cal-QL row better) | verdict (uncorrected) |\n"
+                f"| env | {shown} row | against | on | P({shown} row better) | verdict (uncorrected) |\n"
                 "|---|---|---|---|---|---|\n" + "\n".join(pairs))
     return out + ("\n\nMeans and interquartile means (IQM) over seeds with 95% stratified-bootstrap confidence "
                   f"intervals, {S.BOOTSTRAP_REPS} resamples (rliable). " + S.RULE + "\n")
@@ -630,7 +636,8 @@ def calibration_figure(records: list[RunRecord], title: str):
 
 
 def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip_fraction: float = DIP_FRACTION,
-                 finished_only: bool = True, log_to_mlflow: bool = True, algos: list[str] | None = None) -> dict:
+                 finished_only: bool = True, log_to_mlflow: bool = True, algos: list[str] | None = None,
+                 focus: str = FOCUS) -> dict:
     plt = _pyplot()
     records = load_runs(client, experiment, filter_string, finished_only, algos)
     if not records:
@@ -639,7 +646,7 @@ def write_report(client, experiment: str, filter_string: str, out_dir: Path, dip
     rows = results_table(records, dip_fraction)
     _, left_out = group_runs(records)
     (out_dir / "table.md").write_text(to_markdown(rows, dip_fraction, left_out))
-    (out_dir / "statistics.md").write_text(statistics_markdown(rows))
+    (out_dir / "statistics.md").write_text(statistics_markdown(rows, focus))
     to_csv(rows, out_dir / "table.csv")
     files = [out_dir / "table.md", out_dir / "statistics.md", out_dir / "table.csv"]
     labels = setting_labels(records)
@@ -698,6 +705,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--include-unfinished", action="store_true")
     parser.add_argument("--out", help="output folder (default outputs/reports/<experiment>-<time>)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as an MLflow run")
+    parser.add_argument("--focus", default=FOCUS, metavar="ALGO",
+                        help="the algorithm whose rows the probability-of-improvement table sets against every other "
+                             f"row of their setting (default {FOCUS}; your own method's name to weigh it)")
     args = parser.parse_args(argv)
     if not 0 < args.dip_fraction <= 1:
         parser.error(f"--dip-fraction must be in (0, 1], a fraction of fine-tuning, got {args.dip_fraction}")
@@ -715,7 +725,8 @@ def main(argv: list[str] | None = None) -> None:
         out = Path(args.out) if args.out else outputs_dir() / "reports" / f"{args.experiment}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
         result = write_report(client, args.experiment, build_filter(args.env, args.algo, args.dataset, args.parent,
                                                                     args.filter),
-                              out, args.dip_fraction, not args.include_unfinished, not args.no_mlflow, args.algo)
+                              out, args.dip_fraction, not args.include_unfinished, not args.no_mlflow, args.algo,
+                              args.focus)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
