@@ -322,7 +322,7 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
     # (exploration coef, target bounds, terminal reward, algo reward bias, retrain upsample, bias, terminal reward):
     # OOO's commands (ooo_for_calql_scripts.md), maze2d's on PointMaze
     (["env=pointmaze_umaze"], (10.0, [-5.0, 6.0], None, -5.0, 32, None, None)),
-    (["env=kitchen_mixed"], (10.0, [None, 0.5], 0.0, -5.0, 0, -4.0, 0.0)),
+    (["env=kitchen_mixed"], (10.0, [None, 0.5], 0.0, -5.0, 0, -4.0, 0.0)),  # and importance sampling back on
     (["env=adroit_door"], (0.5, None, None, 5.0, 0, None, None)),
     (["env=antmaze_umaze"], (50.0, None, None, -5.0, 0, None, None)),
     (["env=halfcheetah"], (1.0, None, None, 0.0, 0, None, None)),  # no OOO command: their code's defaults
@@ -335,6 +335,12 @@ def test_ooo_takes_its_commands_values_for_each_domain(overrides, expected, algo
             r.terminal_reward) == expected
     trained = validate(compose([*overrides, f"algo={algo}", "exploration=rnd_trained"])).exploration
     assert (trained.coef, trained.target_bounds, trained.terminal_reward) == expected[:3]
+    from o2o.pipeline import retraining_config
+
+    kitchen = "env=kitchen_mixed" in overrides  # its exploitation command keeps importance sampling and 4M transitions
+    assert (cfg.algo.importance_sampling, retraining_config(cfg).algo.importance_sampling) == (
+        (False, True) if kitchen else (cfg.algo.importance_sampling,) * 2)
+    assert (cfg.buffer.online_capacity == cfg.schedule.online_steps) if kitchen else cfg.buffer.online_capacity == 1000000
 
 
 def test_the_exploring_runs_values_are_cql_and_cal_qls_only():
@@ -391,7 +397,7 @@ def test_kitchen_batches_are_terminal_exactly_where_the_reward_is_zero():
     assert seen[0].dones.tolist() == [0.0, 1.0, 0.0, 1.0]
 
 
-def test_ooos_retraining_upsamples_the_best_online_transitions_and_relabels_kitchen(monkeypatch):
+def test_ooos_retraining_upsamples_the_best_online_transitions_and_relabels_kitchen():
     from o2o.stages.retrain import prepare, retraining_batches
 
     offline = TransitionBuffer(50, 3, 2, torch.device("cpu"))
@@ -414,9 +420,55 @@ def test_ooos_retraining_upsamples_the_best_online_transitions_and_relabels_kitc
     kitchen = config(reward_bias=-4.0, terminal_reward=0.0)  # explored at -5, retrained at -4
     batch = retraining_batches(offline, online, kitchen)()
     assert set(batch.rewards.tolist()) <= {-4.0, 0.0} and torch.equal(batch.dones, (batch.rewards == 0).float())
+    both = retraining_batches(offline, online, config(reward_bias=-4.0, terminal_reward=0.0, upsample_batch=8))()
+    assert (both.rewards[16:] == 0.0).all() and (both.dones[16:] == 1.0).all()  # upsampled rows relabelled too
     agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]), torch.device("cpu"))
     prepare(agent, kitchen, offline, online)  # the bound is on the relabelled rewards
     assert agent.target_bounds == pytest.approx((-40.0, 0.0))
+
+
+def test_the_target_bound_acts_on_the_highest_q_before_its_entropy_as_the_authors_order_them():
+    """nakamotoo/Cal-QL (and OOO's fork) conservative_sac.py: with max-target backup the a' of the highest target Q,
+    then OOO's bound on that Q, then the entropy of that same a'."""
+    from o2o.agents.networks import TanhGaussianActor
+
+    torch.manual_seed(0)
+    agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8], gamma=0.9, backup_entropy=True,
+                                  max_target_backup=True), torch.device("cpu"))
+    obs = torch.randn(6, 3)
+    batch = Batch(obs, torch.zeros(6, 2), torch.zeros(6), obs, torch.zeros(6), torch.zeros(6))
+    noise = agent.draw_noise(6)
+    with torch.no_grad():
+        nxt, logp = TanhGaussianActor.sample(*agent.actor(obs), noise["eps_next"][:, agent.cfg.n_actions:])
+        q = agent.target_min(agent.critic_target(obs, nxt), noise)
+        best = q.argmax(1, keepdim=True)
+        agent.target_bounds = (float(q.max(1).values.median()), math.inf)  # binds on some states
+        got = agent._td_target(batch, nxt, logp, noise)
+    alpha = agent.alpha.detach()
+    want = 0.9 * (q.gather(1, best)[:, 0].clamp(min=agent.target_bounds[0]) - alpha * logp.gather(1, best)[:, 0])
+    torch.testing.assert_close(got, want)
+
+
+def test_a_run_bounds_and_relabels_the_exploring_agents_batches_in_pre_training_and_fine_tuning(tmp_path, monkeypatch):
+    from o2o import pipeline
+    from o2o.stages import online as online_stage
+
+    calls, rules = [], []
+    for module in (pipeline, online_stage):
+        bound, relabel = module.bound_exploring_targets, module.relabelled
+        monkeypatch.setattr(module, "bound_exploring_targets", lambda agent, cfg, buffer=None, bound=bound: (
+            calls.append(None if buffer is None else len(buffer)), bound(agent, cfg, buffer))[1])
+        monkeypatch.setattr(module, "relabelled", lambda sample, shift=0.0, terminal_reward=None, relabel=relabel: (
+            rules.append(terminal_reward), relabel(sample, shift, terminal_reward))[1])
+    from o2o import run
+
+    run(algo="cql", run_dir=str(tmp_path), overrides=[*SMOKE, "schedule.offline_steps=20", "schedule.online_steps=120",
+        "exploration=rnd", "exploration.target_bounds=[-5,6]", "exploration.terminal_reward=5", "progress=false",
+        "mlflow.system_metrics=false", "mlflow.log_models=false", "domain.eval_episodes=1",
+        "mlflow_experiment=o2o-bounds"])
+    assert calls[0] is None and calls[1] == 0  # pre-training, then fine-tuning's start
+    assert len(calls) > 2 and calls[2:] == sorted(calls[2:]) and calls[-1] == 120  # after each episode, on its buffer
+    assert rules == [5.0, 5.0]  # the terminal rule on pre-training's and fine-tuning's batches
 
 
 RESUMABLE = [*SMOKE, "mlflow_experiment=o2o-extensions", "schedule.offline_steps=100", "schedule.online_steps=300",

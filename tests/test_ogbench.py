@@ -169,7 +169,7 @@ def test_the_env_options_compose_with_their_recipe(env):
     if env == "visual_pick_place":
         assert cfg.algo.backup_actions == 4 and cfg.algo.n_actions == 10 and cfg.env.reward_shift == 1.0
     else:
-        assert cfg.algo.cql_weight == 5.0 and cfg.algo.critic_hidden == [512] * 4  # andypeng05/wsrl's ogbench_cql
+        assert cfg.algo.cql_weight == 5.0 and cfg.algo.critic_hidden == [512] * 3  # andypeng05/wsrl add_ogbench: ogbench_cql
 
 
 def test_the_paper_reward_is_ogbenchs_plus_one_in_the_env_and_the_data(tmp_path):

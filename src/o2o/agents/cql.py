@@ -181,11 +181,14 @@ class CQL(SoftActorCritic):
         return self.soft_losses(batch, td_target, noise, update_actor)
 
     def _td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_pi: torch.Tensor, noise: dict) -> torch.Tensor:
-        """r + gamma (1 - done) Q_target(s', a'); with max-target backup the max over sampled a'."""
+        """r + gamma (1 - done) Q_target(s', a'); with max-target backup the a' of the highest Q among the sampled
+        ones, then the bound (OOO), then the entropy of that a' (as the authors' conservative_sac.py orders them)."""
         q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)  # (B, K)
-        if self.cfg.backup_entropy:
-            q_next = q_next - self.alpha.detach() * next_log_pi
-        q_next = q_next.amax(dim=1) if self.max_target_backup else q_next[:, 0]
-        if self.target_bounds is not None:  # OOO: after the max backup (with no entropy backup, the CQL presets')
+        best = q_next.argmax(dim=1, keepdim=True) if self.max_target_backup else torch.zeros_like(q_next[:, :1],
+                                                                                                   dtype=torch.long)
+        q_next = q_next.gather(1, best)[:, 0]
+        if self.target_bounds is not None:
             q_next = q_next.clamp(*self.target_bounds)
+        if self.cfg.backup_entropy:
+            q_next = q_next - self.alpha.detach() * next_log_pi.gather(1, best)[:, 0]
         return batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next
