@@ -322,7 +322,7 @@ def test_retraining_samples_exactly_the_offline_and_online_transitions_without_a
     # (exploration coef, target bounds, terminal reward, algo reward bias, retrain upsample, bias, terminal reward):
     # OOO's commands (ooo_for_calql_scripts.md), maze2d's on PointMaze
     (["env=pointmaze_umaze"], (10.0, [-5.0, 6.0], None, -5.0, 32, None, None)),
-    (["env=kitchen_mixed"], (10.0, [None, 0.5], 0.0, -5.0, 0, -4.0, 0.0)),  # and importance sampling back on
+    (["env=kitchen_mixed"], (10.0, [None, 0.5], 0.0, -5.0, 0, -4.0, 0.0)),
     (["env=adroit_door"], (0.5, None, None, 5.0, 0, None, None)),
     (["env=antmaze_umaze"], (50.0, None, None, -5.0, 0, None, None)),
     (["env=halfcheetah"], (1.0, None, None, 0.0, 0, None, None)),  # no OOO command: their code's defaults
@@ -337,9 +337,8 @@ def test_ooo_takes_its_commands_values_for_each_domain(overrides, expected, algo
     assert (trained.coef, trained.target_bounds, trained.terminal_reward) == expected[:3]
     from o2o.pipeline import retraining_config
 
-    kitchen = "env=kitchen_mixed" in overrides  # its exploitation command keeps importance sampling and 4M transitions
-    assert (cfg.algo.importance_sampling, retraining_config(cfg).algo.importance_sampling) == (
-        (False, True) if kitchen else (cfg.algo.importance_sampling,) * 2)
+    kitchen = "env=kitchen_mixed" in overrides  # its exploitation command keeps 4M transitions, IS off as exploring
+    assert retraining_config(cfg).algo.importance_sampling == cfg.algo.importance_sampling == (not kitchen)
     assert (cfg.buffer.online_capacity == cfg.schedule.online_steps) if kitchen else cfg.buffer.online_capacity == 1000000
 
 
@@ -450,25 +449,27 @@ def test_the_target_bound_acts_on_the_highest_q_before_its_entropy_as_the_author
 
 
 def test_a_run_bounds_and_relabels_the_exploring_agents_batches_in_pre_training_and_fine_tuning(tmp_path, monkeypatch):
-    from o2o import pipeline
-    from o2o.stages import online as online_stage
+    """Through ``o2o.run``: every update of both phases sees the bound and the terminal rule's batches (a terminal
+    reward that never occurs: no batch the agent gets has a terminal, though the sampled data has)."""
+    from o2o.buffers import MixedSampler
 
-    calls, rules = [], []
-    for module in (pipeline, online_stage):
-        bound, relabel = module.bound_exploring_targets, module.relabelled
-        monkeypatch.setattr(module, "bound_exploring_targets", lambda agent, cfg, buffer=None, bound=bound: (
-            calls.append(None if buffer is None else len(buffer)), bound(agent, cfg, buffer))[1])
-        monkeypatch.setattr(module, "relabelled", lambda sample, shift=0.0, terminal_reward=None, relabel=relabel: (
-            rules.append(terminal_reward), relabel(sample, shift, terminal_reward))[1])
+    seen, raw = [], []
+    update, sample, mixed = CQL.update, TransitionBuffer.sample, MixedSampler.sample
+    monkeypatch.setattr(CQL, "update", lambda self, batch: (
+        seen.append((self.target_bounds, float(batch.dones.sum()), len(batch.dones))), update(self, batch))[1])
+    monkeypatch.setattr(TransitionBuffer, "sample", lambda self, n: (lambda b: (raw.append(float(b.dones.sum())), b)[1])(
+        sample(self, n)))
+    monkeypatch.setattr(MixedSampler, "sample", lambda self: (lambda b: (raw.append(float(b.dones.sum())), b)[1])(
+        mixed(self)))
     from o2o import run
 
-    run(algo="cql", run_dir=str(tmp_path), overrides=[*SMOKE, "schedule.offline_steps=20", "schedule.online_steps=120",
-        "exploration=rnd", "exploration.target_bounds=[-5,6]", "exploration.terminal_reward=5", "progress=false",
-        "mlflow.system_metrics=false", "mlflow.log_models=false", "domain.eval_episodes=1",
+    run(algo="cql", run_dir=str(tmp_path), overrides=[*SMOKE, "schedule.offline_steps=60", "schedule.online_steps=120",
+        "exploration=rnd", "exploration.target_bounds=[-5,6]", "exploration.terminal_reward=12345", "progress=false",
+        "mlflow.system_metrics=false", "mlflow.log_models=false", "domain.eval_episodes=1", "algo.gamma=0.9",
         "mlflow_experiment=o2o-bounds"])
-    assert calls[0] is None and calls[1] == 0  # pre-training, then fine-tuning's start
-    assert len(calls) > 2 and calls[2:] == sorted(calls[2:]) and calls[-1] == 120  # after each episode, on its buffer
-    assert rules == [5.0, 5.0]  # the terminal rule on pre-training's and fine-tuning's batches
+    assert len(seen) > 60 and sum(raw) > 0  # both phases updated; the data sampled holds terminals
+    assert all(bounds == pytest.approx((-50.0, 60.0)) for bounds, _, _ in seen)  # rewards 10r - 5 never widen it
+    assert all(dones == 0 for _, dones, _ in seen)  # the rule's batches, not the sampled ones
 
 
 RESUMABLE = [*SMOKE, "mlflow_experiment=o2o-extensions", "schedule.offline_steps=100", "schedule.online_steps=300",

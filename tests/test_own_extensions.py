@@ -164,7 +164,8 @@ def test_hydras_own_flags_follow_the_overrides_with_ones_own_config_folder(own, 
         patch.setenv("O2O_CONFIG_PATH", str(own / "conf"))
         assert with_searchpath(["-m", "a=1", "b=2"]) == ["-m", added, "a=1", "b=2"]  # with the overrides, after -m
         assert with_searchpath(["a=1", "--cfg", "job"]) == [added, "a=1", "--cfg", "job"]
-        assert with_searchpath(["--cfg", "job"]) == ["--cfg", "job", added]
+        assert with_searchpath(["--cfg", "job"]) == [added, "--cfg", "job"]
+        assert with_searchpath(["--info"]) == [added, "--info"]  # not taken for --info's optional value
 
 
 def test_an_env_module_that_cannot_be_imported_stops_with_one_line(own, main_py):

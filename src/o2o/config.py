@@ -368,9 +368,6 @@ class RetrainConfig:
     reward_bias: Optional[float] = None
     # As exploration.terminal_reward, for the retrained agent's batches (OOO's Kitchen retraining)
     terminal_reward: Optional[float] = None
-    # The retrained CQL's importance sampling in place of the run's (OOO's Kitchen retraining keeps their default, on,
-    # where the exploring run turns it off); null: the run's
-    importance_sampling: Optional[bool] = None
 
     @property
     def with_cql(self) -> bool:
@@ -389,9 +386,6 @@ class RetrainConfig:
         require(self.reward_bias is None or self.with_cql,
                  "retrain.reward_bias relabels the rewards of a CQL retraining (retrain.algorithm=cql); the run's own "
                  "algorithm (retrain.algorithm=run) reads reference values computed with the run's rewards")
-        require(self.importance_sampling is None or self.with_cql,
-                 "retrain.importance_sampling sets a CQL retraining's (retrain.algorithm=cql); the run's own algorithm "
-                 "(retrain.algorithm=run) retrains as the run")
 
 
 @dataclass

@@ -38,13 +38,14 @@ def searchpath(args: Sequence[str]) -> list[str]:
 
 def with_searchpath(args: Sequence[str]) -> list[str]:
     """``args`` with one ``hydra.searchpath=[...]`` that holds ``O2O_CONFIG_PATH``'s folders and the given ones, put
-    with the other overrides (before the first): Hydra reads its overrides as one run of arguments, and its own
-    flags (``-m``, ``--cfg job``, ``--info defaults``) may stand before or after them."""
+    with the other overrides (before the first; with none, before everything, where no flag can take it for its
+    value): Hydra reads its overrides as one run of arguments, and its own flags (``-m``, ``--cfg job``,
+    ``--info defaults``) may stand before or after them."""
     path = searchpath(args)
     rest = [a for a in args if not a.lstrip("+").startswith("hydra.searchpath=")]
     if not path:
         return rest
-    first = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), len(rest))
+    first = next((i for i, a in enumerate(rest) if "=" in a and not a.startswith("-")), 0)  # none: first of all
     return rest[:first] + [f"hydra.searchpath=[{','.join(path)}]"] + rest[first:]
 
 

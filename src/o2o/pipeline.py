@@ -541,10 +541,7 @@ def retraining_config(cfg: Config) -> Config:
     (OOO retrains with CQL, enable_calql=False)."""
     if not cfg.retrain.with_cql:
         return cfg
-    algo = cfg.algo.conservative_retraining()
-    if cfg.retrain.importance_sampling is not None:  # OOO's Kitchen retraining: on, where its exploring run had it off
-        algo = dataclasses.replace(algo, importance_sampling=cfg.retrain.importance_sampling)
-    return dataclasses.replace(cfg, algo=algo)
+    return dataclasses.replace(cfg, algo=cfg.algo.conservative_retraining())
 
 
 def publish_policy(agent: ActorCritic, cfg: Config, tracker: Tracker, name: str) -> None:

@@ -639,8 +639,8 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     page = write_page(client, args.experiment, parent, args.name, args.budget, out, command, commit, wall)
     print(f"results page: {page} (and in the sweep's MLflow run {parent}, artifacts study/); its runs' records: "
           f"{records}")
-    if code:  # the page is written; the exit status still says the sweep did not finish
-        raise SystemExit(code)
+    if code:  # the page is written; the exit status still says the sweep did not finish (a signal: 128 + it)
+        raise SystemExit(128 - code if code < 0 else code)
 
 
 def collector_of(name: str, budget: str):
