@@ -355,28 +355,37 @@ def test_the_exploring_runs_values_are_cql_and_cal_qls_only():
 
 
 def test_target_bounds_are_the_rewards_over_one_minus_gamma_widened_by_the_online_rewards():
-    from o2o.stages.common import target_bounds
+    from o2o.stages.common import target_bounds, widened
 
     assert target_bounds(None, 0.9) is None
     assert target_bounds([-5.0, 6.0], 0.9) == pytest.approx((-50.0, 60.0))
-    assert target_bounds([-5.0, 6.0], 0.9, torch.tensor([-1.0, 2.0])) == pytest.approx((-50.0, 60.0))  # inside
-    assert target_bounds([-5.0, 6.0], 0.9, torch.tensor([-7.0, 8.0])) == pytest.approx((-70.0, 80.0))  # widened
-    assert target_bounds([None, 0.5], 0.9, torch.tensor([-7.0, 1.0])) == pytest.approx((-math.inf, 10.0))  # open side
+    assert widened([-5.0, 6.0], np.array([-1.0, 2.0])) == [-5.0, 6.0]  # inside
+    assert widened([-5.0, 6.0], np.array([-7.0, 8.0])) == [-7.0, 8.0]  # widened
+    assert widened([None, 0.5], np.array([-7.0, 1.0])) == [None, 1.0]  # an open side stays open
+    assert target_bounds([None, 1.0], 0.9) == pytest.approx((-math.inf, 10.0))
 
 
 def test_the_exploring_agent_is_bounded_from_pre_training_and_widened_by_each_online_episode():
+    from o2o.run_state import OnlineProgress, RunState
     from o2o.stages.online import bound_exploring_targets
 
     cfg = validate(compose(["algo=cql", "exploration=rnd", "exploration.target_bounds=[-5,6]", "algo.gamma=0.9"]))
     agent = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8], gamma=0.9), torch.device("cpu"))
     bound_exploring_targets(agent, cfg)  # pre-training: the command's bounds
     assert agent.target_bounds == pytest.approx((-50.0, 60.0))
-    online = TransitionBuffer(10, 3, 2, torch.device("cpu"))
-    online.add(np.zeros((2, 3)), np.zeros((2, 2)), np.array([-9.0, 1.0]), np.zeros((2, 3)), np.zeros(2), np.zeros(2))
-    bound_exploring_targets(agent, cfg, online)  # an episode below the lower bound widens it
+    progress = OnlineProgress()
+    bound_exploring_targets(agent, cfg, progress)  # fine-tuning's start
+    assert agent.target_bounds == pytest.approx((-50.0, 60.0)) and progress.reward_range == [-5.0, 6.0]
+    bound_exploring_targets(agent, cfg, progress, np.array([-9.0, 1.0]))  # an episode below the lower bound widens it
     assert agent.target_bounds == pytest.approx((-90.0, 60.0))
+    bound_exploring_targets(agent, cfg, progress, np.array([0.0]))  # a later one inside: never narrowed again
+    assert agent.target_bounds == pytest.approx((-90.0, 60.0))
+    resumed = RunState.from_dict(RunState(config={}, run_id="r", online=progress).to_dict()).online  # a checkpoint
+    fresh = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8], gamma=0.9), torch.device("cpu"))
+    bound_exploring_targets(fresh, cfg, resumed)  # the resumed run starts from the widened range
+    assert fresh.target_bounds == pytest.approx((-90.0, 60.0))
     unbounded = CQL(3, 2, algo_config("cql", critic_hidden=[8], actor_hidden=[8]), torch.device("cpu"))
-    bound_exploring_targets(unbounded, validate(compose(["algo=cql"])), online)
+    bound_exploring_targets(unbounded, validate(compose(["algo=cql"])), OnlineProgress(), np.array([-9.0]))
     assert unbounded.target_bounds is None
 
 

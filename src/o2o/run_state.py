@@ -41,6 +41,8 @@ class OnlineProgress:
     bonus: Optional[dict] = None  # the intrinsic reward's state (o2o.exploration), when fine-tuning explores with one
     reference: Optional[dict] = None  # a reference's online state (reference=quantile: the online episodes' returns)
     next_retrain: int = 0  # env step of the next retraining during fine-tuning (retrain.interval), 0: none
+    # exploration.target_bounds widened by the online rewards so far, [min, max] (None: that side open); only widens
+    reward_range: Optional[list] = None
 
     @property
     def regret(self) -> float:

@@ -43,16 +43,22 @@ def relabelled(sample: Callable[[], Batch], reward_shift: float = 0.0,
     return draw
 
 
-def target_bounds(bounds, gamma: float, rewards: Optional[torch.Tensor] = None) -> Optional[tuple[float, float]]:
-    """A bound on the TD target, [min, max] / (1 - gamma) from ``bounds`` (reward units; None: that side open),
-    each side widened by ``rewards`` where they pass it (OOO's exploration runs, conservative_sac_main.py: min_q and
-    max_q widened after each round of online episodes); None when ``bounds`` is None."""
-    if bounds is None:
-        return None
+def widened(bounds, rewards) -> list:
+    """A reward range [min, max] (None: that side open), each side widened by ``rewards`` where they pass it (OOO's
+    exploration runs, conservative_sac_main.py: min_q and max_q widened after each round of online episodes)."""
     low, high = bounds
     if rewards is not None and len(rewards):
         low = None if low is None else min(low, float(rewards.min()))
         high = None if high is None else max(high, float(rewards.max()))
+    return [low, high]
+
+
+def target_bounds(bounds, gamma: float) -> Optional[tuple[float, float]]:
+    """A bound on the TD target, [min, max] / (1 - gamma) from a reward range (None: that side open); None when
+    ``bounds`` is None."""
+    if bounds is None:
+        return None
+    low, high = bounds
     return (-math.inf if low is None else low / (1 - gamma), math.inf if high is None else high / (1 - gamma))
 
 

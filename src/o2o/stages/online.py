@@ -28,7 +28,7 @@ from o2o.reference import reference_error
 from o2o.returns import reference_returns, transform_reward
 from o2o.rollout import Episode, rollout
 from o2o.run_state import ONLINE_STAGE, OnlineProgress
-from o2o.stages.common import Learner, PhaseLoop, RunContext, Ticker, relabelled, target_bounds
+from o2o.stages.common import Learner, PhaseLoop, RunContext, Ticker, relabelled, target_bounds, widened
 
 
 class EpisodeLabeller:
@@ -168,7 +168,7 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
         if reference is not None and progress.reference is not None:
             reference.load_state(progress.reference)
     agent.begin_phase(M.ONLINE)
-    bound_exploring_targets(agent, cfg, sampler.online)
+    bound_exploring_targets(agent, cfg, progress)
     if not resumed and not ctx.state.eval_history:  # no pre-training: score the initial policy at env step 0
         progress.results = ctx.evaluate(agent, M.ONLINE, 0)
 
@@ -204,7 +204,8 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
                     save(collector.interrupted())
                     raise Preempted(f"online env step {progress.env_steps}")
                 _log_episode(ctx, progress, episode)
-                bound_exploring_targets(agent, cfg, sampler.online)
+                bound_exploring_targets(agent, cfg, progress,
+                                        transform_reward(np.asarray(episode.rewards, np.float32), cfg.algo))
             while progress.pending_updates:  # the episode schedule's updates, owed for the episode just stored
                 loop.add(learner.update())
                 progress.pending_updates -= 1
@@ -217,12 +218,17 @@ def finetune(agent, sampler: MixedSampler, cfg: Config, ctx: RunContext, resume_
             M.CUMULATIVE_REGRET: progress.regret, M.EPISODES: float(progress.episodes), M.ENV_STEPS: float(progress.env_steps)}
 
 
-def bound_exploring_targets(agent, cfg: Config, online: TransitionBuffer | None = None) -> None:
-    """``exploration.target_bounds``: the exploring agent's TD target bound, widened by the online transitions'
-    rewards so far (a resumed run's as well, from its buffer)."""
-    if cfg.exploration.target_bounds is not None:
-        agent.target_bounds = target_bounds(cfg.exploration.target_bounds, cfg.algo.gamma,
-                                            online.rewards() if online is not None else None)
+def bound_exploring_targets(agent, cfg: Config, progress: OnlineProgress | None = None, rewards=None) -> None:
+    """``exploration.target_bounds``: the exploring agent's TD target bound; while fine-tuning, from the reward range
+    kept in the online progress (checkpointed), widened by each episode's (transformed) ``rewards`` and never
+    narrowed, as OOO's."""
+    if cfg.exploration.target_bounds is None:
+        return
+    bounds = list(cfg.exploration.target_bounds)
+    if progress is not None:
+        progress.reward_range = widened(progress.reward_range or bounds, rewards)
+        bounds = progress.reward_range
+    agent.target_bounds = target_bounds(bounds, cfg.algo.gamma)
 
 
 def _start(ctx: RunContext, cfg: Config) -> tuple[OnlineProgress, bool]:
