@@ -343,7 +343,7 @@ class ExplorationConfig:
         if self.bonus == "qknn":
             require((self.knn_k or 0) >= 1, f"exploration.knn_k must be >= 1, got {self.knn_k}")
         if self.target_bounds is not None:
-            low, high = (list(self.target_bounds) + [None, None])[:2]
+            low, high = [*self.target_bounds, None, None][:2]
             require(len(self.target_bounds) == 2 and (low is None or high is None or low < high),
                      f"exploration.target_bounds must be [min, max] with min < max (null: unbounded), got "
                      f"{list(self.target_bounds)}")

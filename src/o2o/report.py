@@ -353,19 +353,19 @@ def statistics_markdown(rows: list[dict], focus: str = FOCUS) -> str:
         lines.append(f"| {r['env']} | {r['algo']} | {config_cell(r) or '-'} | {r['seeds']} | {cells[0]} | {cells[1]} | "
                      f"{'-' if math.isnan(regret.point) else regret.format(3)} |")
     pairs = []
-    calqls = [r for r in rows if r["algo"] == focus]
-    for i, calql in enumerate(calqls):
-        for other in (r for r in rows if r["env"] == calql["env"] and r is not calql
-                      and r[SETTING_KEY] == calql[SETTING_KEY]):  # unlike settings are never weighed
-            if any(other is r for r in calqls[:i]):  # each pair of focus rows once: P(B > A) is 1 - P(A > B)
+    focused = [r for r in rows if r["algo"] == focus]
+    for i, row in enumerate(focused):
+        for other in (r for r in rows if r["env"] == row["env"] and r is not row
+                      and r[SETTING_KEY] == row[SETTING_KEY]):  # unlike settings are never weighed
+            if any(other is r for r in focused[:i]):  # each pair of focus rows once: P(B > A) is 1 - P(A > B)
                 continue
             for name, label, higher in (("final", "score after fine-tuning", True),
                                         ("offline", "score after pre-training", True), ("regret", "cumulative regret", False)):
-                x, y = calql[PER_SEED][name], other[PER_SEED][name]
+                x, y = row[PER_SEED][name], other[PER_SEED][name]
                 if all(math.isnan(v) for v in x) or all(math.isnan(v) for v in y):
                     continue
                 verdict, p = S.improves(x, y, higher)
-                pairs.append(f"| {calql['env']} | {_row_name(calql)} | {_row_name(other)} | "
+                pairs.append(f"| {row['env']} | {_row_name(row)} | {_row_name(other)} | "
                              f"{label} ({'higher' if higher else 'lower'} is better) | {p.format(2)} | {verdict} |")
     out = "\n".join(lines)
     if pairs:

@@ -184,11 +184,13 @@ class CQL(SoftActorCritic):
         """r + gamma (1 - done) Q_target(s', a'); with max-target backup the a' of the highest Q among the sampled
         ones, then the bound (OOO), then the entropy of that a' (as the authors' conservative_sac.py orders them)."""
         q_next = self.target_min(self.critic_target(batch.next_obs, next_actions), noise)  # (B, K)
-        best = q_next.argmax(dim=1, keepdim=True) if self.max_target_backup else torch.zeros_like(q_next[:, :1],
-                                                                                                   dtype=torch.long)
-        q_next = q_next.gather(1, best)[:, 0]
+        if self.max_target_backup:
+            best = q_next.argmax(dim=1, keepdim=True)
+            q_next, next_log_pi = q_next.gather(1, best)[:, 0], next_log_pi.gather(1, best)[:, 0]
+        else:
+            q_next, next_log_pi = q_next[:, 0], next_log_pi[:, 0]
         if self.target_bounds is not None:
             q_next = q_next.clamp(*self.target_bounds)
         if self.cfg.backup_entropy:
-            q_next = q_next - self.alpha.detach() * next_log_pi.gather(1, best)[:, 0]
+            q_next = q_next - self.alpha.detach() * next_log_pi
         return batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next

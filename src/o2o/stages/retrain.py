@@ -18,7 +18,7 @@ from o2o.buffers import Batch, MixedSampler, TransitionBuffer
 from o2o.checkpoints import capture_rng, restore_rng
 from o2o.run_state import RETRAIN_STAGE
 from o2o.agents.networks import EnsembleCritic
-from o2o.stages.common import Learner, RunContext, log, relabelled
+from o2o.stages.common import Learner, RunContext, log, relabelled, target_bounds
 from o2o.stages.offline import pretrain
 
 
@@ -32,7 +32,7 @@ def prepare(agent, cfg, offline: TransitionBuffer, online: TransitionBuffer) -> 
                 module.normalize_features = True
     if cfg.retrain.clip_targets:
         rewards = torch.cat([offline.rewards(), online.rewards()]) + reward_shift(cfg)
-        agent.target_bounds = (float(rewards.min()) / (1 - cfg.algo.gamma), float(rewards.max()) / (1 - cfg.algo.gamma))
+        agent.target_bounds = target_bounds([float(rewards.min()), float(rewards.max())], cfg.algo.gamma)
 
 
 def reward_shift(cfg) -> float:
