@@ -218,6 +218,9 @@ def test_a_job_finds_its_finished_run_in_its_sweep_and_refuses_one_of_another_co
     bookkept = {**RESOLVED, "threads": 1, "progress": False, "device": "cpu"}
     assert finished_in_sweep(client, bookkept, "algo=calql seed=3 threads=1 progress=false device=cpu").info.run_id \
         == run_id
+    # ... or another launcher (its keys are Hydra's, not the job's config: SLURM where the sweep ran locally)
+    assert finished_in_sweep(client, RESOLVED, "algo=calql seed=3 hydra/launcher=submitit_slurm "
+                             "hydra.launcher.cpus_per_task=1").info.run_id == run_id
     assert finished_in_sweep(client, RESOLVED, "algo=calql seed=3 algo.tau=0.01") is None  # another job
 
 

@@ -89,6 +89,8 @@ def test_preemption_signal_saves_and_the_rerun_resumes(uninterrupted, tmp_path):
     assert "preempted" in err
     client, run = mlflow_run(tmp_path)
     assert run.data.tags["stage"] == "preempted"
+    other = subprocess.run(command(tmp_path) + ["threads=2"], capture_output=True, text=True, timeout=300)
+    assert other.returncode == 2 and "another config (threads: 1 in the run, 2 now)" in other.stderr  # unfinished
     assert comparable(finish(tmp_path)) == uninterrupted
 
 
@@ -97,6 +99,14 @@ def test_a_finished_run_is_not_redone(tmp_path):
     before = (tmp_path / "checkpoints" / "final.pt").stat().st_mtime
     proc = subprocess.run(command(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "already finished" in proc.stderr + proc.stdout
+    assert (tmp_path / "checkpoints" / "final.pt").stat().st_mtime == before
+    # other threads, progress and device change nothing a finished run computed: it matches its job, which does
+    # nothing (an unfinished run still resumes only with the values its MLflow params hold)
+    proc = subprocess.run(command(tmp_path) + ["threads=2", "progress=true", "device=cpu"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "holds this job's finished run, run with other device: auto in the run, cpu now; progress: False in the " \
+           "run, True now; threads: 1 in the run, 2 now" in proc.stderr + proc.stdout
     assert (tmp_path / "checkpoints" / "final.pt").stat().st_mtime == before
 
 

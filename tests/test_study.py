@@ -305,11 +305,15 @@ def test_the_same_study_command_continues_its_sweep_and_new_starts_another(tmp_p
         return parents, children
 
     main(args)
+    assert ("runs started or continued in this part of the sweep: 1; finished runs left as they were: 0 (0 restored"
+            in capsys.readouterr().out)
     (first,), children = sweeps()
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     finished_at = children[0].info.end_time
     main(args)
-    assert "continuing the sweep in" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "continuing the sweep in" in out
+    assert "runs started or continued in this part of the sweep: 0; finished runs left as they were: 1 (0 restored" in out
     (again,), children_again = sweeps()
     assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
     assert len(children_again) == 1 and children_again[0].info.end_time == finished_at  # not run again
@@ -329,7 +333,9 @@ def test_the_same_study_command_continues_its_sweep_and_new_starts_another(tmp_p
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'another-machine.db'}")
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     main(args)
-    assert "restored 1 finished runs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "restored 1 finished runs" in out
+    assert "runs started or continued in this part of the sweep: 0; finished runs left as they were: 1 (1 restored" in out
     (restored,), (run,) = sweeps()
     assert run.data.tags[ARCHIVED_TAG] == children_again[0].info.run_id and run.info.end_time == finished_at
     assert restored.data.tags[ARCHIVED_TAG] == first.info.run_id

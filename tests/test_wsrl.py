@@ -141,4 +141,36 @@ def test_the_actor_steps_every_update_in_pre_training_and_once_per_block_when_fi
         stepped[phase] = moves
         assert any(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters()))
     assert stepped[M.OFFLINE] == [True] * 4
-    assert stepped[M.ONLINE].count(True) == 1
+    assert stepped[M.ONLINE] == [False, False, False, True]  # with the block's last critic step (its departure)
+
+
+@pytest.mark.parametrize("algo, states, phase", [
+    ("wsrl", "next_obs", M.OFFLINE), ("wsrl", "next_obs", M.ONLINE), ("calql", "obs", M.OFFLINE),
+    ("calql", "obs", M.ONLINE), ("sac", "obs", M.ONLINE), ("rlpd", "obs", M.ONLINE)])
+def test_the_temperature_measures_the_entropy_where_its_authors_do(algo, states, phase):
+    """WSRL's temperature_loss_fn (sac.py, which its CQL agent inherits) takes the entropy of pi(.|s'), every sample
+    the backup draws (cql_n_actions of them with the max backup); the Cal-QL authors' and RLPD's take the actor
+    step's samples at s. The loss is -log(alpha) (mean log pi + target entropy), so its gradient on log(alpha) is
+    minus that bracket."""
+    from o2o.pipeline import make_agent
+
+    cfg = validate(compose([f"algo={algo}", "experiment=smoke"]))
+    assert cfg.algo.temperature_states == states
+    torch.manual_seed(0)
+    agent = make_agent(cfg, OBS, ACT, torch.device("cpu"), compiled=False)
+    agent.begin_phase(phase)
+    batch = make_batch()
+    noise = {**agent.draw_noise(B), **agent.draw_target_subset()}
+    loss, _ = agent.compute_losses(batch, noise, update_actor=True)
+    agent.log_alpha.grad = None
+    loss.backward()
+    with torch.no_grad():
+        if states == "obs":
+            log_pis = [plain_policy(agent.actor, batch.obs[b], noise["eps_actor"][b, 0])[1] for b in range(B)]
+        else:  # the backup's samples: the last n_backup of eps_next (the regulariser's n come first offline)
+            eps = noise["eps_next"][:, -agent.n_backup:]
+            assert eps.shape[1] == (cfg.algo.backup_actions if agent.max_target_backup else 1)
+            log_pis = [plain_policy(agent.actor, batch.next_obs[b], eps[b, k])[1]
+                       for b in range(B) for k in range(eps.shape[1])]
+        expected = -(torch.stack(log_pis).mean() + agent.target_entropy)
+    torch.testing.assert_close(agent.log_alpha.grad, expected, rtol=1e-5, atol=1e-6)

@@ -231,6 +231,10 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
         return None
     if resume is None:
         return None
+    if resume.config != resolved and resume.finished and not computing_difference(resume.config, resolved):
+        log.info("%s holds this job's finished run, run with other %s (how a job runs, not what it computes): "
+                 "nothing to do", run_dir, config_difference(resume.config, resolved))
+        return resume
     if resume.config != resolved:
         raise ConfigError(f"{run_dir} holds a run with another config ({config_difference(resume.config, resolved)}): "
                           "resume it with the same overrides, or give this one its own run directory "
@@ -239,6 +243,19 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
         log.info("resuming %s from its %s checkpoint (%d gradient steps)", run_dir, resume.stage,
                  resume.agent["grad_steps"])
     return resume
+
+
+# How a job runs, not what it computes: a finished run in its folder matches its job whatever they were; an
+# unfinished one resumes only with the values its MLflow params hold. (The MLflow keys stay compared: a finish
+# killed half-way is completed with the job's config. o2o.archive matches a sweep's restored runs without them.)
+RUNNING_KEYS = ("threads", "progress", "device")
+
+
+def computing_difference(recorded: dict, given: dict) -> list[str]:
+    """The keys two resolved configs differ in, besides :data:`RUNNING_KEYS`."""
+    before, now = flatten(recorded), flatten(given)
+    return sorted(k for k in before.keys() | now.keys()
+                  if k not in RUNNING_KEYS and (k not in before or k not in now or before[k] != now[k]))
 
 
 def config_difference(recorded: dict, given: dict, shown: int = 3) -> str:

@@ -626,8 +626,10 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         if os.environ.get(CONFIG_PATH_ENV):  # one's own config folders: the command reruns only with them
             command = f"{CONFIG_PATH_ENV}={shlex.quote(os.environ[CONFIG_PATH_ENV])} {command}"
         clock = StudyClock(client, args.experiment, sweep_dir, command, commit, records, args.full_records)
+        started_ms = int(time.time() * 1000)
         code = run_counting(cmd, clock)
         parent = find_parent(client, args.experiment, sweep_dir)
+        print(this_part(client, parent, started_ms), flush=True)
         if code:
             print(f"the sweep exited with status {code}; the page shows the runs that finished", file=sys.stderr)
         wall = clock.tick(parent)
@@ -676,8 +678,21 @@ def restore(client, experiment: str, sweep_dir: Path, records: Path, name: str =
         experiment_id = ensure_experiment(client, experiment, uri)
     parent, restored = restore_records(client, experiment_id, sweep_dir, records)
     if restored:
-        print(f"restored {restored} finished runs from {records} into MLflow run {parent}: their jobs do nothing",
-              flush=True)
+        print(f"restored {restored} finished runs from {records} into MLflow run {parent}: a job of this sweep that "
+              "computes what one of them computed finds it there and does nothing", flush=True)
+
+
+def this_part(client, parent: str, started_ms: int) -> str:
+    """What this part of a sweep did, read from the store: the runs it started or continued (any that ended or was
+    logged to since it began) and the finished runs it left as they were."""
+    from o2o.archive import ARCHIVED_TAG, children
+
+    runs = children(client, parent, status=None)
+    touched = [r for r in runs if r.info.end_time is None or r.info.end_time >= started_ms]
+    left = [r for r in runs if r not in touched and r.info.status == "FINISHED"]
+    restored = sum(ARCHIVED_TAG in r.data.tags for r in left)
+    return (f"runs started or continued in this part of the sweep: {len(touched)}; finished runs left as they were: "
+            f"{len(left)} ({restored} restored from the study's records)")
 
 
 def argv_of(args) -> list[str]:

@@ -160,7 +160,8 @@ class CQL(SoftActorCritic):
         loss = critic_loss + alpha_prime_loss
         if update_actor:
             with self.autocast():
-                actor_loss, actor_metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
+                actor_loss, actor_metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"],
+                                                                        next_log_pi[:, n:])
             loss = loss + actor_loss
             metrics.update(actor_metrics)
         metrics.update(self.q_metrics(q_data, batch))
@@ -178,7 +179,7 @@ class CQL(SoftActorCritic):
         with self.autocast(), torch.no_grad():
             next_actions, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), noise["eps_next"])
             td_target = self._td_target(batch, next_actions, next_log_pi, noise)
-        return self.soft_losses(batch, td_target, noise, update_actor)
+        return self.soft_losses(batch, td_target, next_log_pi, noise, update_actor)
 
     def _td_target(self, batch: Batch, next_actions: torch.Tensor, next_log_pi: torch.Tensor, noise: dict) -> torch.Tensor:
         """r + gamma (1 - done) Q_target(s', a'); with max-target backup the a' of the highest Q among the sampled

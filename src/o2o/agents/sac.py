@@ -36,4 +36,4 @@ class SAC(SoftActorCritic):
             if self.cfg.backup_entropy:
                 q_next = q_next - self.alpha.detach() * next_log_pi[:, 0]
             td_target = batch.rewards + self.cfg.gamma * (1.0 - batch.dones) * q_next
-        return self.soft_losses(batch, td_target, noise, update_actor)
+        return self.soft_losses(batch, td_target, next_log_pi, noise, update_actor)

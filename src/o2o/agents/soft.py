@@ -30,11 +30,16 @@ class SoftActorConfig(AlgoConfig):
     backup_entropy: bool = MISSING
     actor_q: str = MISSING  # how the actor's loss reduces the ensemble: min | mean
     actor_layer_norm: bool = MISSING  # LayerNorm after each hidden layer of the policy (WSRL's)
+    # the states whose policy entropy the temperature loss measures: obs (the batch's states, SAC's) | next_obs
+    # (WSRL's, on the TD target's pi(.|s') samples)
+    temperature_states: str = MISSING
 
     def check(self) -> None:
         super().check()
         require(self.actor_q in ("min", "mean"), f"algo.actor_q must be min or mean, got {self.actor_q!r}")
         require(self.init_alpha > 0, f"algo.init_alpha must be > 0, got {self.init_alpha}")
+        require(self.temperature_states in ("obs", "next_obs"),
+                f"algo.temperature_states must be obs or next_obs, got {self.temperature_states!r}")
 
 
 class SoftActorCritic(ActorCritic):
@@ -70,28 +75,33 @@ class SoftActorCritic(ActorCritic):
                 "eps_next": torch.randn(batch_size, 1, self.act_dim, device=self.device)}
 
     def actor_and_alpha_losses(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
-                               eps: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """SAC actor loss alpha * log pi - Q (min or mean over the ensemble), and the entropy-temperature loss."""
+                               eps: torch.Tensor, next_log_pi: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """SAC actor loss alpha * log pi - Q (min or mean over the ensemble), and the entropy-temperature loss on
+        the log-densities of ``algo.temperature_states``: the actor's samples at ``obs``, or ``next_log_pi`` (the TD
+        target's samples at the next states, every one of them)."""
         actions, log_pi = TanhGaussianActor.sample(mean, log_std, eps)  # (B, 1, A), (B, 1)
         q_all = self.critic(obs, actions, detach_weights=True)  # (E, B, 1): gradients reach the actions only
         q_pi = q_all.mean(0) if self.cfg.actor_q == "mean" else q_all.amin(0)
         actor_loss = (self.alpha.detach() * log_pi - q_pi).mean()
         loss = actor_loss
         if self.cfg.auto_entropy:
-            alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
+            measured = log_pi if self.cfg.temperature_states == "obs" else next_log_pi
+            alpha_loss = -(self.log_alpha * (measured.detach() + self.target_entropy)).mean()
             loss = loss + alpha_loss
         return loss, {M.ACTOR_LOSS: actor_loss.detach(), "alpha": self.alpha.detach(),
                       "entropy": -log_pi.detach().mean()}
 
-    def soft_losses(self, batch: Batch, td_target: torch.Tensor, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
-        """SAC's losses for a given TD target: every critic's mean squared TD error (summed over the ensemble), and
-        with ``update_actor`` the actor's and the temperature's."""
+    def soft_losses(self, batch: Batch, td_target: torch.Tensor, next_log_pi: torch.Tensor, noise: dict,
+                    update_actor: bool) -> tuple[torch.Tensor, dict]:
+        """SAC's losses for a given TD target (and the log-densities of its next-state samples): every critic's mean
+        squared TD error (summed over the ensemble), and with ``update_actor`` the actor's and the temperature's."""
         loss, q_data, critic_metrics = self.td_losses(batch, td_target)
         metrics = {}
         if update_actor:
             with self.autocast():
                 mean, log_std = self.actor(batch.obs)
-                actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"])
+                actor_loss, metrics = self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"],
+                                                                  next_log_pi)
             loss = loss + actor_loss
         metrics.update(self.q_metrics(q_data, batch))
         metrics.update(critic_metrics)
