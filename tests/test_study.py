@@ -4,6 +4,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -609,3 +610,28 @@ def test_a_sweep_param_override_is_passed_as_hydra_takes_it():
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert shown.returncode == 0, shown.stderr
     assert "algo: cql,calql" in shown.stdout and "seed: 0,1,2,3,4" in shown.stdout
+
+
+def test_a_study_records_its_commit_as_changed_only_where_code_changed(tmp_path, monkeypatch):
+    """A part of a study writes its page into docs/results of the checkout it runs from; the next part's commit must
+    not read as uncommitted changes for that, but does for any change to what it runs."""
+    from o2o.study import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "results" / "page.md").write_text("a page\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    monkeypatch.chdir(tmp_path / "src")  # from a subfolder too
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert git_commit() == head
+    (tmp_path / "docs" / "results" / "page.md").write_text("the page a part wrote\n")
+    assert git_commit() == head
+    (tmp_path / "src" / "a.py").write_text("x = 2\n")
+    assert git_commit() == head + " (with uncommitted changes)"

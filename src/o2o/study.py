@@ -211,10 +211,13 @@ def run_counting(cmd: list[str], clock: StudyClock, every: float = HEARTBEAT_S) 
 
 
 def git_commit() -> str:
+    """The checkout's commit, marked when files that change what a sweep runs differ from it (docs/ does not: a
+    study's own pages land there, and would mark the next part of the study)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)docs"],
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" (with uncommitted changes)" if dirty else "")
