@@ -468,6 +468,8 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     for png in sorted(figures.glob("*.png")):
         lines += [f"![{png.stem}]({stem}/{png.name})", ""]
     lines += ["## How this page was made", "", "```", command, "```", "",
+              f"The same page, every number, from its records alone on any machine (no sweep, no store of one's "
+              f"own): `o2o-study {name} --budget {budget} --page-from-records` (records: `{stem}/records`).", "",
               f"Commit: `{commit}`. {machines_line(client, result['records'])}. Written {time.strftime('%Y-%m-%d %H:%M %Z')}"
               + (f"; the sweep took {wall_s / 60:.0f} min in all its parts." if wall_s else "."), ""]
     page = out / f"{stem}.md"
