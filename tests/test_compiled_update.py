@@ -8,6 +8,7 @@ import torch
 
 from o2o.buffers import Batch
 from o2o.agents.registry import agent_class
+from o2o import metrics as M
 from o2o.metrics import OFFLINE, ONLINE
 from conftest import ALGOS, algo_config, compose
 
@@ -111,12 +112,14 @@ def test_a_phase_switch_recompiles_to_the_new_losses():
 
 
 def test_wsrl_recompiles_from_cal_ql_to_sac_losses():
-    """WSRL: Cal-QL offline (10 LayerNorm critics, LayerNorm policy), SAC online (no regulariser, another backup)."""
-    data = batches(4)
+    """WSRL: Cal-QL offline (10 LayerNorm critics, LayerNorm policy), SAC online (no regulariser, another backup,
+    the actor's step after the block's critic steps: two steps in one graph)."""
+    data = batches(6)
     eager, compiled = (make("wsrl", backend, actor_update_interval=2) for backend in (None, "aot_eager"))
     runs = [train(agent, data[:2]) + train(agent, data[2:], ONLINE) for agent in (eager, compiled)]
     assert_same_training(eager, compiled, *runs)
     assert "cql_gap" in runs[1][1] and "cql_gap" not in runs[1][2]
+    assert compiled.actor_after_critic and sum(M.ACTOR_LOSS in m for m in runs[1][2:]) == 1  # one block's actor step
 
 
 def test_inductor_bf16_on_cpu_stays_finite_and_close_to_eager():

@@ -174,3 +174,46 @@ def test_the_temperature_measures_the_entropy_where_its_authors_do(algo, states,
                        for b in range(B) for k in range(eps.shape[1])]
         expected = -(torch.stack(log_pis).mean() + agent.target_entropy)
     torch.testing.assert_close(agent.log_alpha.grad, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("after", [True, False])
+def test_the_actor_steps_on_the_critic_its_blocks_critic_steps_left(after):
+    """WSRL's update_high_utd (and RLPD's update): the block's critic steps, then the actor's step, whose loss reads
+    the critic as they left it; the Cal-QL authors' order (one summed step) reads it as it was before. The actor's
+    first Adam step moves each weight by -lr g / (|g| + eps), with g the gradient of SAC's actor loss (plain
+    formulation) at the critic the order says."""
+    import copy
+
+    cfg = algo_config("wsrl", actor_hidden=[8, 8], critic_hidden=[8, 8], online_actor_after_critic=after)
+    torch.manual_seed(0)
+    agent = CQL(OBS, ACT, cfg, torch.device("cpu"))
+    agent.begin_phase(M.ONLINE)
+    batch = make_batch()
+    for _ in range(3):  # the block's first three critic steps; the actor has not stepped
+        agent.update(batch)
+    before = copy.deepcopy(agent)
+    torch.manual_seed(5)
+    agent.update(batch)  # the 4th: the block's last critic step and its actor step
+
+    def actor_gradient(critic_agent):
+        actor = critic_agent.actor
+        loss = 0.0
+        for b in range(B):
+            a_pi, log_pi = plain_policy(actor, batch.obs[b], noise["eps_actor"][b, 0])
+            q = min(plain_q(critic_agent.critic, i, batch.obs[b], a_pi) for i in range(cfg.ensemble_size))
+            loss = loss + (critic_agent.log_alpha.exp().detach() * log_pi - q) / B
+        return torch.autograd.grad(loss, list(actor.parameters()))
+
+    torch.manual_seed(5)
+    noise = {**before.draw_noise(B), **before.draw_target_subset()}
+    stepped = copy.deepcopy(before)
+    loss, _ = stepped.compute_losses(batch, noise, update_actor=False)
+    stepped.step(loss, update_actor=False)
+    gradients = {"after": actor_gradient(stepped), "before": actor_gradient(before)}
+    chosen, other = (gradients["after"], gradients["before"]) if after else (gradients["before"], gradients["after"])
+    for p, p0, g in zip(agent.actor.parameters(), before.actor.parameters(), chosen):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)  # the gradient its step took (eager: in .grad)
+        torch.testing.assert_close(p, p0 - cfg.actor_lr * g / (g.abs() + 1e-8), rtol=0, atol=1e-7)  # Adam's 1st
+    assert any(not torch.allclose(g, o, rtol=1e-3, atol=1e-6) for g, o in zip(chosen, other))  # the order shows
+    for p, q in zip(agent.critic.parameters(), stepped.critic.parameters()):  # the critic's step is the same
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)

@@ -22,6 +22,7 @@ import weakref
 import torch
 
 from o2o.agents import torch_internals as internals
+from o2o.agents.core import ACTOR_ONLY, AFTER_CRITIC
 
 log = logging.getLogger("o2o")
 
@@ -60,6 +61,7 @@ class CompiledUpdate:
         skipped, first = agent.actor_side_names(), agent.pre_updated_names()  # first: trained eagerly, before
         self.trained = {True: [i for i, name in enumerate(self.names) if name not in first],
                         False: [i for i, name in enumerate(self.names) if name not in skipped | first]}
+        self.trained[ACTOR_ONLY] = [i for i in self.trained[True] if i not in self.trained[False]]
         # Stale RNG in the graph would break compiled == eager (IQL's dropout): inductor calls eager's RNG
         internals.inductor_calls_eager_rng()
         # Every agent's update is this one code object to Dynamo, compiled once per agent and per variant (actor
@@ -99,30 +101,40 @@ class CompiledUpdate:
             self._lrs = rates, per_param
         return self._lrs[1]
 
-    def __call__(self, batch, noise: dict, update_actor: bool) -> dict:
+    def __call__(self, batch, noise: dict, mode) -> dict:
+        """``mode``: the eager update's (True / False: with or without the actor's step; AFTER_CRITIC: the critic's
+        step, then the actor's on the stepped critic)."""
         exp_avgs, exp_avg_sqs, steps = self._state()
         start = time.perf_counter()
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()  # one update per replay: the previous one's outputs are done
-        metrics = self._compiled(batch, noise, update_actor, exp_avgs, exp_avg_sqs, steps, self._rates())
+        metrics = self._compiled(batch, noise, mode, exp_avgs, exp_avg_sqs, steps, self._rates())
         if self.cuda_graphs:  # a replay overwrites its outputs; the metrics are averaged over many updates
             metrics = {name: value.clone() for name, value in metrics.items()}
-        if not self._compiled_for.get(update_actor):  # each variant compiles at its first call
-            self._compiled_for[update_actor] = True
+        if not self._compiled_for.get(mode):  # each variant compiles at its first call
+            self._compiled_for[mode] = True
             log.info("update compiled%s in %.1f s", " with CUDA graphs" * self.cuda_graphs, time.perf_counter() - start)
         internals.record_optimizer_step(self.agent.optimizer)
         return metrics
 
-    def _loss(self, trained: dict, batch, noise: dict, update_actor: bool):
-        return torch.func.functional_call(self.agent, trained, (batch, noise, update_actor))
+    def _loss(self, trained: dict, batch, noise: dict, mode):
+        return torch.func.functional_call(self.agent, trained, (batch, noise, mode))
 
-    def _step(self, batch, noise, update_actor, exp_avgs, exp_avg_sqs, steps, lrs) -> dict:
+    def _step(self, batch, noise, mode, exp_avgs, exp_avg_sqs, steps, lrs) -> dict:
+        state = exp_avgs, exp_avg_sqs, steps, lrs
+        if mode == AFTER_CRITIC:  # two steps in one graph: the critic's, then the actor's reading the stepped critic
+            metrics = self._descend(batch, noise, False, *state)
+            return {**metrics, **self._descend(batch, noise, ACTOR_ONLY, *state)}
+        return self._descend(batch, noise, mode, *state)
+
+    def _descend(self, batch, noise, mode, exp_avgs, exp_avg_sqs, steps, lrs) -> dict:
         idle = self.agent.idle_names()  # read while tracing: a phase that changes it compiles its own variant
-        idx = [i for i in self.trained[update_actor] if self.names[i] not in idle]
+        idx = [i for i in self.trained[mode] if self.names[i] not in idle]
         trained = {self.names[i]: self.params[i].detach() for i in idx}
-        grads, metrics = torch.func.grad(self._loss, has_aux=True)(trained, batch, noise, update_actor)
+        grads, metrics = torch.func.grad(self._loss, has_aux=True)(trained, batch, noise, mode)
         with torch.no_grad():
             adam_([self.params[i] for i in idx], [grads[self.names[i]] for i in idx], [exp_avgs[i] for i in idx],
                   [exp_avg_sqs[i] for i in idx], [steps[i] for i in idx], lrs[idx])
-            self.agent.update_targets(update_actor)
+            if mode != ACTOR_ONLY:  # the targets move with the critic's step
+                self.agent.update_targets(mode)
         return metrics

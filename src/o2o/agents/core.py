@@ -40,6 +40,9 @@ from o2o.agents.networks import EnsembleCritic, ObservationNormalizer
 from o2o.buffers import Batch
 from o2o.config import AlgoConfig
 
+# An update's modes beside True / False (with or without the actor's step): the critic's step, then the actor's on
+# the stepped critic (AFTER_CRITIC, whose second half is the ACTOR_ONLY losses)
+AFTER_CRITIC, ACTOR_ONLY = "after_critic", "actor_only"
 
 @dataclass(frozen=True)
 class ObservationStats:
@@ -73,6 +76,7 @@ class ActorCritic(nn.Module):
         self.grad_steps = 0
         self.phase: str | None = None
         self.actor_interval = cfg.actor_update_interval  # actor and temperature step every N critic steps (per phase)
+        self.actor_after_critic = False  # the actor's step after the critic's (AFTER_CRITIC; per phase)
         self.compiled_update = None  # set by compile_update
 
     @property
@@ -179,6 +183,7 @@ class ActorCritic(nn.Module):
         """
         self.phase = phase
         self.actor_interval = self.cfg.actor_update_interval
+        self.actor_after_critic = False  # an agent whose authors step the actor on the stepped critic says so
 
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         """The summed loss of every network this step trains, and metrics as tensors."""
@@ -197,14 +202,26 @@ class ActorCritic(nn.Module):
             batch = augment(batch, self.pixels)
         noise = {**self.draw_noise(batch.obs.shape[0]), **self.draw_target_subset()}
         first = self.pre_update(batch, noise)  # may add to ``noise`` what it computed for the main step
+        mode = AFTER_CRITIC if update_actor and self.actor_after_critic else update_actor
         if self.compiled_update is not None:
-            metrics = self.compiled_update(batch, noise, update_actor)
+            metrics = self.compiled_update(batch, noise, mode)
             self.grad_steps += 1
             self.after_step()
             return {**first, **metrics}
-        loss, metrics = self.compute_losses(batch, noise, update_actor)
-        self.step(loss, update_actor)
+        loss, metrics = self.compute_losses(batch, noise, mode is True)
+        self.step(loss, mode is True)
+        if mode == AFTER_CRITIC:  # the actor's own step, on the critic as the step above left it
+            actor_loss, actor_metrics = self.actor_losses(batch, noise)
+            self.optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()  # the critic's weights are detached in the actor's loss: Adam skips them
+            self.optimizer.step()
+            metrics.update(actor_metrics)
         return {**first, **metrics}
+
+    def actor_losses(self, batch: Batch, noise: dict) -> tuple[torch.Tensor, dict]:
+        """The actor's (and its temperature's) losses alone, for its step after the critic's
+        (``actor_after_critic``); their gradients reach no critic weight."""
+        raise NotImplementedError(f"{type(self).__name__} steps its actor with its critic only")
 
     def pre_update(self, batch: Batch, noise: dict) -> dict:
         """A step that some agents take on part of their networks before the main one, on the same batch (IQL's
@@ -216,9 +233,12 @@ class ActorCritic(nn.Module):
         """The parameters :meth:`pre_update` trains; the main step leaves them (and their Adam state) alone."""
         return set()
 
-    def forward(self, batch: Batch, noise: dict, update_actor: bool) -> tuple[torch.Tensor, dict]:
-        """What ``torch.func.functional_call`` runs for the compiled update: the losses."""
-        return self.compute_losses(batch, noise, update_actor)
+    def forward(self, batch: Batch, noise: dict, mode) -> tuple[torch.Tensor, dict]:
+        """What ``torch.func.functional_call`` runs for the compiled update: the losses of ``mode`` (True / False:
+        with or without the actor's; :data:`ACTOR_ONLY`: the actor's alone)."""
+        if mode == ACTOR_ONLY:
+            return self.actor_losses(batch, noise)
+        return self.compute_losses(batch, noise, mode)
 
     def compile_update(self, cuda_graphs: bool | None = None, backend: str = "inductor") -> None:
         """``compile=true``: every later ``update`` runs as one compiled graph (o2o.agents.compiled); CUDA graphs

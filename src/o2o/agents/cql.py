@@ -45,6 +45,9 @@ class CQLConfig(SoftActorConfig):
     # ... and its own actor step interval (WSRL: one actor step per block of 4 critic steps online, every step in its
     # Cal-QL pre-training)
     online_actor_update_interval: int = MISSING
+    # ... and its own order of the actor's step (WSRL: after the block's critic steps online, summed with them in its
+    # CQL pre-training)
+    online_actor_after_critic: bool = MISSING
 
     def check(self) -> None:
         super().check()
@@ -107,6 +110,11 @@ class CQL(SoftActorCritic):
         self.regularise = self.cfg.online_regulariser if online else True
         self.max_target_backup = self.cfg.online_max_target_backup if online else self.cfg.max_target_backup
         self.actor_interval = self.cfg.online_actor_update_interval if online else self.cfg.actor_update_interval
+        self.actor_after_critic = self.cfg.online_actor_after_critic if online else self.cfg.actor_after_critic
+
+    def backup_noise(self, noise: dict) -> torch.Tensor:
+        """With the regulariser, pi(.|s') is drawn for it first (n_actions), then for the backup."""
+        return noise["eps_next"][:, self.cfg.n_actions:] if self.regularise else noise["eps_next"]
 
     def idle_names(self) -> set[str]:
         """Without the regulariser (WSRL's SAC phase) the Lagrange multiplier has no loss."""

@@ -33,6 +33,10 @@ class SoftActorConfig(AlgoConfig):
     # the states whose policy entropy the temperature loss measures: obs (the batch's states, SAC's) | next_obs
     # (WSRL's, on the TD target's pi(.|s') samples)
     temperature_states: str = MISSING
+    # the actor's (and temperature's) step after the critic's, on the critic as that step left it (RLPD's
+    # sac_learner.update, WSRL's update_high_utd), or in one summed step with it, on the critic before it (the Cal-QL
+    # authors' _train_step)
+    actor_after_critic: bool = MISSING
 
     def check(self) -> None:
         super().check()
@@ -52,6 +56,7 @@ class SoftActorCritic(ActorCritic):
         self.log_alpha = nn.Parameter(torch.tensor(float(cfg.init_alpha), device=device).log(),
                                       requires_grad=cfg.auto_entropy)
         self.target_entropy = -cfg.target_entropy_scale * act_dim
+        self.actor_after_critic = cfg.actor_after_critic
 
     def make_actor(self) -> nn.Module:
         cfg = self.cfg
@@ -70,12 +75,29 @@ class SoftActorCritic(ActorCritic):
     def actor_side_names(self) -> set[str]:
         return super().actor_side_names() | {"log_alpha"}
 
+    def begin_phase(self, phase: str) -> None:
+        super().begin_phase(phase)
+        self.actor_after_critic = self.cfg.actor_after_critic
+
+    def backup_noise(self, noise: dict) -> torch.Tensor:
+        """The noise of the TD target's pi(.|s') samples."""
+        return noise["eps_next"]
+
+    def actor_losses(self, batch: Batch, noise: dict) -> tuple[torch.Tensor, dict]:
+        with self.autocast():
+            mean, log_std = self.actor(batch.obs)
+            next_log_pi = None
+            if self.cfg.temperature_states == "next_obs":  # the TD target's samples: the same actor, the same noise
+                with torch.no_grad():
+                    _, next_log_pi = TanhGaussianActor.sample(*self.actor(batch.next_obs), self.backup_noise(noise))
+            return self.actor_and_alpha_losses(batch.obs, mean, log_std, noise["eps_actor"], next_log_pi)
+
     def draw_noise(self, batch_size: int) -> dict:
         return {"eps_actor": torch.randn(batch_size, 1, self.act_dim, device=self.device),
                 "eps_next": torch.randn(batch_size, 1, self.act_dim, device=self.device)}
 
     def actor_and_alpha_losses(self, obs: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
-                               eps: torch.Tensor, next_log_pi: torch.Tensor) -> tuple[torch.Tensor, dict]:
+                               eps: torch.Tensor, next_log_pi: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """SAC actor loss alpha * log pi - Q (min or mean over the ensemble), and the entropy-temperature loss on
         the log-densities of ``algo.temperature_states``: the actor's samples at ``obs``, or ``next_log_pi`` (the TD
         target's samples at the next states, every one of them)."""
@@ -86,6 +108,8 @@ class SoftActorCritic(ActorCritic):
         loss = actor_loss
         if self.cfg.auto_entropy:
             measured = log_pi if self.cfg.temperature_states == "obs" else next_log_pi
+            if measured is None:
+                raise ValueError("algo.temperature_states=next_obs: pass the TD target's next_log_pi")
             alpha_loss = -(self.log_alpha * (measured.detach() + self.target_entropy)).mean()
             loss = loss + alpha_loss
         return loss, {M.ACTOR_LOSS: actor_loss.detach(), "alpha": self.alpha.detach(),
