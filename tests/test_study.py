@@ -306,15 +306,17 @@ def test_the_same_study_command_continues_its_sweep_and_new_starts_another(tmp_p
         return parents, children
 
     main(args)
-    assert ("runs started or continued in this part of the sweep: 1; finished runs left as they were: 0 (0 restored"
-            in capsys.readouterr().out)
+    assert ("this part of the sweep: 1 runs finished; 0 ended unfinished (failed or stopped); 0 are not finished "
+            "(preempted or killed: the same command continues them); 0 finished before and left as they were (0 "
+            "restored" in capsys.readouterr().out)
     (first,), children = sweeps()
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     finished_at = children[0].info.end_time
     main(args)
     out = capsys.readouterr().out
     assert "continuing the sweep in" in out
-    assert "runs started or continued in this part of the sweep: 0; finished runs left as they were: 1 (0 restored" in out
+    assert "this part of the sweep: 0 runs finished; 0 ended unfinished" in out and "1 finished before and left as " \
+        "they were (0 restored" in out
     (again,), children_again = sweeps()
     assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
     assert len(children_again) == 1 and children_again[0].info.end_time == finished_at  # not run again
@@ -336,7 +338,8 @@ def test_the_same_study_command_continues_its_sweep_and_new_starts_another(tmp_p
     main(args)
     out = capsys.readouterr().out
     assert "restored 1 finished runs" in out
-    assert "runs started or continued in this part of the sweep: 0; finished runs left as they were: 1 (1 restored" in out
+    assert "this part of the sweep: 0 runs finished; 0 ended unfinished" in out and "1 finished before and left as " \
+        "they were (1 restored" in out
     (restored,), (run,) = sweeps()
     assert run.data.tags[ARCHIVED_TAG] == children_again[0].info.run_id and run.info.end_time == finished_at
     assert restored.data.tags[ARCHIVED_TAG] == first.info.run_id
@@ -635,3 +638,33 @@ def test_a_study_records_its_commit_as_changed_only_where_code_changed(tmp_path,
     assert git_commit() == head
     (tmp_path / "src" / "a.py").write_text("x = 2\n")
     assert git_commit() == head + " (with uncommitted changes)"
+
+
+def test_what_a_part_of_a_sweep_did_is_read_from_the_store(tmp_path):
+    """Counted from the runs' status and end time: one a hard kill left RUNNING in an earlier part is not claimed
+    for this one, nor a failed one as finished."""
+    from mlflow.tracking import MlflowClient
+
+    from o2o.archive import ARCHIVED_TAG
+    from o2o.study import this_part
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'parts.db'}")
+    experiment = client.create_experiment("o2o", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment, tags={"sweep": "true"}).info.run_id
+    started = 1_700_000_500_000
+
+    def child(status, end=None, tags=None):
+        run = client.create_run(experiment, start_time=1_700_000_000_000,
+                                tags={"mlflow.parentRunId": parent, **(tags or {})})
+        if status != "RUNNING":
+            client.set_terminated(run.info.run_id, status=status, end_time=end)
+
+    child("FINISHED", started - 1, {ARCHIVED_TAG: "a"})  # restored before the part began
+    child("FINISHED", started - 1)  # finished in an earlier part
+    child("RUNNING")  # killed hard in an earlier part
+    child("FINISHED", started + 1)
+    child("FAILED", started + 2)
+    assert this_part(client, parent, started) == (
+        "this part of the sweep: 1 runs finished; 1 ended unfinished (failed or stopped); 1 are not finished "
+        "(preempted or killed: the same command continues them); 2 finished before and left as they were (1 restored "
+        "from the study's records)")

@@ -174,6 +174,9 @@ def test_the_temperature_measures_the_entropy_where_its_authors_do(algo, states,
                        for b in range(B) for k in range(eps.shape[1])]
         expected = -(torch.stack(log_pis).mean() + agent.target_entropy)
     torch.testing.assert_close(agent.log_alpha.grad, expected, rtol=1e-5, atol=1e-6)
+    agent.log_alpha.grad = None  # the actor's own step after the critic's (actor_after_critic) measures the same
+    agent.actor_losses(batch, noise)[0].backward()
+    torch.testing.assert_close(agent.log_alpha.grad, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("after", [True, False])

@@ -688,16 +688,20 @@ def restore(client, experiment: str, sweep_dir: Path, records: Path, name: str =
 
 
 def this_part(client, parent: str, started_ms: int) -> str:
-    """What this part of a sweep did, read from the store: the runs it started or continued (any that ended or was
-    logged to since it began) and the finished runs it left as they were."""
+    """What this part of a sweep left in the store: the runs that finished in it, those that ended unfinished in
+    it, those not finished (preempted, killed hard, in this part or an earlier one), and the finished runs it left
+    as they were."""
     from o2o.archive import ARCHIVED_TAG, children
 
     runs = children(client, parent, status=None)
-    touched = [r for r in runs if r.info.end_time is None or r.info.end_time >= started_ms]
-    left = [r for r in runs if r not in touched and r.info.status == "FINISHED"]
-    restored = sum(ARCHIVED_TAG in r.data.tags for r in left)
-    return (f"runs started or continued in this part of the sweep: {len(touched)}; finished runs left as they were: "
-            f"{len(left)} ({restored} restored from the study's records)")
+    ended_here = [r for r in runs if r.info.end_time is not None and r.info.end_time >= started_ms]
+    finished = sum(r.info.status == "FINISHED" for r in ended_here)
+    open_runs = sum(r.info.status in ("RUNNING", "SCHEDULED") for r in runs)
+    kept = [r for r in runs if r.info.status == "FINISHED" and r not in ended_here]
+    restored = sum(ARCHIVED_TAG in r.data.tags for r in kept)
+    return (f"this part of the sweep: {finished} runs finished; {len(ended_here) - finished} ended unfinished (failed "
+            f"or stopped); {open_runs} are not finished (preempted or killed: the same command continues them); "
+            f"{len(kept)} finished before and left as they were ({restored} restored from the study's records)")
 
 
 def argv_of(args) -> list[str]:
