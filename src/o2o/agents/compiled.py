@@ -22,7 +22,7 @@ import weakref
 import torch
 
 from o2o.agents import torch_internals as internals
-from o2o.agents.core import ACTOR_ONLY, AFTER_CRITIC
+from o2o.agents.modes import ACTOR_ONLY, AFTER_CRITIC
 
 log = logging.getLogger("o2o")
 

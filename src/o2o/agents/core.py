@@ -38,11 +38,8 @@ from o2o.agents import torch_internals as internals
 from o2o.agents.encoders import Encoded, PixelObservation, augment, make_encoder
 from o2o.agents.networks import EnsembleCritic, ObservationNormalizer
 from o2o.buffers import Batch
+from o2o.agents.modes import ACTOR_ONLY, AFTER_CRITIC
 from o2o.config import AlgoConfig
-
-# An update's modes beside True / False (with or without the actor's step): the critic's step, then the actor's on
-# the stepped critic (AFTER_CRITIC, whose second half is the ACTOR_ONLY losses)
-AFTER_CRITIC, ACTOR_ONLY = "after_critic", "actor_only"
 
 @dataclass(frozen=True)
 class ObservationStats:
