@@ -96,9 +96,10 @@ def test_rebrac_online_decay_compiles_once_and_equals_eager():
     assert len(set(weights)) == len(weights) > 1  # it moved, and the compiled update followed it
 
 
-def test_compiled_bf16_equals_eager_bf16():
+@pytest.mark.parametrize("algo, overrides", [("calql", {}), ("rlpd", {"actor_update_interval": 2})])
+def test_compiled_bf16_equals_eager_bf16(algo, overrides):  # one summed step; the actor's step after the critic's
     data = batches(3)
-    eager, compiled = make("calql", precision="bf16"), make("calql", "aot_eager", precision="bf16")
+    eager, compiled = make(algo, precision="bf16", **overrides), make(algo, "aot_eager", precision="bf16", **overrides)
     assert_same_training(eager, compiled, train(eager, data), train(compiled, data))
 
 

@@ -195,11 +195,13 @@ def test_each_encoder_learns_from_its_own_networks_loss_only(name):
     assert not any(n.startswith("critic_target.") for n, p in agent.named_parameters() if p.requires_grad)
 
 
-def test_the_compiled_update_on_frames_equals_the_eager_one():
+@pytest.mark.parametrize("algo", ["calql", "sac"])  # one summed step; the actor's step after the critic's
+def test_the_compiled_update_on_frames_equals_the_eager_one(algo):
     from test_compiled_update import assert_same_training
 
     data = [pixel_batch(seed=s) for s in range(3)]
-    eager, compiled = pixel_agent("calql"), pixel_agent("calql")
+    eager, compiled = pixel_agent(algo), pixel_agent(algo)
+    assert eager.actor_after_critic == (algo == "sac")
     compiled.compile_update(backend="aot_eager")
     runs = []
     for agent in (eager, compiled):
