@@ -36,10 +36,11 @@ from torch import nn
 from o2o import metrics as M
 from o2o.agents import torch_internals as internals
 from o2o.agents.encoders import Encoded, PixelObservation, augment, make_encoder
+from o2o.agents.modes import ACTOR_ONLY, AFTER_CRITIC
 from o2o.agents.networks import EnsembleCritic, ObservationNormalizer
 from o2o.buffers import Batch
-from o2o.agents.modes import ACTOR_ONLY, AFTER_CRITIC
 from o2o.config import AlgoConfig
+
 
 @dataclass(frozen=True)
 class ObservationStats:
