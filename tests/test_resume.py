@@ -89,6 +89,7 @@ def test_preemption_signal_saves_and_the_rerun_resumes(uninterrupted, tmp_path):
     assert "preempted" in err
     client, run = mlflow_run(tmp_path)
     assert run.data.tags["stage"] == "preempted"
+    assert run.info.status == "KILLED" and "failure" not in run.data.tags  # stopped from outside, not failed
     other = subprocess.run(command(tmp_path) + ["threads=2"], capture_output=True, text=True, timeout=300)
     assert other.returncode == 2 and "another config (threads: 1 in the run, 2 now)" in other.stderr  # unfinished
     assert comparable(finish(tmp_path)) == uninterrupted

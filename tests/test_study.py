@@ -306,9 +306,9 @@ def test_the_same_study_command_continues_its_sweep_and_new_starts_another(tmp_p
         return parents, children
 
     main(args)
-    assert ("this part of the sweep: 1 runs finished; 0 ended unfinished (failed or stopped); 0 are not finished "
-            "(preempted or killed: the same command continues them); 0 finished before and left as they were (0 "
-            "restored" in capsys.readouterr().out)
+    assert ("this part of the sweep: 1 runs finished; 0 ended unfinished (failed, interrupted or preempted: the "
+            "same command continues the last two); 0 still marked running (killed hard, here or in an earlier part, or "
+            "running elsewhere); 0 finished before and left as they were (0 restored" in capsys.readouterr().out)
     (first,), children = sweeps()
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     finished_at = children[0].info.end_time
@@ -665,6 +665,6 @@ def test_what_a_part_of_a_sweep_did_is_read_from_the_store(tmp_path):
     child("FINISHED", started + 1)
     child("FAILED", started + 2)
     assert this_part(client, parent, started) == (
-        "this part of the sweep: 1 runs finished; 1 ended unfinished (failed or stopped); 1 are not finished "
-        "(preempted or killed: the same command continues them); 2 finished before and left as they were (1 restored "
-        "from the study's records)")
+        "this part of the sweep: 1 runs finished; 1 ended unfinished (failed, interrupted or preempted: the same "
+        "command continues the last two); 1 still marked running (killed hard, here or in an earlier part, or running "
+        "elsewhere); 2 finished before and left as they were (1 restored from the study's records)")

@@ -125,6 +125,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         log.warning("calibration_batch=%d is more than the %d offline transitions: the calibration batch is all of them",
                     cfg.calibration_batch, len(data.offline))
     tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
+    preempted = False
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
         tracker.set_tags({"stage": "reference_returns"})
@@ -158,8 +159,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
             except Preempted as stop:
                 log.warning("preempted at %s; checkpoint saved in %s", stop, checkpoints.folder)
                 tracker.set_tags({"stage": "preempted"})
-                tracker.flush()
-                ctx.guard.finish()
+                tracker.end("KILLED")  # stopped from outside, as a Ctrl-C: the same command resumes it
+                preempted = True
+                ctx.guard.finish()  # exits (128 + the signal), after a requeue where the launcher asks for one
         finish(agent, cfg, ctx, final, run_dir)
         if summary:
             print_summary(cfg, final, run_dir, tracker.run_id, (tags or {}).get(PER_DOMAIN_TAG))
@@ -169,7 +171,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         tracker.end("FAILED")
         raise
     except BaseException as err:  # an interrupt ends the run KILLED, any other error FAILED with its reason
-        end_with(tracker, err)
+        if not preempted:  # a preempted run ended KILLED above; its exit is not a failure
+            end_with(tracker, err)
         raise
 
 

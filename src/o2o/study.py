@@ -689,8 +689,8 @@ def restore(client, experiment: str, sweep_dir: Path, records: Path, name: str =
 
 def this_part(client, parent: str, started_ms: int) -> str:
     """What this part of a sweep left in the store: the runs that finished in it, those that ended unfinished in
-    it, those not finished (preempted, killed hard, in this part or an earlier one), and the finished runs it left
-    as they were."""
+    it, those still marked running (killed hard, in this part or an earlier one), and the finished runs it left as
+    they were."""
     from o2o.archive import ARCHIVED_TAG, children
 
     runs = children(client, parent, status=None)
@@ -699,9 +699,10 @@ def this_part(client, parent: str, started_ms: int) -> str:
     open_runs = sum(r.info.status in ("RUNNING", "SCHEDULED") for r in runs)
     kept = [r for r in runs if r.info.status == "FINISHED" and r not in ended_here]
     restored = sum(ARCHIVED_TAG in r.data.tags for r in kept)
-    return (f"this part of the sweep: {finished} runs finished; {len(ended_here) - finished} ended unfinished (failed "
-            f"or stopped); {open_runs} are not finished (preempted or killed: the same command continues them); "
-            f"{len(kept)} finished before and left as they were ({restored} restored from the study's records)")
+    return (f"this part of the sweep: {finished} runs finished; {len(ended_here) - finished} ended unfinished (failed, "
+            f"interrupted or preempted: the same command continues the last two); {open_runs} still marked running "
+            f"(killed hard, here or in an earlier part, or running elsewhere); {len(kept)} finished before and left "
+            f"as they were ({restored} restored from the study's records)")
 
 
 def argv_of(args) -> list[str]:
