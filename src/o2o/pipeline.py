@@ -234,11 +234,11 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
         return None
     if resume is None:
         return None
-    if resume.config != resolved and resume.finished and not computing_difference(resume.config, resolved):
-        log.info("%s holds this job's finished run, run with other %s (how a job runs, not what it computes): "
-                 "nothing to do", run_dir, config_difference(resume.config, resolved))
-        return resume
     if resume.config != resolved:
+        if resume.finished and set(differing_keys(resume.config, resolved)) <= set(RUNNING_KEYS):
+            log.info("%s holds this job's finished run, run with other %s (how a job runs, not what it computes): "
+                     "nothing to do", run_dir, config_difference(resume.config, resolved))
+            return resume
         raise ConfigError(f"{run_dir} holds a run with another config ({config_difference(resume.config, resolved)}): "
                           "resume it with the same overrides, or give this one its own run directory "
                           "(hydra.run.dir=...)")
@@ -254,17 +254,16 @@ def load_resume_state(checkpoints: Checkpoints, resolved: dict, run_dir: Path) -
 RUNNING_KEYS = ("threads", "progress", "device")
 
 
-def computing_difference(recorded: dict, given: dict) -> list[str]:
-    """The keys two resolved configs differ in, besides :data:`RUNNING_KEYS`."""
+def differing_keys(recorded: dict, given: dict) -> list[str]:
+    """The (dotted) keys two resolved configs differ in, one side's absent key included."""
     before, now = flatten(recorded), flatten(given)
-    return sorted(k for k in before.keys() | now.keys()
-                  if k not in RUNNING_KEYS and (k not in before or k not in now or before[k] != now[k]))
+    return sorted(k for k in before.keys() | now.keys() if k not in before or k not in now or before[k] != now[k])
 
 
 def config_difference(recorded: dict, given: dict, shown: int = 3) -> str:
     """The keys two resolved configs differ in, each with the run's value and the one given now."""
     before, now = flatten(recorded), flatten(given)
-    keys = sorted(k for k in before.keys() | now.keys() if k not in before or k not in now or before[k] != now[k])
+    keys = differing_keys(recorded, given)
     parts = [f"{k}: {before.get(k, 'absent')} in the run, {now.get(k, 'absent')} now" for k in keys[:shown]]
     return "; ".join(parts) + (f"; and {len(keys) - shown} more" if len(keys) > shown else "")
 

@@ -74,7 +74,8 @@ class ActorCritic(nn.Module):
         self.grad_steps = 0
         self.phase: str | None = None
         self.actor_interval = cfg.actor_update_interval  # actor and temperature step every N critic steps (per phase)
-        self.actor_after_critic = False  # the actor's step after the critic's (AFTER_CRITIC; per phase)
+        self.actor_after_critic = False  # the actor's step after the critic's (AFTER_CRITIC): an agent whose
+        # authors step it so sets it
         self.compiled_update = None  # set by compile_update
 
     @property
@@ -181,7 +182,6 @@ class ActorCritic(nn.Module):
         """
         self.phase = phase
         self.actor_interval = self.cfg.actor_update_interval
-        self.actor_after_critic = False  # an agent whose authors step the actor on the stepped critic says so
 
     def compute_losses(self, batch: Batch, noise: dict, update_actor: bool = True) -> tuple[torch.Tensor, dict]:
         """The summed loss of every network this step trains, and metrics as tensors."""

@@ -75,10 +75,6 @@ class SoftActorCritic(ActorCritic):
     def actor_side_names(self) -> set[str]:
         return super().actor_side_names() | {"log_alpha"}
 
-    def begin_phase(self, phase: str) -> None:
-        super().begin_phase(phase)
-        self.actor_after_critic = self.cfg.actor_after_critic
-
     def backup_noise(self, noise: dict) -> torch.Tensor:
         """The noise of the TD target's pi(.|s') samples."""
         return noise["eps_next"]
