@@ -550,6 +550,56 @@ def test_a_sweep_whose_job_fails_runs_the_others_and_ends_with_one_line(tmp_path
     assert len(finished) == 1  # the job after the failed one ran
 
 
+KILLED_AGENT = """
+import os
+import signal
+from dataclasses import dataclass
+
+from o2o.agents.cql import CQL, CQLConfig
+from o2o.agents.registry import register
+
+
+@dataclass
+class KilledConfig(CQLConfig):
+    pass
+
+
+@register("killed", KilledConfig)
+class Killed(CQL):
+    def update(self, batch):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node ends a job: no result, no traceback
+"""
+
+
+def test_a_submitit_job_killed_from_outside_is_reported_and_the_others_are_waited_for(tmp_path, main_py):
+    """hydra-submitit waits on its jobs in turn and raises at the first that left no result, leaving the later ones
+    unwatched: here the killed job is named in one line, the job after it finishes, the parent run ends FAILED."""
+    from mlflow.tracking import MlflowClient
+
+    conf = tmp_path / "conf" / "algo"
+    conf.mkdir(parents=True)
+    (conf / "killed.py").write_text(KILLED_AGENT)
+    (conf / "killed.yaml").write_text("defaults:\n  - cql\n  - override /schema/algo@_here_: killed\n  - _self_\n\n"
+                                      "name: killed\n")
+    store = f"sqlite:///{tmp_path / 'sweep.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "O2O_CONFIG_PATH": str(tmp_path / "conf")}
+    done = subprocess.run(main_py + ["-m", "algo=killed,calql", "hydra/launcher=submitit_local", *SMOKE,
+                                     "schedule.offline_steps=4", "schedule.online_steps=0", "progress=false",
+                                     f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert errors[0].startswith("error: 1 of 2 jobs failed, the others' results are kept: JobLeftNoResult: job "), \
+        errors[0]
+    assert "ended without a result: killed by a signal" in errors[0] and "(in the sweep's job with algo=killed " in errors[0]
+    client = MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    assert parent.info.status == "FAILED" and parent.data.tags["failed_jobs"].startswith("algo=killed")
+    finished = [r for r in runs if r.data.tags.get("algo") == "calql" and r.info.status == "FINISHED"]
+    assert len(finished) == 1  # the job after the killed one was waited for
+
+
 def test_a_study_may_set_a_key_its_command_line_sets_again_but_a_swept_key_given_twice_is_refused():
     """Hydra keeps a key's last value: a study's smoke values followed by the user's own value are fine; a later value
     that would drop an earlier list of values is refused."""

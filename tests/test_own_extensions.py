@@ -341,6 +341,21 @@ def test_a_study_whose_job_fails_writes_its_page_and_exits_with_the_sweeps_statu
     assert "| td3_bc |" in (tmp_path / "reach_td3bc-smoke.md").read_text()  # the page of the run that finished
 
 
+def test_a_study_with_no_finished_run_writes_no_page_and_says_the_same_command_continues(own, tmp_path, monkeypatch,
+                                                                                           capsys):
+    from conftest import exploding_algorithm
+    from o2o.study import main
+
+    monkeypatch.chdir(own)
+    monkeypatch.setenv("O2O_CONFIG_PATH", f"{own / 'conf'}:{exploding_algorithm(tmp_path / 'conf')}")
+    with pytest.raises(SystemExit) as stopped:
+        main(["reach_td3bc", "--budget", "smoke", "--out", str(tmp_path), "--experiment", "o2o-own-none", "seed=0",
+              "hydra.sweeper.params.algo=exploding", "threads=1", *QUIET])
+    assert stopped.value.code == 2  # the sweep's status
+    assert "no run of the sweep has finished yet, so no page is written" in capsys.readouterr().err
+    assert not (tmp_path / "reach_td3bc-smoke.md").exists()
+
+
 def test_a_dataset_recorded_in_ones_own_env_is_checked_against_it(own, monkeypatch):
     """A Minari dataset records gymnasium's id without the module (``PointReach-v0``): the env option's
     ``point_reach:PointReach-v0`` runs the same task, and its kwargs are read from the module's registration."""

@@ -96,3 +96,28 @@ def test_failed_job_is_reported_and_the_others_kept(tmp_path):
     assert parent.info.status == "FAILED" and "algo=exploding" in parent.data.tags["failed_jobs"]
     finished = [r for r in runs if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"]
     assert len(finished) == 1 and finished[0].data.tags["algo"] == "calql"
+
+
+def test_a_job_cancelled_from_outside_is_named_with_slurms_state_and_the_others_are_waited_for(tmp_path):
+    """scancel (as the OOM killer, a lost node or an administrator) leaves a job without a result: submitit's launcher
+    would raise at it and stop waiting for the jobs after it. Here it is one failed job, named with its SLURM state."""
+    args = ["algo=calql", "schedule.offline_steps=100000,40", *SMOKE, "mlflow_experiment=o2o-cancelled",
+            "schedule.online_steps=0", "progress=false"]
+    head = subprocess.Popen(sweep(args, tmp_path / "sweep"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline, long_job = time.time() + 300, None
+    while time.time() < deadline and head.poll() is None and long_job is None:
+        started = [p.parent for p in (tmp_path / "sweep").glob("*offline_steps=100000*/mlflow_run_id")]
+        submitit = tmp_path / "sweep" / ".submitit"
+        jobs = sorted(p.name for p in submitit.iterdir() if p.is_dir() and p.name.endswith("_0")) if started else []
+        long_job = jobs[0] if jobs else None
+        time.sleep(0.2)
+    assert long_job, "the long job never started"
+    subprocess.run(["scancel", long_job], check=True)
+    out, err = head.communicate(timeout=600)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert head.returncode == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"JobLeftNoResult: job {long_job} ended without a result (SLURM state CANCELLED" in errors[0], errors[0]
+    client, runs = runs_in("o2o-cancelled")
+    finished = [r for r in runs if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"]
+    assert len(finished) == 1 and finished[0].data.params["schedule.offline_steps"] == "40"

@@ -8,6 +8,7 @@ same run directory and resumes from its checkpoint (``o2o.checkpoints``).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -35,6 +36,52 @@ def _parent_client():
 
 FAILED_JOBS: list[tuple[str, BaseException]] = []  # this sweep's failed jobs (overrides, error), for o2o.cli.main
 LAUNCHED_JOBS: list[str] = []
+
+
+class JobLeftNoResult(RuntimeError):
+    """A submitit job that ended without writing its result: killed from outside, not failed in its work."""
+
+
+class _SettledJob:
+    """A submitit job whose ``results()`` reads as a failed Hydra job when the job left no result, instead of
+    raising."""
+
+    def __init__(self, job):
+        self._job = job
+
+    def results(self):
+        import submitit
+
+        try:
+            return self._job.results()
+        except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError):
+            # SLURM's state names the cause (CANCELLED, OUT_OF_MEMORY, NODE_FAIL...); a local job's only says it ended
+            state = f" (SLURM state {self._job.state})" if isinstance(self._job, submitit.SlurmJob) else ""
+            error = JobLeftNoResult(
+                f"job {self._job.job_id} ended without a result{state}: killed by a signal, the OOM killer, scancel "
+                f"or a lost node; its logs are in {self._job.paths.folder}")
+            return [JobReturn(status=JobStatus.FAILED, _return_value=error)]
+
+
+@contextlib.contextmanager
+def jobs_that_settle():
+    """While hydra-submitit's launcher waits for its jobs, one job that leaves no result reads as that job failed.
+
+    The launcher waits on each job's result in turn and raises at the first job that left none: the jobs after it
+    would be left running unwatched, and the sweep would end in a traceback without its failures reported.
+    """
+    import submitit
+
+    map_array = submitit.AutoExecutor.map_array
+
+    def settled_map_array(executor, fn, *iterables):
+        return [_SettledJob(job) for job in map_array(executor, fn, *iterables)]
+
+    submitit.AutoExecutor.map_array = settled_map_array
+    try:
+        yield
+    finally:
+        submitit.AutoExecutor.map_array = map_array
 
 
 def report_failures(job_overrides: Sequence[Sequence[str]], results: Sequence[JobReturn]) -> None:

@@ -11,7 +11,7 @@ from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 
-from o2o.launchers import report_failures
+from o2o.launchers import jobs_that_settle, report_failures
 
 
 class _ReportingLauncher:
@@ -21,11 +21,17 @@ class _ReportingLauncher:
         return results
 
 
-class SlurmLauncher(_ReportingLauncher, submitit_launcher.SlurmLauncher):
+class _SettlingLauncher(_ReportingLauncher):
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        with jobs_that_settle():  # a job killed from outside is reported with the others, which are waited for
+            return super().launch(job_overrides, initial_job_idx)
+
+
+class SlurmLauncher(_SettlingLauncher, submitit_launcher.SlurmLauncher):
     pass
 
 
-class LocalLauncher(_ReportingLauncher, submitit_launcher.LocalLauncher):
+class LocalLauncher(_SettlingLauncher, submitit_launcher.LocalLauncher):
     pass
 
 
