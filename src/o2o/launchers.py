@@ -72,16 +72,20 @@ def jobs_that_settle():
     """
     import submitit
 
-    map_array = submitit.AutoExecutor.map_array
+    executor_class, map_array = submitit.AutoExecutor, submitit.AutoExecutor.map_array
+    own = vars(executor_class).get("map_array")  # None: inherited from submitit's Executor
 
     def settled_map_array(executor, fn, *iterables):
         return [_SettledJob(job) for job in map_array(executor, fn, *iterables)]
 
-    submitit.AutoExecutor.map_array = settled_map_array
+    executor_class.map_array = settled_map_array
     try:
         yield
     finally:
-        submitit.AutoExecutor.map_array = map_array
+        if own is None:
+            del executor_class.map_array
+        else:
+            executor_class.map_array = own
 
 
 def report_failures(job_overrides: Sequence[Sequence[str]], results: Sequence[JobReturn]) -> None:
