@@ -600,6 +600,31 @@ def test_a_submitit_job_killed_from_outside_is_reported_and_the_others_are_waite
     assert len(finished) == 1  # the job after the killed one was waited for
 
 
+def test_a_submitit_job_that_raised_past_hydra_reads_as_failed_with_its_last_line(tmp_path):
+    """A job whose SystemExit passed Hydra's handler leaves submitit's FailedJobError (its whole traceback): it reads as
+    one failed job, named with the error's last line; a result is passed through as it was."""
+    from hydra.core.utils import JobStatus
+    from submitit.core.utils import FailedJobError, JobPaths
+
+    from o2o.launchers import JobLeftNoResult, _SettledJob
+
+    class Job:
+        job_id, paths = "42", JobPaths(tmp_path, job_id="42")
+
+        def __init__(self, outcome):
+            self.outcome = outcome
+
+        def results(self):
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return [self.outcome]
+
+    (failed,) = _SettledJob(Job(FailedJobError("Job (task=0) failed\nTraceback ...\n  File x\nSystemExit: 5\n"))).results()
+    assert failed.status == JobStatus.FAILED and isinstance(failed._return_value, JobLeftNoResult)
+    assert str(failed._return_value).startswith("job 42 stopped: SystemExit: 5; its logs are in ")
+    assert _SettledJob(Job("a result")).results() == ["a result"]
+
+
 def test_a_study_may_set_a_key_its_command_line_sets_again_but_a_swept_key_given_twice_is_refused():
     """Hydra keeps a key's last value: a study's smoke values followed by the user's own value are fine; a later value
     that would drop an earlier list of values is refused."""

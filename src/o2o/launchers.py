@@ -39,7 +39,7 @@ LAUNCHED_JOBS: list[str] = []
 
 
 class JobLeftNoResult(RuntimeError):
-    """A submitit job that ended without writing its result: killed from outside, not failed in its work."""
+    """A submitit job that ended without a Hydra result: killed from outside, or stopped past Hydra's handler."""
 
 
 class _SettledJob:
@@ -54,13 +54,17 @@ class _SettledJob:
 
         try:
             return self._job.results()
-        except (submitit.core.utils.UncompletedJobError, submitit.core.utils.FailedJobError):
+        except submitit.core.utils.FailedJobError as failed:  # past Hydra's handler (a SystemExit); a kind of the next
+            last = [line for line in str(failed).splitlines() if line.strip()][-1:] or ["(no message)"]
+            error = JobLeftNoResult(f"job {self._job.job_id} stopped: {last[0].strip()}; its logs are in "
+                                    f"{self._job.paths.folder}")
+        except submitit.core.utils.UncompletedJobError:
             # SLURM's state names the cause (CANCELLED, OUT_OF_MEMORY, NODE_FAIL...); a local job's only says it ended
             state = f" (SLURM state {self._job.state})" if isinstance(self._job, submitit.SlurmJob) else ""
             error = JobLeftNoResult(
                 f"job {self._job.job_id} ended without a result{state}: killed by a signal, the OOM killer, scancel "
                 f"or a lost node; its logs are in {self._job.paths.folder}")
-            return [JobReturn(status=JobStatus.FAILED, _return_value=error)]
+        return [JobReturn(status=JobStatus.FAILED, _return_value=error)]
 
 
 @contextlib.contextmanager

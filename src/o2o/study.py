@@ -635,15 +635,16 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         code = run_counting(cmd, clock)
         parent = find_parent(client, args.experiment, sweep_dir)
         print(this_part(client, parent, started_ms), flush=True)
-        if code:
+        from o2o.archive import children
+
+        finished = children(client, parent)
+        if code and finished:
             print(f"the sweep exited with status {code}; the page shows the runs that finished", file=sys.stderr)
         wall = clock.tick(parent)
         commit = client.get_run(parent).data.tags["study_commit"]
-        from o2o.archive import children
-
-        if not children(client, parent):  # a page of no runs would say nothing; the records of none keep nothing
-            print("no run of the sweep has finished yet, so no page is written: the same command continues it",
-                  file=sys.stderr)
+        if not finished:  # a page of no runs would say nothing; the records of none keep nothing
+            print(f"no run of the sweep has finished yet (it exited with status {code}), so no page is written: the "
+                  "same command continues it", file=sys.stderr)
             raise SystemExit((128 - code if code < 0 else code) or 1)
     if args.page_only:
         from o2o.archive import write_records
