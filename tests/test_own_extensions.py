@@ -352,7 +352,9 @@ def test_a_study_with_no_finished_run_writes_no_page_and_says_the_same_command_c
         main(["reach_td3bc", "--budget", "smoke", "--out", str(tmp_path), "--experiment", "o2o-own-none", "seed=0",
               "hydra.sweeper.params.algo=exploding", "threads=1", *QUIET])
     assert stopped.value.code == 2  # the sweep's status
-    assert "no run of the sweep has finished yet, so no page is written" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no run of the sweep has finished yet (it exited with status 2), so no page is written" in err
+    assert "the page shows the runs that finished" not in err
     assert not (tmp_path / "reach_td3bc-smoke.md").exists()
 
 
