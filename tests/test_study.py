@@ -595,6 +595,24 @@ def test_a_study_page_is_written_again_from_its_records_alone(tmp_path):
     assert stop.value.code == 2 and not (tmp_path / "out" / "door_calibration-cpu.md").exists()
 
 
+def test_every_study_page_keeps_the_records_it_was_written_from():
+    """Anyone can recompute a committed page: each docs/results/<study>-<budget>.md has its records folder beside it
+    (--page-from-records), and the records are of that study and budget."""
+    import json
+
+    from o2o.archive import PARENT_FILE
+
+    pages = sorted((ROOT / "docs" / "results").glob("*-*.md"))
+    assert pages
+    for page in pages:
+        parent = page.with_suffix("") / "records" / PARENT_FILE
+        assert parent.exists(), f"{page.name} keeps no records: write it with o2o-study, which keeps them beside it"
+        name, budget = page.stem.rsplit("-", 1)
+        record = json.loads(parent.read_text())
+        assert record["tags"]["study"] == f"{name}/{budget}", page.name
+        assert f"sweep parent run `{record['run_id']}`" in page.read_text(), f"{page.name}: records of another sweep"
+
+
 def test_a_sweep_param_override_is_passed_as_hydra_takes_it():
     """``o2o-study NAME hydra.sweeper.params.seed=0,1`` (the help's example) reaches Hydra quoted; unquoted, Hydra
     stops with "Sweeping over Hydra's configuration is not supported"."""
