@@ -591,7 +591,7 @@ def test_a_submitit_job_killed_from_outside_is_reported_and_the_others_are_waite
     assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert errors[0].startswith("error: 1 of 2 jobs failed, the others' results are kept: JobLeftNoResult: job "), \
         errors[0]
-    assert "ended without a result: killed by a signal" in errors[0] and "(in the sweep's job with algo=killed " in errors[0]
+    assert "ended without a result: killed from outside" in errors[0] and "(in the sweep's job with algo=killed " in errors[0]
     client = MlflowClient(store)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
@@ -600,29 +600,29 @@ def test_a_submitit_job_killed_from_outside_is_reported_and_the_others_are_waite
     assert len(finished) == 1  # the job after the killed one was waited for
 
 
-def test_a_submitit_job_that_raised_past_hydra_reads_as_failed_with_its_last_line(tmp_path):
-    """A job whose SystemExit passed Hydra's handler leaves submitit's FailedJobError (its whole traceback): it reads as
-    one failed job, named with the error's last line; a result is passed through as it was."""
+def test_a_submitit_job_that_failed_outside_its_task_reads_as_failed_with_its_error(tmp_path):
+    """An error outside Hydra's task handler (loading the sweep's config, a callback) leaves submitit's
+    FailedJobError, its trace followed by the log paths: it reads as one failed job named with the trace's last line;
+    a job's result, and any other attribute, is the job's own."""
     from hydra.core.utils import JobStatus
-    from submitit.core.utils import FailedJobError, JobPaths
+    from submitit.core.core import Job
+    from submitit.core.utils import cloudpickle_dump
 
     from o2o.launchers import JobLeftNoResult, _SettledJob
 
-    class Job:
-        job_id, paths = "42", JobPaths(tmp_path, job_id="42")
+    class DoneJob(Job):
+        def done(self, force_check=False):
+            return True
 
-        def __init__(self, outcome):
-            self.outcome = outcome
-
-        def results(self):
-            if isinstance(self.outcome, BaseException):
-                raise self.outcome
-            return [self.outcome]
-
-    (failed,) = _SettledJob(Job(FailedJobError("Job (task=0) failed\nTraceback ...\n  File x\nSystemExit: 5\n"))).results()
+    job = DoneJob(tmp_path, job_id="42")
+    job.paths.folder.mkdir(parents=True, exist_ok=True)
+    cloudpickle_dump(("error", "Traceback (most recent call last):\n  File x\nValueError: boom\n"),
+                     job.paths.result_pickle)
+    (failed,) = _SettledJob(job).results()
     assert failed.status == JobStatus.FAILED and isinstance(failed._return_value, JobLeftNoResult)
-    assert str(failed._return_value).startswith("job 42 stopped: SystemExit: 5; its logs are in ")
-    assert _SettledJob(Job("a result")).results() == ["a result"]
+    assert str(failed._return_value).startswith("job 42 failed outside its task: ValueError: boom; its logs are in ")
+    cloudpickle_dump(("success", "a result"), job.paths.result_pickle)
+    assert _SettledJob(job).results() == ["a result"] and _SettledJob(job).job_id == "42"
 
 
 def test_a_study_may_set_a_key_its_command_line_sets_again_but_a_swept_key_given_twice_is_refused():

@@ -39,31 +39,38 @@ LAUNCHED_JOBS: list[str] = []
 
 
 class JobLeftNoResult(RuntimeError):
-    """A submitit job that ended without a Hydra result: killed from outside, or stopped past Hydra's handler."""
+    """A submitit job that ended without a Hydra result: killed from outside, exited past Hydra, or failed outside
+    its task."""
 
 
 class _SettledJob:
     """A submitit job whose ``results()`` reads as a failed Hydra job when the job left no result, instead of
-    raising."""
+    raising; everything else is the job's own."""
 
     def __init__(self, job):
         self._job = job
+
+    def __getattr__(self, name):
+        return getattr(self._job, name)
 
     def results(self):
         import submitit
 
         try:
             return self._job.results()
-        except submitit.core.utils.FailedJobError as failed:  # past Hydra's handler (a SystemExit); a kind of the next
-            last = [line for line in str(failed).splitlines() if line.strip()][-1:] or ["(no message)"]
-            error = JobLeftNoResult(f"job {self._job.job_id} stopped: {last[0].strip()}; its logs are in "
-                                    f"{self._job.paths.folder}")
+        except submitit.core.utils.FailedJobError as failed:  # outside Hydra's task handler (config loading,
+            # callbacks); a kind of the next. Its message is the trace between two dashed lines, then the log paths.
+            parts = str(failed).split("-" * 22)
+            trace = [line.strip() for line in (parts[1] if len(parts) > 2 else "").splitlines() if line.strip()]
+            error = JobLeftNoResult(f"job {self._job.job_id} failed outside its task: "
+                                    f"{trace[-1] if trace else '(no trace)'}; its logs are in {self._job.paths.folder}")
         except submitit.core.utils.UncompletedJobError:
             # SLURM's state names the cause (CANCELLED, OUT_OF_MEMORY, NODE_FAIL...); a local job's only says it ended
             state = f" (SLURM state {self._job.state})" if isinstance(self._job, submitit.SlurmJob) else ""
             error = JobLeftNoResult(
-                f"job {self._job.job_id} ended without a result{state}: killed by a signal, the OOM killer, scancel "
-                f"or a lost node; its logs are in {self._job.paths.folder}")
+                f"job {self._job.job_id} ended without a result{state}: killed from outside (a signal, the OOM "
+                f"killer, scancel, a lost node) or exited past Hydra (SystemExit); its logs are in "
+                f"{self._job.paths.folder}")
         return [JobReturn(status=JobStatus.FAILED, _return_value=error)]
 
 
