@@ -610,7 +610,10 @@ def test_every_study_page_keeps_the_records_it_was_written_from():
         name, budget = page.stem.rsplit("-", 1)
         record = json.loads(parent.read_text())
         assert record["tags"]["study"] == f"{name}/{budget}", page.name
-        assert f"sweep parent run `{record['run_id']}`" in page.read_text(), f"{page.name}: records of another sweep"
+        text = page.read_text()
+        assert f"sweep parent run `{record['run_id']}`" in text, f"{page.name}: records of another sweep"
+        runs = len(list(parent.parent.glob("*.json.gz")))
+        assert f"`{record['run_id']}`, {runs} finished runs." in text, f"{page.name}: not one record per finished run"
 
 
 def test_a_sweep_param_override_is_passed_as_hydra_takes_it():
