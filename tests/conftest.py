@@ -117,7 +117,9 @@ def mlflow_server(backend_uri: str, log_path: Path, artifacts: Path | None = Non
         server.wait(timeout=30)
 
 
-EXPLODING_AGENT = """
+FAILING_AGENT = """
+import os
+import signal
 from dataclasses import dataclass
 
 from o2o.agents.cql import CQL, CQLConfig
@@ -125,29 +127,34 @@ from o2o.agents.registry import register
 
 
 @dataclass
-class ExplodingConfig(CQLConfig):
+class FailingConfig(CQLConfig):
     pass
 
 
-@register("exploding", ExplodingConfig)
-class Exploding(CQL):
+@register("{name}", FailingConfig)
+class Failing(CQL):
     def update(self, batch):
-        raise RuntimeError("this algorithm fails on its first update, on purpose")
+        {update}
 """
-EXPLODING_YAML = """
+FAILING_YAML = """
 defaults:
   - cql
-  - override /schema/algo@_here_: exploding
+  - override /schema/algo@_here_: {name}
   - _self_
 
-name: exploding
+name: {name}
 """
+HOW_THEY_FAIL = {
+    "exploding": 'raise RuntimeError("this algorithm fails on its first update, on purpose")',
+    # as the OOM killer or a lost node ends a job: no result, no traceback
+    "killed": "os.kill(os.getpid(), signal.SIGKILL)",
+}
 
 
-def exploding_algorithm(folder: Path) -> Path:
-    """A config folder (for O2O_CONFIG_PATH) with ``algo=exploding``: CQL whose first update raises, a job that fails
-    inside its work, where no check before it can see it."""
+def exploding_algorithm(folder: Path, name: str = "exploding") -> Path:
+    """A config folder (for O2O_CONFIG_PATH) with ``algo=<name>``: CQL whose first update fails, inside its work where
+    no check before it can see it: ``exploding`` raises, ``killed`` kills its own process."""
     (folder / "algo").mkdir(parents=True, exist_ok=True)
-    (folder / "algo" / "exploding.py").write_text(EXPLODING_AGENT)
-    (folder / "algo" / "exploding.yaml").write_text(EXPLODING_YAML)
+    (folder / "algo" / f"{name}.py").write_text(FAILING_AGENT.format(name=name, update=HOW_THEY_FAIL[name]))
+    (folder / "algo" / f"{name}.yaml").write_text(FAILING_YAML.format(name=name))
     return folder

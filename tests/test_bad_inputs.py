@@ -550,39 +550,16 @@ def test_a_sweep_whose_job_fails_runs_the_others_and_ends_with_one_line(tmp_path
     assert len(finished) == 1  # the job after the failed one ran
 
 
-KILLED_AGENT = """
-import os
-import signal
-from dataclasses import dataclass
-
-from o2o.agents.cql import CQL, CQLConfig
-from o2o.agents.registry import register
-
-
-@dataclass
-class KilledConfig(CQLConfig):
-    pass
-
-
-@register("killed", KilledConfig)
-class Killed(CQL):
-    def update(self, batch):
-        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a lost node ends a job: no result, no traceback
-"""
-
-
 def test_a_submitit_job_killed_from_outside_is_reported_and_the_others_are_waited_for(tmp_path, main_py):
     """hydra-submitit waits on its jobs in turn and raises at the first that left no result, leaving the later ones
     unwatched: here the killed job is named in one line, the job after it finishes, the parent run ends FAILED."""
     from mlflow.tracking import MlflowClient
 
-    conf = tmp_path / "conf" / "algo"
-    conf.mkdir(parents=True)
-    (conf / "killed.py").write_text(KILLED_AGENT)
-    (conf / "killed.yaml").write_text("defaults:\n  - cql\n  - override /schema/algo@_here_: killed\n  - _self_\n\n"
-                                      "name: killed\n")
+    from conftest import exploding_algorithm
+
     store = f"sqlite:///{tmp_path / 'sweep.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "O2O_CONFIG_PATH": str(tmp_path / "conf")}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store,
+           "O2O_CONFIG_PATH": str(exploding_algorithm(tmp_path / "conf", "killed"))}
     done = subprocess.run(main_py + ["-m", "algo=killed,calql", "hydra/launcher=submitit_local", *SMOKE,
                                      "schedule.offline_steps=4", "schedule.online_steps=0", "progress=false",
                                      f"hydra.sweep.dir={tmp_path / 'sweep'}"],

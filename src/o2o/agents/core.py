@@ -74,8 +74,8 @@ class ActorCritic(nn.Module):
         self.grad_steps = 0
         self.phase: str | None = None
         self.actor_interval = cfg.actor_update_interval  # actor and temperature step every N critic steps (per phase)
-        self.actor_after_critic = False  # the actor's step after the critic's (AFTER_CRITIC): an agent whose
-        # authors step it so sets it
+        self.actor_after_critic = False  # the actor steps on the stepped critic (AFTER_CRITIC): set by agents
+        # whose authors' code does (SoftActorCritic from its config, CQL per phase)
         self.compiled_update = None  # set by compile_update
 
     @property
