@@ -12,23 +12,22 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 METRIC = "online/eval/normalized_return"
 
 
-@pytest.fixture
-def store_with_runs(tmp_path, monkeypatch):
-    from o2o import run
-
-    uri = f"sqlite:///{tmp_path / 'ui.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    for algo in ("calql", "cql"):
-        run(algo=algo, run_dir=str(tmp_path / algo), overrides=[*SMOKE, "mlflow_experiment=o2o-ui", "schedule.online_steps=100"])
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    """Two finished runs (Cal-QL, CQL) in their own store, served by a real MLflow server: the tests only read them."""
     from mlflow.tracking import MlflowClient
 
-    return uri, MlflowClient(uri).get_experiment_by_name("o2o-ui").experiment_id
+    from o2o import run
 
-
-@pytest.fixture
-def ui_server(store_with_runs, tmp_path):
-    uri, experiment_id = store_with_runs
-    with mlflow_server(uri, tmp_path / "server.log") as base:
+    folder = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{folder / 'ui.db'}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        for algo in ("calql", "cql"):
+            run(algo=algo, run_dir=str(folder / algo),
+                overrides=[*SMOKE, "mlflow_experiment=o2o-ui", "schedule.online_steps=100"])
+    experiment_id = MlflowClient(uri).get_experiment_by_name("o2o-ui").experiment_id
+    with mlflow_server(uri, folder / "server.log") as base:
         yield base, experiment_id
 
 

@@ -216,32 +216,30 @@ def _histories(client, run_id):
             for key in run.data.metrics if "updates_per_second" not in key and not key.startswith("system/")}
 
 
-@pytest.mark.parametrize("window", KILL_WINDOWS)
-def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window):
-    """kill -9 (os._exit) inside the finish, then the same command: every metric history equals an uninterrupted
-    run's, point by point, without a duplicate."""
-    import subprocess
-    import sys
+FINISH_KILL_OVERRIDES = [*SMOKE, "schedule.online_steps=100", "progress=false", "mlflow.system_metrics=false",
+                         "mlflow_experiment=o2o-finish-kill"]
 
+
+@pytest.fixture(scope="module")
+def whole_finish(tmp_path_factory):
+    """The uninterrupted run every kill window is compared with, in the windows' experiment."""
     from o2o import run
 
-    overrides = [*SMOKE, "schedule.online_steps=100", "progress=false", "mlflow.system_metrics=false"]
-    experiment = f"o2o-finish-kill-{abs(hash(window))}"
-    run(algo="calql", run_dir=str(tmp_path / "whole"), overrides=[*overrides, f"mlflow_experiment={experiment}"])
-    code = ("import os, sys\n"
-            f"sys.path.insert(0, {str(ROOT / 'src')!r})\n"
-            "from o2o import pipeline, run\n"
-            f"{KILL_WINDOWS[window]}\n"
-            f"run(algo='calql', run_dir={str(tmp_path / 'killed')!r}, "
-            f"overrides={[*overrides, f'mlflow_experiment={experiment}']!r})\n")
-    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert killed.returncode == 137, killed.stderr[-2000:]
-    run(algo="calql", run_dir=str(tmp_path / "killed"), overrides=[*overrides, f"mlflow_experiment={experiment}"])
+    run_dir = tmp_path_factory.mktemp("whole")
+    run(algo="calql", run_dir=str(run_dir), overrides=FINISH_KILL_OVERRIDES)
+    return (run_dir / "mlflow_run_id").read_text().strip()
+
+
+@pytest.mark.parametrize("window", KILL_WINDOWS)
+def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window, whole_finish):
+    """kill -9 (os._exit) inside the finish, then the same command: every metric history equals an uninterrupted
+    run's, point by point, without a duplicate."""
+    killed_then_rerun(KILL_WINDOWS[window], tmp_path, FINISH_KILL_OVERRIDES)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    runs = {r.data.tags["run_dir"]: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
-    whole, resumed = runs[str(tmp_path / "whole")], runs[str(tmp_path / "killed")]
-    assert resumed.info.status == "FINISHED"
-    assert _histories(client, resumed.info.run_id) == _histories(client, whole.info.run_id)
+    resumed = client.get_run((tmp_path / "mlflow_run_id").read_text().strip())
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["run_dir"] == str(tmp_path)
+    assert resumed.info.run_id != whole_finish
+    assert _histories(client, resumed.info.run_id) == _histories(client, whole_finish)
     models = client.search_logged_models(experiment_ids=[resumed.info.experiment_id],
                                          filter_string=f"source_run_id = '{resumed.info.run_id}'")
     assert sorted((m.name, str(m.status)) for m in models) == [  # no PENDING model left behind, none twice
