@@ -2,6 +2,7 @@
 coming with them: the CLI, sweeps, o2o-study, MLflow, the compiled update, checkpoints and the exported policy. Also
 the extension points themselves: the registry, the per-domain fallback, metric means per key, Gymnasium's checks."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -128,6 +129,76 @@ def test_an_algorithm_without_a_per_domain_file_uses_its_own_values_and_says_so(
     line = per_domain_line(door.hydra.runtime, validate(compose(["env=adroit_door", "algo=calql"])).algo)
     assert line.startswith("per-domain values: algo/per_domain/calql/adroit.yaml (extending cql/adroit): ")
     assert "critic_hidden=[512, 512, 512]" in line and "reward_scale=10.0" in line
+
+
+def test_a_preset_of_ones_own_that_leaves_out_the_per_domain_values_it_extends_says_which_and_how_to_keep_them(
+        tmp_path, caplog, own):
+    """A YAML of one's own extending calql runs on its own values where it has no per-domain file (Hydra picks
+    ``algo/per_domain/<its name>/<domain>``): the run says which of calql's values it leaves out, and that one file
+    keeps them; with that file, it runs on them and says nothing more."""
+    from o2o.config_sources import left_out_per_domain_values, per_domain_line
+
+    conf = tmp_path / "conf"
+    (conf / "algo").mkdir(parents=True)
+    (conf / "algo" / "calql_wide.yaml").write_text("defaults:\n  - calql\n  - _self_\n\nname: calql_wide\n"
+                                                   "critic_hidden: [1024, 1024]\n")
+    overrides = ["env=adroit_door", "algo=calql_wide", searchpath(tmp_path)]
+    runtime = compose_config(overrides, return_hydra_config=True).hydra.runtime
+    algo = validate(compose_config(overrides)).algo
+    assert (algo.critic_hidden, algo.reward_scale) == ([1024, 1024], 1.0)  # calql.yaml's reward, not Adroit's 10
+    left_out = left_out_per_domain_values(runtime)
+    assert left_out.startswith("algo=calql_wide extends calql but has no algo/per_domain/calql_wide/adroit.yaml, so "
+                               "this run leaves out calql's adroit values (")
+    assert "critic_hidden=[512, 512, 512]" in left_out and "reward_scale=10.0" in left_out
+    assert left_out.endswith("to keep them, add that file with `defaults: [/algo/per_domain/calql/adroit@_here_]`")
+    assert per_domain_line(runtime, algo).endswith(f"the algorithm's own values; {left_out}")
+    # on a domain where calql has no values of its own, there is nothing to leave out
+    both = f"hydra.searchpath=[file://{conf},file://{own / 'conf'}]"
+    reach = compose_config(["env=point_reach", "algo=calql_wide", both], return_hydra_config=True)
+    assert left_out_per_domain_values(reach.hydra.runtime) is None
+    # a run says so at its start, as a warning, and keeps the line in its MLflow tag
+    from o2o import run
+
+    with caplog.at_level(logging.WARNING, logger="o2o"):
+        run(env="pointmaze_umaze", algo="calql_wide", run_dir=str(tmp_path / "run"), overrides=[
+            searchpath(tmp_path), *SMOKE, *QUIET, "mlflow.log_models=false", "mlflow_experiment=o2o-preset",
+            "schedule.online_steps=0"])
+    (warned,) = [r.getMessage() for r in caplog.records if "extends calql" in r.getMessage()]
+    assert warned.startswith("per-domain values: none for calql_wide on pointmaze")
+    assert "leaves out calql's pointmaze values" in warned
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (logged,) = client.search_runs([client.get_experiment_by_name("o2o-preset").experiment_id])
+    assert logged.data.tags["per_domain"] == warned
+
+    (conf / "algo" / "per_domain" / "calql_wide").mkdir(parents=True)
+    (conf / "algo" / "per_domain" / "calql_wide" / "adroit.yaml").write_text(
+        "defaults:\n  - /algo/per_domain/calql/adroit@_here_\n")
+    runtime = compose_config(overrides, return_hydra_config=True).hydra.runtime
+    algo = validate(compose_config(overrides)).algo
+    assert (algo.critic_hidden, algo.reward_scale) == ([512, 512, 512], 10.0)
+    assert left_out_per_domain_values(runtime) is None
+    assert per_domain_line(runtime, algo).startswith("per-domain values: algo/per_domain/calql_wide/adroit.yaml "
+                                                     "(extending calql/adroit, cql/adroit): ")
+
+
+def test_the_projects_presets_keep_the_per_domain_values_of_what_they_extend():
+    """A preset of the project (cql_sac, wsrl, ...) has a per-domain file on every domain where the algorithm it
+    extends has one; the only exception says why."""
+    import yaml
+
+    algo_folder = ROOT / "conf" / "algo"
+    own_recipe_everywhere = {"td3bc": "sfujim/TD3_BC's main.py sets the same values for every task"}
+    missing = []
+    for path in sorted(algo_folder.glob("*.yaml")):
+        parents = [e for e in (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
+                   if isinstance(e, str) and (algo_folder / f"{e}.yaml").is_file()]
+        if not parents or path.stem in own_recipe_everywhere:
+            continue
+        for parent in parents:
+            domains = {p.stem for p in (algo_folder / "per_domain" / parent).glob("*.yaml")}
+            own = {p.stem for p in (algo_folder / "per_domain" / path.stem).glob("*.yaml")}
+            missing += [f"{path.stem}/{d} (from {parent})" for d in sorted(domains - own)]
+    assert missing == []
 
 
 # --------------------------------------------------------------------------- envs

@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStor
 
 
 def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime, summary: bool = True) -> dict[str, float]:
-    from o2o.config_sources import per_domain_line
+    from o2o.config_sources import left_out_per_domain_values, per_domain_line
     from o2o.pipeline import PER_DOMAIN_TAG, run_pipeline
     from o2o.tracking import PRESET_TAG
 
@@ -32,7 +32,8 @@ def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime,
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {"overrides": " ".join(overrides) or "(defaults)", PER_DOMAIN_TAG: per_domain_line(hydra_runtime, config.algo),
             PRESET_TAG: hydra_runtime.choices.get("experiment") or "none"}
-    log.info("%s", tags[PER_DOMAIN_TAG])
+    # an algorithm of one's own that leaves out the per-domain values of the one it extends: almost surely a mistake
+    log.log(logging.WARNING if left_out_per_domain_values(hydra_runtime) else logging.INFO, "%s", tags[PER_DOMAIN_TAG])
     return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary)
 
 

@@ -112,7 +112,11 @@ def per_domain_file(hydra_runtime) -> tuple[str, list[Path]]:
     """The per-domain choice (``<algo>/<domain>``) and the files that gave its values, nearest first: the file and
     those it extends (``defaults: [/algo/per_domain/cql/adroit@_here_]``); no files where it has none."""
     choice = hydra_runtime.choices.get(PER_DOMAIN)
-    roots = _source_folders(hydra_runtime)
+    return per_domain_file_of(choice, _source_folders(hydra_runtime))
+
+
+def per_domain_file_of(choice: str | None, roots: list[Path]) -> tuple[str, list[Path]]:
+    """:func:`per_domain_file` for a given choice and config folders."""
     files, pending = [], [choice] if choice else []
     while pending:
         name = pending.pop(0)
@@ -127,16 +131,63 @@ def per_domain_file(hydra_runtime) -> tuple[str, list[Path]]:
     return choice or "", files
 
 
+def _written(files: list[Path]) -> dict:
+    """The values a per-domain file and those it extends write, the file's own over theirs."""
+    written: dict = {}
+    for path in reversed(files):
+        written.update({k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"})
+    return written
+
+
+def _extended_algorithms(hydra_runtime, name: str) -> tuple[bool, list[str]]:
+    """Whether ``algo/<name>.yaml`` is one of one's own (not the project's), and the algorithms its defaults list
+    extends (``- calql``, ``- /algo/calql``)."""
+    roots = _source_folders(hydra_runtime)
+    path = next((root / "algo" / f"{name}.yaml" for root in roots if (root / "algo" / f"{name}.yaml").is_file()), None)
+    if path is None:
+        return False, []
+    project = _package_folder("o2o_conf")
+    own = project is None or path.parent.parent.resolve() != project.resolve()
+    parents = []
+    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
+        if isinstance(entry, str) and entry != "_self_":
+            parent = entry.split("@")[0].removeprefix("/algo/")
+            if "/" not in parent:
+                parents.append(parent)
+    return own, parents
+
+
+def left_out_per_domain_values(hydra_runtime) -> str | None:
+    """For an algorithm of one's own that extends another and has no per-domain file for this domain where the one
+    it extends has: one line naming the values the run leaves out and the file that would keep them. (The project's
+    own presets are checked by its tests.)"""
+    choice, files = per_domain_file(hydra_runtime)
+    name, _, domain = choice.partition("/")
+    if files or not domain:
+        return None
+    own, parents = _extended_algorithms(hydra_runtime, name)
+    if not own:
+        return None
+    roots = _source_folders(hydra_runtime)
+    for parent in parents:
+        _, inherited = per_domain_file_of(f"{parent}/{domain}", roots)
+        if inherited:
+            values = ", ".join(f"{k}={v}" for k, v in _written(inherited).items())
+            return (f"algo={name} extends {parent} but has no algo/per_domain/{name}/{domain}.yaml, so this run leaves "
+                    f"out {parent}'s {domain} values ({values}): to keep them, add that file with "
+                    f"`defaults: [/algo/per_domain/{parent}/{domain}@_here_]`")
+    return None
+
+
 def per_domain_line(hydra_runtime, algo) -> str:
     """One line: which per-domain values the run used and where they came from."""
     choice, files = per_domain_file(hydra_runtime)
     algo_name, _, domain = choice.partition("/")
     if not files:
+        left_out = left_out_per_domain_values(hydra_runtime)
         return (f"per-domain values: none for {algo_name} on {domain} (no algo/per_domain/{choice}.yaml): the "
-                f"algorithm's own values")
-    written: dict = {}
-    for path in reversed(files):  # the file's own values over those of the files it extends
-        written.update({k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"})
+                f"algorithm's own values" + (f"; {left_out}" if left_out else ""))
+    written = _written(files)
 
     def used(key: str) -> str:
         value = getattr(algo, key)
