@@ -23,7 +23,9 @@ temperature of 1.
 
 Differs on purpose: acting clips the Gaussian's sample to [-1, 1] (the env's bounds; rlkit passes it to the env
 unclipped); the critic and the actor take one summed step on one batch (rlkit: one batch, separate optimizer steps,
-critic first), so the weights use the critic before this update's step, as rlkit's do.
+critic first), so the weights use the critic before this update's step, as rlkit's do. On frames (the authors ran
+AWAC on states only) the weight decay covers the actor's own encoder too, as ``policy_weight_decay`` covers every
+parameter of rlkit's policy.
 """
 from __future__ import annotations
 
