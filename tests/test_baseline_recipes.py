@@ -14,7 +14,8 @@ def differing(a, b) -> set[str]:
     return {k for k in vars(a) if getattr(a, k) != getattr(b, k)}
 
 
-@pytest.mark.parametrize("env", ["adroit_door", "antmaze_umaze", "kitchen_mixed", "pointmaze_umaze"])
+@pytest.mark.parametrize("env", ["adroit_door", "antmaze_umaze", "kitchen_mixed", "pointmaze_umaze",
+                                 "ogbench_cube_single", "visual_pick_place"])
 def test_cql_sac_is_cql_with_the_regulariser_off_online(env):
     cql, cql_sac = (validate(compose([f"algo={a}", f"env={env}"])).algo for a in ("cql", "cql_sac"))
     assert differing(cql, cql_sac) == {"name", "online_regulariser"} and not cql_sac.online_regulariser

@@ -105,6 +105,8 @@ def test_every_config_key_has_one_owner_and_one_default():
 def test_a_per_domain_algo_file_never_repeats_its_algorithms_own_keys():
     """A per-domain file sets what differs by domain; a key its algorithm sets it may only change (WSRL pre-trains
     locomotion with CQL, not Cal-QL), never restate."""
+    from o2o.config_sources import per_domain_file_of
+
     for algo in ALGOS:
         chain, file = {}, CONF / "algo" / f"{algo}.yaml"
         while file is not None:  # the option and the options it extends (nearer ones win)
@@ -116,11 +118,10 @@ def test_a_per_domain_algo_file_never_repeats_its_algorithms_own_keys():
             cfg = validate(compose([f"algo={algo}", f"env={_an_env_of(domain_file.stem)}"]))
             data = yaml.safe_load(domain_file.read_text()) or {}
             own = {k: v for k, v in data.items() if k != "defaults"}
-            extended = {}  # what the per-domain files it extends set (it may set a key back to the algorithm's value)
-            for entry in data.get("defaults", []):
-                if isinstance(entry, str) and entry.startswith("/algo/per_domain/"):
-                    extended.update(yaml.safe_load((CONF / entry.lstrip("/").split("@")[0]).with_suffix(".yaml")
-                                                   .read_text()) or {})
+            # what the per-domain files it extends set, through theirs (it may set a key back to the algorithm's value)
+            _, includes = per_domain_file_of(f"{algo}/{domain_file.stem}", [CONF])
+            extended = {k: v for path in reversed(includes[1:])
+                        for k, v in (yaml.safe_load(path.read_text()) or {}).items()}
             repeated = {k for k in own if k in chain and own[k] == chain[k] and extended.get(k, own[k]) == own[k]}
             assert not repeated, f"{domain_file} repeats {repeated}"
             assert cfg.domain.name == domain_file.stem

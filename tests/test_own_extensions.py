@@ -133,28 +133,37 @@ def test_an_algorithm_without_a_per_domain_file_uses_its_own_values_and_says_so(
 
 def test_a_preset_of_ones_own_that_leaves_out_the_per_domain_values_it_extends_says_which_and_how_to_keep_them(
         tmp_path, caplog, own):
-    """A YAML of one's own extending calql runs on its own values where it has no per-domain file (Hydra picks
-    ``algo/per_domain/<its name>/<domain>``): the run says which of calql's values it leaves out, and that one file
-    keeps them; with that file, it runs on them and says nothing more."""
+    """YAMLs of one's own extending calql (one through the other) run on their own values where they have no
+    per-domain file (Hydra picks ``algo/per_domain/<its name>/<domain>``): the run says which of calql's values it
+    leaves out, which of its own it keeps, and the file that brings calql's in; with that file it runs on calql's
+    values and its own, and says nothing more; an empty file keeps its own values, also without a word."""
     from o2o.config_sources import left_out_per_domain_values, per_domain_line
 
     conf = tmp_path / "conf"
     (conf / "algo").mkdir(parents=True)
     (conf / "algo" / "calql_wide.yaml").write_text("defaults:\n  - calql\n  - _self_\n\nname: calql_wide\n"
                                                    "critic_hidden: [1024, 1024]\n")
-    overrides = ["env=adroit_door", "algo=calql_wide", searchpath(tmp_path)]
-    runtime = compose_config(overrides, return_hydra_config=True).hydra.runtime
-    algo = validate(compose_config(overrides)).algo
-    assert (algo.critic_hidden, algo.reward_scale) == ([1024, 1024], 1.0)  # calql.yaml's reward, not Adroit's 10
-    left_out = left_out_per_domain_values(runtime)
-    assert left_out.startswith("algo=calql_wide extends calql but has no algo/per_domain/calql_wide/adroit.yaml, so "
-                               "this run leaves out calql's adroit values (")
-    assert "critic_hidden=[512, 512, 512]" in left_out and "reward_scale=10.0" in left_out
-    assert left_out.endswith("to keep them, add that file with `defaults: [/algo/per_domain/calql/adroit@_here_]`")
-    assert per_domain_line(runtime, algo).endswith(f"the algorithm's own values; {left_out}")
+    (conf / "algo" / "calql_wider.yaml").write_text("defaults:\n  - /algo/calql_wide@_here_\n  - _self_\n\n"
+                                                    "name: calql_wider\nactor_hidden: [64, 64]\n")
+    overrides = ["env=adroit_door", "algo=calql_wider", searchpath(tmp_path)]
+
+    def composed():
+        return (compose_config(overrides, return_hydra_config=True).hydra.runtime,
+                validate(compose_config(overrides)).algo)
+
+    runtime, algo = composed()
+    assert (algo.actor_hidden, algo.critic_hidden, algo.reward_scale) == ([64, 64], [1024, 1024], 1.0)  # Adroit: 10
+    file = conf / "algo" / "per_domain" / "calql_wider" / "adroit.yaml"
+    assert left_out_per_domain_values(runtime) == (
+        "algo=calql_wider extends calql, whose values for the adroit domain (env=adroit_door) this run leaves out: "
+        "cql_weight=1.0, mixing_ratio=0.5, reward_scale=10.0, reward_bias=5.0; your own actor_hidden=[64, 64], "
+        f"critic_hidden=[1024, 1024] stay. To use calql's, write {file} with "
+        "`defaults: [/algo/per_domain/calql/adroit@_here_]` and then your actor_hidden, critic_hidden again (a "
+        "per-domain file comes after the algorithm's YAML); to keep your own values on purpose, write that file empty")
+    assert per_domain_line(runtime, algo).endswith(f"the algorithm's own values; {left_out_per_domain_values(runtime)}")
     # on a domain where calql has no values of its own, there is nothing to leave out
     both = f"hydra.searchpath=[file://{conf},file://{own / 'conf'}]"
-    reach = compose_config(["env=point_reach", "algo=calql_wide", both], return_hydra_config=True)
+    reach = compose_config(["env=point_reach", "algo=calql_wider", both], return_hydra_config=True)
     assert left_out_per_domain_values(reach.hydra.runtime) is None
     # a run says so at its start, as a warning, and keeps the line in its MLflow tag
     from o2o import run
@@ -165,40 +174,53 @@ def test_a_preset_of_ones_own_that_leaves_out_the_per_domain_values_it_extends_s
             "schedule.online_steps=0"])
     (warned,) = [r.getMessage() for r in caplog.records if "extends calql" in r.getMessage()]
     assert warned.startswith("per-domain values: none for calql_wide on pointmaze")
-    assert "leaves out calql's pointmaze values" in warned
+    assert "whose values for the pointmaze domain (env=pointmaze_umaze) this run leaves out" in warned
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     (logged,) = client.search_runs([client.get_experiment_by_name("o2o-preset").experiment_id])
     assert logged.data.tags["per_domain"] == warned
 
-    (conf / "algo" / "per_domain" / "calql_wide").mkdir(parents=True)
-    (conf / "algo" / "per_domain" / "calql_wide" / "adroit.yaml").write_text(
-        "defaults:\n  - /algo/per_domain/calql/adroit@_here_\n")
-    runtime = compose_config(overrides, return_hydra_config=True).hydra.runtime
-    algo = validate(compose_config(overrides)).algo
-    assert (algo.critic_hidden, algo.reward_scale) == ([512, 512, 512], 10.0)
+    file.parent.mkdir(parents=True)
+    file.write_text("defaults:\n  - /algo/per_domain/calql/adroit@_here_\n\nactor_hidden: [64, 64]\n"
+                    "critic_hidden: [1024, 1024]\n")
+    runtime, algo = composed()
+    assert (algo.actor_hidden, algo.critic_hidden, algo.reward_scale) == ([64, 64], [1024, 1024], 10.0)
     assert left_out_per_domain_values(runtime) is None
-    assert per_domain_line(runtime, algo).startswith("per-domain values: algo/per_domain/calql_wide/adroit.yaml "
+    assert per_domain_line(runtime, algo).startswith("per-domain values: algo/per_domain/calql_wider/adroit.yaml "
                                                      "(extending calql/adroit, cql/adroit): ")
+    file.write_text("")
+    runtime, algo = composed()
+    assert (algo.critic_hidden, algo.reward_scale) == ([1024, 1024], 1.0)
+    assert left_out_per_domain_values(runtime) is None
 
 
 def test_the_projects_presets_keep_the_per_domain_values_of_what_they_extend():
-    """A preset of the project (cql_sac, wsrl, ...) has a per-domain file on every domain where the algorithm it
-    extends has one; the only exception says why."""
+    """A preset of the project (cql_sac, wsrl, ...) sets, on every domain where the algorithm it extends has
+    per-domain values, each of those keys in its own per-domain files (by including the parent's or by a value of its
+    own), so that none falls back to a YAML's value; td3bc leaves ReBRAC's out on purpose."""
     import yaml
+
+    from o2o.config_sources import extended_algorithms, per_domain_file_of
+
+    def written(choice):
+        _, chain = per_domain_file_of(choice, [ROOT / "conf"])
+        return {k for path in chain for k in (yaml.safe_load(path.read_text()) or {}) if k != "defaults"}
 
     algo_folder = ROOT / "conf" / "algo"
     own_recipe_everywhere = {"td3bc": "sfujim/TD3_BC's main.py sets the same values for every task"}
-    missing = []
+    checked, missing = set(), []
     for path in sorted(algo_folder.glob("*.yaml")):
-        parents = [e for e in (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
-                   if isinstance(e, str) and (algo_folder / f"{e}.yaml").is_file()]
+        parents = [p for p in extended_algorithms(path) if (algo_folder / f"{p}.yaml").is_file()]
         if not parents or path.stem in own_recipe_everywhere:
             continue
+        checked.add(path.stem)
         for parent in parents:
-            domains = {p.stem for p in (algo_folder / "per_domain" / parent).glob("*.yaml")}
-            own = {p.stem for p in (algo_folder / "per_domain" / path.stem).glob("*.yaml")}
-            missing += [f"{path.stem}/{d} (from {parent})" for d in sorted(domains - own)]
+            for domain in sorted(p.stem for p in (algo_folder / "per_domain" / parent).glob("*.yaml")):
+                if lost := written(f"{parent}/{domain}") - written(f"{path.stem}/{domain}"):
+                    missing.append(f"{path.stem}/{domain}: {sorted(lost)} (from {parent})")
+    assert checked == {"calql", "cql_sac", "hybrid_rl", "rlpd", "wsrl"}
     assert missing == []
+    assert extended_algorithms(algo_folder / "td3bc.yaml") == ["rebrac"]
+    assert not (algo_folder / "per_domain" / "td3bc").exists()
 
 
 # --------------------------------------------------------------------------- envs

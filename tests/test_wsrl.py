@@ -28,10 +28,23 @@ def test_the_recipe_is_the_authors_on_adroit():
     ("antmaze_umaze", True, True, -5.0),  # antmaze_wsrl: max_target_backup
     ("kitchen_mixed", True, False, -4.0),  # launch_wsrl_finetune.sh: --reward_bias -4.0
     ("halfcheetah", False, False, 0.0),  # README: CQL pre-training on locomotion
+    ("ogbench_cube_single", True, False, 0.0),  # andypeng05/wsrl ogbench_wsrl
+    ("visual_pick_place", True, False, 0.0),  # no WSRL run: Cal-QL's settings, wsrl.yaml's fine-tuning
 ])
 def test_the_recipe_per_domain(env, calibrate, backup, bias):
     algo = validate(compose(["algo=wsrl", f"env={env}"])).algo
     assert (algo.calibrate_offline, algo.online_max_target_backup, algo.reward_bias) == (calibrate, backup, bias)
+    assert algo.mixing_ratio == 0.0
+    calql = validate(compose(["algo=calql", f"env={env}"])).algo  # pre-training: the domain's Cal-QL (CQL's here)
+    reference = validate(compose(["algo=cql", f"env={env}"])).algo if env == "halfcheetah" else calql
+    for key in ("critic_hidden", "actor_hidden", "cql_weight", "reward_scale", "backup_actions", "max_target_backup"):
+        assert getattr(algo, key) == getattr(reference, key), key
+
+
+def test_wsrl_keeps_no_offline_data_where_it_has_no_per_domain_values():
+    """wsrl.yaml's own value, which a domain of one's own gets (every project domain has a per-domain file)."""
+    algo = validate(compose(["algo=wsrl", "~algo/per_domain@algo"])).algo
+    assert not algo.online_max_target_backup  # per_domain/wsrl/pointmaze.yaml's true is gone
     assert algo.mixing_ratio == 0.0
 
 

@@ -32,7 +32,7 @@ def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime,
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tags = {"overrides": " ".join(overrides) or "(defaults)", PER_DOMAIN_TAG: per_domain_line(hydra_runtime, config.algo),
             PRESET_TAG: hydra_runtime.choices.get("experiment") or "none"}
-    # an algorithm of one's own that leaves out the per-domain values of the one it extends: almost surely a mistake
+    # a preset of one's own that leaves out per-domain values of the project algorithm it extends: worth a warning
     log.log(logging.WARNING if left_out_per_domain_values(hydra_runtime) else logging.INFO, "%s", tags[PER_DOMAIN_TAG])
     return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary)
 

@@ -135,54 +135,82 @@ def _written(files: list[Path]) -> dict:
     """The values a per-domain file and those it extends write, the file's own over theirs."""
     written: dict = {}
     for path in reversed(files):
-        written.update({k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"})
+        written.update(_values(path))
     return written
 
 
-def _extended_algorithms(hydra_runtime, name: str) -> tuple[bool, list[str]]:
-    """Whether ``algo/<name>.yaml`` is one of one's own (not the project's), and the algorithms its defaults list
-    extends (``- calql``, ``- /algo/calql``)."""
-    roots = _source_folders(hydra_runtime)
-    path = next((root / "algo" / f"{name}.yaml" for root in roots if (root / "algo" / f"{name}.yaml").is_file()), None)
-    if path is None:
-        return False, []
-    project = _package_folder("o2o_conf")
-    own = project is None or path.parent.parent.resolve() != project.resolve()
+def extended_algorithms(algo_yaml: Path) -> list[str]:
+    """The algorithms an algorithm's YAML extends: its defaults list's plain entries (``- calql``, ``- /algo/calql``,
+    ``- calql@_here_``), as Hydra reads them inside the ``algo`` group."""
     parents = []
-    for entry in (yaml.safe_load(path.read_text()) or {}).get("defaults", []):
-        if isinstance(entry, str) and entry != "_self_":
-            parent = entry.split("@")[0].removeprefix("/algo/")
-            if "/" not in parent:
-                parents.append(parent)
-    return own, parents
+    for entry in (yaml.safe_load(algo_yaml.read_text()) or {}).get("defaults", []):
+        if not isinstance(entry, str) or entry == "_self_":
+            continue
+        option = entry.split("@")[0]
+        if option.startswith("/algo/"):
+            parents.append(option.removeprefix("/algo/"))
+        elif not option.startswith("/"):
+            parents.append(option)
+    return parents
+
+
+def _values(path: Path) -> dict:
+    return {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+
+
+def _algo_yaml(name: str, roots: list[Path]) -> tuple[Path, Path] | None:
+    """The config folder whose ``algo/<name>.yaml`` is composed (the first that has it, as Hydra reads them) and
+    that file."""
+    paths = ((root, root / "algo" / f"{name}.yaml") for root in roots)
+    return next(((root, path) for root, path in paths if path.is_file()), None)
 
 
 def left_out_per_domain_values(hydra_runtime) -> str | None:
-    """For an algorithm of one's own that extends another and has no per-domain file for this domain where the one
-    it extends has: one line naming the values the run leaves out and the file that would keep them. (The project's
-    own presets are checked by its tests.)"""
+    """For an algorithm of one's own (a YAML outside the project's conf/) with no per-domain file for the run's
+    domain, extending, directly or through others of one's own, a project algorithm that has one there: one line
+    naming the values the run leaves out, the ones it keeps, and the file that would bring them in. The project's
+    own presets are checked by its tests (td3bc leaves ReBRAC's out on purpose)."""
     choice, files = per_domain_file(hydra_runtime)
-    name, _, domain = choice.partition("/")
-    if files or not domain:
+    name, _, domain = choice.rpartition("/")
+    if files or not name:
         return None
-    own, parents = _extended_algorithms(hydra_runtime, name)
-    if not own:
+    roots, project = _source_folders(hydra_runtime), _package_folder("o2o_conf")
+    found = _algo_yaml(name, roots)
+    if found is None or (project is not None and found[0].resolve() == project.resolve()):
         return None
-    roots = _source_folders(hydra_runtime)
-    for parent in parents:
+    own_root, own_keys, pending = found[0], _values(found[1]), extended_algorithms(found[1])
+    while pending:  # up through one's own presets to the project algorithm they extend
+        parent = pending.pop(0)
+        found = _algo_yaml(parent, roots)
+        if found is None:
+            continue
+        if project is None or found[0].resolve() != project.resolve():
+            own_keys = {**_values(found[1]), **own_keys}  # the nearer preset's value wins
+            pending += extended_algorithms(found[1])
+            continue
         _, inherited = per_domain_file_of(f"{parent}/{domain}", roots)
-        if inherited:
-            values = ", ".join(f"{k}={v}" for k, v in _written(inherited).items())
-            return (f"algo={name} extends {parent} but has no algo/per_domain/{name}/{domain}.yaml, so this run leaves "
-                    f"out {parent}'s {domain} values ({values}): to keep them, add that file with "
-                    f"`defaults: [/algo/per_domain/{parent}/{domain}@_here_]`")
+        values = _written(inherited)
+        left = {k: v for k, v in values.items() if k not in own_keys}
+        if not left:
+            return None
+        kept = {k: own_keys[k] for k in values if k in own_keys}
+        env = hydra_runtime.choices.get("env", "?")
+        file = own_root / "algo" / "per_domain" / name / f"{domain}.yaml"
+        line = (f"algo={name} extends {parent}, whose values for the {domain} domain (env={env}) this run leaves out: "
+                + ", ".join(f"{k}={v}" for k, v in left.items()))
+        if kept:
+            line += "; your own " + ", ".join(f"{k}={v}" for k, v in kept.items()) + " stay"
+        line += f". To use {parent}'s, write {file} with `defaults: [/algo/per_domain/{parent}/{domain}@_here_]`"
+        if kept:
+            line += f" and then your {', '.join(kept)} again (a per-domain file comes after the algorithm's YAML)"
+        return line + "; to keep your own values on purpose, write that file empty"
     return None
 
 
 def per_domain_line(hydra_runtime, algo) -> str:
     """One line: which per-domain values the run used and where they came from."""
     choice, files = per_domain_file(hydra_runtime)
-    algo_name, _, domain = choice.partition("/")
+    algo_name, _, domain = choice.rpartition("/")
     if not files:
         left_out = left_out_per_domain_values(hydra_runtime)
         return (f"per-domain values: none for {algo_name} on {domain} (no algo/per_domain/{choice}.yaml): the "
