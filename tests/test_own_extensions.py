@@ -118,15 +118,16 @@ def test_the_logged_temperature_is_the_one_the_agent_holds(algo, tmp_path, monke
 
 
 def test_an_algorithm_without_a_per_domain_file_uses_its_own_values_and_says_so(own):
-    from o2o.config_sources import per_domain_line
+    from o2o.config_sources import per_domain_report
 
     cfg = compose_config(["env=point_reach", "algo=calql", searchpath(own)], return_hydra_config=True)
     algo = validate(compose_config(["env=point_reach", "algo=calql", searchpath(own)])).algo
     assert (algo.actor_hidden, algo.mixing_ratio, algo.reward_scale) == ([256, 256], -1.0, 1.0)  # cql.yaml's
-    assert per_domain_line(cfg.hydra.runtime, algo) == ("per-domain values: none for calql on reach (no "
-                                                        "algo/per_domain/calql/reach.yaml): the algorithm's own values")
+    assert per_domain_report(cfg.hydra.runtime, algo) == (
+        "per-domain values: none for calql on reach (no algo/per_domain/calql/reach.yaml): the algorithm's own values",
+        False)
     door = compose_config(["env=adroit_door", "algo=calql"], return_hydra_config=True)
-    line = per_domain_line(door.hydra.runtime, validate(compose(["env=adroit_door", "algo=calql"])).algo)
+    line, _ = per_domain_report(door.hydra.runtime, validate(compose(["env=adroit_door", "algo=calql"])).algo)
     assert line.startswith("per-domain values: algo/per_domain/calql/adroit.yaml (extending cql/adroit): ")
     assert "critic_hidden=[512, 512, 512]" in line and "reward_scale=10.0" in line
 
@@ -134,10 +135,10 @@ def test_an_algorithm_without_a_per_domain_file_uses_its_own_values_and_says_so(
 def test_a_preset_of_ones_own_that_leaves_out_the_per_domain_values_it_extends_says_which_and_how_to_keep_them(
         tmp_path, caplog, own):
     """YAMLs of one's own extending calql (one through the other) run on their own values where they have no
-    per-domain file (Hydra picks ``algo/per_domain/<its name>/<domain>``): the run says which of calql's values it
-    leaves out, which of its own it keeps, and the file that brings calql's in; with that file it runs on calql's
+    per-domain file (Hydra picks ``algo/per_domain/<its name>/<domain>``): the run warns which of calql's values it
+    does not use, which its presets change, and the file that brings calql's in; with that file it runs on calql's
     values and its own, and says nothing more; an empty file keeps its own values, also without a word."""
-    from o2o.config_sources import left_out_per_domain_values, per_domain_line
+    from o2o.config_sources import per_domain_report
 
     conf = tmp_path / "conf"
     (conf / "algo").mkdir(parents=True)
@@ -145,26 +146,29 @@ def test_a_preset_of_ones_own_that_leaves_out_the_per_domain_values_it_extends_s
                                                    "critic_hidden: [1024, 1024]\n")
     (conf / "algo" / "calql_wider.yaml").write_text("defaults:\n  - /algo/calql_wide@_here_\n  - _self_\n\n"
                                                     "name: calql_wider\nactor_hidden: [64, 64]\n")
-    overrides = ["env=adroit_door", "algo=calql_wider", searchpath(tmp_path)]
 
-    def composed():
-        return (compose_config(overrides, return_hydra_config=True).hydra.runtime,
-                validate(compose_config(overrides)).algo)
+    def report(*overrides, env="adroit_door", algo="calql_wider", folders=(conf,)):
+        given = [f"env={env}", f"algo={algo}", f"hydra.searchpath=[{','.join(f'file://{f}' for f in folders)}]",
+                 *overrides]
+        config = validate(compose_config(given))
+        runtime = compose_config(given, return_hydra_config=True).hydra.runtime
+        return config.algo, per_domain_report(runtime, config.algo)
 
-    runtime, algo = composed()
+    algo, (line, warn) = report()
     assert (algo.actor_hidden, algo.critic_hidden, algo.reward_scale) == ([64, 64], [1024, 1024], 1.0)  # Adroit: 10
     file = conf / "algo" / "per_domain" / "calql_wider" / "adroit.yaml"
-    assert left_out_per_domain_values(runtime) == (
-        "algo=calql_wider extends calql, whose values for the adroit domain (env=adroit_door) this run leaves out: "
-        "cql_weight=1.0, mixing_ratio=0.5, reward_scale=10.0, reward_bias=5.0; your own actor_hidden=[64, 64], "
-        f"critic_hidden=[1024, 1024] stay. To use calql's, write {file} with "
+    assert warn and line == (
+        "per-domain values: none for calql_wider on adroit (no algo/per_domain/calql_wider/adroit.yaml): the "
+        "algorithm's own values; algo=calql_wider extends calql, whose values for the adroit domain (env=adroit_door) "
+        "this run does not use: cql_weight=1.0, mixing_ratio=0.5, reward_scale=10.0, reward_bias=5.0; your presets "
+        f"change actor_hidden to [64, 64], critic_hidden to [1024, 1024]. To use calql's, write {file} with "
         "`defaults: [/algo/per_domain/calql/adroit@_here_]` and then your actor_hidden, critic_hidden again (a "
         "per-domain file comes after the algorithm's YAML); to keep your own values on purpose, write that file empty")
-    assert per_domain_line(runtime, algo).endswith(f"the algorithm's own values; {left_out_per_domain_values(runtime)}")
+    # values given on the command line as calql's are used, so not named
+    _, (line, _) = report("algo.reward_scale=10", "algo.reward_bias=5")
+    assert "does not use: cql_weight=1.0, mixing_ratio=0.5; your presets" in line
     # on a domain where calql has no values of its own, there is nothing to leave out
-    both = f"hydra.searchpath=[file://{conf},file://{own / 'conf'}]"
-    reach = compose_config(["env=point_reach", "algo=calql_wider", both], return_hydra_config=True)
-    assert left_out_per_domain_values(reach.hydra.runtime) is None
+    assert report(env="point_reach", folders=(conf, own / "conf"))[1][1] is False
     # a run says so at its start, as a warning, and keeps the line in its MLflow tag
     from o2o import run
 
@@ -174,40 +178,49 @@ def test_a_preset_of_ones_own_that_leaves_out_the_per_domain_values_it_extends_s
             "schedule.online_steps=0"])
     (warned,) = [r.getMessage() for r in caplog.records if "extends calql" in r.getMessage()]
     assert warned.startswith("per-domain values: none for calql_wide on pointmaze")
-    assert "whose values for the pointmaze domain (env=pointmaze_umaze) this run leaves out" in warned
+    assert "whose values for the pointmaze domain (env=pointmaze_umaze) this run does not use" in warned
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     (logged,) = client.search_runs([client.get_experiment_by_name("o2o-preset").experiment_id])
     assert logged.data.tags["per_domain"] == warned
 
+    # a per-domain file of the preset in between is the one to include
+    (conf / "algo" / "per_domain" / "calql_wide").mkdir(parents=True)
+    (conf / "algo" / "per_domain" / "calql_wide" / "adroit.yaml").write_text(
+        "defaults:\n  - /algo/per_domain/calql/adroit@_here_\n\ncritic_hidden: [1024, 1024]\n")
+    _, (line, warn) = report()
+    assert warn and "algo=calql_wider extends calql_wide, whose values for the adroit domain" in line
+    assert "`defaults: [/algo/per_domain/calql_wide/adroit@_here_]` and then your actor_hidden again" in line
+    algo, (line, warn) = report(algo="calql_wide")
+    assert not warn and (algo.critic_hidden, algo.reward_scale) == ([1024, 1024], 10.0)
+
     file.parent.mkdir(parents=True)
-    file.write_text("defaults:\n  - /algo/per_domain/calql/adroit@_here_\n\nactor_hidden: [64, 64]\n"
-                    "critic_hidden: [1024, 1024]\n")
-    runtime, algo = composed()
+    file.write_text("defaults:\n  - /algo/per_domain/calql_wide/adroit@_here_\n\nactor_hidden: [64, 64]\n")
+    algo, (line, warn) = report()
     assert (algo.actor_hidden, algo.critic_hidden, algo.reward_scale) == ([64, 64], [1024, 1024], 10.0)
-    assert left_out_per_domain_values(runtime) is None
-    assert per_domain_line(runtime, algo).startswith("per-domain values: algo/per_domain/calql_wider/adroit.yaml "
-                                                     "(extending calql/adroit, cql/adroit): ")
+    assert not warn and line.startswith("per-domain values: algo/per_domain/calql_wider/adroit.yaml (extending "
+                                        "calql_wide/adroit, calql/adroit, cql/adroit): ")
     file.write_text("")
-    runtime, algo = composed()
-    assert (algo.critic_hidden, algo.reward_scale) == ([1024, 1024], 1.0)
-    assert left_out_per_domain_values(runtime) is None
+    algo, (line, warn) = report()
+    assert not warn and (algo.critic_hidden, algo.reward_scale) == ([1024, 1024], 1.0)
 
 
 def test_the_projects_presets_keep_the_per_domain_values_of_what_they_extend():
     """A preset of the project (cql_sac, wsrl, ...) sets, on every domain where the algorithm it extends has
-    per-domain values, each of those keys in its own per-domain files (by including the parent's or by a value of its
-    own), so that none falls back to a YAML's value; td3bc leaves ReBRAC's out on purpose."""
+    per-domain values, each of those keys in its own per-domain files, to the parent's value unless its own file
+    changes it, so that none falls back to a YAML's value; td3bc leaves ReBRAC's out on purpose."""
     import yaml
 
     from o2o.config_sources import extended_algorithms, per_domain_file_of
 
-    def written(choice):
+    def written(choice):  # the values of a per-domain file and those it includes; and its own
         _, chain = per_domain_file_of(choice, [ROOT / "conf"])
-        return {k for path in chain for k in (yaml.safe_load(path.read_text()) or {}) if k != "defaults"}
+        values = [{k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+                  for path in chain]
+        return {k: v for one in reversed(values) for k, v in one.items()}, (values[0] if values else {})
 
     algo_folder = ROOT / "conf" / "algo"
     own_recipe_everywhere = {"td3bc": "sfujim/TD3_BC's main.py sets the same values for every task"}
-    checked, missing = set(), []
+    checked, wrong = set(), []
     for path in sorted(algo_folder.glob("*.yaml")):
         parents = [p for p in extended_algorithms(path) if (algo_folder / f"{p}.yaml").is_file()]
         if not parents or path.stem in own_recipe_everywhere:
@@ -215,10 +228,12 @@ def test_the_projects_presets_keep_the_per_domain_values_of_what_they_extend():
         checked.add(path.stem)
         for parent in parents:
             for domain in sorted(p.stem for p in (algo_folder / "per_domain" / parent).glob("*.yaml")):
-                if lost := written(f"{parent}/{domain}") - written(f"{path.stem}/{domain}"):
-                    missing.append(f"{path.stem}/{domain}: {sorted(lost)} (from {parent})")
+                theirs, _ = written(f"{parent}/{domain}")
+                ours, changed = written(f"{path.stem}/{domain}")
+                wrong += [f"{path.stem}/{domain}: {k} (from {parent})" for k in theirs
+                          if k not in ours or (k not in changed and ours[k] != theirs[k])]
     assert checked == {"calql", "cql_sac", "hybrid_rl", "rlpd", "wsrl"}
-    assert missing == []
+    assert wrong == []
     assert extended_algorithms(algo_folder / "td3bc.yaml") == ["rebrac"]
     assert not (algo_folder / "per_domain" / "td3bc").exists()
 

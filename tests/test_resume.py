@@ -236,9 +236,9 @@ def test_a_kill_in_any_window_of_the_finish_keeps_every_point(tmp_path, window, 
     run's, point by point, without a duplicate."""
     killed_then_rerun(KILL_WINDOWS[window], tmp_path, FINISH_KILL_OVERRIDES)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    resumed = client.get_run((tmp_path / "mlflow_run_id").read_text().strip())
-    assert resumed.info.status == "FINISHED" and resumed.data.tags["run_dir"] == str(tmp_path)
-    assert resumed.info.run_id != whole_finish
+    experiment = client.get_experiment_by_name("o2o-finish-kill").experiment_id
+    (resumed,) = client.search_runs([experiment], f"tags.run_dir = '{tmp_path}'")  # the killed run, finished
+    assert resumed.info.status == "FINISHED" and resumed.info.run_id != whole_finish
     assert _histories(client, resumed.info.run_id) == _histories(client, whole_finish)
     models = client.search_logged_models(experiment_ids=[resumed.info.experiment_id],
                                          filter_string=f"source_run_id = '{resumed.info.run_id}'")

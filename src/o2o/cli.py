@@ -24,16 +24,16 @@ warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStor
 
 
 def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime, summary: bool = True) -> dict[str, float]:
-    from o2o.config_sources import left_out_per_domain_values, per_domain_line
+    from o2o.config_sources import per_domain_report
     from o2o.pipeline import PER_DOMAIN_TAG, run_pipeline
     from o2o.tracking import PRESET_TAG
 
     config = validate(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    tags = {"overrides": " ".join(overrides) or "(defaults)", PER_DOMAIN_TAG: per_domain_line(hydra_runtime, config.algo),
+    per_domain, warn = per_domain_report(hydra_runtime, config.algo)
+    tags = {"overrides": " ".join(overrides) or "(defaults)", PER_DOMAIN_TAG: per_domain,
             PRESET_TAG: hydra_runtime.choices.get("experiment") or "none"}
-    # a preset of one's own that leaves out per-domain values of the project algorithm it extends: worth a warning
-    log.log(logging.WARNING if left_out_per_domain_values(hydra_runtime) else logging.INFO, "%s", tags[PER_DOMAIN_TAG])
+    log.log(logging.WARNING if warn else logging.INFO, "%s", per_domain)
     return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary)
 
 

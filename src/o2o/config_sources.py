@@ -140,8 +140,8 @@ def _written(files: list[Path]) -> dict:
 
 
 def extended_algorithms(algo_yaml: Path) -> list[str]:
-    """The algorithms an algorithm's YAML extends: its defaults list's plain entries (``- calql``, ``- /algo/calql``,
-    ``- calql@_here_``), as Hydra reads them inside the ``algo`` group."""
+    """The algorithms an algorithm's YAML extends: its defaults list's plain entries (``- <parent>``,
+    ``- /algo/<parent>``, ``- <parent>@_here_``), as Hydra reads them inside the ``algo`` group."""
     parents = []
     for entry in (yaml.safe_load(algo_yaml.read_text()) or {}).get("defaults", []):
         if not isinstance(entry, str) or entry == "_self_":
@@ -165,41 +165,47 @@ def _algo_yaml(name: str, roots: list[Path]) -> tuple[Path, Path] | None:
     return next(((root, path) for root, path in paths if path.is_file()), None)
 
 
-def left_out_per_domain_values(hydra_runtime) -> str | None:
+def left_out_per_domain_values(hydra_runtime, algo) -> str | None:
     """For an algorithm of one's own (a YAML outside the project's conf/) with no per-domain file for the run's
-    domain, extending, directly or through others of one's own, a project algorithm that has one there: one line
-    naming the values the run leaves out, the ones it keeps, and the file that would bring them in. The project's
-    own presets are checked by its tests (td3bc leaves ReBRAC's out on purpose)."""
+    domain, extending, directly or through others of one's own, one that has per-domain values there: one line
+    naming those the run does not use (``algo``: its validated config), those its own YAMLs change, and the file
+    that would bring them in. The project's own presets are checked by its tests."""
     choice, files = per_domain_file(hydra_runtime)
     name, _, domain = choice.rpartition("/")
     if files or not name:
         return None
     roots, project = _source_folders(hydra_runtime), _package_folder("o2o_conf")
+
+    def in_project(root: Path) -> bool:
+        return project is not None and root.resolve() == project.resolve()
+
     found = _algo_yaml(name, roots)
-    if found is None or (project is not None and found[0].resolve() == project.resolve()):
+    if found is None or in_project(found[0]):
         return None
-    own_root, own_keys, pending = found[0], _values(found[1]), extended_algorithms(found[1])
-    while pending:  # up through one's own presets to the project algorithm they extend
+    own_root, own_keys, pending, seen = found[0].absolute(), _values(found[1]), extended_algorithms(found[1]), {name}
+    while pending:  # up through one's own presets to the first with per-domain values here, or a project algorithm
         parent = pending.pop(0)
-        found = _algo_yaml(parent, roots)
+        found = None if parent in seen else _algo_yaml(parent, roots)
+        seen.add(parent)
         if found is None:
             continue
-        if project is None or found[0].resolve() != project.resolve():
-            own_keys = {**_values(found[1]), **own_keys}  # the nearer preset's value wins
-            pending += extended_algorithms(found[1])
-            continue
         _, inherited = per_domain_file_of(f"{parent}/{domain}", roots)
-        values = _written(inherited)
-        left = {k: v for k, v in values.items() if k not in own_keys}
+        if not inherited:
+            if not in_project(found[0]):
+                own_keys = {**_values(found[1]), **own_keys}  # the nearer preset's value wins
+                pending += extended_algorithms(found[1])
+            continue
+        unused = {k: v for k, v in _written(inherited).items() if hasattr(algo, k) and getattr(algo, k) != v}
+        left = {k: v for k, v in unused.items() if k not in own_keys}
         if not left:
-            return None
-        kept = {k: own_keys[k] for k in values if k in own_keys}
+            continue
+        kept = [k for k in unused if k in own_keys]
         env = hydra_runtime.choices.get("env", "?")
         file = own_root / "algo" / "per_domain" / name / f"{domain}.yaml"
-        line = (f"algo={name} extends {parent}, whose values for the {domain} domain (env={env}) this run leaves out: "
-                + ", ".join(f"{k}={v}" for k, v in left.items()))
+        line = (f"algo={name} extends {parent}, whose values for the {domain} domain (env={env}) this run does not "
+                "use: " + ", ".join(f"{k}={v}" for k, v in left.items()))
         if kept:
-            line += "; your own " + ", ".join(f"{k}={v}" for k, v in kept.items()) + " stay"
+            line += "; your presets change " + ", ".join(f"{k} to {getattr(algo, k)}" for k in kept)
         line += f". To use {parent}'s, write {file} with `defaults: [/algo/per_domain/{parent}/{domain}@_here_]`"
         if kept:
             line += f" and then your {', '.join(kept)} again (a per-domain file comes after the algorithm's YAML)"
@@ -207,14 +213,15 @@ def left_out_per_domain_values(hydra_runtime) -> str | None:
     return None
 
 
-def per_domain_line(hydra_runtime, algo) -> str:
-    """One line: which per-domain values the run used and where they came from."""
+def per_domain_report(hydra_runtime, algo) -> tuple[str, bool]:
+    """One line: which per-domain values the run used and where they came from; and whether it is a warning (an
+    algorithm of one's own leaving out those of the one it extends: :func:`left_out_per_domain_values`)."""
     choice, files = per_domain_file(hydra_runtime)
     algo_name, _, domain = choice.rpartition("/")
     if not files:
-        left_out = left_out_per_domain_values(hydra_runtime)
+        left_out = left_out_per_domain_values(hydra_runtime, algo)
         return (f"per-domain values: none for {algo_name} on {domain} (no algo/per_domain/{choice}.yaml): the "
-                f"algorithm's own values" + (f"; {left_out}" if left_out else ""))
+                f"algorithm's own values" + (f"; {left_out}" if left_out else "")), left_out is not None
     written = _written(files)
 
     def used(key: str) -> str:
@@ -223,4 +230,4 @@ def per_domain_line(hydra_runtime, algo) -> str:
 
     values = ", ".join(used(k) for k in written if hasattr(algo, k))
     via = f" (extending {', '.join(p.parent.name + '/' + p.stem for p in files[1:])})" if len(files) > 1 else ""
-    return f"per-domain values: algo/per_domain/{choice}.yaml{via}: {values}"
+    return f"per-domain values: algo/per_domain/{choice}.yaml{via}: {values}", False
