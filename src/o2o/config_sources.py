@@ -108,15 +108,10 @@ def _source_folders(hydra_runtime) -> list[Path]:
     return out
 
 
-def per_domain_file(hydra_runtime) -> tuple[str, list[Path]]:
-    """The per-domain choice (``<algo>/<domain>``) and the files that gave its values, nearest first: the file and
-    those it extends (``defaults: [/algo/per_domain/cql/adroit@_here_]``); no files where it has none."""
-    choice = hydra_runtime.choices.get(PER_DOMAIN)
-    return per_domain_file_of(choice, _source_folders(hydra_runtime))
-
-
 def per_domain_file_of(choice: str | None, roots: list[Path]) -> tuple[str, list[Path]]:
-    """:func:`per_domain_file` for a given choice and config folders."""
+    """The per-domain choice (``<algo>/<domain>``) and the files in the config folders ``roots`` that give its
+    values, nearest first: the file and those it extends (``defaults: [/algo/per_domain/cql/adroit@_here_]``); no
+    files where it has none."""
     files, pending = [], [choice] if choice else []
     while pending:
         name = pending.pop(0)
@@ -165,16 +160,12 @@ def _algo_yaml(name: str, roots: list[Path]) -> tuple[Path, Path] | None:
     return next(((root, path) for root, path in paths if path.is_file()), None)
 
 
-def left_out_per_domain_values(hydra_runtime, algo) -> str | None:
+def _left_out(name: str, domain: str, env: str, roots: list[Path], algo) -> str | None:
     """For an algorithm of one's own (a YAML outside the project's conf/) with no per-domain file for the run's
     domain, extending, directly or through others of one's own, one that has per-domain values there: one line
     naming those the run does not use (``algo``: its validated config), those its own YAMLs change, and the file
     that would bring them in. The project's own presets are checked by its tests."""
-    choice, files = per_domain_file(hydra_runtime)
-    name, _, domain = choice.rpartition("/")
-    if files or not name:
-        return None
-    roots, project = _source_folders(hydra_runtime), _package_folder("o2o_conf")
+    project = _package_folder("o2o_conf")
 
     def in_project(root: Path) -> bool:
         return project is not None and root.resolve() == project.resolve()
@@ -200,7 +191,6 @@ def left_out_per_domain_values(hydra_runtime, algo) -> str | None:
         if not left:
             continue
         kept = [k for k in unused if k in own_keys]
-        env = hydra_runtime.choices.get("env", "?")
         file = own_root / "algo" / "per_domain" / name / f"{domain}.yaml"
         line = (f"algo={name} extends {parent}, whose values for the {domain} domain (env={env}) this run does not "
                 "use: " + ", ".join(f"{k}={v}" for k, v in left.items()))
@@ -215,11 +205,13 @@ def left_out_per_domain_values(hydra_runtime, algo) -> str | None:
 
 def per_domain_report(hydra_runtime, algo) -> tuple[str, bool]:
     """One line: which per-domain values the run used and where they came from; and whether it is a warning (an
-    algorithm of one's own leaving out those of the one it extends: :func:`left_out_per_domain_values`)."""
-    choice, files = per_domain_file(hydra_runtime)
+    algorithm of one's own leaving out those of the one it extends: :func:`_left_out`)."""
+    roots = _source_folders(hydra_runtime)
+    choice, files = per_domain_file_of(hydra_runtime.choices.get(PER_DOMAIN), roots)
     algo_name, _, domain = choice.rpartition("/")
     if not files:
-        left_out = left_out_per_domain_values(hydra_runtime, algo)
+        env = hydra_runtime.choices.get("env", "?")
+        left_out = _left_out(algo_name, domain, env, roots, algo) if algo_name else None
         return (f"per-domain values: none for {algo_name} on {domain} (no algo/per_domain/{choice}.yaml): the "
                 f"algorithm's own values" + (f"; {left_out}" if left_out else "")), left_out is not None
     written = _written(files)
