@@ -159,6 +159,11 @@ def test_claims_are_judged_by_the_intervals():
     seeds["calql"]["gap"] = seeds["cql"]["gap"]  # identical numbers decide nothing
     verdicts = {c: v for c, v, _ in claims(seeds)}
     assert verdicts["Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)"] == S.INCONCLUSIVE
+    # the premise needs no Cal-QL: CQL's seeds alone decide it, and nothing that compares the two is shown
+    seeds["cql"]["gap"] = [-10.0, -12.0, -9.0, -11.0, -8.0]
+    assert [(c, v) for c, v, _ in claims({"cql": seeds["cql"]})] == [
+        ("After pre-training, CQL's policy Q is below the Monte-Carlo return", S.HOLDS)]
+    assert claims({"calql": seeds["calql"]}) == []
 
 
 def test_the_calibration_course_gives_each_quarter_of_each_phase_as_rliable_computes_it():
