@@ -182,6 +182,13 @@ def test_a_preset_of_ones_own_that_leaves_out_the_per_domain_values_it_extends_s
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     (logged,) = client.search_runs([client.get_experiment_by_name("o2o-preset").experiment_id])
     assert logged.data.tags["per_domain"] == warned
+    # run again into the finished run's folder: nothing is computed, so nothing is warned again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="o2o"):
+        run(env="pointmaze_umaze", algo="calql_wide", run_dir=str(tmp_path / "run"), overrides=[
+            searchpath(tmp_path), *SMOKE, *QUIET, "mlflow.log_models=false", "mlflow_experiment=o2o-preset",
+            "schedule.online_steps=0"])
+    assert not [r for r in caplog.records if "extends calql" in r.getMessage()]
 
     # a per-domain file of the preset in between is the one to include
     (conf / "algo" / "per_domain" / "calql_wide").mkdir(parents=True)

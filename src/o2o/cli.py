@@ -33,8 +33,9 @@ def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime,
     per_domain, warn = per_domain_report(hydra_runtime, config.algo)
     tags = {"overrides": " ".join(overrides) or "(defaults)", PER_DOMAIN_TAG: per_domain,
             PRESET_TAG: hydra_runtime.choices.get("experiment") or "none"}
-    log.log(logging.WARNING if warn else logging.INFO, "%s", per_domain)
-    return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary)
+    if not warn:
+        log.info("%s", per_domain)
+    return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary, warnings=(per_domain,) if warn else ())
 
 
 def not_a_reraised_database_error(record: logging.LogRecord) -> bool:

@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -89,11 +90,13 @@ def claim_run_dir(run_dir: Path):
 
 
 def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
-                 tags: dict | None = None, summary: bool = True) -> dict[str, float]:
+                 tags: dict | None = None, summary: bool = True, warnings: Sequence[str] = ()) -> dict[str, float]:
     """Run every stage of one job and log it to MLflow; returns the final metrics.
 
     A run directory that holds a checkpoint resumes from it, in the same
     MLflow run; one that holds a finished run returns its final metrics.
+    ``warnings`` are the caller's doubts about the config, logged with this
+    module's own where work starts (not again for a finished run).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         done = finished_elsewhere(resolved, (tags or {}).get("overrides", ""), run_dir)
         if done is not None:
             return done
-    for doubt in doubtful_settings(cfg):
+    for doubt in (*warnings, *doubtful_settings(cfg)):
         log.warning("%s", doubt)
     runtime = setup_runtime(cfg, started_precision=resume.precision if resume is not None else None)
     device = runtime.device
