@@ -290,6 +290,53 @@ def test_an_env_module_that_cannot_be_imported_stops_with_one_line(own, main_py)
     assert done.stderr.strip().startswith("error: env.gym_id names the module 'nowhere'") and "\n" not in done.stderr.strip()
 
 
+SILENT_ENV = """
+import gymnasium as gym
+import numpy as np
+
+
+class Silent(gym.Env):  # says nothing of success: a domain scored by the success rate would read 0 from it
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+gym.register("Silent-v0", entry_point=Silent, max_episode_steps=10)
+"""
+
+
+def test_an_env_that_reports_no_success_or_is_named_without_its_module_stops_with_one_line(own, main_py, tmp_path):
+    (tmp_path / "silent_reach.py").write_text(SILENT_ENV)
+    command = main_py + ["env=point_reach", "algo=td3_bc", searchpath(own), *SMOKE_ANY_ENV,
+                         f"hydra.run.dir={tmp_path / 'run'}", "mlflow_experiment=o2o-silent"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)  # the data are in own/
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: env.dataset.path=point_reach.hdf5 does not exist (a relative path is read from the folder the command "
+        f"runs in: {tmp_path / 'point_reach.hdf5'}): give the D4RL HDF5 file (or the folder of AWAC's files) to read")
+    command.append(f"env.dataset.path={own / 'point_reach.hdf5'}")
+    done = subprocess.run(command + ["env.gym_id=silent_reach:Silent-v0"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "\n" not in done.stderr.strip(), done.stderr
+    assert done.stderr.strip() == (
+        "error: silent_reach:Silent-v0's steps report no info['success'], which domain reach's metric success_rate and "
+        "end_on_success read: set info['success'] (a bool) at every step of the env, or give it a domain that reads "
+        "none of them")
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("checkpoints/*"))
+    # the example's env by its bare id: the module that registers it is never imported
+    done = subprocess.run(command + ["env.gym_id=PointReach-v0"], cwd=own, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "\n" not in done.stderr.strip(), done.stderr
+    assert done.stderr.strip().startswith("error: env.gym_id=PointReach-v0 cannot be made: Environment `PointReach` "
+                                          "doesn't exist")
+    assert done.stderr.strip().endswith("an env of your own is named with the module that registers it, "
+                                        "module:EnvId (env.gym_id=my_envs:MyEnv-v0)")
+
+
 def test_a_config_folder_that_is_missing_or_an_algorithm_that_fails_to_import_stops_with_one_line(own, tmp_path,
                                                                                                     main_py):
     done = subprocess.run(main_py + [f"hydra.searchpath=[file://{tmp_path / 'nope'}]"], capture_output=True, text=True,

@@ -345,8 +345,9 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
     except Exception:  # an interpolation that does not resolve: validate says so
         path = None
     if inert and isinstance(path, str) and path and not os.path.lexists(path):  # a single job's data is here
-        raise ConfigError(f"env.dataset.path={path} does not exist: give the D4RL HDF5 file (or the folder of AWAC's "
-                          "files) to read")
+        where = "" if os.path.isabs(path) else f" (a relative path is read from the folder the command runs in: {os.path.abspath(path)})"
+        raise ConfigError(f"env.dataset.path={path} does not exist{where}: give the D4RL HDF5 file (or the folder of "
+                          "AWAC's files) to read")
     config = validate(cfg)
     refuse_borrowed_names(config, overrides)
     if inert:  # a single job, run here: its device must be here too (a sweep's jobs may run elsewhere)

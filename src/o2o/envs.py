@@ -206,7 +206,10 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
     try:
         env = gym.make(registered_id(cfg.gym_id), **kwargs)
     except gym.error.Error as err:  # unknown id or version
-        raise ConfigError(f"env.gym_id={cfg.gym_id} cannot be made: {err}") from None
+        own = ("; an env of your own is named with the module that registers it, module:EnvId "
+               "(env.gym_id=my_envs:MyEnv-v0)" if isinstance(err, gym.error.UnregisteredEnv) and ":" not in cfg.gym_id
+               else "")
+        raise ConfigError(f"env.gym_id={cfg.gym_id} cannot be made: {err}{own}") from None
     except TypeError as err:  # a kwarg the env does not take
         raise ConfigError(f"env.gym_kwargs do not fit {cfg.gym_id}: {err}") from None
     env = FlatObservation(env, cfg.obs_keys)

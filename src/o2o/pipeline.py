@@ -353,11 +353,32 @@ def load_data(cfg: Config) -> RunData:
 
 
 def env_shapes(cfg: Config) -> tuple[tuple, tuple]:
-    """The observation (flat, or an image's (H, W, C)) and action shapes of the configured env."""
+    """The observation (flat, or an image's (H, W, C)) and action shapes of the configured env; one whose steps do
+    not report the success its domain reads stops here."""
     probe_env = make_env(cfg.env)
     shapes = probe_env.observation_space.shape, probe_env.action_space.shape
-    probe_env.close()
+    try:
+        check_success_info(probe_env, cfg)
+    finally:
+        probe_env.close()
     return shapes
+
+
+def check_success_info(env, cfg: Config) -> None:
+    """A domain that scores or rewards success reads ``info["success"]`` at every step, and an env that never sets
+    it would score 0 everywhere without a word: one step of a random action says whether it does."""
+    domain = cfg.domain
+    readers = [name for name, reads in (
+        (f"metric {M.SUCCESS_RATE}", M.SUCCESS_RATE in (domain.metric, *domain.extra_metrics)),
+        ("binary_from_success", domain.binary_from_success), ("end_on_success", domain.end_on_success)) if reads]
+    if not readers:
+        return
+    env.reset(seed=cfg.seed)
+    info = env.step(env.action_space.sample())[-1]
+    if "success" not in info:
+        raise ConfigError(f"{cfg.env.gym_id}'s steps report no info['success'], which domain {domain.name}'s "
+                          f"{' and '.join(readers)} read: set info['success'] (a bool) at every step of the env, or "
+                          f"give it a domain that reads none of them")
 
 
 def observation_input(cfg: Config, obs_shape: tuple) -> "int | PixelObservation":
