@@ -224,6 +224,11 @@ BAD.update({  # further inputs found by trying, beyond the ones issues reported
                                             "cannot be imported: RuntimeError: raised on import"),
     "own algorithm under a built-in name": ([], {"O2O_CONFIG_PATH": "{tmp}/conf-clash"},
                                             "two algorithms are registered as 'cql'"),
+    "own preset with a misspelt key": (["algo=calql_typo"], {"O2O_CONFIG_PATH": "{tmp}/conf-typo"},
+                                       "algo/calql_typo.yaml sets algo.cql_weigth, which CQLConfig does not have: "
+                                       "did you mean algo.cql_weight?"),
+    "a field left without a value": (["algo.cql_weight=???"], {}, "algo.cql_weight has no value: set it in the algo "
+                                                                  "YAML the run composes, or on the command line"),
     "env module that does not import": (["env.gym_id=no_such_module_xyz:Foo-v0"], {},
                                         "names the module 'no_such_module_xyz', which cannot be imported"),
     "empty Minari folder variable": ([], {"MINARI_DATASETS_PATH": ""}, "MINARI_DATASETS_PATH is set but empty"),
@@ -331,6 +336,8 @@ def world(tmp_path_factory):
                        ("clash", clash)):
         (tmp / f"conf-{name}" / "algo").mkdir(parents=True)
         (tmp / f"conf-{name}" / "algo" / "mine.py").write_text(code)
+    (tmp / "conf-typo" / "algo").mkdir(parents=True)
+    (tmp / "conf-typo" / "algo" / "calql_typo.yaml").write_text("defaults:\n  - calql\n  - _self_\n\ncql_weigth: 2.0\n")
     os.mkfifo(tmp / "fifo.hdf5")
     os.symlink(tmp / "loop2.hdf5", tmp / "loop.hdf5")
     os.symlink(tmp / "loop.hdf5", tmp / "loop2.hdf5")

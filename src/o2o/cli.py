@@ -497,6 +497,7 @@ def did_you_mean(key: str, cfg: DictConfig) -> str | None:
 
 def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
     """Hydra's message, first line; an unknown key gets "did you mean" (never Hydra's "+key" hint, which would be ignored)."""
+    import difflib
     import re
 
     text = str(err)
@@ -523,6 +524,13 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
         return f"{boolean.group(2)} must be true or false, got {boolean.group(1)!r}"
     if text.startswith("Error merging override ") and cause:  # a value of the wrong kind: say which, in one line
         return f"{text[len('Error merging override '):]}: {cause.splitlines()[0]}"
+    in_yaml = re.search(r"In '([^']+)': ConfigKeyError raised while composing config:\s*Key '([^']+)' not in "
+                        r"'(\w+)'\s+full_key: (\S+)", text)
+    if in_yaml:  # a YAML (of one's own) sets a key its schema does not have
+        source, leaf, schema, key = in_yaml.groups()
+        close = difflib.get_close_matches(leaf, schema_fields(schema), n=1, cutoff=0.6)
+        return (f"{source}.yaml sets {key}, which {schema} does not have: "
+                + (f"did you mean {key.rsplit('.', 1)[0]}.{close[0]}?" if close else "remove it, or add it to the schema"))
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)
@@ -537,6 +545,19 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
             options.append(line)
         return f"{lines[0]} {lines[1]} {', '.join(options)}"
     return " ".join(lines[:2]) if lines else type(err).__name__
+
+def schema_fields(schema_name: str) -> list[str]:
+    """The fields of the config schema of that class name: an algorithm's (built-in or one's own, registered when
+    its folder was loaded) or one of o2o.config's."""
+    import dataclasses
+
+    from o2o import config as schemas
+    from o2o.agents.registry import ALGORITHMS
+
+    candidates = [a.schema for a in ALGORITHMS.values()] + [v for v in vars(schemas).values() if isinstance(v, type)]
+    schema = next((c for c in candidates if c.__name__ == schema_name and dataclasses.is_dataclass(c)), None)
+    return [f.name for f in dataclasses.fields(schema)] if schema is not None else []
+
 
 def compose_config(overrides: Sequence[str] = (), return_hydra_config: bool = False) -> DictConfig:
     """The composed (unvalidated) config for command-line style overrides, without running anything: the project's

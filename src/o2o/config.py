@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from o2o import metrics as M
 from o2o.errors import ConfigError
@@ -546,7 +547,11 @@ def validate(cfg: DictConfig) -> Config:
     """Turn a composed config into checked objects; raise ConfigError on a bad value."""
     try:
         config = OmegaConf.to_object(cfg)
-    except Exception as err:  # missing mandatory values, failed interpolations
+    except MissingMandatoryValue as err:  # a YAML of one's own that leaves a field of its schema out
+        key = err.full_key
+        where = f"the {key.split('.')[0]} YAML the run composes" if "." in key else "a YAML the run composes"
+        raise ConfigError(f"{key} has no value: set it in {where}, or on the command line ({key}=...)") from err
+    except Exception as err:  # failed interpolations
         raise ConfigError(str(err).splitlines()[0]) from err
     _refuse_unknown_keys(config)
     _refuse_non_finite(config)
