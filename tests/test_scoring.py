@@ -128,6 +128,25 @@ def test_a_normalized_return_headline_without_reference_scores_stops_before_any_
         pipeline.load_data(cfg)
 
 
+def test_an_extra_normalized_return_without_reference_scores_is_warned_of_before_any_work(monkeypatch, caplog):
+    import logging
+
+    from o2o import pipeline
+
+    cfg = validate(compose(["env=antmaze_umaze", "env.ref_min_score=null", "env.ref_max_score=null", "algo=sac"]))
+    assert M.NORMALIZED_RETURN in cfg.domain.extra_metrics
+    monkeypatch.setattr(pipeline, "dataset_reference_scores", lambda env_cfg: (None, None))
+    with caplog.at_level(logging.WARNING, logger="o2o"):
+        pipeline.load_data(cfg)
+    (warned,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned.startswith("antmaze_umaze: neither its dataset nor the env option gives reference scores, so its "
+                             "normalized_return is logged as NaN")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="o2o"):
+        pipeline.load_data(validate(compose(["env=antmaze_umaze", "algo=sac"])))  # the env option's scores
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_dataset_actions_are_clipped_inside_the_tanh_range():
     from o2o.data.checks import ACTION_CLIP
     from o2o.data.dataset import load_offline_data

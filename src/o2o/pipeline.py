@@ -349,6 +349,9 @@ def load_data(cfg: Config) -> RunData:
     if cfg.domain.metric == M.NORMALIZED_RETURN and (ref_min is None or ref_max is None):
         raise DatasetError(f"{cfg.env.name} is scored by D4RL's normalized return but neither its dataset nor the env "
                            "option gives reference scores: set env.ref_min_score and env.ref_max_score")
+    if M.NORMALIZED_RETURN in cfg.domain.extra_metrics and (ref_min is None or ref_max is None):
+        log.warning("%s: neither its dataset nor the env option gives reference scores, so its normalized_return is "
+                    "logged as NaN: set env.ref_min_score and env.ref_max_score to have it", cfg.env.name)
     return RunData(data, observation_input(cfg, obs_shape), act_shape[0], ref_min, ref_max)
 
 
