@@ -337,7 +337,7 @@ class RunData:
 
 def load_data(cfg: Config) -> RunData:
     """The env's shapes, the offline data (if the algorithm uses it) and the reference scores."""
-    obs_shape, act_shape = env_shapes(cfg)
+    obs_shape, act_shape = env_shapes(cfg, check_info=True)
     if cfg.algo.uses_offline_data:
         data = load_offline_data(cfg.env, obs_shape, act_shape, cfg.domain.binary_from_success)
         data_min, data_max = data.ref_min_score, data.ref_max_score
@@ -355,13 +355,14 @@ def load_data(cfg: Config) -> RunData:
     return RunData(data, observation_input(cfg, obs_shape), act_shape[0], ref_min, ref_max)
 
 
-def env_shapes(cfg: Config) -> tuple[tuple, tuple]:
-    """The observation (flat, or an image's (H, W, C)) and action shapes of the configured env; one whose steps do
-    not report the success its domain reads stops here."""
+def env_shapes(cfg: Config, check_info: bool = False) -> tuple[tuple, tuple]:
+    """The observation (flat, or an image's (H, W, C)) and action shapes of the configured env; with ``check_info``,
+    one whose steps do not report the success its domain reads stops here."""
     probe_env = make_env(cfg.env)
     shapes = probe_env.observation_space.shape, probe_env.action_space.shape
     try:
-        check_success_info(probe_env, cfg)
+        if check_info:
+            check_success_info(probe_env, cfg)
     finally:
         probe_env.close()
     return shapes
