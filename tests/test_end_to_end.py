@@ -98,9 +98,16 @@ def test_the_sweep_parent_names_its_best_child_and_carries_the_comparison_table(
         "No best run: every run used a preset that learns nothing (smoke)")
     assert {r.data.tags["preset"] for r in runs.values()} == {"smoke"}
     assert all(r.info.run_name.endswith("-smoke-s0") for r in runs.values())
+    for r in runs.values():  # a study's --budget smoke: its cpu preset at the smoke preset's values
+        client.set_tag(r.info.run_id, "preset", "study/x/cpu")
+    summarize_sweep(client, parent.info.run_id, "o2o-e2e", tmp_path / "summary")
+    assert client.get_run(parent.info.run_id).data.tags["mlflow.note.content"].startswith(
+        "No best run: every run is at the size of the smoke preset, which learns nothing (study/x/cpu with its values)")
     for r in runs.values():
         client.set_tag(r.info.run_id, "preset", "quickstart")
-    summarize_sweep(client, parent.info.run_id, "o2o-e2e", tmp_path / "summary")
+    with pytest.MonkeyPatch.context() as patch:  # children of a size that learns
+        patch.setattr("o2o.study.smoke_sized", lambda params: False)
+        summarize_sweep(client, parent.info.run_id, "o2o-e2e", tmp_path / "summary")
     parent = client.get_run(parent.info.run_id)
     scores = {r.info.run_id: client.get_metric_history(r.info.run_id, M.evaluation(M.ONLINE, M.SUCCESS_RATE))[-1].value
               for r in runs.values()}

@@ -174,6 +174,7 @@ def _end_parent_unless_ended(uri: str, run_id: str) -> None:
 
 
 PRESETS_THAT_LEARN_NOTHING = ("smoke",)  # conf/experiment/smoke.yaml: seconds of tiny networks; "It learns nothing."
+# (a run at its size under another preset, as a study's --budget smoke runs, learns nothing either: o2o.study.smoke_sized)
 
 
 def best_by_env(records: list) -> dict[str, tuple]:
@@ -196,6 +197,7 @@ def summarize_sweep(client, parent: str, experiment: str, out_dir: Path) -> None
     description) and, per env, the best child by the paper's metric (tags ``best_run.<env>``, metrics
     ``best/<env>/<metric>``)."""
     from o2o.report import build_filter, write_report
+    from o2o.study import smoke_sized
 
     try:
         result = write_report(client, experiment, build_filter(parent=parent), out_dir, log_to_mlflow=False)
@@ -205,9 +207,13 @@ def summarize_sweep(client, parent: str, experiment: str, out_dir: Path) -> None
     for path in result["files"]:
         client.log_artifact(parent, str(path), "summary")
     lines = []
-    presets = {client.get_run(r.run_id).data.tags.get(PRESET_TAG) for r in result["records"]}
+    children = [client.get_run(r.run_id).data for r in result["records"]]
+    presets = {c.tags.get(PRESET_TAG) for c in children}
     if presets <= set(PRESETS_THAT_LEARN_NOTHING):
         lines.append(f"No best run: every run used a preset that learns nothing ({', '.join(sorted(presets))})")
+    elif all(smoke_sized(c.params) for c in children):
+        lines.append("No best run: every run is at the size of the smoke preset, which learns nothing "
+                     f"({', '.join(sorted(map(str, presets)))} with its values)")
     for env, (record, score) in sorted(best_by_env(result["records"]).items()) if not lines else ():
         name = client.get_run(record.run_id).info.run_name
         client.set_tag(parent, f"best_run.{env}", record.run_id)

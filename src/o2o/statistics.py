@@ -141,4 +141,5 @@ def combine(verdicts: Iterable[str]) -> str:
 RULE = ("A claim *holds* when its 95% stratified-bootstrap interval (rliable) lies wholly on the side the claim "
         "states: for two algorithms, the lower end of the probability of improvement above 0.5; against a fixed "
         "value, the interval of the mean on the claimed side of it. It is *contradicted* when the interval lies "
-        "wholly on the other side, and *inconclusive at this scale* otherwise.")
+        "wholly on the other side, and *inconclusive at this scale* otherwise. With fewer than "
+        f"{MIN_SEEDS} seeds a side, no claim is decided: every verdict is inconclusive.")
