@@ -644,7 +644,7 @@ def test_a_sweep_param_override_is_passed_as_hydra_takes_it():
 def test_a_study_records_its_commit_as_changed_only_where_code_changed(tmp_path, monkeypatch):
     """A part of a study writes its page into docs/results of the checkout it runs from; the next part's commit must
     not read as uncommitted changes for that, but does for any change to what it runs."""
-    from o2o.study import git_commit
+    from o2o.study import checkout_commit, git_commit
 
     def git(*args):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
@@ -657,13 +657,19 @@ def test_a_study_records_its_commit_as_changed_only_where_code_changed(tmp_path,
     git("init", "-q")
     git("add", ".")
     git("commit", "-qm", "one")
-    monkeypatch.chdir(tmp_path / "src")  # from a subfolder too
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
-    assert git_commit() == head
+    assert checkout_commit(tmp_path / "src") == head  # from a subfolder too
     (tmp_path / "docs" / "results" / "page.md").write_text("the page a part wrote\n")
-    assert git_commit() == head
+    assert checkout_commit(tmp_path / "src") == head
     (tmp_path / "src" / "a.py").write_text("x = 2\n")
-    assert git_commit() == head + " (with uncommitted changes)"
+    assert checkout_commit(tmp_path / "src") == head + " (with uncommitted changes)"
+    # a study is o2o's code at o2o's commit, wherever it runs from; from a checkout of one's own, that one's too
+    ours = checkout_commit(ROOT / "src" / "o2o")
+    assert git_commit() == ours  # the suite runs from o2o's checkout
+    monkeypatch.chdir(tmp_path / "src")
+    assert git_commit() == f"{ours}; the folder it ran from, {tmp_path.resolve()}: {head} (with uncommitted changes)"
+    monkeypatch.chdir(tmp_path.parent)  # not a checkout: o2o's alone
+    assert git_commit() == ours
 
 
 def test_what_a_part_of_a_sweep_did_is_read_from_the_store(tmp_path):

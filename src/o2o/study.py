@@ -221,17 +221,40 @@ def run_counting(cmd: list[str], clock: StudyClock, every: float = HEARTBEAT_S) 
                 raise
 
 
-def git_commit() -> str:
-    """The checkout's commit, marked when files that change what a sweep runs differ from it (docs/ does not: a
-    study's own pages land there, and would mark the next part of the study)."""
+def checkout_commit(folder: Path) -> str:
+    """The commit of the git checkout holding ``folder``, marked when files that change what a sweep runs differ from
+    it (docs/ does not: a study's own pages land there, and would mark the next part of the study)."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=folder).stdout.strip()
+
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                                ":(top,exclude)docs"],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)docs")
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return commit + (" (with uncommitted changes)" if dirty else "")
+
+
+def git_commit() -> str:
+    """The commit of the o2o checkout the study runs, wherever the command runs from; run from a git checkout of
+    one's own (one's algorithms, envs and presets), that checkout's commit too."""
+    def toplevel(folder: Path) -> Path | None:
+        done = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=folder)
+        return Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
+
+    code = Path(__file__).resolve().parent
+    ours = checkout_commit(code)
+    if ours.startswith("unknown"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ours = f"o2o {version('o2o')}, installed (not a git checkout)"
+        except PackageNotFoundError:
+            pass
+    here = toplevel(Path.cwd())
+    if here is not None and here != toplevel(code):
+        return f"{ours}; the folder it ran from, {here}: {checkout_commit(here)}"
+    return ours
 
 
 # --------------------------------------------------------------------------- the paper's claims
