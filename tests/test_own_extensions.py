@@ -483,6 +483,8 @@ def test_a_study_of_ones_own_sweeps_ones_own_algorithm_and_cal_ql(own, tmp_path,
     exp = client.get_experiment_by_name("o2o-own-study")
     parent = client.search_runs([exp.experiment_id], "tags.sweep = 'true'")[0]
     assert parent.info.run_id in page
+    # the command reruns from the folder it ran in (the env's module and the data's relative path are there)
+    assert f"\ncd {own} && O2O_CONFIG_PATH={own / 'conf'} o2o-study reach_td3bc --budget smoke" in page
     children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["algo"] for r in children) == ["calql", "td3_bc"]
     assert all(r.info.status == "FINISHED" for r in children)

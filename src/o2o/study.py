@@ -665,6 +665,8 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         command = shlex.join(["o2o-study", *(argv_of(args))])
         if os.environ.get(CONFIG_PATH_ENV):  # one's own config folders: the command reruns only with them
             command = f"{CONFIG_PATH_ENV}={shlex.quote(os.environ[CONFIG_PATH_ENV])} {command}"
+        if Path.cwd().resolve() != Path(__file__).resolve().parents[2]:  # one's own env modules and relative data paths
+            command = f"cd {shlex.quote(str(Path.cwd()))} && {command}"
         clock = StudyClock(client, args.experiment, sweep_dir, command, commit, records, args.full_records)
         started_ms = int(time.time() * 1000)
         code = run_counting(cmd, clock)
