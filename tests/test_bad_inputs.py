@@ -227,6 +227,9 @@ BAD.update({  # further inputs found by trying, beyond the ones issues reported
     "own preset with a misspelt key": (["algo=calql_typo"], {"O2O_CONFIG_PATH": "{tmp}/conf-typo"},
                                        "algo/calql_typo.yaml sets algo.cql_weigth, which CQLConfig does not have: "
                                        "did you mean algo.cql_weight?"),
+    "own YAML with a misspelt top-level key": (["+extra=typo"], {"O2O_CONFIG_PATH": "{tmp}/conf-typo"},
+                                               "extra/typo.yaml sets sede, which Config does not have: did you mean "
+                                               "seed?"),
     "a field left without a value": (["algo.cql_weight=???"], {}, "algo.cql_weight has no value: set it in the algo "
                                                                   "YAML the run composes, or on the command line"),
     "env module that does not import": (["env.gym_id=no_such_module_xyz:Foo-v0"], {},
@@ -338,6 +341,8 @@ def world(tmp_path_factory):
         (tmp / f"conf-{name}" / "algo" / "mine.py").write_text(code)
     (tmp / "conf-typo" / "algo").mkdir(parents=True)
     (tmp / "conf-typo" / "algo" / "calql_typo.yaml").write_text("defaults:\n  - calql\n  - _self_\n\ncql_weigth: 2.0\n")
+    (tmp / "conf-typo" / "extra").mkdir()
+    (tmp / "conf-typo" / "extra" / "typo.yaml").write_text("# @package _global_\nsede: 3\n")
     os.mkfifo(tmp / "fifo.hdf5")
     os.symlink(tmp / "loop2.hdf5", tmp / "loop.hdf5")
     os.symlink(tmp / "loop.hdf5", tmp / "loop2.hdf5")

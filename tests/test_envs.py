@@ -104,3 +104,15 @@ def test_the_adroit_dense_notice_shows_only_for_the_dense_adroit_options():
                               text=True, cwd=ROOT / "tests", timeout=120)
         assert done.returncode == 0, done.stderr[-1000:]
         assert ("reward functions were updated" in done.stderr + done.stdout) == shown, (env, done.stderr)
+
+
+def test_an_unknown_gym_id_says_how_an_env_of_ones_own_is_named_and_a_wrong_version_does_not():
+    from o2o.errors import ConfigError
+
+    hint = "an env of your own is named with the module that registers it, module:EnvId"
+    with pytest.raises(ConfigError, match="cannot be made: Environment `LineReach` doesn't exist") as bare:
+        make_env(validate(compose(["env.gym_id=LineReach-v0"])).env)
+    assert str(bare.value).endswith(hint + " (env.gym_id=my_envs:MyEnv-v0)")
+    with pytest.raises(ConfigError, match="Environment version `v99` for environment `PointMaze_UMaze`") as version:
+        make_env(validate(compose(["env.gym_id=PointMaze_UMaze-v99"])).env)
+    assert hint not in str(version.value)

@@ -530,7 +530,8 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
         source, leaf, schema, key = in_yaml.groups()
         close = difflib.get_close_matches(leaf, schema_fields(schema), n=1, cutoff=0.6)
         return (f"{source}.yaml sets {key}, which {schema} does not have: "
-                + (f"did you mean {key.rsplit('.', 1)[0]}.{close[0]}?" if close else "remove it, or add it to the schema"))
+                + (f"did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{close[0]}?" if close
+                   else "remove it, or add it to the schema"))
     unknown = re.search(r"Could not override '([^']+)'", text)
     if unknown:
         key = unknown.group(1)

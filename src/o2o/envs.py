@@ -207,7 +207,7 @@ def make_env(cfg: EnvConfig, domain: DomainConfig | None = None, *, seed: int | 
         env = gym.make(registered_id(cfg.gym_id), **kwargs)
     except gym.error.Error as err:  # unknown id or version
         own = ("; an env of your own is named with the module that registers it, module:EnvId "
-               "(env.gym_id=my_envs:MyEnv-v0)" if isinstance(err, gym.error.UnregisteredEnv) and ":" not in cfg.gym_id
+               "(env.gym_id=my_envs:MyEnv-v0)" if isinstance(err, (gym.error.NameNotFound, gym.error.NamespaceNotFound)) and ":" not in cfg.gym_id
                else "")
         raise ConfigError(f"env.gym_id={cfg.gym_id} cannot be made: {err}{own}") from None
     except TypeError as err:  # a kwarg the env does not take

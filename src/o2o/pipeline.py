@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,8 +378,11 @@ def check_success_info(env, cfg: Config) -> None:
         ("binary_from_success", domain.binary_from_success), ("end_on_success", domain.end_on_success)) if reads]
     if not readers:
         return
+    streams = np.random.get_state(), random.getstate()  # an env that draws from them leaves the run's as seeded
     env.reset(seed=cfg.seed)
     info = env.step(env.action_space.sample())[-1]
+    np.random.set_state(streams[0])
+    random.setstate(streams[1])
     if "success" not in info:
         raise ConfigError(f"{cfg.env.gym_id}'s steps report no info['success'], which domain {domain.name}'s "
                           f"{' and '.join(readers)} read: set info['success'] (a bool) at every step of the env, or "

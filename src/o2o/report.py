@@ -408,8 +408,8 @@ def to_markdown(rows: list[dict], dip_fraction: float, left_out: list[str] = ())
     return "\n".join(lines) + (
         "\n\nScores are each domain's paper metric: success_rate (goal reached at any step) and tasks_solved "
         "(Kitchen, tasks solved / 4) as fractions, normalized_return as D4RL's x100; mean ± sample std over seeds. "
-        f"Dip: the mean score over the evaluations in the first {dip_fraction:.0%} of fine-tuning (the first online "
-        "evaluation where none falls in it) minus the score after pre-training (the mean, as the lowest of several noisy evaluations is below the start even when "
+        f"Dip: the mean score over the evaluations in the first {dip_fraction:.0%} of fine-tuning (or the first online "
+        "evaluation, if none falls in that window) minus the score after pre-training (the mean, as the lowest of several noisy evaluations is below the start even when "
         "nothing is unlearned). "
         "Q / V_ref: mean Q on data actions over the mean Monte-Carlo return, on the run's fixed calibration batch "
         "(with negative returns, above 1 means Q below the return); Q < V_ref: the fraction of that batch whose "
@@ -702,7 +702,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--filter", help="an extra MLflow search filter, e.g. \"params.algo.mixing_ratio = '0.5'\"")
     parser.add_argument("--dip-fraction", type=float, default=DIP_FRACTION,
                         help="the first part of fine-tuning whose mean score, minus the score after pre-training, "
-                             "is the dip (the first online evaluation where none falls in it)")
+                             "is the dip (or the first online evaluation, if none falls in that window)")
     parser.add_argument("--include-unfinished", action="store_true")
     parser.add_argument("--out", help="output folder (default outputs/reports/<experiment>-<time>)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as an MLflow run")

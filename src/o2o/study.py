@@ -112,7 +112,15 @@ def smoke_overrides() -> list[str]:
 def smoke_sized(params: dict) -> bool:
     """Whether a run's MLflow params are the smoke preset's size (experiment=smoke, a study's ``--budget smoke``, or
     the same values by hand): a run that learns nothing."""
-    return all(params.get(key) == str(value) for key, value in smoke_values().items())
+    import yaml
+
+    def value(text):
+        try:
+            return yaml.safe_load(text)  # as the param was written: "[32, 32]", "1", "1.0"
+        except yaml.YAMLError:
+            return text
+
+    return all(key in params and value(params[key]) == wanted for key, wanted in smoke_values().items())
 
 
 def sweep_command(name: str, budget: str, launcher: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
@@ -239,12 +247,16 @@ def git_commit() -> str:
     """The commit of the o2o checkout the study runs, wherever the command runs from; run from a git checkout of
     one's own (one's algorithms, envs and presets), that checkout's commit too."""
     def toplevel(folder: Path) -> Path | None:
-        done = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=folder)
+        try:
+            done = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, cwd=folder)
+        except OSError:  # no git here
+            return None
         return Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
 
     code = Path(__file__).resolve().parent
-    ours = checkout_commit(code)
-    if ours.startswith("unknown"):
+    checkout = code.parents[1]  # src/o2o -> the checkout's root, in a checkout (an editable install)
+    ours = checkout_commit(code) if toplevel(code) == checkout else "unknown (not a git checkout)"
+    if ours.startswith("unknown"):  # installed into site-packages (perhaps inside a checkout of one's own)
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -252,7 +264,7 @@ def git_commit() -> str:
         except PackageNotFoundError:
             pass
     here = toplevel(Path.cwd())
-    if here is not None and here != toplevel(code):
+    if here is not None and here != checkout:
         return f"{ours}; the folder it ran from, {here}: {checkout_commit(here)}"
     return ours
 
