@@ -116,3 +116,33 @@ def test_an_unknown_gym_id_says_how_an_env_of_ones_own_is_named_and_a_wrong_vers
     with pytest.raises(ConfigError, match="Environment version `v99` for environment `PointMaze_UMaze`") as version:
         make_env(validate(compose(["env.gym_id=PointMaze_UMaze-v99"])).env)
     assert hint not in str(version.value)
+
+
+def test_the_success_probe_leaves_the_global_random_streams_as_seeded():
+    """An env that draws from numpy's or Python's global stream (OGBench's multi-task reset does) must not shift the
+    run's: the probe restores both."""
+    import random
+
+    import gymnasium as gym
+
+    from o2o.pipeline import check_success_info
+
+    class Drawing(gym.Env):
+        observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+        action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+        def reset(self, seed=None, options=None):
+            np.random.rand(), random.random()
+            return np.zeros(2, np.float32), {}
+
+        def step(self, action):
+            np.random.rand(), random.random()
+            return np.zeros(2, np.float32), 0.0, False, False, {"success": False}
+
+    np.random.seed(3)
+    random.seed(3)
+    expected = np.random.rand(), random.random()
+    np.random.seed(3)
+    random.seed(3)
+    check_success_info(Drawing(), validate(compose([])))
+    assert (np.random.rand(), random.random()) == expected
