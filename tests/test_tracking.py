@@ -142,6 +142,7 @@ def test_a_run_folder_in_use_by_another_job_is_refused(tmp_path):
 
     import pytest
 
+    from conftest import ROOT, SMOKE
     from o2o.errors import ConfigError
     from o2o.pipeline import claim_run_dir
 
@@ -153,6 +154,16 @@ def test_a_run_folder_in_use_by_another_job_is_refused(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match="is in use by process"):
             claim_run_dir(tmp_path)
+        # from the command line it is refused before Hydra starts: the running job's .hydra/ stays as it wrote it
+        (tmp_path / ".hydra").mkdir()
+        (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+        done = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *SMOKE, f"hydra.run.dir={tmp_path}",
+                               "seed=1"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stderr.strip() == (
+            f"error: run folder {tmp_path} is in use by process {holder.pid}: wait for it to end, or give this job "
+            "its own hydra.run.dir")
+        assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- seed=0\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", ".o2o-run.lock"]
     finally:
         holder.kill()
         holder.wait()

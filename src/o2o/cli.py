@@ -364,12 +364,14 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
         if not minari_is_local(config.env.dataset.id):
             check_writable_folder(minari_root(), f"the Minari datasets folder (MINARI_DATASETS_PATH), where "
                                   f"{config.env.dataset.id} would be written,")
-    if run_dir:  # an existing run dir refuses another config before Hydra writes its records there
+    if run_dir:  # an existing run dir refuses another job and another config before Hydra writes its records there
         from pathlib import Path
 
         from o2o.checkpoints import Checkpoints
-        from o2o.pipeline import load_resume_state
+        from o2o.pipeline import load_resume_state, refuse_a_claimed_run_dir
 
+        if Path(run_dir).is_dir():
+            refuse_a_claimed_run_dir(Path(run_dir))
         load_resume_state(Checkpoints(Path(run_dir)), OmegaConf.to_container(cfg, resolve=True), Path(run_dir))
 
 

@@ -64,6 +64,29 @@ def holds_claim(run_dir: Path) -> bool:
     return str(run_dir.resolve()) in _claims
 
 
+def in_use(run_dir: Path, holder: str) -> ConfigError:
+    return ConfigError(f"run folder {run_dir} is in use by {holder}: wait for it to end, or give this job its own "
+                       "hydra.run.dir")
+
+
+def refuse_a_claimed_run_dir(run_dir: Path) -> None:
+    """Before Hydra writes its records into an existing run folder: stop when another process holds its claim (its
+    job's ``.hydra/`` stays as that job wrote it). The claim is only tested, never kept."""
+    import fcntl
+
+    if str(run_dir.resolve()) in _claims:  # this process's own (a rerun through the Python API)
+        return
+    try:
+        handle = open(run_dir / RUN_CLAIM)  # read only: a folder without a claim file is not claimed
+    except OSError:
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            raise in_use(run_dir, handle.read().strip() or "another process") from None
+
+
 def claim_run_dir(run_dir: Path):
     """An exclusive claim on the run folder (an flock on a file in it, released when the process ends however it
     ends): a second job pointed at the same folder while the first runs stops with one line instead of writing
@@ -80,8 +103,7 @@ def claim_run_dir(run_dir: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise ConfigError(f"run folder {run_dir} is in use by {holder}: wait for it to end, or give this job its own "
-                          "hydra.run.dir") from None
+        raise in_use(run_dir, holder) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")
