@@ -146,6 +146,35 @@ def test_step_schedule_preempted_mid_episode_keeps_what_it_learnt_and_finishes(t
     assert state["agent"]["grad_steps"] == (200 - 50) * 1  # one update per env step after the warm-up, none lost
 
 
+def test_a_preemption_signal_while_the_run_finishes_lets_it_finish(tmp_path, monkeypatch, caplog):
+    """The finish (final evaluation, policy export, MLflow) is short and completes the run: a stop asked for there
+    waits for it instead of killing it half-published, and nothing is left to resume."""
+    import logging
+
+    from o2o import pipeline, run
+
+    real = pipeline.finish
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "finish", signalled)
+    unguarded = []  # where no guard catches it, the signal lands here (not in the default action, which ends pytest)
+    previous = signal.signal(signal.SIGUSR2, lambda *_: unguarded.append(1))
+    try:
+        with caplog.at_level(logging.WARNING, logger="o2o"):
+            run(algo="calql", run_dir=str(tmp_path), overrides=[*SMOKE, "mlflow_experiment=o2o-finish-signal",
+                                                              "schedule.online_steps=100", "progress=false"])
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert not unguarded
+    assert "the stop asked for came while the run was finishing: it finished (nothing to resume)" in caplog.text
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (done,) = client.search_runs([client.get_experiment_by_name("o2o-finish-signal").experiment_id])
+    assert done.info.status == "FINISHED" and (tmp_path / "checkpoints" / "final.pt").exists()
+
+
 def test_a_run_stopped_between_its_final_checkpoint_and_finished_is_completed_by_the_rerun(tmp_path, monkeypatch):
     from o2o import pipeline, run
     from o2o.policy_model import POLICY, PRETRAINED_POLICY, logged_model_names

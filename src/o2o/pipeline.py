@@ -188,7 +188,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                 tracker.end("KILLED")  # stopped from outside, as a Ctrl-C: the same command resumes it
                 preempted = True
                 ctx.guard.finish()  # exits (128 + the signal), after a requeue where the launcher asks for one
-        finish(agent, cfg, ctx, final, run_dir)
+            finish(agent, cfg, ctx, final, run_dir)  # a stop asked for here waits for the finish: the run is complete
+        if ctx.guard.requested:
+            log.warning("the stop asked for came while the run was finishing: it finished (nothing to resume)")
         if summary:
             print_summary(cfg, final, run_dir, tracker.run_id, (tags or {}).get(PER_DOMAIN_TAG))
         return final
