@@ -37,6 +37,19 @@ def test_a_diverging_run_stops_failed_with_its_last_finite_checkpoint(tmp_path):
         assert all(torch.isfinite(v).all() for v in state["agent"]["model"].values() if torch.is_tensor(v))
 
 
+def test_a_sweep_whose_failed_jobs_all_diverged_exits_3(tmp_path):
+    """As a single diverged run does: the status says the failure is the runs' numbers, not the input (2)."""
+    proc = subprocess.run([os.sys.executable, str(ROOT / "src" / "main.py"), "-m", *DIVERGING, "seed=0,1",
+                           "mlflow_experiment=o2o-nan-sweep", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("o2o-nan-sweep").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED"] * 3  # both jobs and their parent
+
+
 def test_the_guard_can_be_turned_off():
     assert validate(compose(["divergence_guard=false"])).divergence_guard is False
 
