@@ -227,6 +227,16 @@ BAD.update({  # further inputs found by trying, beyond the ones issues reported
     "own preset with a misspelt key": (["algo=calql_typo"], {"O2O_CONFIG_PATH": "{tmp}/conf-typo"},
                                        "algo/calql_typo.yaml sets algo.cql_weigth, which CQLConfig does not have: "
                                        "did you mean algo.cql_weight?"),
+    "hdf5 whose steps end no episode": (["env.dataset.id=null", "env.dataset.path={tmp}/no_ends.hdf5"], {},
+                                        "no_ends.hdf5: none of its 999 transitions ends an episode"),
+    "npz without the state OGBench relabels from": (["env=ogbench_cube_single", "env.dataset.ogbench=null",
+                                                      "env.dataset.path={tmp}/noqpos.npz"], {},
+                                                     "noqpos.npz lacks qpos, which OGBench's loader reads"),
+    "npz of Python objects": (["env=ogbench_cube_single", "env.dataset.ogbench=null", "env.dataset.path={tmp}/obj.npz"],
+                              {}, "obj.npz stores observations as Python objects, which are never loaded"),
+    "npz for an env that is not OGBench's": (["env.dataset.id=null", "env.dataset.path={tmp}/noqpos.npz"], {},
+                                             "an .npz dataset is read in OGBench's format, for OGBench's single-task "
+                                             "envs, and env.gym_id=PointMaze_UMaze-v3 is not one"),
     "own YAML with a misspelt top-level key": (["+extra=typo"], {"O2O_CONFIG_PATH": "{tmp}/conf-typo"},
                                                "extra/typo.yaml sets sede, which Config does not have: did you mean "
                                                "seed?"),
@@ -274,7 +284,7 @@ def world(tmp_path_factory):
     (tmp / "notdb.db").write_text("not a database")
     arrays = lambda n, obs: {"observations": np.zeros((n, obs), np.float32), "actions": np.zeros((n, 2), np.float32),  # noqa: E731
                              "rewards": np.zeros(n, np.float32), "terminals": np.zeros(n, bool), "timeouts": np.zeros(n, bool)}
-    for name, n, obs in (("truncated", 1000, 6), ("nan", 10, 6), ("wrongshape", 10, 3), ("reversed_refs", 10, 6),
+    for name, n, obs in (("truncated", 1000, 6), ("no_ends", 1000, 6), ("nan", 10, 6), ("wrongshape", 10, 3), ("reversed_refs", 10, 6),
                          ("nan_refs", 10, 6), ("half_terminals", 10, 6)):
         with h5py.File(tmp / f"{name}.hdf5", "w") as f:
             for key, value in arrays(n, obs).items():
@@ -339,6 +349,10 @@ def world(tmp_path_factory):
                        ("clash", clash)):
         (tmp / f"conf-{name}" / "algo").mkdir(parents=True)
         (tmp / f"conf-{name}" / "algo" / "mine.py").write_text(code)
+    np.savez(tmp / "noqpos.npz", observations=np.zeros((10, 28), np.float32), actions=np.zeros((10, 5), np.float32),
+             terminals=np.zeros(10, np.float32))
+    np.savez(tmp / "obj.npz", observations=np.array([{"ran": 1}] * 10, dtype=object), qpos=np.zeros((10, 3)),
+             actions=np.zeros((10, 5), np.float32), terminals=np.zeros(10, np.float32))
     (tmp / "conf-typo" / "algo").mkdir(parents=True)
     (tmp / "conf-typo" / "algo" / "calql_typo.yaml").write_text("defaults:\n  - calql\n  - _self_\n\ncql_weigth: 2.0\n")
     (tmp / "conf-typo" / "extra").mkdir()

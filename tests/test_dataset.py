@@ -302,3 +302,43 @@ def test_a_cached_collected_dataset_is_reused_only_with_its_collector_params(mon
     with pytest.raises(DatasetError, match=r"was collected with .*noise=0\.3.*steps=600; this run asks for .*"
                                            r"noise=0\.9.*steps=900: set env\.dataset\.id to a new id"):
         load_offline_data(other.env, *shapes)
+
+
+def test_a_minari_dataset_recorded_on_another_action_scale_is_refused_and_stray_actions_are_said(tmp_path, monkeypatch,
+                                                                                                caplog):
+    """Every policy acts in [-1, 1]: data recorded in Box(-3, 3) would be clipped into a third of its range without a
+    word. Values just outside [-1, 1] (Adroit's human demonstrations reach 1.37) are clipped as the references do,
+    and the log says how many."""
+    import logging
+    import warnings
+
+    import gymnasium as gym
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    from o2o.data.checks import ACTION_CLIP, clip_actions
+    from o2o.data.minari import load_minari
+    from o2o.data.offline_data import OfflineData
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    rng = np.random.default_rng(0)
+    buffers = [EpisodeBuffer(id=0, observations=rng.normal(size=(4, 5)).astype(np.float32),
+                             actions=rng.uniform(-3, 3, (3, 2)).astype(np.float32), rewards=[0.0] * 3,
+                             terminations=[False, False, True], truncations=[False] * 3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        minari.create_dataset_from_buffers("o2o-test/scale/wide-v0", buffers, algorithm_name="test",
+                                           observation_space=gym.spaces.Box(-np.inf, np.inf, (5,)),
+                                           action_space=gym.spaces.Box(-3, 3, (2,)))
+    env_cfg = validate(compose([])).env
+    with pytest.raises(DatasetError, match=r"'o2o-test/scale/wide-v0' records its actions in Box\(-3.0, 3.0, \(2,\), "
+                                           r"float32\), and every policy here acts in \[-1, 1\]"):
+        load_minari("o2o-test/scale/wide-v0", [], download=False, env_cfg=env_cfg)
+    n = 4
+    data = OfflineData(np.zeros((n, 2), np.float32), np.array([[0.5, 1.37], [0, 0], [-1.2, 0], [1, -1]], np.float32),
+                       np.zeros(n, np.float32), np.zeros((n, 2), np.float32), np.zeros(n, bool), np.zeros(n, bool),
+                       source="x")
+    with caplog.at_level(logging.INFO, logger="o2o"):
+        clipped = clip_actions(data)
+    assert np.abs(clipped.actions).max() == pytest.approx(ACTION_CLIP)
+    assert "x: 25% of the action values lie outside [-1, 1] (up to 1.37), clipped to +-0.99999" in caplog.text

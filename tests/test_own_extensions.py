@@ -308,6 +308,13 @@ class Silent(gym.Env):  # says nothing of success: a domain scored by the succes
 
 
 gym.register("Silent-v0", entry_point=Silent, max_episode_steps=10)
+
+
+class Wide(Silent):  # acts in [-2, 2]: a tanh policy would reach half of it
+    action_space = gym.spaces.Box(-2, 2, (2,), np.float32)
+
+
+gym.register("Wide-v0", entry_point=Wide, max_episode_steps=10)
 """
 
 
@@ -328,6 +335,12 @@ def test_an_env_that_reports_no_success_or_is_named_without_its_module_stops_wit
         "end_on_success read: set info['success'] (a bool) at every step of the env, or give it a domain that reads "
         "none of them")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").glob("checkpoints/*"))
+    done = subprocess.run(command + ["env.gym_id=silent_reach:Wide-v0"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "error: silent_reach:Wide-v0's actions are Box(-2.0, 2.0, (2,), float32), and every policy here acts in "
+        "[-1, 1] (a tanh): rescale the env's actions to [-1, 1] (gymnasium.wrappers.RescaleAction where it is "
+        "registered)")
     # the example's env by its bare id: the module that registers it is never imported
     done = subprocess.run(command + ["env.gym_id=PointReach-v0"], cwd=own, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "\n" not in done.stderr.strip(), done.stderr

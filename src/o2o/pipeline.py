@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -386,6 +387,11 @@ def env_shapes(cfg: Config, check_info: bool = False) -> tuple[tuple, tuple]:
     probe_env = make_env(cfg.env)
     shapes = probe_env.observation_space.shape, probe_env.action_space.shape
     try:
+        space = probe_env.action_space
+        if not (isinstance(space, gym.spaces.Box) and np.all(space.low == -1.0) and np.all(space.high == 1.0)):
+            raise ConfigError(f"{cfg.env.gym_id}'s actions are {space}, and every policy here acts in [-1, 1] (a "
+                              "tanh): rescale the env's actions to [-1, 1] (gymnasium.wrappers.RescaleAction where "
+                              "it is registered)")
         if check_info:
             check_success_info(probe_env, cfg)
     finally:

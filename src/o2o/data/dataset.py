@@ -58,6 +58,12 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
     if len(data) == 0:
         raise DatasetError(f"{data.source} holds no transitions (D4RL's reading drops the last step of an episode "
                            "that never ends): choose another dataset")
+    if cfg.max_episode_steps is not None and len(data) > cfg.max_episode_steps and not (
+            data.terminals.any() or data.timeouts.any()):  # one episode longer than the env allows: ends unmarked
+        raise DatasetError(f"{data.source}: none of its {len(data)} transitions ends an episode (no terminal, no "
+                           f"timeout), so they would be one episode, longer than env.max_episode_steps="
+                           f"{cfg.max_episode_steps}: mark each episode's last step (terminals for a true end, "
+                           "timeouts for a cut)")
     check_reference_scores(data.ref_min_score, data.ref_max_score, data.source)
     check_matches_env(data, cfg, observation_shape, action_shape)
     check_finite(data)

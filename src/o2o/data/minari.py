@@ -129,6 +129,10 @@ def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True,
     recorded = recorded_env_spec(dict(dataset.storage.metadata))
     if env_cfg is not None and recorded is not None:
         check_recorded_env(recorded, env_cfg, f"Minari dataset '{dataset_id}'")
+    actions = dataset.action_space
+    if env_cfg is not None and hasattr(actions, "low") and not (np.all(actions.low == -1) and np.all(actions.high == 1)):
+        raise DatasetError(f"Minari dataset '{dataset_id}' records its actions in {actions}, and every policy here "
+                           "acts in [-1, 1] (as its env must): record the data with actions rescaled to [-1, 1]")
     meta = dict(dataset.storage.metadata)
     space = dataset.observation_space
     if not obs_keys and is_image_space(space):  # frames: they must fit in memory before they are read

@@ -91,6 +91,31 @@ def npz_shapes(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
     return shapes
 
 
+def required_arrays(gym_id: str) -> tuple[str, ...]:
+    """What ``ogbench.utils.load_dataset`` and ``relabel_dataset`` read for this env: the transitions, and the
+    simulator state the single-task reward is computed from (the scene's and puzzle's buttons too)."""
+    task = state_env_id(gym_id)
+    return ("observations", "actions", "terminals", "qpos") + (
+        ("button_states",) if task.startswith(("scene-", "puzzle-")) else ())
+
+
+def check_arrays(path: Path, gym_id: str) -> None:
+    """An .npz file that lacks an array this env's relabelling reads, or holds Python objects (a pickle, never
+    loaded), stops before loading with the file's name."""
+    try:
+        shapes = npz_shapes(path)
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise DatasetError(f"{path} is not an OGBench .npz file ({err}): build it again or copy it again") from None
+    pickled = sorted(k for k, (_, dtype) in shapes.items() if dtype.hasobject)
+    if pickled:
+        raise DatasetError(f"{path} stores {', '.join(pickled)} as Python objects, which are never loaded (loading "
+                           "them could run code): save plain numeric arrays")
+    missing = [k for k in required_arrays(gym_id) if k not in shapes]
+    if missing:
+        raise DatasetError(f"{path} lacks {', '.join(missing)}, which OGBench's loader reads for {gym_id} (keys: "
+                           f"{', '.join(sorted(shapes))}): build it with o2o-data build-ogbench, or add them")
+
+
 def check_fits_memory(path: Path, free_bytes: int | None = None) -> None:
     """A dataset of frames that cannot be loaded here stops before loading, with what it needs."""
     try:
@@ -116,9 +141,15 @@ def load(path: Path, gym_id: str, free_bytes: int | None = None) -> OfflineData:
     from ogbench.relabel_utils import relabel_dataset
     from ogbench.utils import load_dataset
 
+    spec = gym.registry.get(gym_id)
+    if spec is None or not str(spec.entry_point).startswith("ogbench."):
+        raise DatasetError(f"{path.name}: an .npz dataset is read in OGBench's format, for OGBench's single-task envs, "
+                           f"and env.gym_id={gym_id} is not one: give a D4RL HDF5 file (env.dataset.path=FILE.hdf5) or "
+                           "a Minari dataset (env.dataset.id)")
     if "singletask" not in gym_id:
         raise DatasetError(f"env.gym_id={gym_id} is a goal-conditioned OGBench env, which gives no task reward: use "
                            "its single-task variant (*-singletask-v0 or *-singletask-taskN-v0)")
+    check_arrays(path, gym_id)
     check_fits_memory(path, free_bytes)
     visual = gym_id.startswith("visual-")
     data = load_dataset(str(path), ob_dtype=np.uint8 if visual else np.float32, compact_dataset=False, add_info=True)
