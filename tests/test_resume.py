@@ -175,6 +175,48 @@ def test_a_preemption_signal_while_the_run_finishes_lets_it_finish(tmp_path, mon
     assert done.info.status == "FINISHED" and (tmp_path / "checkpoints" / "final.pt").exists()
 
 
+def test_a_run_continued_on_other_data_stops_naming_both_digests(tmp_path, monkeypatch):
+    """A dataset file rewritten under the same name between a run's parts would mix two datasets in one run."""
+    import h5py
+
+    from o2o import pipeline, run
+    from o2o.errors import DatasetError
+
+    data = tmp_path / "data.hdf5"
+
+    def write(seed):
+        rng, n = np.random.default_rng(seed), 600
+        with h5py.File(data, "w") as f:
+            f["observations"] = rng.normal(size=(n, 6)).astype(np.float32)
+            f["actions"] = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
+            f["rewards"] = np.zeros(n, np.float32)
+            f["terminals"] = np.zeros(n, bool)
+            f["timeouts"] = np.arange(n) % 300 == 299
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped after the run was created")
+
+    overrides = [*SMOKE, "env.dataset.id=null", f"env.dataset.path={data}", "mlflow_experiment=o2o-other-data",
+                 "progress=false", "schedule.online_steps=0"]
+    write(0)
+    real = pipeline.run_stages
+    monkeypatch.setattr(pipeline, "run_stages", stopped)
+    with pytest.raises(RuntimeError, match="stopped after the run was created"):
+        run(algo="calql", run_dir=str(tmp_path / "run"), overrides=overrides)
+    monkeypatch.setattr(pipeline, "run_stages", real)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (first,) = client.search_runs([client.get_experiment_by_name("o2o-other-data").experiment_id])
+    started_on = first.data.params["data.digest"]
+    write(1)
+    with pytest.raises(DatasetError, match=rf"data.hdf5 is not the data this run started on \(content digest "
+                                           rf"{started_on}, now [0-9a-f]{{16}}\)"):
+        run(algo="calql", run_dir=str(tmp_path / "run"), overrides=overrides)
+    write(0)  # the run's own data again: it goes on
+    run(algo="calql", run_dir=str(tmp_path / "run"), overrides=overrides)
+    (done,) = client.search_runs([client.get_experiment_by_name("o2o-other-data").experiment_id])
+    assert done.info.run_id == first.info.run_id and done.info.status == "FINISHED"
+
+
 def test_a_run_stopped_between_its_final_checkpoint_and_finished_is_completed_by_the_rerun(tmp_path, monkeypatch):
     from o2o import pipeline, run
     from o2o.policy_model import POLICY, PRETRAINED_POLICY, logged_model_names

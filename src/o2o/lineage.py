@@ -59,8 +59,15 @@ def _dataset(source, name: str, content_digest: str, obs_shape: tuple, act_dim: 
     return TransitionsDataset(source, name=name, digest=content_digest, schema=_schema(obs_shape, act_dim, obs_dtype))
 
 
-def offline_dataset(data, env_cfg):
-    """The offline data (``o2o.data.dataset.OfflineData``) as an MLflow dataset named by its Minari id or file."""
+def offline_digest(data) -> str:
+    """The offline data's content digest (``o2o.data.dataset.OfflineData``, as the agent reads it)."""
+    return digest(data.observations, data.actions, data.rewards, data.next_observations, data.terminals,
+                  data.timeouts)
+
+
+def offline_dataset(data, env_cfg, content: str | None = None):
+    """The offline data (``o2o.data.dataset.OfflineData``) as an MLflow dataset named by its Minari id or file
+    (``content``: its :func:`offline_digest`, if already computed)."""
     from mlflow.data.dataset_source_registry import get_registered_sources
 
     from o2o.data.minari import minari_root
@@ -75,8 +82,7 @@ def offline_dataset(data, env_cfg):
         name, location = env_cfg.dataset.ogbench, str(dataset_file(env_cfg.dataset.ogbench))
     else:
         name, location = os.path.basename(env_cfg.dataset.path), env_cfg.dataset.path
-    content = digest(data.observations, data.actions, data.rewards, data.next_observations, data.terminals,
-                     data.timeouts)
+    content = content or offline_digest(data)
     profile = {"transitions": len(data), "episodes": data.num_episodes, "source": data.source}
     return _dataset(local_source(os.path.abspath(location)), name, content,
                     data.observations.shape[1:], data.actions.shape[1], profile, data.observations.dtype)

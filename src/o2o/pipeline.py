@@ -31,7 +31,7 @@ from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.data.offline_data import OfflineData, episode_slices
 from o2o.envs import make_env
 from o2o.errors import ConfigError, DatasetError, Diverged, disk_full
-from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, online_dataset
+from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, offline_digest, online_dataset
 from o2o.policy_model import POLICY, PRETRAINED_POLICY, RETRAINED_POLICY, log_policy, policy_metadata
 from o2o.report import run_plot, setting_tag
 from o2o.returns import label_rewards
@@ -151,6 +151,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
     if data.offline is not None and cfg.calibration_batch > len(data.offline):
         log.warning("calibration_batch=%d is more than the %d offline transitions: the calibration batch is all of them",
                     cfg.calibration_batch, len(data.offline))
+    check_same_data(run_dir, data)
     tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
     preempted = False
     try:
@@ -359,6 +360,7 @@ class RunData:
     act_dim: int
     ref_min: Optional[float]
     ref_max: Optional[float]
+    digest: Optional[str] = None  # the offline data's content digest (o2o.lineage.offline_digest)
 
 
 def load_data(cfg: Config) -> RunData:
@@ -378,7 +380,8 @@ def load_data(cfg: Config) -> RunData:
     if M.NORMALIZED_RETURN in cfg.domain.extra_metrics and (ref_min is None or ref_max is None):
         log.warning("%s: neither its dataset nor the env option gives reference scores, so its normalized_return is "
                     "logged as NaN: set env.ref_min_score and env.ref_max_score to have it", cfg.env.name)
-    return RunData(data, observation_input(cfg, obs_shape), act_shape[0], ref_min, ref_max)
+    return RunData(data, observation_input(cfg, obs_shape), act_shape[0], ref_min, ref_max,
+                   offline_digest(data) if data is not None else None)
 
 
 def env_shapes(cfg: Config, check_info: bool = False) -> tuple[tuple, tuple]:
@@ -443,7 +446,7 @@ def start_tracking(cfg: Config, run_dir: Path, resolved: dict, data: RunData, de
                 "seed": str(cfg.seed), "stage": "dataset", "device": str(device), "run_dir": str(run_dir),
                 **(tags or {})}
     preset = run_tags.setdefault(PRESET_TAG, "none")
-    run_tags[SETTING_TAG] = setting_tag(param_values(resolved), preset)
+    run_tags[SETTING_TAG] = setting_tag(param_values(resolved), preset, data.digest)
     default_name = "-".join([cfg.algo.name, cfg.env.name, *([preset] if preset != "none" else []), f"s{cfg.seed}"])
     tracker = Tracker(cfg.mlflow_experiment, cfg.run_name or default_name,
                       resolved, run_tags, run_id=run_id, parent_run_id=os.environ.get(PARENT_RUN_ENV),
@@ -486,11 +489,30 @@ def _record_run(cfg: Config, run_dir: Path, run_id_file: Path, run_id: Optional[
         tracker.log_params({"data.ref_min_score": data.ref_min, "data.ref_max_score": data.ref_max})
         if data.offline is not None:
             tracker.log_params({"data.transitions": len(data.offline), "data.episodes": data.offline.num_episodes})
+    if data.offline is not None and DATA_DIGEST not in logged:  # a run started before the digest was kept gets it
+        tracker.log_params({DATA_DIGEST: data.digest})
     if data.offline is not None:  # also when continuing: MLflow keeps one input per dataset and context
-        log_dataset(tracker.client, tracker.run_id, offline_dataset(data.offline, cfg.env), OFFLINE_CONTEXT)
+        log_dataset(tracker.client, tracker.run_id, offline_dataset(data.offline, cfg.env, data.digest),
+                    OFFLINE_CONTEXT)
         log.info("dataset %s: %d transitions, %d episodes, reference scores %s / %s", data.offline.source,
                  len(data.offline), data.offline.num_episodes, _score(data.ref_min), _score(data.ref_max))
     run_id_file.write_text(tracker.run_id)
+
+
+DATA_DIGEST = "data.digest"  # the param that keeps the offline data's content digest
+
+
+def check_same_data(run_dir: Path, data: RunData) -> None:
+    """A run resumed on data other than it started on would mix two datasets in one run: stop, naming both digests
+    (the run's param, kept since it started)."""
+    run_id_file = run_dir / RUN_ID_FILE
+    if data.digest is None or not run_id_file.exists():
+        return
+    started_on = open_store(default_tracking_uri()).get_run(run_id_file.read_text().strip()).data.params.get(DATA_DIGEST)
+    if started_on is not None and started_on != data.digest:
+        raise DatasetError(f"{data.offline.source} is not the data this run started on (content digest {started_on}, "
+                           f"now {data.digest}): restore that data to resume it, or start another run in another "
+                           "folder (hydra.run.dir=...)")
 
 
 def _score(value: Optional[float]) -> str:

@@ -53,12 +53,14 @@ def setting_of(params: dict[str, str]) -> tuple:
     return tuple(sorted((k, v) for k, v in params.items() if k not in NOT_CONFIG and not k.startswith(NOT_SETTING)))
 
 
-def setting_tag(params: dict[str, str], preset: str) -> str:
+def setting_tag(params: dict[str, str], preset: str, data_digest: str | None = None) -> str:
     """The run tag that groups runs of one setting in MLflow's comparison view: the preset, and a digest of the
-    setting's params (runs of one preset with other schedules or data get another)."""
+    setting's params and of the offline data's content where the run reads it (runs of one preset with other
+    schedules or data get another, also on a file rewritten under the same name)."""
     import hashlib
 
-    return f"{preset}:{hashlib.sha256(repr(setting_of(params)).encode()).hexdigest()[:8]}"
+    key = repr(setting_of(params)) + (f" data {data_digest}" if data_digest else "")
+    return f"{preset}:{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 @dataclass
