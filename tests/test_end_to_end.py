@@ -106,7 +106,7 @@ def test_the_sweep_parent_names_its_best_child_and_carries_the_comparison_table(
     for r in runs.values():
         client.set_tag(r.info.run_id, "preset", "quickstart")
     with pytest.MonkeyPatch.context() as patch:  # children of a size that learns
-        patch.setattr("o2o.study.smoke_sized", lambda params: False)
+        patch.setattr("o2o.config_sources.smoke_sized", lambda params: False)
         summarize_sweep(client, parent.info.run_id, "o2o-e2e", tmp_path / "summary")
     parent = client.get_run(parent.info.run_id)
     scores = {r.info.run_id: client.get_metric_history(r.info.run_id, M.evaluation(M.ONLINE, M.SUCCESS_RATE))[-1].value

@@ -223,3 +223,31 @@ def per_domain_report(hydra_runtime, algo) -> tuple[str, bool]:
     values = ", ".join(used(k) for k in written if hasattr(algo, k))
     via = f" (extending {', '.join(p.parent.name + '/' + p.stem for p in files[1:])})" if len(files) > 1 else ""
     return f"per-domain values: algo/per_domain/{choice}.yaml{via}: {values}", False
+
+
+def smoke_values() -> dict:
+    """The smoke preset's values (conf/experiment/smoke.yaml, as installed), by dotted key."""
+    import importlib.util
+
+    conf = Path(importlib.util.find_spec("o2o_conf").origin).parent
+
+    def flatten(node, prefix=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from flatten(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    return dict(flatten(yaml.safe_load((conf / "experiment" / "smoke.yaml").read_text())))
+
+
+def smoke_sized(params: dict) -> bool:
+    """Whether a run's MLflow params are the smoke preset's size (experiment=smoke, a study's ``--budget smoke``, or
+    the same values by hand): a run that learns nothing."""
+    def value(text):
+        try:
+            return yaml.safe_load(text)  # as the param was written: "[32, 32]", "1", "1.0"
+        except yaml.YAMLError:
+            return text
+
+    return all(key in params and value(params[key]) == wanted for key, wanted in smoke_values().items())

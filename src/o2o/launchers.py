@@ -174,7 +174,7 @@ def _end_parent_unless_ended(uri: str, run_id: str) -> None:
 
 
 PRESETS_THAT_LEARN_NOTHING = ("smoke",)  # conf/experiment/smoke.yaml: seconds of tiny networks; "It learns nothing."
-# (a run at its size under another preset, as a study's --budget smoke runs, learns nothing either: o2o.study.smoke_sized)
+# (a run at its size under another preset, as a study's --budget smoke runs, learns nothing either: o2o.config_sources.smoke_sized)
 
 
 def best_by_env(records: list) -> dict[str, tuple]:
@@ -197,7 +197,7 @@ def summarize_sweep(client, parent: str, experiment: str, out_dir: Path) -> None
     description) and, per env, the best child by the paper's metric (tags ``best_run.<env>``, metrics
     ``best/<env>/<metric>``)."""
     from o2o.report import build_filter, write_report
-    from o2o.study import smoke_sized
+    from o2o.config_sources import smoke_sized
 
     try:
         result = write_report(client, experiment, build_filter(parent=parent), out_dir, log_to_mlflow=False)

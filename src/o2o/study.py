@@ -88,39 +88,13 @@ def arms(name: str, budget: str) -> list[list[str]]:
             for combo in itertools.product(*(params[key] for key in keys))]
 
 
-def smoke_values() -> dict:
-    """The smoke preset's values (conf/experiment/smoke.yaml), by dotted key."""
-    from omegaconf import OmegaConf
-
-    def flatten(node, prefix=""):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                yield from flatten(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}", value
-
-    return dict(flatten(OmegaConf.to_container(OmegaConf.load(STUDIES.parent / "smoke.yaml"))))
-
-
 def smoke_overrides() -> list[str]:
     """The smoke preset's values as overrides: ``--budget smoke`` runs a study's cpu preset at that size, to check
     that it runs end to end in about a minute."""
+    from o2o.config_sources import smoke_values
+
     return [f"{key}=" + (f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value))
             for key, value in smoke_values().items()]
-
-
-def smoke_sized(params: dict) -> bool:
-    """Whether a run's MLflow params are the smoke preset's size (experiment=smoke, a study's ``--budget smoke``, or
-    the same values by hand): a run that learns nothing."""
-    import yaml
-
-    def value(text):
-        try:
-            return yaml.safe_load(text)  # as the param was written: "[32, 32]", "1", "1.0"
-        except yaml.YAMLError:
-            return text
-
-    return all(key in params and value(params[key]) == wanted for key, wanted in smoke_values().items())
 
 
 def sweep_command(name: str, budget: str, launcher: str, sweep_dir: Path, overrides: list[str]) -> list[str]:

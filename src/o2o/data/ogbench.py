@@ -149,8 +149,8 @@ def load(path: Path, gym_id: str, free_bytes: int | None = None) -> OfflineData:
     if "singletask" not in gym_id:
         raise DatasetError(f"env.gym_id={gym_id} is a goal-conditioned OGBench env, which gives no task reward: use "
                            "its single-task variant (*-singletask-v0 or *-singletask-taskN-v0)")
-    check_arrays(path, gym_id)
     check_fits_memory(path, free_bytes)
+    check_arrays(path, gym_id)
     visual = gym_id.startswith("visual-")
     data = load_dataset(str(path), ob_dtype=np.uint8 if visual else np.float32, compact_dataset=False, add_info=True)
     env = gym.make(state_env_id(gym_id))
