@@ -429,3 +429,21 @@ def test_a_page_with_one_exploratory_comparison_says_so_in_the_singular():
     assert len([line for line in text.splitlines() if "is better) |" in line]) == 1
     assert "**Exploratory**: the family is this one comparison, judged at 95%; a study's pre-registered" in text
     assert "these 1 comparisons" not in text and "one in twenty" not in text
+
+
+def test_runs_on_other_data_content_are_other_rows_and_runs_without_a_digest_join_the_one_content():
+    """data.digest came later: a run made before it (no digest) counts with the runs of its configuration while they
+    read one data content; where they read two, each content is its own row and the undigested run is left out."""
+    from o2o.report import RunRecord, group_runs
+
+    def run(seed, digest=None):
+        config = {"schedule.online_steps": "1000", **({"data.digest": digest} if digest else {})}
+        return RunRecord(f"r{seed}{digest}", "door", "calql", str(seed), "d", 1000.0, "success_rate", config,
+                         start_time=seed)
+
+    groups, left_out = group_runs([run(0), run(1, "aa"), run(2, "aa")])
+    assert [sorted(r.seed for r in runs) for runs in groups.values()] == [["0", "1", "2"]] and not left_out
+    groups, left_out = group_runs([run(0), run(1, "aa"), run(2, "bb")])
+    assert sorted(dict(key[2])["data.digest"] for key in groups) == ["aa", "bb"]
+    assert left_out == ["run r0None (door, calql, seed 0): no data digest, and runs of its configuration read 2 "
+                        "different data contents"]

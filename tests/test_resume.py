@@ -208,8 +208,8 @@ def test_a_run_continued_on_other_data_stops_naming_both_digests(tmp_path, monke
     (first,) = client.search_runs([client.get_experiment_by_name("o2o-other-data").experiment_id])
     started_on = first.data.params["data.digest"]
     write(1)
-    with pytest.raises(DatasetError, match=rf"data.hdf5 is not the data this run started on \(content digest "
-                                           rf"{started_on}, now [0-9a-f]{{16}}\)"):
+    with pytest.raises(DatasetError, match=rf"data.hdf5, as read now, is not the data this run started on \(content "
+                                           rf"digest {started_on}, now [0-9a-f]{{16}}: another file"):
         run(algo="calql", run_dir=str(tmp_path / "run"), overrides=overrides)
     write(0)  # the run's own data again: it goes on
     run(algo="calql", run_dir=str(tmp_path / "run"), overrides=overrides)

@@ -22,6 +22,7 @@ from o2o.tracking import retry_create_race
 
 OFFLINE_CONTEXT, ONLINE_CONTEXT = "offline", "online"
 DIGEST_CHARS = 16  # MLflow stores digests of up to 36 characters
+DATA_DIGEST = "data.digest"  # the run param that keeps the offline data's content digest (offline_digest)
 
 
 def digest(*arrays: np.ndarray) -> str:

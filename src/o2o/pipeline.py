@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.data.offline_data import OfflineData, episode_slices
 from o2o.envs import make_env
 from o2o.errors import ConfigError, DatasetError, Diverged, disk_full
-from o2o.lineage import OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, offline_digest, online_dataset
+from o2o.lineage import (DATA_DIGEST, OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, offline_digest,
+                         online_dataset)
 from o2o.policy_model import POLICY, PRETRAINED_POLICY, RETRAINED_POLICY, log_policy, policy_metadata
 from o2o.report import run_plot, setting_tag
 from o2o.returns import label_rewards
@@ -57,6 +59,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 
 
 RUN_CLAIM = ".o2o-run.lock"
+CLAIM_ATTEMPTS = 5  # 20 ms apart
 _claims: dict[str, object] = {}  # run folder -> its open, locked claim file, for this process's life
 
 
@@ -84,8 +87,10 @@ def refuse_a_claimed_run_dir(run_dir: Path) -> None:
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             raise in_use(run_dir, handle.read().strip() or "another process") from None
+        except OSError:  # no locks on this file system: claim_run_dir says so
+            return
 
 
 def claim_run_dir(run_dir: Path):
@@ -98,13 +103,22 @@ def claim_run_dir(run_dir: Path):
     if key in _claims:
         return _claims[key]
     handle = open(run_dir / RUN_CLAIM, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise in_use(run_dir, holder) from None
+    for attempt in range(CLAIM_ATTEMPTS):  # another job's preflight tests the lock for an instant
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt + 1 < CLAIM_ATTEMPTS:
+                time.sleep(0.02)
+                continue
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise in_use(run_dir, holder) from None
+        except OSError as err:  # a file system without locks (NFS without lockd): run, unclaimed, and say so
+            log.warning("run folder %s cannot be locked (%s): nothing stops a second job from using it at once",
+                        run_dir, err)
+            break
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")
@@ -499,9 +513,6 @@ def _record_run(cfg: Config, run_dir: Path, run_id_file: Path, run_id: Optional[
     run_id_file.write_text(tracker.run_id)
 
 
-DATA_DIGEST = "data.digest"  # the param that keeps the offline data's content digest
-
-
 def check_same_data(run_dir: Path, data: RunData) -> None:
     """A run resumed on data other than it started on would mix two datasets in one run: stop, naming both digests
     (the run's param, kept since it started)."""
@@ -510,9 +521,10 @@ def check_same_data(run_dir: Path, data: RunData) -> None:
         return
     started_on = open_store(default_tracking_uri()).get_run(run_id_file.read_text().strip()).data.params.get(DATA_DIGEST)
     if started_on is not None and started_on != data.digest:
-        raise DatasetError(f"{data.offline.source} is not the data this run started on (content digest {started_on}, "
-                           f"now {data.digest}): restore that data to resume it, or start another run in another "
-                           "folder (hydra.run.dir=...)")
+        raise DatasetError(f"{data.offline.source}, as read now, is not the data this run started on (content digest "
+                           f"{started_on}, now {data.digest}: another file, a rebuild on another machine, or a "
+                           "version of this project that reads it otherwise): restore that data to resume the run, "
+                           "or start another run in another folder (hydra.run.dir=...)")
 
 
 def _score(value: Optional[float]) -> str:

@@ -22,6 +22,7 @@ import numpy as np
 
 from o2o import metrics as M
 from o2o.errors import ConfigError, NoMatchingRuns, OneLineParser, UserError
+from o2o.lineage import DATA_DIGEST
 from o2o.tracking import default_tracking_uri, outputs_dir
 
 REGRET = M.CUMULATIVE_REGRET
@@ -206,9 +207,20 @@ def group_runs(records: list[RunRecord]) -> tuple[dict[tuple, list[RunRecord]], 
     """Runs equal in every param but the seed (and bookkeeping) form a group with one run per seed, the latest;
     returns the groups and a line per run left out."""
     groups: dict[tuple, list[RunRecord]] = defaultdict(list)
-    for r in records:
-        groups[(r.env, r.algo, tuple(sorted(r.config.items())))].append(r)
+    for r in records:  # the data's digest apart: runs made before it was a param have none
+        groups[(r.env, r.algo, tuple(sorted((k, v) for k, v in r.config.items() if k != DATA_DIGEST)))].append(r)
     left_out = []
+    for key, runs in list(groups.items()):  # runs on other data content are other configurations
+        digests = sorted({r.config[DATA_DIGEST] for r in runs if DATA_DIGEST in r.config})
+        if len(digests) < 2:
+            continue
+        del groups[key]
+        for r in runs:
+            if DATA_DIGEST in r.config:
+                groups[(*key[:2], tuple(sorted((*key[2], (DATA_DIGEST, r.config[DATA_DIGEST])))))].append(r)
+            else:
+                left_out.append(f"run {r.run_id} ({r.env}, {r.algo}, seed {r.seed}): no data digest, and runs of its "
+                                f"configuration read {len(digests)} different data contents")
     for key, runs in groups.items():
         latest: dict[str, RunRecord] = {}
         for r in sorted(runs, key=lambda r: r.start_time):

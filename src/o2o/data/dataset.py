@@ -63,7 +63,7 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         raise DatasetError(f"{data.source}: none of its {len(data)} transitions ends an episode (no terminal, no "
                            f"timeout), so they would be one episode, longer than env.max_episode_steps="
                            f"{cfg.max_episode_steps}: mark each episode's last step (terminals for a true end, "
-                           "timeouts for a cut)")
+                           "timeouts for a cut; an old D4RL file without timeouts was cut every max_episode_steps)")
     check_reference_scores(data.ref_min_score, data.ref_max_score, data.source)
     check_matches_env(data, cfg, observation_shape, action_shape)
     check_finite(data)

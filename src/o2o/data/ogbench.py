@@ -95,8 +95,9 @@ def required_arrays(gym_id: str) -> tuple[str, ...]:
     """What ``ogbench.utils.load_dataset`` and ``relabel_dataset`` read for this env: the transitions, and the
     simulator state the single-task reward is computed from (the scene's and puzzle's buttons too)."""
     task = state_env_id(gym_id)
-    return ("observations", "actions", "terminals", "qpos") + (
-        ("button_states",) if task.startswith(("scene-", "puzzle-")) else ())
+    state = {"puzzle-": ("button_states",), "scene-": ("qpos", "button_states")}
+    return ("observations", "actions", "terminals") + next(
+        (arrays for prefix, arrays in state.items() if task.startswith(prefix)), ("qpos",))
 
 
 def check_arrays(path: Path, gym_id: str) -> None:
