@@ -169,6 +169,11 @@ def _fix_joint_type_checks() -> None:
         setattr(mujoco_utils, fn.__name__, fn)
 
 
+def acts_in_unit_box(space) -> bool:
+    """Whether actions are a Box in [-1, 1], the range every policy here acts in (a tanh)."""
+    return isinstance(space, gym.spaces.Box) and bool(np.all(space.low == -1.0) and np.all(space.high == 1.0))
+
+
 def registered_id(gym_id: str) -> str:
     """The env's registered id. Gymnasium's ``module:EnvId`` imports ``module``, which registers the env: here that
     module is imported (found in the folder the command runs from, as ``python -m`` finds it, or on PYTHONPATH) and

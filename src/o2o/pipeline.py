@@ -10,13 +10,11 @@ import logging
 import math
 import os
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import gymnasium as gym
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -30,7 +28,7 @@ from o2o.checkpoints import FINAL, Checkpoints, Preempted, restore_rng
 from o2o.config import Config, doubtful_settings, planned_updates
 from o2o.data.dataset import dataset_reference_scores, load_offline_data
 from o2o.data.offline_data import OfflineData, episode_slices
-from o2o.envs import make_env
+from o2o.envs import acts_in_unit_box, make_env
 from o2o.errors import ConfigError, DatasetError, Diverged, disk_full
 from o2o.lineage import (DATA_DIGEST, OFFLINE_CONTEXT, ONLINE_CONTEXT, log_dataset, offline_dataset, offline_digest,
                          online_dataset)
@@ -59,7 +57,6 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 
 
 RUN_CLAIM = ".o2o-run.lock"
-CLAIM_ATTEMPTS = 5  # 20 ms apart
 _claims: dict[str, object] = {}  # run folder -> its open, locked claim file, for this process's life
 
 
@@ -68,7 +65,10 @@ def holds_claim(run_dir: Path) -> bool:
     return str(run_dir.resolve()) in _claims
 
 
-def in_use(run_dir: Path, holder: str) -> ConfigError:
+def in_use(run_dir: Path, handle) -> ConfigError:
+    """The refusal for a run folder whose claim file (``handle``, open) another process holds; it names that one."""
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
     return ConfigError(f"run folder {run_dir} is in use by {holder}: wait for it to end, or give this job its own "
                        "hydra.run.dir")
 
@@ -88,7 +88,7 @@ def refuse_a_claimed_run_dir(run_dir: Path) -> None:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise in_use(run_dir, handle.read().strip() or "another process") from None
+            raise in_use(run_dir, handle) from None
         except OSError:  # no locks on this file system: claim_run_dir says so
             return
 
@@ -103,22 +103,15 @@ def claim_run_dir(run_dir: Path):
     if key in _claims:
         return _claims[key]
     handle = open(run_dir / RUN_CLAIM, "a+")
-    for attempt in range(CLAIM_ATTEMPTS):  # another job's preflight tests the lock for an instant
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if attempt + 1 < CLAIM_ATTEMPTS:
-                time.sleep(0.02)
-                continue
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise in_use(run_dir, holder) from None
-        except OSError as err:  # a file system without locks (NFS without lockd): run, unclaimed, and say so
-            log.warning("run folder %s cannot be locked (%s): nothing stops a second job from using it at once",
-                        run_dir, err)
-            break
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        refusal = in_use(run_dir, handle)
+        handle.close()
+        raise refusal from None
+    except OSError as err:  # a file system without locks (NFS without lockd): run, unclaimed, and say so
+        log.warning("run folder %s cannot be locked (%s): nothing stops a second job from using it at once",
+                    run_dir, err)
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}")
@@ -405,7 +398,7 @@ def env_shapes(cfg: Config, check_info: bool = False) -> tuple[tuple, tuple]:
     shapes = probe_env.observation_space.shape, probe_env.action_space.shape
     try:
         space = probe_env.action_space
-        if not (isinstance(space, gym.spaces.Box) and np.all(space.low == -1.0) and np.all(space.high == 1.0)):
+        if not acts_in_unit_box(space):
             raise ConfigError(f"{cfg.env.gym_id}'s actions are {space}, and every policy here acts in [-1, 1] (a "
                               "tanh): rescale the env's actions to [-1, 1] (gymnasium.wrappers.RescaleAction where "
                               "it is registered)")

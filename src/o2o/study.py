@@ -260,14 +260,13 @@ def claims(seeds: dict[str, dict[str, list[float]]]) -> list[tuple[str, str, str
     def has(values) -> bool:
         return values is not None and any(not math.isnan(v) for v in values)
 
-    if cql and has(cql["gap"]):  # the premise stands on CQL alone: a study of CQL's seeds answers it
-        below = S.mean_interval(cql["gap"])
+    below = S.mean_interval(cql["gap"]) if cql and has(cql["gap"]) else None
+    if below is not None:  # the premise stands on CQL alone: a study of CQL's seeds answers it
         out.append(("After pre-training, CQL's policy Q is below the Monte-Carlo return",
                     S.verdict(below, 0.0, "below"),
                     f"CQL: mean Q(s, a~pi) - V_ref = {below.format(2)}; Q(s, a_data) < V_ref on "
                     f"{S.mean_interval(cql['below_v_ref']).format(2)} of the fixed batch"))
-    if calql and cql and has(calql["gap"]) and has(cql["gap"]):
-        below = S.mean_interval(cql["gap"])
+    if calql and below is not None and has(calql["gap"]):
         verdict, p = S.improves(calql["gap"], cql["gap"])
         out.append(("Cal-QL's policy Q is higher relative to the return than CQL's (calibrated)", verdict,
                     f"P(Cal-QL's Q(s, a~pi) - V_ref > CQL's) = {p.format(2)}; means: Cal-QL "

@@ -15,7 +15,7 @@ from o2o.data.awac import TASKS as AWAC_GYM_IDS
 from o2o.data.checks import check_frames_fit, check_recorded_env
 from o2o.data.minari_hdf5 import concatenate_episodes, observation_rows, read_minari_hdf5
 from o2o.data.offline_data import OfflineData, float_or_none
-from o2o.envs import is_image_space
+from o2o.envs import acts_in_unit_box, is_image_space
 from o2o.errors import DatasetError
 
 
@@ -130,7 +130,7 @@ def load_minari(dataset_id: str, obs_keys: list[str], download: bool = True,
     if env_cfg is not None and recorded is not None:
         check_recorded_env(recorded, env_cfg, f"Minari dataset '{dataset_id}'")
     actions = dataset.action_space
-    if env_cfg is not None and hasattr(actions, "low") and not (np.all(actions.low == -1) and np.all(actions.high == 1)):
+    if env_cfg is not None and hasattr(actions, "low") and not acts_in_unit_box(actions):
         raise DatasetError(f"Minari dataset '{dataset_id}' records its actions in {actions}, and every policy here "
                            "acts in [-1, 1] (as its env must): record the data with actions rescaled to [-1, 1]")
     meta = dict(dataset.storage.metadata)
