@@ -146,28 +146,39 @@ def test_a_run_folder_in_use_by_another_job_is_refused(tmp_path):
     from o2o.errors import ConfigError
     from o2o.pipeline import claim_run_dir
 
+    run = tmp_path / "sweep" / "seed=0"
+    run.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, 'src');"
                                "from pathlib import Path; from o2o.pipeline import claim_run_dir;"
-                               f"claim_run_dir(Path({str(tmp_path)!r})); print('held', flush=True); time.sleep(30)"],
+                               f"claim_run_dir(Path({str(run)!r})); print('held', flush=True); time.sleep(30)"],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match="is in use by process"):
-            claim_run_dir(tmp_path)
+            claim_run_dir(run)
         # from the command line it is refused before Hydra starts: the running job's .hydra/ stays as it wrote it
-        (tmp_path / ".hydra").mkdir()
-        (tmp_path / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
-        done = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *SMOKE, f"hydra.run.dir={tmp_path}",
+        (run / ".hydra").mkdir()
+        (run / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+        done = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), *SMOKE, f"hydra.run.dir='{run}'",
                                "seed=1"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and done.stderr.strip() == (
-            f"error: run folder {tmp_path} is in use by process {holder.pid}: wait for it to end, or give this job "
+            f"error: run folder {run} is in use by process {holder.pid}: wait for it to end, or give this job "
             "its own hydra.run.dir")
-        assert (tmp_path / ".hydra" / "overrides.yaml").read_text() == "- seed=0\n"
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".hydra", ".o2o-run.lock"]
+        assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=0\n"
+        assert sorted(p.name for p in run.iterdir()) == [".hydra", ".o2o-run.lock"]
+        # the same for a sweep started again in the sweep folder that holds it: refused before Hydra writes anything
+        sweep = subprocess.run([sys.executable, str(ROOT / "src" / "main.py"), "-m", *SMOKE,
+                                f"hydra.sweep.dir={run.parent}", "seed=0,1"], capture_output=True, text=True,
+                               timeout=120)
+        assert sweep.returncode == 2 and sweep.stderr.strip() == (
+            f"error: run folder {run} is in use by process {holder.pid}: wait for it to end, or give this sweep "
+            "its own hydra.sweep.dir")
+        assert (run / ".hydra" / "overrides.yaml").read_text() == "- seed=0\n"
+        assert not (run.parent / "multirun.yaml").exists()
     finally:
         holder.kill()
         holder.wait()
-    claim_run_dir(tmp_path)  # free again once the other process is gone
+    claim_run_dir(run)  # free again once the other process is gone
 
 
 def test_a_sweep_job_folder_is_one_short_level_named_by_its_overrides():

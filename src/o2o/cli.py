@@ -270,7 +270,7 @@ def check_override_syntax(args: Sequence[str]) -> None:
 def check_sweep_settings(args: Sequence[str]) -> None:
     """What only a sweep has: each key given once, each of its values once (a repeated value is the same job twice;
     Hydra keeps the last of a repeated key without a word), Hydra's own groups (the launcher) and a sweep folder
-    that can be written."""
+    that can be written, none of whose job folders another process holds."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -300,6 +300,11 @@ def check_sweep_settings(args: Sequence[str]) -> None:
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(_one_line_hydra_error(err, args)) from None
         check_writable_folder(str(cfg.hydra.sweep.dir), "hydra.sweep.dir")
+        from pathlib import Path
+
+        from o2o.pipeline import refuse_a_claimed_sweep_dir
+
+        refuse_a_claimed_sweep_dir(Path(str(cfg.hydra.sweep.dir)))
 
 
 def sweep_variants(args: Sequence[str]) -> list[tuple[list[str], str]]:

@@ -65,15 +65,22 @@ def holds_claim(run_dir: Path) -> bool:
     return str(run_dir.resolve()) in _claims
 
 
-def in_use(run_dir: Path, handle) -> ConfigError:
+def in_use(run_dir: Path, handle, instead: str = "give this job its own hydra.run.dir") -> ConfigError:
     """The refusal for a run folder whose claim file (``handle``, open) another process holds; it names that one."""
     handle.seek(0)
     holder = handle.read().strip() or "another process"
-    return ConfigError(f"run folder {run_dir} is in use by {holder}: wait for it to end, or give this job its own "
-                       "hydra.run.dir")
+    return ConfigError(f"run folder {run_dir} is in use by {holder}: wait for it to end, or {instead}")
 
 
-def refuse_a_claimed_run_dir(run_dir: Path) -> None:
+def refuse_a_claimed_sweep_dir(sweep_dir: Path) -> None:
+    """Before a sweep starts in an existing sweep folder (the same command again, continuing it): stop when a job
+    folder in it is held by a process still running, which Hydra would otherwise write over (its ``.hydra/``, the
+    sweep's ``multirun.yaml``) before that job's claim refuses it."""
+    for claim in sorted(sweep_dir.glob(f"*/{RUN_CLAIM}")):
+        refuse_a_claimed_run_dir(claim.parent, instead="give this sweep its own hydra.sweep.dir")
+
+
+def refuse_a_claimed_run_dir(run_dir: Path, instead: str = "give this job its own hydra.run.dir") -> None:
     """Before Hydra writes its records into an existing run folder: stop when another process holds its claim (its
     job's ``.hydra/`` stays as that job wrote it). The claim is only tested, never kept."""
     import fcntl
@@ -88,7 +95,7 @@ def refuse_a_claimed_run_dir(run_dir: Path) -> None:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise in_use(run_dir, handle) from None
+            raise in_use(run_dir, handle, instead) from None
         except OSError:  # no locks on this file system: claim_run_dir says so
             return
 
