@@ -38,6 +38,27 @@ def test_d4rl_hdf5_with_next_observations_keeps_every_step(tmp_path):
     assert len(data) == 6 and data.next_observations[0, 0] == 100
 
 
+def test_d4rl_hdf5_without_timeouts_is_cut_as_qlearning_dataset_cuts_it(tmp_path):
+    from o2o.data.dataset import read_source
+
+    path = tmp_path / "v0.hdf5"
+    with h5py.File(path, "w") as f:  # D4RL's v0 layout: no timeouts array
+        f["observations"] = np.arange(20, dtype=np.float32).reshape(10, 2)
+        f["actions"] = np.zeros((10, 2), np.float32)
+        f["rewards"] = np.arange(10, dtype=np.float32)
+        f["terminals"] = np.array([0, 0, 1, 0, 0, 0, 0, 0, 0, 0], bool)
+    # qlearning_dataset with env._max_episode_steps = 4: its counter is 1 after the terminal step 2 (it counts that
+    # step into the next episode), reaches 3 at step 5, restarts at 0 and reaches 3 again at step 9; both final
+    # steps are skipped, and so is the file's last row
+    data = load_d4rl_hdf5(str(path), max_episode_steps=4)
+    np.testing.assert_array_equal(data.rewards, [0, 1, 2, 3, 4, 6, 7, 8])
+    np.testing.assert_array_equal(data.next_observations[:, 0], [2, 4, 6, 8, 10, 14, 16, 18])
+    np.testing.assert_array_equal(data.episode_ends, [False, False, True, False, True, False, False, True])
+    assert not load_d4rl_hdf5(str(path)).timeouts.any()  # no horizon given: no cut
+    cfg = validate(compose(["env.dataset.id=null", f"env.dataset.path={path}", "env.max_episode_steps=4"])).env
+    np.testing.assert_array_equal(read_source(cfg).rewards, data.rewards)  # the run reads it with its env's horizon
+
+
 def test_missing_hdf5_names_the_path(tmp_path):
     with pytest.raises(DatasetError, match="nowhere.hdf5"):
         load_d4rl_hdf5(str(tmp_path / "nowhere.hdf5"))

@@ -1,6 +1,7 @@
 """D4RL-format HDF5 files (``env.dataset.path``): the arrays ``d4rl.qlearning_dataset`` reads, with its rules."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from typing import Optional
@@ -11,15 +12,18 @@ from o2o.data.checks import check_frames_fit
 from o2o.data.offline_data import OfflineData, float_or_none
 from o2o.errors import DatasetError
 
+log = logging.getLogger(__name__)
 
-def load_d4rl_hdf5(path: str) -> OfflineData:
+
+def load_d4rl_hdf5(path: str, max_episode_steps: Optional[int] = None) -> OfflineData:
     """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
 
     Without ``next_observations`` the next observation is the following row
     and the last step of every episode is dropped, as ``d4rl.qlearning_dataset`` does.
+    A file without ``timeouts`` (D4RL's v0 datasets) is cut every ``max_episode_steps`` as that function cuts it.
     """
     try:
-        return _read_d4rl_hdf5(path)
+        return _read_d4rl_hdf5(path, max_episode_steps)
     except (OSError, KeyError, ValueError) as err:  # not HDF5, truncated, empty, unreadable arrays
         raise DatasetError(f"{path} cannot be read as a D4RL HDF5 file ({type(err).__name__}: "
                            f"{str(err).splitlines()[0] if str(err) else 'no detail'}): check the file, or download it again") from None
@@ -43,7 +47,21 @@ def check_is_file(path: str) -> None:
         raise DatasetError(f"env.dataset.path '{path}' is {kind}, not an HDF5 file: name the dataset's file")
 
 
-def _read_d4rl_hdf5(path: str) -> OfflineData:
+def d4rl_counted_timeouts(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:
+    """The cuts ``d4rl.qlearning_dataset`` makes in a file without ``timeouts``: a step is final when its episode
+    counter reaches ``max_episode_steps - 1``; the counter restarts at 0 after a final step and at 1 after a
+    terminal one (D4RL counts the terminal step into the next episode; kept, since that is how such files were read)."""
+    timeouts = np.zeros(len(terminals), bool)
+    step = 0
+    for i, terminal in enumerate(terminals):
+        if step == max_episode_steps - 1:
+            timeouts[i], step = True, 0
+            continue
+        step = 1 if terminal else step + 1
+    return timeouts
+
+
+def _read_d4rl_hdf5(path: str, max_episode_steps: Optional[int] = None) -> OfflineData:
     """A D4RL-format HDF5 file (observations, actions, rewards, terminals, timeouts, ...).
 
     Without ``next_observations`` the next observation is the following row
@@ -62,7 +80,14 @@ def _read_d4rl_hdf5(path: str) -> OfflineData:
         obs = _observations(f["observations"])
         n = len(obs)
         terminals = _flags(f["terminals"][:], path, "terminals")
-        timeouts = _flags(f["timeouts"][:], path, "timeouts") if "timeouts" in f else np.zeros(n, bool)
+        if "timeouts" in f:
+            timeouts = _flags(f["timeouts"][:], path, "timeouts")
+        elif max_episode_steps:
+            timeouts = d4rl_counted_timeouts(terminals, max_episode_steps)
+            log.info("hdf5:%s has no timeouts: cut every env.max_episode_steps=%d steps as d4rl.qlearning_dataset "
+                     "cuts such files (%d cuts)", path, max_episode_steps, int(timeouts.sum()))
+        else:
+            timeouts = np.zeros(n, bool)
         success = None
         for key in ("infos/success", "infos/goal_achieved"):
             if key in f:

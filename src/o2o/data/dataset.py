@@ -41,7 +41,7 @@ def read_source(cfg: EnvConfig) -> OfflineData:
     if cfg.dataset.path and is_awac_folder(cfg.dataset.path):
         return load_awac(cfg.dataset.path, cfg.gym_id)
     if cfg.dataset.path:
-        return load_d4rl_hdf5(cfg.dataset.path)
+        return load_d4rl_hdf5(cfg.dataset.path, cfg.max_episode_steps)
     _collect_if_missing(cfg)
     return load_minari(cfg.dataset.id, cfg.obs_keys, download=cfg.dataset.download, env_cfg=cfg)
 
@@ -63,7 +63,7 @@ def load_offline_data(cfg: EnvConfig, observation_shape: tuple, action_shape: tu
         raise DatasetError(f"{data.source}: none of its {len(data)} transitions ends an episode (no terminal, no "
                            f"timeout), so they would be one episode, longer than env.max_episode_steps="
                            f"{cfg.max_episode_steps}: mark each episode's last step (terminals for a true end, "
-                           "timeouts for a cut; an old D4RL file without timeouts was cut every max_episode_steps)")
+                           "timeouts for a cut)")
     check_reference_scores(data.ref_min_score, data.ref_max_score, data.source)
     check_matches_env(data, cfg, observation_shape, action_shape)
     check_finite(data)
