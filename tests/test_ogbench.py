@@ -170,6 +170,16 @@ def test_the_env_options_compose_with_their_recipe(env):
         assert cfg.algo.backup_actions == 4 and cfg.algo.n_actions == 10 and cfg.env.reward_shift == 1.0
     else:
         assert cfg.algo.cql_weight == 5.0 and cfg.algo.critic_hidden == [512] * 3  # andypeng05/wsrl add_ogbench: ogbench_cql
+    # OGBench's and FQL's visual runs: 500k offline updates, evaluation every 100k; states: FQL's 1M and 1M
+    assert (cfg.schedule.offline_steps, cfg.schedule.online_steps) == ((500_000,) * 2 if visual else (1_000_000,) * 2)
+    assert cfg.schedule.eval_interval_offline == cfg.schedule.eval_interval_online == 100_000
+
+
+def test_rlpd_on_ogbench_is_fqls_sac_with_one_summed_step():
+    cfg = validate(compose(["env=ogbench_cube_single", "algo=rlpd"]))
+    assert cfg.algo.ensemble_size == 2 and cfg.algo.utd_ratio == 1 and cfg.algo.actor_update_interval == 1
+    assert not cfg.algo.actor_after_critic  # fql agents/sac.py: critic, actor and temperature losses in one step
+    assert validate(compose(["env=adroit_door", "algo=rlpd"])).algo.actor_after_critic  # rlpd's sac_learner order
 
 
 def test_the_paper_reward_is_ogbenchs_plus_one_in_the_env_and_the_data(tmp_path):
