@@ -106,10 +106,11 @@ def test_calql_and_cql_differ_only_in_the_bound():
         loss_high, m_high = calql.compute_losses(high, noise)
     torch.testing.assert_close(loss_cql, loss_low)
     assert m_low["calql_bound_rate"].item() == 0.0 and m_high["calql_bound_rate"].item() == 1.0
-    # random-action and data Q-values are never bounded, and TD terms are unchanged
-    for key in ("q_random", "q_data", "td_loss"):
+    # random-action and data Q-values are never bounded, and TD terms are unchanged; q_policy is the critic's own
+    # Q(s, a ~ pi), before the bound lifted every one of them to 1e3
+    for key in ("q_random", "q_data", "td_loss", "q_policy"):
         torch.testing.assert_close(m_high[key], m_cql[key])
-    assert m_high["q_policy"].item() == pytest.approx(1e3)
+    assert m_high["q_policy"].item() < 1e3
     assert m_high["cql_gap"] > m_cql["cql_gap"]
 
 

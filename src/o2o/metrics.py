@@ -25,7 +25,7 @@ HEADLINE_METRICS = (SUCCESS_RATE, TASKS_SOLVED, NORMALIZED_RETURN, TASKS_EVER_SO
 
 # Training diagnostics every agent reports (ActorCritic.q_metrics and the losses)
 Q_DATA = "q_data"  # mean Q(s, a) on batch actions
-Q_POLICY = "q_policy"  # mean Q(s, a ~ pi)
+Q_POLICY = "q_policy"  # mean Q(s, a ~ pi), as the critic gives it (for Cal-QL before its bound lifts it to V_ref)
 V_REF = "v_ref"  # mean reference value V_ref(s) of the batch (Monte-Carlo return-to-go, or a learned value)
 Q_DATA_MINUS_V_REF = "q_data_minus_v_ref"
 # Names these two had in stores written before the rename (the report reads either)

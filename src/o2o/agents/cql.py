@@ -141,7 +141,7 @@ class CQL(SoftActorCritic):
         q_data = q_all[..., 0]
         q_random, q_current, q_next = q_all[..., 1:].split(n, dim=-1)
 
-        metrics = {}
+        metrics = {M.Q_POLICY: q_current.detach().mean()}  # before Cal-QL's bound: the critic's own Q(s, a ~ pi)
         if self.calibrate:
             q_current, q_next, metrics[M.CALQL_BOUND_RATE] = calql_bound(q_current, q_next,
                                                                          batch.v_ref.view(1, -1, 1))
@@ -175,8 +175,7 @@ class CQL(SoftActorCritic):
         metrics.update(self.q_metrics(q_data, batch))
         metrics.update({
             M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-            "cql_gap": cql_gap.detach().mean(), M.Q_POLICY: q_current.detach().mean(),
-            "q_random": q_random.detach().mean(), "td_target": td_target.mean(),
+            "cql_gap": cql_gap.detach().mean(), "q_random": q_random.detach().mean(), "td_target": td_target.mean(),
         })
         return loss, metrics
 
