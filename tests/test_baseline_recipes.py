@@ -109,3 +109,23 @@ def test_each_new_method_logs_the_shared_metric_names(algo):
     for _ in range(agent.cfg.actor_update_interval):
         keys |= set(agent.update(batch))
     assert {M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.V_REF, M.Q_DATA_MINUS_V_REF, "td_target"} <= keys
+
+
+def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path):
+    """RLPD's and IQL's loops evaluate at every multiple of the interval, inside an episode too (an episode of the
+    smoke PointMaze runs up to 300 steps); checkpoints wait for the episode's end."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from o2o import run
+
+    run(algo="sac", run_dir=str(tmp_path), overrides=[
+        *SMOKE, "mlflow_experiment=o2o-step-points", "schedule.online_steps=300", "schedule.eval_interval_online=100",
+        "schedule.log_interval=50", "algo.warmup_steps=100", "domain.eval_episodes=1", "progress=false"])
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (r,) = client.search_runs([client.get_experiment_by_name("o2o-step-points").experiment_id])
+    steps = lambda key: [m.step for m in client.get_metric_history(r.info.run_id, key)]  # noqa: E731
+    assert steps(M.evaluation(M.ONLINE, M.SUCCESS_RATE)) == [0, 100, 200, 300]
+    assert steps(M.train(M.ONLINE, M.UPDATES_PER_SECOND)) == [50, 100, 150, 200, 250, 300]
+    assert steps(M.train(M.ONLINE, M.CRITIC_LOSS)) == [150, 200, 250, 300]  # updates from env step 101 on

@@ -271,6 +271,17 @@ class PhaseLoop:
             self.save(None)
         self.honour_preemption(f"{self.phase} {self.unit} {at}")
 
+    def point_within(self, at: int) -> None:
+        """Inside a unit of work (the step schedule's env step within an episode): the log flush and the evaluation
+        that fall due here run here, as the authors' step loops run them; hooks and checkpoints wait for the unit's
+        end, where a checkpoint resumes exactly."""
+        if self.log_ticker.due(at):
+            self.flush(at)
+            self.log_ticker.fired(at)
+        if self.eval_ticker.due(at):
+            self.progress.results = self.ctx.evaluate(self.agent, self.phase, at)
+            self.eval_ticker.fired(at)
+
     def honour_preemption(self, where: str, rng: Optional[dict] = None) -> None:
         """A requested stop: checkpoint (with ``rng``, the random state to resume from, if not the present one)."""
         raise_if_interrupted()

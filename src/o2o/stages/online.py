@@ -4,7 +4,9 @@
   label it (transformed rewards and V_ref, so calibration keeps working online), store it, then owe
   ``len(episode) * utd_ratio`` gradient steps, taken before the next episode.
 - ``step`` (RLPD, SAC, IQL), :class:`StepCollector`: every env step is stored at once and followed by an
-  update block of ``utd_ratio`` gradient steps; the episode's V_ref is written when it ends.
+  update block of ``utd_ratio`` gradient steps; the episode's V_ref is written when it ends. Log flushes and
+  evaluations that fall due at an env step run there (RLPD's and IQL's loops); checkpoints and retraining wait for
+  the episode's end.
 
 Either way the first ``algo.warmup_steps`` env steps take no updates and act at random (or with the policy, for
 WSRL), and batches mix offline and online data by the mixing ratio.
@@ -128,6 +130,8 @@ class StepCollector(Collector):
         if self.progress.env_steps > self.cfg.algo.warmup_steps:
             for _ in range(self.cfg.algo.utd_ratio):
                 self.loop.add(self.learner.update())
+        if self.progress.env_steps < self.cfg.schedule.online_steps:  # the last one is the stage's final point
+            self.loop.point_within(self.progress.env_steps)
 
     def end_episode(self) -> None:
         """Write the V_ref (and the next actions, where kept) of the episode's rows (a partial episode counts as
