@@ -38,6 +38,8 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "negative learning rate": (["algo.critic_lr=-1"], {}, "algo.critic_lr must be > 0"),
     "tau above 1": (["algo.tau=2"], {}, "algo.tau must be in (0, 1]"),
     "unknown schedule kind": (["algo.update_schedule=sometimes"], {}, "algo.update_schedule must be episode or step"),
+    "Cal-QL's bound on the step schedule": (["algo.update_schedule=step"], {}, "algo.update_schedule=step with "
+                                            "algo.calibrate_online=true: Cal-QL's bound reads an episode's V_ref"),
     "negative warm-up": (["algo.warmup_steps=-1"], {}, "algo.warmup_steps must be >= 0"),
     "empty ensemble": (["algo.ensemble_size=0"], {}, "algo.ensemble_size must be >= 1"),
     "subset beyond ensemble": (["algo.target_subset=99"], {}, "algo.target_subset must be in [1"),

@@ -149,3 +149,23 @@ def test_the_agent_reads_its_calibration_switch_per_phase(algo, offline, online)
     cql = make_agent("cql", calibrate_offline=True)
     cql.begin_phase("offline")
     assert cql.calibrate
+
+
+def test_batch_v_ref_means_leave_out_rows_whose_v_ref_is_not_known_yet():
+    """The step schedule stores a running episode's rows with V_ref NaN until it ends; the logged means are over
+    the other rows, and a batch with none known gives NaN, which the divergence guard does not take for divergence."""
+    from o2o import metrics as M
+    from o2o.stages.common import RunContext
+
+    agent = make_agent("cql")
+    batch = make_batch()
+    v_ref = torch.arange(B, dtype=torch.float32)
+    v_ref[::2] = float("nan")
+    q_data = torch.ones(2, B)
+    m = agent.q_metrics(q_data, batch._replace(v_ref=v_ref))
+    known = v_ref[1::2]
+    assert m[M.V_REF].item() == pytest.approx(known.mean().item())
+    assert m[M.Q_DATA_MINUS_V_REF].item() == pytest.approx((1.0 - known).mean().item())
+    none = agent.q_metrics(q_data, batch._replace(v_ref=torch.full((B,), float("nan"))))
+    assert math.isnan(none[M.V_REF].item())
+    RunContext.check_finite_metrics(type("Ctx", (), {"divergence_guard": True})(), {M.V_REF: float("nan")}, "online", 1)

@@ -28,6 +28,8 @@ Q_DATA = "q_data"  # mean Q(s, a) on batch actions
 Q_POLICY = "q_policy"  # mean Q(s, a ~ pi), as the critic gives it (for Cal-QL before its bound lifts it to V_ref)
 V_REF = "v_ref"  # mean reference value V_ref(s) of the batch (Monte-Carlo return-to-go, or a learned value)
 Q_DATA_MINUS_V_REF = "q_data_minus_v_ref"
+# Batch means that are NaN, not diverged, when no row of the batch has a known V_ref yet (ActorCritic.q_metrics)
+DATA_DEPENDENT = (V_REF, Q_DATA_MINUS_V_REF)
 # Names these two had in stores written before the rename (the report reads either)
 LEGACY_NAMES = {V_REF: "mc_return", Q_DATA_MINUS_V_REF: "q_data_minus_mc_return"}
 CRITIC_LOSS = "critic_loss"

@@ -149,10 +149,14 @@ class ActorCritic(nn.Module):
                               "td_target": td_target.mean()}
 
     def q_metrics(self, q_data: torch.Tensor, batch: Batch) -> dict:
-        """Q on dataset actions against the reference return: the calibration diagnostic every agent logs."""
+        """Q on dataset actions against the reference return: the calibration diagnostic every agent logs. The V_ref
+        means are over the rows whose V_ref is known (the step schedule's running episode has none yet: NaN; a batch
+        of only such rows gives NaN, which is not logged)."""
         q_mean = q_data.detach().mean(0)
-        return {M.Q_DATA: q_mean.mean(), M.V_REF: batch.v_ref.mean(),
-                M.Q_DATA_MINUS_V_REF: (q_mean - batch.v_ref).mean()}
+        known = torch.isfinite(batch.v_ref)
+        count = known.sum()
+        return {M.Q_DATA: q_mean.mean(), M.V_REF: torch.where(known, batch.v_ref, 0.0).sum() / count,
+                M.Q_DATA_MINUS_V_REF: torch.where(known, q_mean - batch.v_ref, 0.0).sum() / count}
 
     def step(self, loss: torch.Tensor, update_actor: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -57,6 +57,10 @@ class CQLConfig(SoftActorConfig):
         require(self.temperature > 0, f"algo.temperature must be > 0, got {self.temperature}")
         require(self.n_actions >= 1, f"algo.n_actions must be >= 1, got {self.n_actions}")
         require(self.backup_actions >= 1, f"algo.backup_actions must be >= 1, got {self.backup_actions}")
+        require(not (self.calibrate_online and self.update_schedule == "step"),
+                "algo.update_schedule=step with algo.calibrate_online=true: Cal-QL's bound reads an episode's V_ref, "
+                "known only when the episode ends, and the step schedule updates during it; use "
+                "algo.update_schedule=episode (the Cal-QL authors') or algo.calibrate_online=false")
 
     def conservative_retraining(self) -> "CQLConfig":
         return dataclasses.replace(self, calibrate_offline=False, calibrate_online=False)

@@ -131,7 +131,7 @@ class RunContext:
 
     def check_finite_metrics(self, metrics: dict[str, float], phase: str, step: int) -> None:
         """Stop at a non-finite training metric (losses, Q-values): the run has diverged."""
-        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v) and k not in M.DATA_DEPENDENT)
         if self.divergence_guard and bad:
             raise Diverged(f"{phase} training diverged by step {step}: {', '.join(bad)} not finite{self._what_now()}")
 

@@ -125,7 +125,8 @@ class StepCollector(Collector):
         self.rewards.append(reward)
         self.terminated = bool(terminated)
         self.actions.append(action)
-        self.rows.append(self.buffer.add(obs[None], action[None], [reward], next_obs[None], [terminated], [0.0]))
+        # V_ref is unknown (NaN) until the episode ends (end_episode); the batch metrics leave such rows out
+        self.rows.append(self.buffer.add(obs[None], action[None], [reward], next_obs[None], [terminated], [np.nan]))
         self.progress.env_steps += 1
         if self.progress.env_steps > self.cfg.algo.warmup_steps:
             for _ in range(self.cfg.algo.utd_ratio):
