@@ -447,3 +447,16 @@ def test_runs_on_other_data_content_are_other_rows_and_runs_without_a_digest_joi
     assert sorted(dict(key[2])["data.digest"] for key in groups) == ["aa", "bb"]
     assert left_out == ["run r0None (door, calql, seed 0): no data digest, and runs of its configuration read 2 "
                         "different data contents"]
+
+
+def test_a_curve_is_drawn_at_the_steps_its_runs_logged():
+    """A single run's curve is its logged points, every one; runs that logged at other steps are each exact at
+    their own points and interpolated only between them."""
+    from o2o.report import _band
+
+    one = [(0, 0.1), (20, 0.9), (40, 0.5)]
+    grid, mean, std = _band([one])
+    assert grid.tolist() == [0, 20, 40] and mean.tolist() == [0.1, 0.9, 0.5] and std.tolist() == [0, 0, 0]
+    grid, mean, _ = _band([one, [(10, 0.0), (30, 1.0)]])
+    assert grid.tolist() == [0, 10, 20, 30, 40]
+    np.testing.assert_allclose(mean, [0.1, (0.5 + 0.0) / 2, (0.9 + 0.5) / 2, (0.7 + 1.0) / 2, 0.5])

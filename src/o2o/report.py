@@ -446,13 +446,13 @@ def to_csv(rows: list[dict], path: Path) -> None:
 # --------------------------------------------------------------------------- plots
 
 
-def _band(runs_points: list[list[tuple[int, float]]], grid_size: int = 60):
-    """Mean and std over runs on a common step grid (each run interpolated within its own range)."""
+def _band(runs_points: list[list[tuple[int, float]]]):
+    """Mean and std over runs at every step any of them logged: each run's own points as logged (a single run is
+    drawn exactly), another run's value between two of its points interpolated, and none outside its range."""
     runs_points = [p for p in runs_points if p]
     if not runs_points:
         return None
-    lo, hi = min(p[0][0] for p in runs_points), max(p[-1][0] for p in runs_points)
-    grid = np.linspace(lo, hi, grid_size) if hi > lo else np.array([lo], dtype=float)
+    grid = np.unique(np.concatenate([np.asarray([step for step, _ in p], dtype=float) for p in runs_points]))
     values = np.full((len(runs_points), len(grid)), np.nan)
     for i, points in enumerate(runs_points):
         steps, vals = np.asarray(points, dtype=float).T
