@@ -711,6 +711,10 @@ def test_a_legal_value_that_is_almost_surely_a_mistake_starts_the_run_and_says_s
                                 "evaluated only at its end")
     assert any(line.endswith("calibration_batch=100000000 is more than the 1529 offline transitions: the calibration "
                              "batch is all of them") for line in output.splitlines())
+    from mlflow.tracking import MlflowClient  # and the run says which size it used
+
+    run_id = (tmp_path / "run" / "mlflow_run_id").read_text().strip()
+    assert MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id).data.tags["calibration_batch_used"] == "1529"
 
 
 def compose_smoke(overrides=()):

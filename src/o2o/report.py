@@ -637,7 +637,7 @@ def calibration_figure(records: list[RunRecord], title: str):
     from matplotlib.lines import Line2D
 
     styles = [Line2D([], [], color="k", linestyle="-", label="top: Q(s, a_data)"),
-              Line2D([], [], color="k", linestyle=":", label="top: V_ref (Monte-Carlo return)"),
+              Line2D([], [], color="k", linestyle=":", label="top: V_ref (the reference value)"),
               Line2D([], [], color="k", linestyle="-", label="bottom: share of Q(s, a_data) < V_ref"),
               Line2D([], [], color="k", linestyle="--", label="bottom: share of Q(s, a~pi) < V_ref (bound rate)")]
     rows = _legend_below(fig, axes.flat, extra=styles)
