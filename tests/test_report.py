@@ -254,7 +254,7 @@ def test_the_calibration_legend_names_each_configuration_once_and_leaves_the_axi
     assert len(texts) == 10 and len(set(texts)) == 10
     assert sum("variant_" in t for t in texts) == 6
     assert [t for t in texts if "variant_" not in t] == [
-        "top: Q(s, a_data)", "top: V_ref (Monte-Carlo return)", "bottom: share of Q(s, a_data) < V_ref",
+        "top: Q(s, a_data)", "top: V_ref (the reference value)", "bottom: share of Q(s, a_data) < V_ref",
         "bottom: share of Q(s, a~pi) < V_ref (bound rate)"]
     box = legend.get_window_extent()
     for ax in fig.axes:

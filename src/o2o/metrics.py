@@ -34,14 +34,20 @@ DATA_DEPENDENT = (V_REF, Q_DATA_MINUS_V_REF)
 LEGACY_NAMES = {V_REF: "mc_return", Q_DATA_MINUS_V_REF: "q_data_minus_mc_return"}
 CRITIC_LOSS = "critic_loss"
 ACTOR_LOSS = "actor_loss"
+TD_LOSS = "td_loss"  # the critics' mean squared TD error
+TD_TARGET = "td_target"  # mean TD target
 CALQL_BOUND_RATE = "calql_bound_rate"  # fraction of policy Q-values lifted to V_ref
 
 # Calibration diagnostics on a fixed batch of offline transitions (stages/calibration.py), <phase>/calibration/<name>
-CALIBRATION_KEYS = ("q_data", "q_policy", "v_ref", "q_data_over_v_ref", "below_v_ref", "bound_rate")
+Q_DATA_OVER_V_REF = "q_data_over_v_ref"
+BELOW_V_REF = "below_v_ref"
+BOUND_RATE = "bound_rate"
+CALIBRATION_KEYS = (Q_DATA, Q_POLICY, V_REF, Q_DATA_OVER_V_REF, BELOW_V_REF, BOUND_RATE)
 
 # A learned V_ref (o2o.reference) against the Monte-Carlo returns it stands in for, <phase>/reference/<name>:
 # offline on the whole dataset after the fit (with the fit's loss curve, ``fit_loss``), online per finished episode
 REFERENCE_KEYS = ("v_ref_mae", "v_ref_bias", "v_ref_rmse", "v_ref_corr")
+FIT_LOSS = "fit_loss"  # offline/reference/fit_loss: the fit's loss per batch
 # Intrinsic rewards during fine-tuning (o2o.exploration), online/train/<name>; the bonus as added to the reward
 INTRINSIC_KEYS = ("intrinsic_reward_mean", "intrinsic_reward_std", "intrinsic_reward_max")
 

@@ -39,7 +39,7 @@ from o2o.exploration import make_bonus
 from o2o.reference import LearnedReference, QuantileReference, reference_error
 from o2o.run_state import (FINAL_STAGE, MACHINES_TAG, OFFLINE_STAGE, ONLINE_STAGE, RETRAIN_STAGE, RunState,
                           add_machine)
-from o2o.runtime import ThreadGovernor, choose_compile, machine, setup_runtime
+from o2o.runtime import THREADS_REASON_TAG, THREADS_TAG, ThreadGovernor, choose_compile, machine, setup_runtime
 from o2o.stages.calibration import CalibrationProbe
 from o2o.stages.common import Learner, RunContext, relabelled
 from o2o.stages.evaluate import Evaluator
@@ -187,7 +187,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         governor = None
         if not cfg.threads and device.type == "cpu":
             governor = ThreadGovernor(cfg.buffer.batch_size, cfg.algo.critic_hidden, runtime.threads,
-                                      lambda n, why: tracker.set_tags({"torch_threads": n, "torch_threads_reason": why}))
+                                      lambda n, why: tracker.set_tags({THREADS_TAG: n, THREADS_REASON_TAG: why}))
         probe = (CalibrationProbe(offline, cfg.calibration_batch, cfg.seed)
                  if offline is not None and cfg.calibration_batch else None)
         ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress,

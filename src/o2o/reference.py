@@ -72,7 +72,7 @@ class LearnedReference:
                     for p, p_target in zip(self.net.parameters(), self.target.parameters()):
                         p_target.lerp_(p, self.cfg.target_rate)
             if log is not None and (step % every == 0 or step == self.cfg.fit_steps):
-                log({M.reference(M.OFFLINE, "fit_loss"): loss.item()}, step)
+                log({M.reference(M.OFFLINE, M.FIT_LOSS): loss.item()}, step)
         return reference_error(self(obs), mc_returns)
 
     def attach(self, buffer) -> None:

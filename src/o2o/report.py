@@ -27,8 +27,8 @@ from o2o.tracking import default_tracking_uri, outputs_dir
 
 REGRET = M.CUMULATIVE_REGRET
 Q_KEYS = (M.Q_DATA, M.Q_POLICY, M.V_REF)
-Q_OVER_V_REF = M.calibration(M.OFFLINE, "q_data_over_v_ref")  # on the fixed batch, at the end of pre-training
-BELOW_V_REF = M.calibration(M.OFFLINE, "below_v_ref")
+Q_OVER_V_REF = M.calibration(M.OFFLINE, M.Q_DATA_OVER_V_REF)  # on the fixed batch, at the end of pre-training
+BELOW_V_REF = M.calibration(M.OFFLINE, M.BELOW_V_REF)
 CALIBRATION = tuple(M.calibration(phase, k) for phase in M.PHASES for k in M.CALIBRATION_KEYS)
 TRAIN_KEYS = (REGRET, *CALIBRATION, *(M.train(phase, k) for phase in M.PHASES for k in Q_KEYS))
 # What a companion method did (o2o.study's companion table): the bonus it added, how far its V_ref is from the returns
@@ -622,7 +622,7 @@ def calibration_figure(records: list[RunRecord], title: str):
     for algo, runs in sorted(groups.items()):  # V_ref per algorithm: reward transforms differ
         color, one = colors[algo], {algo: runs}
         _plot_phases(axes[0], one, series("q_data"), style={"color": color})
-        for row, name, linestyle in ((0, "v_ref", ":"), (1, "below_v_ref", "-"), (1, "bound_rate", "--")):
+        for row, name, linestyle in ((0, M.V_REF, ":"), (1, M.BELOW_V_REF, "-"), (1, M.BOUND_RATE, "--")):
             _plot_phases(axes[row], one, series(name), label_of=lambda a: hidden + a,
                          style={"color": color, "linestyle": linestyle})
     axes[0][0].set(title="offline pre-training", ylabel="Q value (batch mean)")

@@ -31,6 +31,7 @@ import torch
 from o2o.errors import ConfigError
 
 log = logging.getLogger("o2o")
+THREADS_TAG, THREADS_REASON_TAG = "torch_threads", "torch_threads_reason"  # the thread count and why (the governor updates them)
 
 # batch x (widest critic layer)^2 below which two threads gained at most 1.4x on idle cores (module docstring)
 # and bf16 autocast on an AMX CPU at most ~1x (choose_precision)
@@ -175,7 +176,7 @@ class Runtime:
 
     def tags(self) -> dict[str, str]:
         """What MLflow records of the choices (the config keeps what was asked: ``auto``, ``0``)."""
-        return {"torch_threads": str(self.threads), "torch_threads_reason": self.threads_why,
+        return {THREADS_TAG: str(self.threads), THREADS_REASON_TAG: self.threads_why,
                 "precision_used": self.precision, "precision_reason": self.precision_why,
                 "compile_used": str(self.compile).lower(), "compile_reason": self.compile_why}
 

@@ -145,8 +145,8 @@ class ActorCritic(nn.Module):
             q_data = self.critic(batch.obs, batch.actions.unsqueeze(1))[..., 0]  # (E, B)
         td_loss = (q_data - td_target).pow(2).mean(dim=1)
         loss = td_loss.sum()
-        return loss, q_data, {M.CRITIC_LOSS: loss.detach(), "td_loss": td_loss.detach().mean(),
-                              "td_target": td_target.mean()}
+        return loss, q_data, {M.CRITIC_LOSS: loss.detach(), M.TD_LOSS: td_loss.detach().mean(),
+                              M.TD_TARGET: td_target.mean()}
 
     def q_metrics(self, q_data: torch.Tensor, batch: Batch) -> dict:
         """Q on dataset actions against the reference return: the calibration diagnostic every agent logs. The V_ref

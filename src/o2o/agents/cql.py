@@ -178,8 +178,8 @@ class CQL(SoftActorCritic):
             metrics.update(actor_metrics)
         metrics.update(self.q_metrics(q_data, batch))
         metrics.update({
-            M.CRITIC_LOSS: critic_loss.detach(), "td_loss": td_loss.detach().mean(),
-            "cql_gap": cql_gap.detach().mean(), "q_random": q_random.detach().mean(), "td_target": td_target.mean(),
+            M.CRITIC_LOSS: critic_loss.detach(), M.TD_LOSS: td_loss.detach().mean(),
+            "cql_gap": cql_gap.detach().mean(), "q_random": q_random.detach().mean(), M.TD_TARGET: td_target.mean(),
         })
         return loss, metrics
 
