@@ -111,7 +111,7 @@ def test_each_new_method_logs_the_shared_metric_names(algo):
     assert {M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.V_REF, M.Q_DATA_MINUS_V_REF, "td_target"} <= keys
 
 
-def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path):
+def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path, monkeypatch):
     """RLPD's and IQL's loops evaluate at every multiple of the interval, inside an episode too (an episode of the
     smoke PointMaze runs up to 300 steps); checkpoints wait for the episode's end."""
     import os
@@ -120,6 +120,14 @@ def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path):
 
     from o2o import run
 
+    buffers = []
+    real_init = TransitionBuffer.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        buffers.append(self)
+
+    monkeypatch.setattr(TransitionBuffer, "__init__", init)
     run(algo="sac", run_dir=str(tmp_path), overrides=[
         *SMOKE, "mlflow_experiment=o2o-step-points", "schedule.online_steps=300", "schedule.eval_interval_online=100",
         "schedule.log_interval=50", "algo.warmup_steps=100", "domain.eval_episodes=1", "progress=false"])
@@ -129,3 +137,5 @@ def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path):
     assert steps(M.evaluation(M.ONLINE, M.SUCCESS_RATE)) == [0, 100, 200, 300]
     assert steps(M.train(M.ONLINE, M.UPDATES_PER_SECOND)) == [50, 100, 150, 200, 250, 300]
     assert steps(M.train(M.ONLINE, M.CRITIC_LOSS)) == [150, 200, 250, 300]  # updates from env step 101 on
+    online = buffers[-1].batch()  # every episode's V_ref was written when it ended, the last (cut) one's too
+    assert len(online.v_ref) == 300 and torch.isfinite(online.v_ref).all()

@@ -168,4 +168,20 @@ def test_batch_v_ref_means_leave_out_rows_whose_v_ref_is_not_known_yet():
     assert m[M.Q_DATA_MINUS_V_REF].item() == pytest.approx((1.0 - known).mean().item())
     none = agent.q_metrics(q_data, batch._replace(v_ref=torch.full((B,), float("nan"))))
     assert math.isnan(none[M.V_REF].item())
-    RunContext.check_finite_metrics(type("Ctx", (), {"divergence_guard": True})(), {M.V_REF: float("nan")}, "online", 1)
+    # a flush window averages the updates whose batch had known rows; one with none does not count
+    from o2o.errors import Diverged
+    from o2o.stages.common import MetricAverager
+
+    averager = MetricAverager()
+    for metrics in (none, m, none):
+        averager.add(metrics)
+    means = averager.pop_means()
+    assert means[M.V_REF] == pytest.approx(m[M.V_REF].item())
+    assert means[M.Q_DATA_MINUS_V_REF] == pytest.approx(m[M.Q_DATA_MINUS_V_REF].item())
+    assert means[M.Q_DATA] == pytest.approx(1.0)  # q_data: every row, every update
+    averager.add(none)
+    assert math.isnan(averager.pop_means()[M.V_REF])  # a window that saw no known row: NaN, which is not logged
+    ctx = type("Ctx", (), {"divergence_guard": True, "_what_now": lambda self: ""})()
+    RunContext.check_finite_metrics(ctx, {M.V_REF: float("nan")}, "online", 1)  # online: not a divergence
+    with pytest.raises(Diverged):  # offline every row's V_ref is known: NaN there is one
+        RunContext.check_finite_metrics(ctx, {M.V_REF: float("nan")}, "offline", 1)

@@ -63,8 +63,13 @@ def test_sweep_run_logs_every_stage(sweep, algo):
     metrics = run.data.metrics
     config = validate(compose([f"algo={algo}"])).algo
     pretrains = config.pretrain
+    v_ref_keys = [M.train(M.ONLINE, k) for k in (M.V_REF, M.Q_DATA_MINUS_V_REF)]
     for key in COMMON + (OFFLINE if pretrains else []):
-        assert key in metrics, key
+        assert key in metrics or key in v_ref_keys and config.mixing_ratio == 0, key
+    if config.mixing_ratio == 0:  # batches of online rows only: a V_ref is known once a training episode has ended
+        ended = [m.step for m in client.get_metric_history(run.info.run_id, M.train(M.ONLINE, M.EPISODE_RETURN))]
+        early = any(step <= 290 for step in ended)  # before the last log flush (every 10 env steps)
+        assert all((key in metrics) == early for key in v_ref_keys), (algo, ended)
     assert not pretrains or M.train(M.OFFLINE, M.ACTOR_LOSS) in metrics
     for phase in M.PHASES:  # the bound's rate where the algorithm calibrates (WSRL: offline only)
         calibrates = getattr(config, f"calibrate_{phase}", False) and (phase == M.OFFLINE or config.online_regulariser)

@@ -146,7 +146,9 @@ def test_a_run_folder_in_use_by_another_job_is_refused(tmp_path):
     from o2o.errors import ConfigError
     from o2o.pipeline import claim_run_dir
 
-    run = tmp_path / "sweep" / "seed=0"
+    from o2o.config import job_folder
+
+    run = tmp_path / "sweep" / job_folder("env.dataset.collector.steps=1500,experiment=smoke,seed=0")  # the job's own
     run.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, 'src');"
                                "from pathlib import Path; from o2o.pipeline import claim_run_dir;"

@@ -77,7 +77,7 @@ def refuse_a_claimed_sweep_dir(sweep_dir: Path) -> None:
     """Before a sweep starts in an existing sweep folder (the same command again, continuing it): stop when a job
     folder in it is held by a process still running, which Hydra would otherwise write over (its ``.hydra/``, the
     sweep's ``multirun.yaml``) before that job's claim refuses it."""
-    for claim in sorted(sweep_dir.glob(f"*/{RUN_CLAIM}")):
+    for claim in sorted(sweep_dir.rglob(RUN_CLAIM)):  # job folders at any depth (a nested hydra.sweep.subdir)
         refuse_a_claimed_run_dir(claim.parent, instead="give this sweep its own hydra.sweep.dir")
 
 

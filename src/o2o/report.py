@@ -621,7 +621,7 @@ def calibration_figure(records: list[RunRecord], title: str):
     colors = {algo: style["color"] for algo, style in palette(groups).items()}  # line styles carry the series here
     for algo, runs in sorted(groups.items()):  # V_ref per algorithm: reward transforms differ
         color, one = colors[algo], {algo: runs}
-        _plot_phases(axes[0], one, series("q_data"), style={"color": color})
+        _plot_phases(axes[0], one, series(M.Q_DATA), style={"color": color})
         for row, name, linestyle in ((0, M.V_REF, ":"), (1, M.BELOW_V_REF, "-"), (1, M.BOUND_RATE, "--")):
             _plot_phases(axes[row], one, series(name), label_of=lambda a: hidden + a,
                          style={"color": color, "linestyle": linestyle})

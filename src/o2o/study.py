@@ -350,8 +350,8 @@ def study_seeds(records) -> dict[str, dict[str, list[float]]]:
         values["retrained_gain"] = [a - b for a, b in zip(values["retrained"], values["final"])]
         for phase in M.PHASES:
             for f in COURSE:
-                values[f"gap_{phase}_{f}"] = [r.at(M.calibration(phase, "q_policy"), f)
-                                              - r.at(M.calibration(phase, "v_ref"), f) for r in runs]
+                values[f"gap_{phase}_{f}"] = [r.at(M.calibration(phase, M.Q_POLICY), f)
+                                              - r.at(M.calibration(phase, M.V_REF), f) for r in runs]
                 values[f"bound_rate_{phase}_{f}"] = [r.at(M.calibration(phase, M.BOUND_RATE), f) for r in runs]
             for name in ("v_ref_mae", "v_ref_bias"):  # offline: one value after the fit; online: per finished episode
                 values[f"{name}_{phase}"] = [r.mean(M.reference(phase, name)) for r in runs]

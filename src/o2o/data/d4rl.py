@@ -20,7 +20,9 @@ def load_d4rl_hdf5(path: str, max_episode_steps: Optional[int] = None) -> Offlin
 
     Without ``next_observations`` the next observation is the following row
     and the last step of every episode is dropped, as ``d4rl.qlearning_dataset`` does.
-    A file without ``timeouts`` (D4RL's v0 datasets) is cut every ``max_episode_steps`` as that function cuts it.
+    A file without ``timeouts`` (D4RL's v0 datasets) is cut every ``max_episode_steps`` (the run's
+    ``env.max_episode_steps``, which may differ from D4RL's registered horizon) as that function cuts it; with
+    ``next_observations`` in the file the counted last steps stay, as truncations, where that function skips them.
     """
     try:
         return _read_d4rl_hdf5(path, max_episode_steps)

@@ -78,11 +78,14 @@ class MetricAverager:
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
             value = value.detach().float()
+            count = 1
+            if key in M.DATA_DEPENDENT:  # NaN where the batch had no row with a known V_ref: not counted (no sync)
+                value, count = torch.nan_to_num(value, nan=0.0), torch.isfinite(value).float()
             if key in self._sums:
                 self._sums[key] = self._sums[key] + value
-                self._counts[key] += 1
+                self._counts[key] = self._counts[key] + count
             else:
-                self._sums[key], self._counts[key] = value.clone(), 1
+                self._sums[key], self._counts[key] = value.clone(), count
 
     def pop_means(self) -> dict[str, float]:
         if not self._sums:
@@ -131,7 +134,10 @@ class RunContext:
 
     def check_finite_metrics(self, metrics: dict[str, float], phase: str, step: int) -> None:
         """Stop at a non-finite training metric (losses, Q-values): the run has diverged."""
-        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v) and k not in M.DATA_DEPENDENT)
+        # online, a V_ref mean is NaN when no update of the window saw a row whose V_ref is known yet (the step
+        # schedule's first episode); a learned V_ref that turns NaN stops the run where it labels (EpisodeLabeller)
+        exempt = M.DATA_DEPENDENT if phase == M.ONLINE else ()
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v) and k not in exempt)
         if self.divergence_guard and bad:
             raise Diverged(f"{phase} training diverged by step {step}: {', '.join(bad)} not finite{self._what_now()}")
 

@@ -26,6 +26,7 @@ from o2o.buffers import MixedSampler, TransitionBuffer
 from o2o.checkpoints import Preempted, capture_rng, restore_rng
 from o2o.config import Config
 from o2o.envs import make_env
+from o2o.errors import Diverged
 from o2o.reference import reference_error
 from o2o.returns import reference_returns, transform_reward
 from o2o.rollout import Episode, rollout
@@ -49,6 +50,10 @@ class EpisodeLabeller:
             return mc
         mc = torch.as_tensor(mc)
         v_ref = self.reference.episode_values(mc, observations)
+        if self.cfg.divergence_guard and not torch.isfinite(v_ref).all():
+            raise Diverged(f"the learned V_ref (reference={self.cfg.reference.value}) of the online episode ending at "
+                           f"env step {step} is not finite: lower the reference's learning rate, or set "
+                           "divergence_guard=false to let it run")
         errors = reference_error(v_ref, mc.to(v_ref.device))
         self.tracker.log_metrics({M.reference(M.ONLINE, k): v for k, v in errors.items() if np.isfinite(v)}, step)
         return v_ref.cpu().numpy()
