@@ -84,3 +84,20 @@ def test_non_finite_weights_are_never_saved_or_evaluated(tmp_path):
     assert not (tmp_path / "checkpoints").exists()
     ctx.divergence_guard = False
     ctx.check_finite_parameters(agent, "offline")  # switched off: no stop
+
+
+def test_a_learned_v_ref_that_turns_nan_online_stops_the_run_where_it_labels():
+    from o2o.errors import Diverged
+    from o2o.stages.online import EpisodeLabeller
+
+    class NanReference:
+        def episode_values(self, mc, observations):
+            return torch.full_like(mc, float("nan"))
+
+    tracker = type("Tracker", (), {"log_metrics": lambda self, metrics, step: None})()
+    rewards, observations = np.full(5, -1.0, np.float32), torch.zeros(5, 6)
+    cfg = validate(compose(["reference=td"]))
+    with pytest.raises(Diverged, match="the learned V_ref \\(reference=td\\) of the online episode ending at env step 7"):
+        EpisodeLabeller(cfg, NanReference(), tracker)(rewards, observations, 7, terminated=False)
+    unguarded = validate(compose(["reference=td", "divergence_guard=false"]))
+    assert np.isnan(EpisodeLabeller(unguarded, NanReference(), tracker)(rewards, observations, 7, False)).all()
