@@ -23,12 +23,15 @@ def test_parallel_jobs_create_a_new_sqlite_store_safely(tmp_path):
     assert len(client.search_runs([client.get_experiment_by_name("race").experiment_id])) == 3
 
 
-def test_metrics_are_batched_and_a_continued_run_skips_logged_steps(tmp_path):
+def test_metrics_are_batched_and_a_continued_run_skips_logged_steps(tmp_path, caplog):
     uri = f"sqlite:///{tmp_path / 's.db'}"
     tracker = Tracker("batch", "r", {"group": {"x": 1}}, {"algo": "a"}, tracking_uri=uri)
     for step in range(MAX_BATCH + 5):  # the queue is sent once it holds MAX_BATCH points
-        tracker.log_metrics({"m": float(step), "bad": float("nan")}, step)
+        tracker.log_metrics({"m": float(step), "bad": float("nan"), "online/train/v_ref": float("nan")}, step)
     assert len(tracker._pending) == 5
+    # the skipped value is said once; a V_ref mean with no known row yet is expected, and not said
+    said = [r.getMessage() for r in caplog.records if "MLflow keeps finite values only" in r.getMessage()]
+    assert said == ["bad is nan at step 0: MLflow keeps finite values only, so its curve has a gap there"]
     tracker.flush()
     continued = Tracker("batch", "r", {}, {"algo": "a"}, tracking_uri=uri, run_id=tracker.run_id)
     continued.log_metrics({"m": -1.0}, 10)  # already logged: dropped

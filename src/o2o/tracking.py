@@ -254,6 +254,7 @@ class Tracker:
         self.client = open_store(self.uri)
         self._pending: list = []
         self._logged_up_to: dict[str, int] = {}
+        self._said_not_finite: set[str] = set()
         self._monitor = None
         if run_id is not None:
             self.run_id = run_id
@@ -294,13 +295,23 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Queue metrics (NaN and inf are skipped); they are sent when the queue is full or on flush."""
+        """Queue metrics; they are sent when the queue is full or on flush. NaN and inf are skipped (MLflow keeps
+        finite values), and the first time a metric is, the log says so: its curve has a gap there."""
         from mlflow.entities import Metric
+
+        from o2o import metrics as M
 
         now = int(time.time() * 1000)
         for key, value in metrics.items():
             value = float(value)
-            if math.isfinite(value) and step > self._logged_up_to.get(key, -1):
+            if not math.isfinite(value):
+                expected = key.rsplit("/", 1)[-1] in (*M.DATA_DEPENDENT, M.NORMALIZED_RETURN)  # said where they arise
+                if not expected and key not in self._said_not_finite:
+                    self._said_not_finite.add(key)
+                    log.warning("%s is %s at step %d: MLflow keeps finite values only, so its curve has a gap there",
+                                key, value, step)
+                continue
+            if step > self._logged_up_to.get(key, -1):
                 self._pending.append(Metric(key, value, now, int(step)))
         if len(self._pending) >= MAX_BATCH:
             self.flush()
