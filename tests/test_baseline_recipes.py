@@ -70,12 +70,9 @@ def test_next_actions_follow_each_episode_and_end_on_its_own_action():
     assert TransitionBuffer(4, 1, 2, torch.device("cpu")).to_batch((torch.zeros(2, 7), None)).next_actions is None
 
 
-@pytest.mark.parametrize("schedule", ["step", "episode"])
-def test_rebrac_reads_the_datas_next_action_offline_and_online(monkeypatch, tmp_path, schedule):
-    """Every buffer row's next action is the action of the row that continues its episode (offline from the
-    dataset's episodes, online from each collected episode), whichever schedule collects it."""
-    from o2o import run
-
+@pytest.fixture
+def made_buffers(monkeypatch) -> list:
+    """Every TransitionBuffer a run in this process builds (offline, then online), to read after the run."""
     buffers = []
     real_init = TransitionBuffer.__init__
 
@@ -84,10 +81,19 @@ def test_rebrac_reads_the_datas_next_action_offline_and_online(monkeypatch, tmp_
         buffers.append(self)
 
     monkeypatch.setattr(TransitionBuffer, "__init__", init)
+    return buffers
+
+
+@pytest.mark.parametrize("schedule", ["step", "episode"])
+def test_rebrac_reads_the_datas_next_action_offline_and_online(made_buffers, tmp_path, schedule):
+    """Every buffer row's next action is the action of the row that continues its episode (offline from the
+    dataset's episodes, online from each collected episode), whichever schedule collects it."""
+    from o2o import run
+
     run(algo="rebrac", run_dir=str(tmp_path), overrides=[*SMOKE, "mlflow_experiment=o2o-rebrac-next",
                                                          "schedule.online_steps=150", f"algo.update_schedule={schedule}"])
-    assert len(buffers) >= 2 and all(b.next_actions for b in buffers)
-    for buffer in buffers:
+    assert len(made_buffers) >= 2 and all(b.next_actions for b in made_buffers)
+    for buffer in made_buffers:
         b = buffer.batch()
         continues = (b.next_obs[:-1] == b.obs[1:]).all(1) & (b.dones[:-1] == 0)
         assert continues.sum() > 100
@@ -111,7 +117,7 @@ def test_each_new_method_logs_the_shared_metric_names(algo):
     assert {M.CRITIC_LOSS, M.ACTOR_LOSS, M.Q_DATA, M.V_REF, M.Q_DATA_MINUS_V_REF, "td_target"} <= keys
 
 
-def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path, monkeypatch):
+def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(made_buffers, tmp_path):
     """RLPD's and IQL's loops evaluate at every multiple of the interval, inside an episode too (an episode of the
     smoke PointMaze runs up to 300 steps); checkpoints wait for the episode's end."""
     import os
@@ -120,14 +126,6 @@ def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path, m
 
     from o2o import run
 
-    buffers = []
-    real_init = TransitionBuffer.__init__
-
-    def init(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        buffers.append(self)
-
-    monkeypatch.setattr(TransitionBuffer, "__init__", init)
     run(algo="sac", run_dir=str(tmp_path), overrides=[
         *SMOKE, "mlflow_experiment=o2o-step-points", "schedule.online_steps=300", "schedule.eval_interval_online=100",
         "schedule.log_interval=50", "algo.warmup_steps=100", "domain.eval_episodes=1", "progress=false"])
@@ -137,5 +135,5 @@ def test_the_step_schedule_evaluates_and_logs_at_the_env_step_itself(tmp_path, m
     assert steps(M.evaluation(M.ONLINE, M.SUCCESS_RATE)) == [0, 100, 200, 300]
     assert steps(M.train(M.ONLINE, M.UPDATES_PER_SECOND)) == [50, 100, 150, 200, 250, 300]
     assert steps(M.train(M.ONLINE, M.CRITIC_LOSS)) == [150, 200, 250, 300]  # updates from env step 101 on
-    online = buffers[-1].batch()  # every episode's V_ref was written when it ended, the last (cut) one's too
+    online = made_buffers[-1].batch()  # every episode's V_ref was written when it ended, the last (cut) one's too
     assert len(online.v_ref) == 300 and torch.isfinite(online.v_ref).all()

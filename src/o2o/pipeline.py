@@ -54,7 +54,7 @@ log = logging.getLogger("o2o")
 RUN_ID_FILE = "mlflow_run_id"
 PER_DOMAIN_TAG = "per_domain"  # which per-domain values the run used and their file (o2o.config_sources)
 RESOLVED_CONFIG = "resolved_config.yaml"
-CALIBRATION_BATCH_USED_TAG = "calibration_batch_used"  # min(calibration_batch, offline transitions)
+CALIBRATION_BATCH_USED_TAG = "calibration_batch_used"  # the calibration probe's size
 
 
 RUN_CLAIM = ".o2o-run.lock"
@@ -167,10 +167,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
         log.warning("calibration_batch=%d is more than the %d offline transitions: the calibration batch is all of them",
                     cfg.calibration_batch, len(data.offline))
     check_same_data(run_dir, data)
-    run_tags = {**(tags or {}), **runtime.tags()}
-    if data.offline is not None and cfg.calibration_batch:  # the probe's size, where the data hold fewer than asked
-        run_tags[CALIBRATION_BATCH_USED_TAG] = str(min(cfg.calibration_batch, len(data.offline)))
-    tracker = start_tracking(cfg, run_dir, resolved, data, device, run_tags)
+    tracker = start_tracking(cfg, run_dir, resolved, data, device, {**(tags or {}), **runtime.tags()})
     preempted = False
     try:
         offline = offline_buffer(data.offline, cfg, device) if data.offline is not None else None
@@ -190,6 +187,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, resolved: dict | None = None,
                                       lambda n, why: tracker.set_tags({THREADS_TAG: n, THREADS_REASON_TAG: why}))
         probe = (CalibrationProbe(offline, cfg.calibration_batch, cfg.seed)
                  if offline is not None and cfg.calibration_batch else None)
+        if probe is not None:  # its size: calibration_batch, or all the offline transitions where they are fewer
+            tracker.set_tags({CALIBRATION_BATCH_USED_TAG: str(len(probe.batch.rewards))})
         ctx = RunContext(tracker, evaluator, cfg.schedule, checkpoints, state, progress=cfg.progress,
                          divergence_guard=cfg.divergence_guard, threads=governor, calibration=probe)
         resume_rng = None

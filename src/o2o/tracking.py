@@ -11,6 +11,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
+from o2o import metrics as M
+
 log = logging.getLogger(__name__)
 
 OUTPUTS_ENV = "O2O_OUTPUTS"
@@ -298,8 +300,6 @@ class Tracker:
         """Queue metrics; they are sent when the queue is full or on flush. NaN and inf are skipped (MLflow keeps
         finite values), and the first time a metric is, the log says so: its curve has a gap there."""
         from mlflow.entities import Metric
-
-        from o2o import metrics as M
 
         now = int(time.time() * 1000)
         for key, value in metrics.items():
