@@ -640,21 +640,26 @@ def test_a_study_may_set_a_key_its_command_line_sets_again_but_a_swept_key_given
         check_sweep_settings(["seed=0,1", "seed=2"])
 
 
-def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path, capsys):
-    """A parent run that is not in the store, a study record that is not gzip or not JSON, an MLflow filter that
-    does not parse: one line each, no traceback."""
+def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path, capsys, monkeypatch):
+    """A store that does not exist, a parent run that is not in the store, a study record that is not gzip or not
+    JSON, an MLflow filter that does not parse: one line each, no traceback."""
     import gzip
 
     from o2o.archive import read_records
     from o2o.errors import ConfigError
     from o2o.report import main as report
     from o2o.study import main as study
+    from o2o.tracking import open_store
 
-    with pytest.raises(SystemExit) as stopped:
-        study(["pointmaze_o2o", "--page-only", "bogus123", "--out", str(tmp_path / "pages")])
-    assert stopped.value.code == 2
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith("error: --page-only bogus123: no such run")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"  # this test's own: it must not depend on which tests ran before
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    for expected in ("the store " + store + " does not exist", "no such run"):
+        with pytest.raises(SystemExit) as stopped:
+            study(["pointmaze_o2o", "--page-only", "bogus123", "--out", str(tmp_path / "pages")])
+        assert stopped.value.code == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: --page-only bogus123: {expected}")
+        open_store(store)  # made: the second round finds the store and not the run
     for name, content in (("corrupt", b"not gzip at all"), ("bad-json", gzip.compress(b"{not json"))):
         folder = tmp_path / name
         folder.mkdir()

@@ -600,7 +600,7 @@ def qcal_figure(records: list[RunRecord], title: str):
         axes[0][1].set_title("online fine-tuning", loc="right")
         axes[-1][1].set_xlabel("env steps")
     _legend_below(fig, axes[0])
-    fig.suptitle(f"{title}: Q-value calibration (learned Q vs. the reference value of the batch)")
+    fig.suptitle(f"{title}: Q-value calibration\n(learned Q vs. the reference value of the batch)")
     return fig
 
 
