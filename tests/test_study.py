@@ -276,6 +276,7 @@ def test_the_study_command_writes_a_page_whose_table_equals_the_store(tmp_path):
     assert (f"| pointmaze_umaze | calql | cql | cumulative regret (lower is better) | {p.format(2)} | {verdict} |" in page
             and f"P(Cal-QL's regret lower than cql's) = {p.format(2)}" in page)
     assert "at the smoke scale (2 seeds per algorithm)" in page and "no claim is decided" in page
+    assert "4 finished runs. 4 of the 4 runs the sweep plans have finished." in page
     assert "## The paper's claims at this scale" in page and "Cal-QL has the lowest cumulative regret" in page
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", page)
     assert {p.rsplit("/", 1)[1] for p in images} == {"curves_pointmaze_umaze.png", "qcal_pointmaze_umaze.png",
@@ -619,6 +620,50 @@ def test_every_study_page_keeps_the_records_it_was_written_from():
         assert f"sweep parent run `{record['run_id']}`" in text, f"{page.name}: records of another sweep"
         runs = len(list(parent.parent.glob("*.json.gz")))
         assert f"`{record['run_id']}`, {runs} finished runs." in text, f"{page.name}: not one record per finished run"
+
+
+def test_a_sweep_records_the_jobs_it_plans_and_its_page_names_those_not_finished():
+    """A study may be written up while its sweep is still under way (it spans sessions): the parent run records the
+    jobs Hydra's basic sweeper expands (o2o.launchers.plan_tags), matched to finished runs on what they compute, and
+    the page says how many have finished and which have not."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from o2o.launchers import plan_tags, planned_jobs
+    from o2o.study import plan_progress
+    from o2o.tracking import PLANNED_JOBS_TAG, PLANNED_RUNS_TAG
+
+    basic = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    cfg = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": basic, "params": {"algo": "calql,cql", "seed": "0,1"}},
+        "overrides": {"task": ["experiment=study/door_calibration/paper", "threads=2", "progress=false"]}}})
+    preset = "experiment=study/door_calibration/paper"
+    assert planned_jobs(cfg) == [f"algo={a} {preset} seed={s}" for a in ("calql", "cql") for s in (0, 1)]
+    tags = plan_tags(cfg)
+    assert tags == {PLANNED_RUNS_TAG: "4", PLANNED_JOBS_TAG: "; ".join(planned_jobs(cfg))}
+
+    def runs(*jobs):  # finished runs as the page reads them: their overrides tag, bookkeeping keys included
+        return [SimpleNamespace(overrides=f"{job} threads=1 progress=False mlflow_experiment=o2o") for job in jobs]
+
+    assert plan_progress(tags, runs(f"algo=cql seed=1 {preset}")) == (
+        " 1 of the 4 runs the sweep plans have finished; not yet: algo=calql seed=0, algo=calql seed=1, "
+        "algo=cql seed=0.")
+    every = [f"algo={a} seed={s} {preset}" for a in ("calql", "cql") for s in (0, 1)]
+    assert plan_progress(tags, runs(*every)) == " 4 of the 4 runs the sweep plans have finished."
+    assert plan_progress(tags, runs(*every, f"algo=cql seed=7 {preset}")) == (
+        " 4 of the 4 runs the sweep plans have finished (and 1 finished run outside that plan are shown too).")
+    assert plan_progress({}, runs(*every)) == ""  # a sweep that recorded no plan: nothing said
+    cfg.hydra.overrides.task.append("seed=0")  # the command line's value replaces the preset's sweep of the key
+    assert planned_jobs(cfg) == [f"algo={a} {preset} seed=0" for a in ("calql", "cql")]
+    many = OmegaConf.merge(cfg, {"hydra": {"sweeper": {"params": {"seed": ",".join(map(str, range(200)))}},
+                                           "overrides": {"task": [preset]}}})
+    assert plan_tags(many) == {PLANNED_RUNS_TAG: "400"}  # too long for an MLflow tag: the count only
+    assert plan_progress(plan_tags(many), runs(*every)) == " The sweep plans 400 runs (too many to list here)."
+    cfg.hydra.overrides.task.append("algo=glob(*)")  # expanded only with Hydra's config loader: not recorded
+    assert planned_jobs(cfg) is None and plan_tags(cfg) == {}
+    other = OmegaConf.merge(cfg, {"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"}}})
+    assert planned_jobs(other) is None
 
 
 def test_a_sweep_param_override_is_passed_as_hydra_takes_it():

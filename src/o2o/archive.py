@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from o2o.errors import ConfigError
-from o2o.tracking import MAX_BATCH, PARENT_RUN_ENV, param_values
+from o2o.tracking import MAX_BATCH, PARENT_RUN_ENV, PLANNED_JOBS_TAG, PLANNED_RUNS_TAG, param_values
 
 # format 3: metric points [step, value] (full records: [step, value, timestamp]), and the metrics named in FLOAT32
 # written in float32's shortest decimal form, read back exactly; format 2: every value in float64's form;
@@ -50,7 +50,8 @@ SYSTEM_PREFIX = "system/"  # MLflow's system metrics
 PARENT_FILE = "parent.json"
 ARCHIVED_TAG = "archived_run_id"  # on a restored run: the id of the run its record was written from
 # the parent's tags that belong to the study, not to one machine's sweep folder
-STUDY_TAGS = ("study_command", "study_commit", "study_wall_s", "overrides", "study")
+STUDY_TAGS = ("study_command", "study_commit", "study_wall_s", "overrides", "study", PLANNED_RUNS_TAG,
+              PLANNED_JOBS_TAG)
 NOT_COPIED = ("mlflow.parentRunId",)  # a restored run gets the parent of the store it is restored into
 PARAM_BATCH = 100  # MLflow's limit of params per log_batch call
 

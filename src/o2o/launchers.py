@@ -21,7 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from o2o.errors import NoMatchingRuns
-from o2o.tracking import PARENT_RUN_ENV, PRESET_TAG, default_tracking_uri, ensure_experiment, open_store, store_lock
+from o2o.tracking import (PARENT_RUN_ENV, PLANNED_JOBS_TAG, PLANNED_RUNS_TAG, PRESET_TAG, default_tracking_uri,
+                          ensure_experiment, open_store, store_lock)
 
 log = logging.getLogger("o2o")
 MAX_NOTE = 7000  # MLflow tag values hold 8000 characters
@@ -32,6 +33,36 @@ def _parent_client():
 
     run_id = os.environ.get(PARENT_RUN_ENV)
     return (MlflowClient(default_tracking_uri()), run_id) if run_id else (None, None)
+
+
+def planned_jobs(config: DictConfig) -> list[str] | None:
+    """The sweep's jobs as Hydra's basic sweeper expands them (``hydra.sweeper.params``, then the command line's
+    overrides), each as its overrides that change what it computes (o2o.archive.computing_overrides), sorted; None for
+    another sweeper, or a sweep that Hydra expands only with its config loader (``glob(...)``)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from o2o.archive import computing_overrides
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return None
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    try:
+        parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+        batches = BasicSweeper.split_arguments(parsed, None)
+    except (HydraException, ValueError, TypeError):
+        return None
+    return [" ".join(sorted(computing_overrides(" ".join(job)))) for batch in batches for job in batch]
+
+
+def plan_tags(config: DictConfig) -> dict[str, str]:
+    """The parent run's record of what the sweep runs: the count, and the jobs where they fit in an MLflow tag."""
+    jobs = planned_jobs(config)
+    if jobs is None:
+        return {}
+    listed = "; ".join(jobs)
+    return {PLANNED_RUNS_TAG: str(len(jobs)), **({PLANNED_JOBS_TAG: listed} if len(listed) <= MAX_NOTE else {})}
 
 
 FAILED_JOBS: list[tuple[str, BaseException]] = []  # this sweep's failed jobs (overrides, error), for o2o.cli.main
@@ -137,14 +168,18 @@ class MlflowSweepCallback(Callback):
         sweep_dir = str(config.hydra.sweep.dir)
         earlier = client.search_runs([experiment_id], f"tags.sweep = 'true' and tags.sweep_dir = '{sweep_dir}'",
                                      order_by=["attributes.start_time DESC"], max_results=1)
+        tags = {"overrides": overrides, **plan_tags(config)}
         if earlier:  # the same sweep folder again: its jobs resume, so they stay children of the same parent
             run_id = earlier[0].info.run_id
             client.update_run(run_id, status="RUNNING")
-            client.set_tag(run_id, "overrides", overrides)
+            for stale in {PLANNED_RUNS_TAG, PLANNED_JOBS_TAG} & set(earlier[0].data.tags) - set(tags):
+                client.delete_tag(run_id, stale)  # this part's plan replaces the last part's, or it has none
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
             log.info("MLflow parent run %s continues for this sweep folder (store %s)", run_id, uri)
         else:
             run_id = client.create_run(experiment_id, run_name=f"sweep-{time.strftime('%Y-%m-%d_%H-%M-%S')}",
-                                       tags={"sweep": "true", "overrides": overrides, "sweep_dir": sweep_dir}).info.run_id
+                                       tags={"sweep": "true", "sweep_dir": sweep_dir, **tags}).info.run_id
             log.info("MLflow parent run %s for this sweep (store %s)", run_id, uri)
         os.environ[PARENT_RUN_ENV] = run_id
         # a sweep whose head process stops before on_multirun_end (a job's error that the basic launcher raises, an

@@ -460,11 +460,17 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
     preset = f"conf/experiment/study/{name}/{'cpu' if budget == SMOKE else budget}.yaml" + (
         " at the size of conf/experiment/smoke.yaml (a check that the study runs; its numbers mean nothing)"
         if budget == SMOKE else "")
-    n_seeds = min(len(v["regret"]) for v in seeds.values()) if seeds else 0
     per = "variant" if PLAIN in seeds else "algorithm"
-    lines = [f"# Study `{name}` at the {budget} scale ({n_seeds} seeds per {per})", "", preset_header(name, budget),
+    counts = {label: len(v["regret"]) for label, v in seeds.items()}
+    if len(set(counts.values())) <= 1:
+        n = next(iter(counts.values()), 0)
+        scale = f"{n} seed{'' if n == 1 else 's'} per {per}"
+    else:
+        scale = f"seeds per {per}: " + ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
+    lines = [f"# Study `{name}` at the {budget} scale ({scale})", "", preset_header(name, budget),
              "", f"Preset: `{preset}`. MLflow: experiment `{experiment}`, sweep parent "
-             f"run `{sweep_run_id(client, parent)}`, {result['runs']} finished runs.", "",
+             f"run `{sweep_run_id(client, parent)}`, {result['runs']} finished runs."
+             + plan_progress(client.get_run(parent).data.tags, result["records"]), "",
              "## The paper's claims at this scale", "",
              "| claim | verdict | numbers (point estimate [95% interval]) |", "|---|---|---|"]
     checked = claims(seeds) + companion_claims(seeds)
@@ -498,6 +504,31 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
         client.log_artifact(parent, str(path), "study")
     client.set_tag(parent, "study", f"{name}/{budget}")
     return page
+
+
+def plan_progress(parent_tags: dict[str, str], records: list) -> str:
+    """How far the sweep is through the jobs its latest part plans (o2o.launchers.plan_tags), and which have no
+    finished run yet, each by the overrides that tell the planned jobs apart; nothing where the plan is not recorded
+    (a sweep started before sweeps recorded it, or by another sweeper)."""
+    from o2o.archive import computing_overrides
+    from o2o.tracking import PLANNED_JOBS_TAG, PLANNED_RUNS_TAG
+
+    if PLANNED_RUNS_TAG not in parent_tags:
+        return ""
+    planned = int(parent_tags[PLANNED_RUNS_TAG])
+    if PLANNED_JOBS_TAG not in parent_tags:
+        return f" The sweep plans {planned} runs (too many to list here)."
+    jobs = [frozenset(job.split()) for job in parent_tags[PLANNED_JOBS_TAG].split("; ")]
+    finished = {computing_overrides(r.overrides) for r in records}
+    missing = [job for job in jobs if job not in finished]
+    line = f" {planned - len(missing)} of the {planned} runs the sweep plans have finished"
+    outside = len(finished - set(jobs))
+    if outside:
+        line += f" (and {outside} finished run{'' if outside == 1 else 's'} outside that plan are shown too)"
+    if not missing:
+        return line + "."
+    shared = frozenset.intersection(*jobs)  # what every planned job sets: the study's preset and fixed overrides
+    return line + "; not yet: " + ", ".join(" ".join(sorted(job - shared)) or "(the one job)" for job in missing) + "."
 
 
 def sweep_run_id(client, parent: str) -> str:
