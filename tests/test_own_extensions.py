@@ -517,7 +517,7 @@ def test_a_study_whose_job_fails_writes_its_page_and_exits_with_the_sweeps_statu
     assert stopped.value.code == 2  # the sweep's: one of its jobs failed
     page = (tmp_path / "reach_td3bc-smoke.md").read_text()
     assert "| td3_bc |" in page  # the page of the run that finished, and which run did not
-    assert "1 finished runs. 1 of the 2 runs the sweep plans have finished; not yet: algo=exploding." in page
+    assert "1 finished run. 1 of the 2 runs planned by the sweep has finished; not yet: algo=exploding." in page
 
 
 def test_a_study_with_no_finished_run_writes_no_page_and_says_the_same_command_continues(own, tmp_path, monkeypatch,

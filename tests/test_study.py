@@ -276,7 +276,7 @@ def test_the_study_command_writes_a_page_whose_table_equals_the_store(tmp_path):
     assert (f"| pointmaze_umaze | calql | cql | cumulative regret (lower is better) | {p.format(2)} | {verdict} |" in page
             and f"P(Cal-QL's regret lower than cql's) = {p.format(2)}" in page)
     assert "at the smoke scale (2 seeds per algorithm)" in page and "no claim is decided" in page
-    assert "4 finished runs. 4 of the 4 runs the sweep plans have finished." in page
+    assert "4 finished runs. 4 of the 4 runs planned by the sweep have finished." in page
     assert "## The paper's claims at this scale" in page and "Cal-QL has the lowest cumulative regret" in page
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", page)
     assert {p.rsplit("/", 1)[1] for p in images} == {"curves_pointmaze_umaze.png", "qcal_pointmaze_umaze.png",
@@ -626,6 +626,7 @@ def test_a_sweep_records_the_jobs_it_plans_and_its_page_names_those_not_finished
     """A study may be written up while its sweep is still under way (it spans sessions): the parent run records the
     jobs Hydra's basic sweeper expands (o2o.launchers.plan_tags), matched to finished runs on what they compute, and
     the page says how many have finished and which have not."""
+    import json
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
@@ -641,19 +642,28 @@ def test_a_sweep_records_the_jobs_it_plans_and_its_page_names_those_not_finished
     preset = "experiment=study/door_calibration/paper"
     assert planned_jobs(cfg) == [f"algo={a} {preset} seed={s}" for a in ("calql", "cql") for s in (0, 1)]
     tags = plan_tags(cfg)
-    assert tags == {PLANNED_RUNS_TAG: "4", PLANNED_JOBS_TAG: "; ".join(planned_jobs(cfg))}
+    assert tags == {PLANNED_RUNS_TAG: "4", PLANNED_JOBS_TAG: json.dumps(planned_jobs(cfg))}
 
     def runs(*jobs):  # finished runs as the page reads them: their overrides tag, bookkeeping keys included
         return [SimpleNamespace(overrides=f"{job} threads=1 progress=False mlflow_experiment=o2o") for job in jobs]
 
     assert plan_progress(tags, runs(f"algo=cql seed=1 {preset}")) == (
-        " 1 of the 4 runs the sweep plans have finished; not yet: algo=calql seed=0, algo=calql seed=1, "
+        " 1 of the 4 runs planned by the sweep has finished; not yet: algo=calql seed=0, algo=calql seed=1, "
         "algo=cql seed=0.")
     every = [f"algo={a} seed={s} {preset}" for a in ("calql", "cql") for s in (0, 1)]
-    assert plan_progress(tags, runs(*every)) == " 4 of the 4 runs the sweep plans have finished."
+    assert plan_progress(tags, runs(*every)) == " 4 of the 4 runs planned by the sweep have finished."
     assert plan_progress(tags, runs(*every, f"algo=cql seed=7 {preset}")) == (
-        " 4 of the 4 runs the sweep plans have finished (and 1 finished run outside that plan are shown too).")
+        " 4 of the 4 runs planned by the sweep have finished (and 1 finished run outside that plan is shown too).")
     assert plan_progress({}, runs(*every)) == ""  # a sweep that recorded no plan: nothing said
+    # the jobs exactly as Hydra hands them to the jobs (their overrides tag): a value holding "; ", an interpolation
+    # left unresolved (Hydra escapes it), jobs that differ only in a bookkeeping key (threads) counted once
+    odd = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": basic, "params": {"seed": "0,1", "threads": "1,2"}},
+        "overrides": {"task": ["+note='x; z=1'", "y=${seed}"]}}})
+    assert len(planned_jobs(odd)) == 2 and all("; " in job for job in planned_jobs(odd))
+    tagged = [f"+note='x; z=1' seed={s} y=$\\{{seed\\}}" for s in (0, 1)]  # the jobs' overrides tags
+    assert plan_progress(plan_tags(odd), runs(*tagged)) == " 2 of the 2 runs planned by the sweep have finished."
+    assert plan_progress(plan_tags(odd), runs(tagged[1])).endswith("has finished; not yet: seed=0.")
     cfg.hydra.overrides.task.append("seed=0")  # the command line's value replaces the preset's sweep of the key
     assert planned_jobs(cfg) == [f"algo={a} {preset} seed=0" for a in ("calql", "cql")]
     many = OmegaConf.merge(cfg, {"hydra": {"sweeper": {"params": {"seed": ",".join(map(str, range(200)))}},

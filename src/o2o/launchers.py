@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from o2o.errors import NoMatchingRuns
 from o2o.tracking import (PARENT_RUN_ENV, PLANNED_JOBS_TAG, PLANNED_RUNS_TAG, PRESET_TAG, default_tracking_uri,
@@ -37,8 +37,10 @@ def _parent_client():
 
 def planned_jobs(config: DictConfig) -> list[str] | None:
     """The sweep's jobs as Hydra's basic sweeper expands them (``hydra.sweeper.params``, then the command line's
-    overrides), each as its overrides that change what it computes (o2o.archive.computing_overrides), sorted; None for
-    another sweeper, or a sweep that Hydra expands only with its config loader (``glob(...)``)."""
+    overrides, unresolved as Hydra hands them over), each as its overrides that change what it computes
+    (o2o.archive.computing_overrides), sorted, once each (jobs that differ only in bookkeeping keys such as
+    ``threads`` compute the same run); None for another sweeper, or a sweep that Hydra expands only with its config
+    loader (``glob(...)``)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -49,19 +51,24 @@ def planned_jobs(config: DictConfig) -> list[str] | None:
         return None
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     try:
-        parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+        task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)  # ${...} as the jobs get it
+        parsed = OverridesParser.create().parse_overrides([*params, *task])
         batches = BasicSweeper.split_arguments(parsed, None)
     except (HydraException, ValueError, TypeError):
         return None
-    return [" ".join(sorted(computing_overrides(" ".join(job)))) for batch in batches for job in batch]
+    jobs = (" ".join(sorted(computing_overrides(" ".join(job)))) for batch in batches for job in batch)
+    return list(dict.fromkeys(jobs))
 
 
 def plan_tags(config: DictConfig) -> dict[str, str]:
-    """The parent run's record of what the sweep runs: the count, and the jobs where they fit in an MLflow tag."""
+    """The parent run's record of what the sweep runs: the count, and the jobs (a JSON list) where they fit in an
+    MLflow tag."""
+    import json
+
     jobs = planned_jobs(config)
     if jobs is None:
         return {}
-    listed = "; ".join(jobs)
+    listed = json.dumps(jobs)
     return {PLANNED_RUNS_TAG: str(len(jobs)), **({PLANNED_JOBS_TAG: listed} if len(listed) <= MAX_NOTE else {})}
 
 

@@ -469,7 +469,7 @@ def write_page(client, experiment: str, parent: str, name: str, budget: str, out
         scale = f"seeds per {per}: " + ", ".join(f"{label} {n}" for label, n in sorted(counts.items()))
     lines = [f"# Study `{name}` at the {budget} scale ({scale})", "", preset_header(name, budget),
              "", f"Preset: `{preset}`. MLflow: experiment `{experiment}`, sweep parent "
-             f"run `{sweep_run_id(client, parent)}`, {result['runs']} finished runs."
+             f"run `{sweep_run_id(client, parent)}`, {result['runs']} finished run{'' if result['runs'] == 1 else 's'}."
              + plan_progress(client.get_run(parent).data.tags, result["records"]), "",
              "## The paper's claims at this scale", "",
              "| claim | verdict | numbers (point estimate [95% interval]) |", "|---|---|---|"]
@@ -510,21 +510,24 @@ def plan_progress(parent_tags: dict[str, str], records: list) -> str:
     """How far the sweep is through the jobs its latest part plans (o2o.launchers.plan_tags), and which have no
     finished run yet, each by the overrides that tell the planned jobs apart; nothing where the plan is not recorded
     (a sweep started before sweeps recorded it, or by another sweeper)."""
+    import json
+
     from o2o.archive import computing_overrides
     from o2o.tracking import PLANNED_JOBS_TAG, PLANNED_RUNS_TAG
 
     if PLANNED_RUNS_TAG not in parent_tags:
         return ""
-    planned = int(parent_tags[PLANNED_RUNS_TAG])
     if PLANNED_JOBS_TAG not in parent_tags:
-        return f" The sweep plans {planned} runs (too many to list here)."
-    jobs = [frozenset(job.split()) for job in parent_tags[PLANNED_JOBS_TAG].split("; ")]
+        return f" The sweep plans {parent_tags[PLANNED_RUNS_TAG]} runs (too many to list here)."
+    jobs = [frozenset(job.split()) for job in json.loads(parent_tags[PLANNED_JOBS_TAG])]
     finished = {computing_overrides(r.overrides) for r in records}
     missing = [job for job in jobs if job not in finished]
-    line = f" {planned - len(missing)} of the {planned} runs the sweep plans have finished"
+    done = len(jobs) - len(missing)
+    line = f" {done} of the {len(jobs)} runs planned by the sweep {'has' if done == 1 else 'have'} finished"
     outside = len(finished - set(jobs))
     if outside:
-        line += f" (and {outside} finished run{'' if outside == 1 else 's'} outside that plan are shown too)"
+        line += (f" (and {outside} finished run{' outside that plan is' if outside == 1 else 's outside that plan are'}"
+                 " shown too)")
     if not missing:
         return line + "."
     shared = frozenset.intersection(*jobs)  # what every planned job sets: the study's preset and fixed overrides

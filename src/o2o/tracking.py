@@ -239,7 +239,7 @@ def retry_create_race(write, attempts: int = CREATE_RACE_ATTEMPTS):
 
 PARENT_RUN_ENV = "O2O_PARENT_RUN_ID"  # a sweep's parent run id, handed to its jobs
 PLANNED_RUNS_TAG = "planned_runs"  # on a sweep's parent: how many jobs its latest part runs (o2o.launchers)
-PLANNED_JOBS_TAG = "planned_jobs"  # those jobs, "; "-joined, each as the overrides that change what it computes
+PLANNED_JOBS_TAG = "planned_jobs"  # those jobs, a JSON list, each as the overrides that change what it computes
 
 
 class Tracker:
