@@ -106,6 +106,43 @@ def test_registering_a_model_needs_the_models_logged():
         validate(compose(["mlflow.system_metrics_interval_s=0"]))  # at least a second (MlflowConfig.check)
 
 
+def test_the_folder_check_of_jobs_started_at_once_takes_a_folder_another_job_made_or_removed(tmp_path, monkeypatch):
+    """Jobs started together check the same outputs folder: one that another job makes between this check's look and
+    its mkdir is used (it stopped a job of the four-job test with "cannot be written (File exists)"), and one that
+    another job's check removes before this one writes in it is checked again."""
+    import pathlib
+    import tempfile
+
+    from o2o.cli import check_writable_folder
+    from o2o.errors import ConfigError
+
+    target = tmp_path / "out" / "runs"
+    real_mkdir, real_temp = pathlib.Path.mkdir, tempfile.TemporaryFile
+
+    def made_by_another_job_first(self, *args, **kwargs):
+        real_mkdir(self, *args, **kwargs)  # the other job's
+        raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", made_by_another_job_first)
+    check_writable_folder(str(target), "the outputs folder (O2O_OUTPUTS)")
+    assert target.is_dir()  # the other job's folders: not this check's to remove
+    monkeypatch.setattr(pathlib.Path, "mkdir", real_mkdir)
+    removed = []
+
+    def removed_once(*args, **kwargs):
+        if not removed:
+            removed.append(True)
+            raise FileNotFoundError(2, "No such file or directory")
+        return real_temp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", removed_once)
+    check_writable_folder(str(tmp_path / "elsewhere"), "the outputs folder (O2O_OUTPUTS)")
+    assert removed and not (tmp_path / "elsewhere").exists()  # checked again; what it made, removed
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError(2, "gone")))
+    with pytest.raises(ConfigError, match=r"cannot be written \(gone\)"):  # not forever
+        check_writable_folder(str(tmp_path / "never"), "the outputs folder (O2O_OUTPUTS)")
+
+
 def test_four_jobs_started_in_the_same_second_get_four_folders_and_four_complete_runs(tmp_path):
     """Default run folders (no hydra.run.dir), four jobs at once on one store: each has its own folder and its own
     MLflow run, with its own param and no duplicate steps."""
