@@ -664,6 +664,11 @@ def test_a_sweep_records_the_jobs_it_plans_and_its_page_names_those_not_finished
     tagged = [f"+note='x; z=1' seed={s} y=$\\{{seed\\}}" for s in (0, 1)]  # the jobs' overrides tags
     assert plan_progress(plan_tags(odd), runs(*tagged)) == " 2 of the 2 runs planned by the sweep have finished."
     assert plan_progress(plan_tags(odd), runs(tagged[1])).endswith("has finished; not yet: seed=0.")
+    # a swept value holding a space (quoted on the command line) is named whole, as Hydra hands it to its job
+    spaced = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": basic, "params": {"+note": "'a b','c d'"}}, "overrides": {"task": ["seed=0"]}}})
+    assert planned_jobs(spaced) == ["+note='a b' seed=0", "+note='c d' seed=0"]
+    assert plan_progress(plan_tags(spaced), runs("seed=0 +note='c d'")).endswith("not yet: +note='a b'.")
     cfg.hydra.overrides.task.append("seed=0")  # the command line's value replaces the preset's sweep of the key
     assert planned_jobs(cfg) == [f"algo={a} {preset} seed=0" for a in ("calql", "cql")]
     many = OmegaConf.merge(cfg, {"hydra": {"sweeper": {"params": {"seed": ",".join(map(str, range(200)))}},
@@ -674,6 +679,25 @@ def test_a_sweep_records_the_jobs_it_plans_and_its_page_names_those_not_finished
     assert planned_jobs(cfg) is None and plan_tags(cfg) == {}
     other = OmegaConf.merge(cfg, {"hydra": {"sweeper": {"_target_": "hydra_plugins.optuna.OptunaSweeper"}}})
     assert planned_jobs(other) is None
+
+
+def test_a_runs_overrides_tag_splits_into_the_overrides_hydra_had():
+    """A run's overrides tag joins Hydra's overrides with spaces; matching a finished run to its job and the page's
+    labels read them back whole: quoted values and lists may hold spaces, an unquoted value too, and a deletion
+    (~key) changes what a run computes."""
+    from o2o.archive import computing_overrides
+    from o2o.report import override_key, split_overrides
+
+    tag = ("algo=calql +note='a b; c=1' dims=[256, 256] ~algo.bc_steps name=hello world y=$\\{seed\\} "
+           "q=\"it's\" seed=3 threads=2 hydra/launcher=submitit_slurm")
+    assert split_overrides(tag) == ["algo=calql", "+note='a b; c=1'", "dims=[256, 256]", "~algo.bc_steps",
+                                    "name=hello world", "y=$\\{seed\\}", "q=\"it's\"", "seed=3", "threads=2",
+                                    "hydra/launcher=submitit_slurm"]
+    assert [override_key(o) for o in split_overrides(tag)][:4] == ["algo", "note", "dims", "algo.bc_steps"]
+    assert computing_overrides(tag) == frozenset(split_overrides(tag)[:-2])  # not threads, not the launcher
+    assert computing_overrides(tag) != computing_overrides(tag.replace("dims=[256, 256]", "dims=[256, 512]"))
+    assert split_overrides("(defaults)") == [] and computing_overrides("(defaults)") == frozenset()
+    assert split_overrides("x=[1, 2 seed=0") == ["x=[1, 2", "seed=0"]  # an open bracket: split at every space
 
 
 def test_a_sweep_param_override_is_passed_as_hydra_takes_it():

@@ -396,11 +396,11 @@ def restore_records(client, experiment_id: str, sweep_dir: Path, folder: Path) -
 def computing_overrides(overrides: str) -> frozenset[str]:
     """A job's overrides that change what it computes: not threads, progress, device, the experiment's name and
     other bookkeeping (o2o.report.NOT_CONFIG but the seed), which a continued study may set otherwise."""
-    from o2o.report import NOT_CONFIG
+    from o2o.report import NOT_CONFIG, override_key, split_overrides
 
     bookkeeping = set(NOT_CONFIG) - {"seed"}
-    return frozenset(token for token in overrides.split() if "=" in token
-                     and token.split("=", 1)[0].lstrip("+~") not in bookkeeping and not token.startswith("hydra"))
+    return frozenset(token for token in split_overrides(overrides)
+                     if override_key(token) not in bookkeeping and not override_key(token).startswith("hydra"))
 
 
 def finished_in_sweep(client, resolved: dict, overrides: str):

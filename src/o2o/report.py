@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import re
 import sys
 import time
 import warnings
@@ -47,6 +48,50 @@ SCORE_RANGE = {M.SUCCESS_RATE: (0.0, 1.0), M.TASKS_SOLVED: (0.0, 1.0)}  # fracti
 # value, which a companion study compares on one setting) and not a fact measured from the data (``data.*``, logged
 # only by algorithms that read offline data). Rows are compared (a verdict, one figure) only within one setting.
 NOT_SETTING = ("algo.", "companion", "retrain.", "exploration.", "reference.", "data.")
+
+
+_OVERRIDE_START = re.compile(r"(?:\+\+?)?[\w./@:-]+=|~[\w./@:-]+(?:=|$)")
+
+
+def split_overrides(text: str) -> list[str]:
+    """The overrides of a run's ``overrides`` tag (Hydra's overrides joined by spaces), as Hydra had them: split at
+    spaces outside quotes, brackets and escapes; a piece that starts no override (``key=``, ``~key``) continues the one
+    before it (Hydra keeps spaces inside an unquoted value), and one with nothing before it is not an override. Text with
+    an open quote or bracket, which Hydra would not have parsed, splits at every space."""
+    pieces, current, quote, depth, escaped = [], "", "", 0, False
+    for char in text + " ":
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth = max(depth - 1, 0)
+        elif char.isspace() and depth == 0:
+            if current:
+                pieces.append(current)
+            current = ""
+            continue
+        current += char
+    if quote or depth:  # nothing Hydra parsed: split at every space
+        pieces = text.split()
+    overrides = []
+    for piece in pieces:
+        if _OVERRIDE_START.match(piece):
+            overrides.append(piece)
+        elif overrides:
+            overrides[-1] += " " + piece
+    return overrides
+
+
+def override_key(override: str) -> str:
+    """The config key or group an override sets (``+a.b=1``, ``~a.b`` and ``a.b=1`` all set ``a.b``)."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def setting_of(params: dict[str, str]) -> tuple:
@@ -269,7 +314,7 @@ def setting_labels(records: list[RunRecord]) -> dict[tuple, str]:
         if len(runs_of) == 1:
             labels[(env, next(iter(runs_of)))] = ""
             continue
-        tokens = {setting: frozenset(t for t in _override_tokens(runs) if _outside_algo(t.split("=", 1)[0].lstrip("+~")))
+        tokens = {setting: frozenset(t for t in _override_tokens(runs) if _outside_algo(override_key(t)))
                   for setting, runs in runs_of.items()}
         shared = frozenset.intersection(*tokens.values())
         by_overrides = {k: " ".join(sorted(t - shared)) or "(no override)" for k, t in tokens.items()}
@@ -297,17 +342,15 @@ def config_cell(row: dict) -> str:
 def _top_level(label: str) -> bool:
     """Every override in ``label`` sets a top-level choice (a group's option such as companion=ooo, or a top-level
     key), which names what sets the runs apart better than the params it expands to."""
-    return all("." not in token.split("=", 1)[0] for token in label.split())
+    return all("." not in override_key(token) for token in split_overrides(label))
 
 
 def _override_tokens(runs: list[RunRecord]) -> frozenset[str]:
     """The overrides that shape what the runs compute (not the seed, not bookkeeping)."""
     tokens = set()
     for r in runs:
-        for token in r.overrides.split():
-            name = token.split("=", 1)[0].lstrip("+~")
-            if name not in NOT_CONFIG and not name.startswith("hydra") and "=" in token:
-                tokens.add(token)
+        tokens.update(token for token in split_overrides(r.overrides)
+                      if override_key(token) not in NOT_CONFIG and not override_key(token).startswith("hydra"))
     return frozenset(tokens)
 
 

@@ -519,7 +519,7 @@ def plan_progress(parent_tags: dict[str, str], records: list) -> str:
         return ""
     if PLANNED_JOBS_TAG not in parent_tags:
         return f" The sweep plans {parent_tags[PLANNED_RUNS_TAG]} runs (too many to list here)."
-    jobs = [frozenset(job.split()) for job in json.loads(parent_tags[PLANNED_JOBS_TAG])]
+    jobs = [computing_overrides(job) for job in json.loads(parent_tags[PLANNED_JOBS_TAG])]
     finished = {computing_overrides(r.overrides) for r in records}
     missing = [job for job in jobs if job not in finished]
     done = len(jobs) - len(missing)
