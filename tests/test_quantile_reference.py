@@ -60,6 +60,17 @@ def test_a_run_labels_every_transition_with_the_current_threshold(tmp_path, monk
     from o2o import metrics as M, run
     from o2o.reference import QuantileReference as Quantile
 
+    from o2o.data.offline_data import OfflineData
+
+    # the run's offline episodes are the recorded ones (an Adroit success made terminal ends none): here one
+    def one_recorded_episode(data):
+        return np.arange(len(data.terminals)) == len(data.terminals) - 1
+
+    monkeypatch.setattr(OfflineData, "recorded_episode_ends", property(one_recorded_episode))
+    offline_returns = []
+    made = Quantile.__init__
+    monkeypatch.setattr(Quantile, "__init__", lambda self, tau, returns: (offline_returns.append(len(returns)),
+                                                                           made(self, tau, returns))[1])
     seen = []
     real = Quantile.episode_values
 
@@ -73,6 +84,7 @@ def test_a_run_labels_every_transition_with_the_current_threshold(tmp_path, monk
                                                                 "schedule.online_steps=600", "mlflow.log_models=false",
                                                                 "mlflow_experiment=o2o-quantile"])
     assert len(seen) == final[M.EPISODES] >= 2
+    assert offline_returns == [1]
     for threshold, per_buffer in seen:
         assert len(per_buffer) == 2 and all(values == [pytest.approx(threshold)] for values in per_buffer if values)
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])

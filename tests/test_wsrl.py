@@ -154,7 +154,7 @@ def test_the_actor_steps_every_update_in_pre_training_and_once_per_block_when_fi
         stepped[phase] = moves
         assert any(not torch.equal(a, b) for a, b in zip(actor_before, agent.actor.parameters()))
     assert stepped[M.OFFLINE] == [True] * 4
-    assert stepped[M.ONLINE] == [False, False, False, True]  # with the block's last critic step (its departure)
+    assert stepped[M.ONLINE] == [False, False, False, True]  # after the block's four critic steps, as update_high_utd
 
 
 @pytest.mark.parametrize("algo, states, phase", [

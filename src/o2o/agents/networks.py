@@ -148,7 +148,7 @@ class EnsembleCritic(nn.Module):
         self.norm_scales = nn.ParameterList(nn.Parameter(torch.ones(ensemble_size, 1, h)) for h in hidden)
         self.norm_shifts = nn.ParameterList(nn.Parameter(torch.zeros(ensemble_size, 1, h)) for h in hidden)
         self.layer_norm, self.norm_after_activation = layer_norm, norm_after_activation
-        self.normalize_features = False  # the last hidden features scaled to unit length (OOO's retraining)
+        self.normalize_features = False  # the last hidden features scaled to unit length (retrain.feature_normalization)
         if not layer_norm:
             self.norm_scales, self.norm_shifts = nn.ParameterList(), nn.ParameterList()
         last = len(self.weights) - 1

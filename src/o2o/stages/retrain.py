@@ -23,9 +23,10 @@ from o2o.stages.offline import pretrain
 
 
 def prepare(agent, cfg, offline: TransitionBuffer, online: TransitionBuffer) -> None:
-    """OOO's retraining options on a fresh agent: the critics' last hidden features normalised, and the TD target
-    bounded by the data's rewards, min and max over 1 - gamma (conservative_sac_exploitation.py,
-    bound_q_functions_according_to_data: over the offline data and the replay buffer)."""
+    """The retraining options on a fresh agent: the TD target bounded by the data's rewards, min and max over
+    1 - gamma (OOO's conservative_sac_exploitation.py, bound_q_functions_according_to_data: over the offline data and
+    the replay buffer), and, where asked, the critics' last hidden features normalised (a switch OOO's model.py
+    defines and its exploitation script never passes: off in their runs, conf/retrain/ooo.yaml)."""
     if cfg.retrain.feature_normalization:  # every ensemble, also one an agent wraps (normaliser, clamp)
         for module in (*agent.critic.modules(), *agent.critic_target.modules()):
             if isinstance(module, EnsembleCritic):
