@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -294,6 +295,30 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     (folder / PARENT_FILE).write_text(json.dumps({**parent_record, "datasets": awac}))
     with pytest.raises(ConfigError, match="built before its BC policy was kept"):
         restore_dataset(folder)
+    # an archive committed before archives left git comes back from the repository's history, checked by its hash
+    monkeypatch.delenv("GIT_DIR", raising=False)
+    (folder / PARENT_FILE).write_text(json.dumps(parent_record))
+    archive = folder / kept["file"]
+    data.mkdir(parents=True)
+    (data / "main_data.hdf5").write_bytes(b"the transitions of one machine's build")
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(data.parent, arcname="o2o/pen/built-v0")
+    shutil.rmtree(data.parent)
+    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",  # noqa: E731
+                                        *args], check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "-f", "records")
+    git("commit", "-q", "-m", "records with their dataset")
+    git("rm", "-q", "--cached", f"records/{archive.name}")
+    git("commit", "-q", "-m", "the dataset leaves git")
+    archive.unlink()
+    assert restore_dataset(folder) == ["o2o/pen/built-v0"]
+    assert (data / "main_data.hdf5").read_bytes() == b"the transitions of one machine's build" and archive.is_file()
+    shutil.rmtree(data.parent)
+    archive.write_bytes(b"not xz")  # a file there is used as it is: one that is no archive stops with one line
+    with pytest.raises(ConfigError, match="is not a readable archive"):
+        restore_dataset(folder)
+    assert not data.parent.exists()
     (folder / PARENT_FILE).write_text('{"datasets": {"o2o/x/y-v0": {"file": 3}}}')
     with pytest.raises(ConfigError, match="is not a study's parent record"):
         restore_dataset(folder)

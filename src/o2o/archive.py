@@ -18,8 +18,9 @@ are not kept: the page rebuilds its figures from the metrics.
 The data too: a dataset built here (``o2o-data build-adroit``, or collected on first use) is named in
 ``parent.json`` by its data file's SHA-256 and the recipe that builds it (the ``o2o-data`` command, or the
 collector's params). Its archive (``dataset-<name>.tar.xz``) is written beside the records for this machine but kept
-out of git (it can be megabytes). Where the dataset is missing, the study unpacks the archive if it is there, else
-builds the dataset again from its recipe, and stops before any job, with one line, if that build is not the one the
+out of git (it can be megabytes). Where the dataset is missing, the study unpacks the archive if it is there (or in
+this repository's history: pen_o2o's was committed before archives left git), else builds the dataset again from its
+recipe, and stops before any job, with one line, if that build is not the one the
 runs trained on (a build is not the same on every machine: pen's AWAC recipe kept 36,147 transitions on one machine
 and 33,554 on another, same code and seed); a machine holding another build of the same id stops it too
 (:func:`restore_dataset`).
@@ -29,6 +30,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import lzma
 import math
 import os
 import shutil
@@ -239,8 +241,9 @@ def rebuild_dataset(dataset_id: str, recipe: dict | None, collect=None, folder: 
                               "restore the file from git (git checkout -- <file>)")
         if "awac-recipe" in dataset_id and "--awac-bc-weights" not in args:
             raise ConfigError(f"{dataset_id} was built before its BC policy was kept, and a new BC fit differs between "
-                              "CPU kinds (docs/data.md): its data come back only from its archive, on the machine that "
-                              "built it; or start the study again here with --new --records DIR")
+                              "CPU kinds (docs/data.md): its data come back only from its archive, from the machine that "
+                              "built it or from this repository's whole history (git fetch --unshallow); or start "
+                              "the study again here with --new --records DIR")
         args = list(args)
         if "--awac-bc-weights" in args and folder is not None:  # kept beside the records
             at = args.index("--awac-bc-weights") + 1
@@ -277,6 +280,33 @@ def kept_datasets(parent_file: Path) -> dict[str, dict]:
     return datasets
 
 
+def archive_from_history(archive: Path) -> str | None:
+    """Put back an archive that an earlier commit of this repository held (study datasets were committed before they
+    left git: pen_o2o's, whose BC policy was not kept, so no rebuild reproduces it); returns that commit, or None
+    where the folder is not in a git checkout or its history never held the file. Its SHA-256 is checked after."""
+    import subprocess
+
+    def git(folder: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, timeout=120)
+
+    try:
+        found = git(archive.parent, "rev-parse", "--show-toplevel")
+        if found.returncode:
+            return None
+        top = Path(found.stdout.decode().strip()).resolve()
+        path = archive.parent.resolve().relative_to(top).joinpath(archive.name).as_posix()
+        commit = git(top, "log", "--all", "-1", "--format=%H", "--diff-filter=D", "--", path).stdout.decode().strip()
+        blob = git(top, "show", f"{commit}^:{path}") if commit else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    if blob is None or blob.returncode:
+        return None
+    partial = archive.with_name(archive.name + ".partial")
+    partial.write_bytes(blob.stdout)
+    partial.replace(archive)
+    return commit[:12]
+
+
 def restore_dataset(folder: Path, collect=None) -> list[str]:
     """The datasets the study's runs trained on, where they are missing unpacked from their archive or, without it,
     built again from their recipe (``collect``: see :func:`rebuild_dataset`); returns their ids. Another build of
@@ -300,9 +330,17 @@ def restore_dataset(folder: Path, collect=None) -> list[str]:
             raise ConfigError(f"{here.parent.parent} is an incomplete dataset folder: remove it, and the study "
                               f"restores {dataset_id} from {folder / kept['file']}")
         archive = folder / kept["file"]
+        if not archive.is_file() and (commit := archive_from_history(archive)):
+            print(f"{archive.name} put back from this repository's history (it left git in commit {commit})",
+                  flush=True)
         if archive.is_file():
-            with tarfile.open(archive, "r:xz") as tar:
-                tar.extractall(minari_root(), filter="data")
+            try:
+                with tarfile.open(archive, "r:xz") as tar:
+                    tar.extractall(minari_root(), filter="data")
+            except (tarfile.TarError, EOFError, lzma.LZMAError) as error:
+                shutil.rmtree(Path(minari_root()) / dataset_id, ignore_errors=True)  # no run may train on a part
+                raise ConfigError(f"{archive} is not a readable archive ({error}): remove it, and the study builds "
+                                  "the dataset again from its recipe") from None
             if sha256(here) != kept["sha256"]:
                 raise ConfigError(f"{archive} does not hold the data its record names (SHA-256 differs)")
         else:
