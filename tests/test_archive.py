@@ -3,6 +3,7 @@ never twice, never into another sweep; a job whose finished run its sweep alread
 import gzip
 import json
 import math
+import re
 import shutil
 import subprocess
 import tarfile
@@ -322,6 +323,31 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     (folder / PARENT_FILE).write_text('{"datasets": {"o2o/x/y-v0": {"file": 3}}}')
     with pytest.raises(ConfigError, match="is not a study's parent record"):
         restore_dataset(folder)
+
+
+@pytest.mark.parametrize("text, line", [
+    ('{"format": 3, "run_id": "a", "datas', "is not a study's parent record (Unterminated string"),  # cut
+    ('{"format": 3, "datasets": {}}', "is not a study's parent record (no sweep run id)"),
+    ('[1, 2]', "is not a study's parent record (no sweep run id)"),
+    ('{"format": 3, "run_id": "a", "tags": []}', "(its datasets or tags are not a mapping)"),
+    ('{"format": 99, "run_id": "a"}', "is a record of format 99, this code reads 1 and 2 and 3"),
+    (b"\xff\xfe", "is not a study's parent record")])
+def test_a_parent_record_that_is_not_one_stops_every_reader_with_one_line(tmp_path, text, line):
+    from types import SimpleNamespace
+
+    from o2o.archive import kept_datasets
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    parent_file = folder / PARENT_FILE
+    parent_file.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for reader in (lambda: read_records(folder), lambda: kept_datasets(parent_file),
+                   lambda: write_records(SimpleNamespace(get_run=lambda _: SimpleNamespace(data=SimpleNamespace(tags={}))),
+                                         "a", folder)):
+        with pytest.raises(ConfigError, match=re.escape(line)) as raised:
+            reader()
+        assert "\n" not in str(raised.value)
+    assert parent_file.read_bytes() == (text if isinstance(text, bytes) else text.encode())  # left as it was
 
 
 def test_a_running_study_keeps_each_finished_run_as_it_ticks_and_says_once_when_it_cannot(tmp_path, capsys):

@@ -146,7 +146,7 @@ def write_records(client, parent: str, folder: Path, full: bool = False) -> list
     tags = client.get_run(parent).data.tags
     origin = tags.get(ARCHIVED_TAG, parent)
     parent_file = folder / PARENT_FILE
-    if parent_file.exists() and (kept := json.loads(parent_file.read_text())["run_id"]) != origin:
+    if parent_file.exists() and (kept := read_parent(parent_file)["run_id"]) != origin:
         raise ConfigError(f"{folder} holds the records of the sweep run {kept}, not of {parent}: give this sweep its "
                           "own records folder (o2o-study --records DIR)")
     folder.mkdir(parents=True, exist_ok=True)
@@ -159,7 +159,7 @@ def write_records(client, parent: str, folder: Path, full: bool = False) -> list
                 json.dump(shortened(run_record(client, run, full)), handle)
             partial.replace(path)
             written.append(path)
-    kept = json.loads(parent_file.read_text()).get("datasets", {}) if parent_file.exists() else {}
+    kept = read_parent(parent_file)["datasets"] if parent_file.exists() else {}
     for run in children(client, parent, status=None):  # from the first job on: the data is what a run starts from
         dataset = run.data.tags.get("dataset")
         if dataset and dataset not in kept and built_here(dataset):
@@ -267,17 +267,34 @@ def rebuild_dataset(dataset_id: str, recipe: dict | None, collect=None, folder: 
                       "machine that built it")
 
 
-def kept_datasets(parent_file: Path) -> dict[str, dict]:
-    """The datasets ``parent.json`` names, each with its archive's name and its SHA-256; a file that is not such a
-    record stops with one line."""
+def read_parent(parent_file: Path) -> dict:
+    """``parent.json`` as written by :func:`write_records`; one that is not such a record (cut, edited, of a newer
+    format) stops with one line."""
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(f"{parent_file} is not a study's parent record ({why}): restore it from git "
+                           "(git checkout -- <file>)")
+
     try:
-        datasets = json.loads(parent_file.read_text()).get("datasets", {})
-        if not all(isinstance(k.get("file"), str) and isinstance(k.get("sha256"), str) for k in datasets.values()):
-            raise ValueError("a dataset without its file or SHA-256")
-    except (ValueError, AttributeError) as err:
-        raise ConfigError(f"{parent_file} is not a study's parent record ({err}): restore it from git "
-                          "(git checkout -- <file>)") from None
-    return datasets
+        parent = json.loads(parent_file.read_text())
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise refuse(str(err).splitlines()[0][:120]) from None
+    if isinstance(parent, dict) and parent.get("format", 1) not in READABLE:
+        raise ConfigError(f"{parent_file} is a record of format {parent.get('format')!r}, this code reads "
+                          f"{' and '.join(map(str, READABLE))}: read it with the commit that wrote it")
+    if not isinstance(parent, dict) or not isinstance(parent.get("run_id"), str):
+        raise refuse("no sweep run id")
+    datasets, tags = parent.setdefault("datasets", {}), parent.setdefault("tags", {})
+    if not isinstance(datasets, dict) or not isinstance(tags, dict):
+        raise refuse("its datasets or tags are not a mapping")
+    if not all(isinstance(k, dict) and isinstance(k.get("file"), str) and isinstance(k.get("sha256"), str)
+               for k in datasets.values()):
+        raise refuse("a dataset without its file or SHA-256")
+    return parent
+
+
+def kept_datasets(parent_file: Path) -> dict[str, dict]:
+    """The datasets ``parent.json`` names, each with its archive's name and its SHA-256."""
+    return read_parent(parent_file)["datasets"]
 
 
 def archive_from_history(archive: Path) -> str | None:
@@ -361,7 +378,7 @@ def read_records(folder: Path) -> tuple[dict | None, list[dict]]:
     if not folder.is_dir():
         return None, []
     parent_file = folder / PARENT_FILE
-    parent = json.loads(parent_file.read_text()) if parent_file.exists() else None
+    parent = read_parent(parent_file) if parent_file.exists() else None
     runs = []
     for path in sorted(folder.glob("*.json.gz")):
         try:

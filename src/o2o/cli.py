@@ -529,7 +529,9 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
     if listed:
         key = listed.group(2)
         given = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+") == key), "?")
-        return f"{key} must be a list, e.g. {key}=[256,256], got {given!r}"
+        example = {"extra_metrics": "[success_rate]", "obs_keys": "[observation]",
+                   "target_bounds": "[null,0.5]"}.get(key.rsplit(".", 1)[-1], "[256,256]")  # else layer widths
+        return f"{key} must be a list, e.g. {key}={example}, got {given!r}"
     if "Ambiguous value for argument" in text:  # key=a,b is a sweep
         given = re.search(r"Ambiguous value for argument '([^']+)'", text)
         return (f"{given.group(1) if given else 'a comma list'} lists several values, which is a sweep: add -m "

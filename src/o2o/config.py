@@ -302,8 +302,12 @@ class ReferenceConfig:
             require(self.tau is not None and 0 <= self.tau <= 1,
                      f"reference=quantile needs reference.tau in [0, 1], got {self.tau}")
         elif self.value != "mc":
-            require(all((v or 0) > 0 for v in (self.fit_steps, self.batch_size, self.lr)) and bool(self.hidden),
-                     f"reference={self.value} needs reference.fit_steps, batch_size, lr > 0 and hidden layers")
+            for key in ("fit_steps", "batch_size", "lr"):
+                require((getattr(self, key) or 0) > 0,
+                         f"reference={self.value} needs reference.{key} > 0, got {getattr(self, key)}")
+            require(bool(self.hidden) and all(w > 0 for w in self.hidden),
+                     f"reference={self.value} needs reference.hidden, a non-empty list of positive widths, got "
+                     f"{list(self.hidden)}")
             require(self.value != "td" or 0 < (self.target_rate or 0) <= 1,
                      f"reference.target_rate must be in (0, 1], got {self.target_rate}")
 
@@ -338,9 +342,13 @@ class ExplorationConfig:
             require((self.coef or 0) > 0, f"exploration={self.bonus} needs exploration.coef > 0, got {self.coef}")
             require(self.pretraining is not None, f"exploration={self.bonus} needs exploration.pretraining")
         if self.bonus == "rnd":
-            require(bool(self.rnd_hidden) and (self.rnd_lr or 0) > 0 and 0 < (self.rnd_update_proportion or 0) <= 1
-                     and self.rnd_trains is not None,
-                     "exploration=rnd needs rnd_hidden, rnd_lr > 0, rnd_update_proportion in (0, 1] and rnd_trains")
+            require(bool(self.rnd_hidden) and all(w > 0 for w in self.rnd_hidden),
+                     f"exploration=rnd needs exploration.rnd_hidden, a non-empty list of positive widths, got "
+                     f"{list(self.rnd_hidden)}")
+            require((self.rnd_lr or 0) > 0, f"exploration=rnd needs exploration.rnd_lr > 0, got {self.rnd_lr}")
+            require(0 < (self.rnd_update_proportion or 0) <= 1,
+                     f"exploration.rnd_update_proportion must be in (0, 1], got {self.rnd_update_proportion}")
+            require(self.rnd_trains is not None, "exploration=rnd needs exploration.rnd_trains (true or false)")
         if self.bonus == "qknn":
             require((self.knn_k or 0) >= 1, f"exploration.knn_k must be >= 1, got {self.knn_k}")
         if self.target_bounds is not None:
