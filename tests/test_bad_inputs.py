@@ -100,6 +100,18 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
     "steps not whole in scientific notation": (["schedule.offline_steps=1.5e-1"], {},
                                                "schedule.offline_steps must be an integer, got '0.15'"),
     "layers not a list": (["algo.actor_hidden=abc"], {}, "algo.actor_hidden must be a list, e.g. "),
+    "metrics not a list": (["domain.extra_metrics=success_rate"], {},
+                           "domain.extra_metrics must be a list, e.g. domain.extra_metrics=[success_rate]"),
+    "a reference layer of negative width": (["reference=regression", "reference.hidden=[-1]"], {},
+                                            "reference=regression needs reference.hidden, a non-empty list of positive "
+                                            "widths, got [-1]"),
+    "a reference layer of width 0": (["reference=td", "reference.hidden=[0]"], {}, "got [0]"),
+    "an RND layer of width 0": (["exploration=rnd", "exploration.rnd_hidden=[0]"], {},
+                                "exploration=rnd needs exploration.rnd_hidden, a non-empty list of positive widths"),
+    "a negative RND learning rate": (["exploration=rnd", "exploration.rnd_lr=-1"], {},
+                                     "exploration=rnd needs exploration.rnd_lr > 0, got -1.0"),
+    "a reference fit of no steps": (["reference=regression", "reference.fit_steps=0"], {},
+                                    "reference=regression needs reference.fit_steps > 0, got 0"),
     "retraining key without retraining": (["retrain.mixing_ratio=0.5"], {},
                                           "retrain.mixing_ratio does nothing in this run: offline retraining is off"),
     "pre-training steps for an algorithm that does not pre-train": (
@@ -672,6 +684,9 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
     MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).create_experiment("o2o-report-filter")
     from o2o.data.build.cli import main as data
 
+    a_file = tmp_path / "a-file"
+    a_file.write_text("kept")
+
     for tool, argv, line in (
             (report, ["--experiment", "o2o-report-filter", "--filter", "params.x ((( =", "--no-mlflow"],
              "error: the run filter"),
@@ -684,11 +699,21 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
              "error: o2o-data build-adroit: argument --expert-episodes: -5 is below 1"),
             (data, ["build-adroit", "--bc-noise", "nan"], "argument --bc-noise: nan is not a finite number >= 0"),
             (data, ["build-adroit", "--namespace", "D4RL"], "--namespace D4RL is an official one; choose your own"),
-            (data, ["bogus"], "error: o2o-data: argument command: invalid choice: 'bogus'")):
+            (data, ["bogus"], "error: o2o-data: argument command: invalid choice: 'bogus'"),
+            # folders that are files: refused before any run is read or any episode is built
+            (report, ["--experiment", "o2o-report-filter", "--no-mlflow", "--out", str(a_file)],
+             f"error: --out {a_file} cannot be written ({a_file} is a file)"),
+            (data, ["build-ogbench", "--env", "cube-single", "--episodes", "1", "--out", str(a_file)],
+             f"error: --out {a_file} cannot be written"),
+            (data, ["list"], f"(MINARI_DATASETS_PATH) {a_file} is a file: name a folder"),
+            (data, ["build-adroit", "--tasks", "door"], f"(MINARI_DATASETS_PATH) {a_file} cannot be written")):
+        monkeypatch.setenv("MINARI_DATASETS_PATH", str(a_file) if argv in (["list"], ["build-adroit", "--tasks", "door"]) else
+                           os.environ["MINARI_DATASETS_PATH"])
         with pytest.raises(SystemExit) as stopped:
             tool(argv)
         err = capsys.readouterr().err.strip()
         assert stopped.value.code == 2 and err.startswith("error: ") and line in err and "\n" not in err, (argv, err)
+    assert a_file.read_text() == "kept"
 
 
 def test_a_legal_value_that_is_almost_surely_a_mistake_starts_the_run_and_says_so(tmp_path):

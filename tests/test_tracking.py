@@ -113,7 +113,7 @@ def test_the_folder_check_of_jobs_started_at_once_takes_a_folder_another_job_mad
     import pathlib
     import tempfile
 
-    from o2o.cli import check_writable_folder
+    from o2o.tracking import check_writable_folder
     from o2o.errors import ConfigError
 
     target = tmp_path / "out" / "runs"

@@ -275,6 +275,8 @@ def check_sweep_settings(args: Sequence[str]) -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from o2o.tracking import check_writable_folder
+
     swept = {}
     for override in OverridesParser.create().parse_overrides(list(args)):
         key = override.get_key_element()
@@ -360,7 +362,7 @@ def preflight(overrides: Sequence[str], run_dir: str | None = None, inert: bool 
         from o2o.runtime import resolve_device
 
         resolve_device(config.device)
-    from o2o.tracking import outputs_dir
+    from o2o.tracking import check_writable_folder, outputs_dir
 
     check_writable_folder(run_dir or str(outputs_dir()), "hydra.run.dir" if run_dir else "the outputs folder (O2O_OUTPUTS)")
     if config.env.dataset.id:  # a dataset to download or collect is written there; a present one is only read
@@ -395,41 +397,6 @@ def run_dir_override(args: Sequence[str]) -> str | None:
         raise ConfigError("hydra.run.dir is empty (the run would write into the current folder): give a folder, or "
                           "leave it out for a dated folder under outputs/runs/")
     return value
-
-
-def check_writable_folder(path: str, what: str, attempts: int = 3) -> None:
-    """``path`` is, or can be made, a folder this process writes in; what the check creates, it removes. Jobs
-    started at once check the same folders: one made by another job meanwhile is used, not refused, and one that
-    another job's check removed meanwhile is checked again."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(path).expanduser().absolute()
-    for attempt in range(attempts):
-        made = []
-        try:
-            for parent in [*reversed(folder.parents), folder]:
-                if not parent.is_dir():
-                    try:
-                        parent.mkdir()
-                        made.append(parent)
-                    except FileExistsError:  # made by another process since, or a file
-                        if not parent.is_dir():
-                            raise NotADirectoryError(f"{parent} is a file") from None
-            tempfile.TemporaryFile(dir=folder).close()
-            return
-        except OSError as err:
-            if isinstance(err, FileNotFoundError) and attempt < attempts - 1:
-                continue  # a folder on the way removed by another process's check meanwhile: check again
-            reason = err.strerror or str(err)
-            raise ConfigError(f"{what} {folder} cannot be written ({reason}): choose a folder you can write in") from None
-        finally:
-            for created in reversed(made):
-                try:
-                    os.rmdir(created)
-                except OSError:
-                    pass
 
 
 def refuse_borrowed_names(config, overrides: Sequence[str]) -> None:

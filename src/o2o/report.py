@@ -770,7 +770,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 < args.dip_fraction <= 1:
         parser.error(f"--dip-fraction must be in (0, 1], a fraction of fine-tuning, got {args.dip_fraction}")
     try:
-        from o2o.tracking import check_store, store_not_made
+        from o2o.tracking import check_store, check_writable_folder, store_not_made
 
         uri = default_tracking_uri()
         check_store(uri)
@@ -781,6 +781,7 @@ def main(argv: list[str] | None = None) -> None:
 
         client = MlflowClient(uri)
         out = Path(args.out) if args.out else outputs_dir() / "reports" / f"{args.experiment}-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+        check_writable_folder(str(out), "--out" if args.out else "the reports folder")
         result = write_report(client, args.experiment, build_filter(args.env, args.algo, args.dataset, args.parent,
                                                                     args.filter),
                               out, args.dip_fraction, not args.include_unfinished, not args.no_mlflow, args.algo,

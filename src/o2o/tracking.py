@@ -41,6 +41,41 @@ def outputs_dir() -> Path:
     return Path(folder).resolve()
 
 
+def check_writable_folder(path: str, what: str, attempts: int = 3) -> None:
+    """``path`` is, or can be made, a folder this process writes in; what the check creates, it removes. Jobs
+    started at once check the same folders: one made by another job meanwhile is used, not refused, and one that
+    another job's check removed meanwhile is checked again."""
+    import tempfile
+
+    from o2o.errors import ConfigError
+
+    folder = Path(path).expanduser().absolute()
+    for attempt in range(attempts):
+        made = []
+        try:
+            for parent in [*reversed(folder.parents), folder]:
+                if not parent.is_dir():
+                    try:
+                        parent.mkdir()
+                        made.append(parent)
+                    except FileExistsError:  # made by another process since, or a file
+                        if not parent.is_dir():
+                            raise NotADirectoryError(f"{parent} is a file") from None
+            tempfile.TemporaryFile(dir=folder).close()
+            return
+        except OSError as err:
+            if isinstance(err, FileNotFoundError) and attempt < attempts - 1:
+                continue  # a folder on the way removed by another process's check meanwhile: check again
+            reason = err.strerror or str(err)
+            raise ConfigError(f"{what} {folder} cannot be written ({reason}): choose a folder you can write in") from None
+        finally:
+            for created in reversed(made):
+                try:
+                    os.rmdir(created)
+                except OSError:
+                    pass
+
+
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else a sqlite file at an absolute path under outputs/."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")

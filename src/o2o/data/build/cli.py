@@ -17,7 +17,8 @@ from o2o.data.build.awac_recipe import AWAC_BC_ROLLOUTS
 from o2o.data.build.adroit import D4RL_CLONED_EPISODES, D4RL_EXPERT_EPISODES, TASKS, build
 from o2o.data.minari import OFFICIAL_NAMESPACES, minari_root
 from o2o.data import ogbench
-from o2o.errors import DatasetError, OneLineParser
+from o2o.errors import DatasetError, OneLineParser, UserError
+from o2o.tracking import check_writable_folder
 
 
 
@@ -158,6 +159,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    try:  # the folder a command writes in (or, for list, reads), before any work
+        if args.command == "build-ogbench":
+            check_writable_folder(args.out or str(ogbench.ogbench_dir()),
+                                  "--out" if args.out else "OGBench's datasets folder (OGBENCH_DATASETS_PATH)")
+        elif args.command == "build-adroit":
+            check_writable_folder(minari_root(), "the Minari datasets folder (MINARI_DATASETS_PATH)")
+        elif args.command == "list" and Path(minari_root()).exists() and not Path(minari_root()).is_dir():
+            raise DatasetError(f"the Minari datasets folder (MINARI_DATASETS_PATH) {minari_root()} is a file: "
+                               "name a folder")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     if args.command == "build-ogbench":
         try:
             path = ogbench.build_dataset(args.env, args.type, args.visual, args.episodes, args.episode_steps,
