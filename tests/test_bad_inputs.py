@@ -76,6 +76,10 @@ BAD = {  # name: (overrides, environment changes, a piece of the expected line)
                           ("runs code", "is not part of AWAC's trajectory files; refusing to load it"))},
     "sweep with a bad value": (["-m", "algo.gamma=2"], {}, "algo.gamma must be in (0, 1), got 2.0"),
     "sweep with a bad option": (["-m", "algo=calql,nope"], {}, "Could not find 'algo/nope'"),
+    "a sweep param of the wrong type": (["-m", "hydra.sweeper.params.seed=0,abc"], {},
+                                        "seed must be an integer, got 'abc' (in the sweep's job with seed=abc)"),
+    "two of Hydra's modes": (["-m", "algo=calql,cql", "--cfg", "job"], {},
+                             "--cfg and --multirun are two of Hydra's modes: give one of them"),
     "sweep with a bad value among good ones": (["-m", "algo.gamma=0.9,0.99,1.5"], {},
                                                "got 1.5 (in the sweep's job with algo.gamma=1.5)"),
     "nothing to run": (["schedule.offline_steps=0", "schedule.online_steps=0"], {}, "nothing to run"),
@@ -686,6 +690,7 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
 
     a_file = tmp_path / "a-file"
     a_file.write_text("kept")
+    runs_before, minari = mlflow_runs(), os.environ["MINARI_DATASETS_PATH"]
 
     for tool, argv, line in (
             (report, ["--experiment", "o2o-report-filter", "--filter", "params.x ((( =", "--no-mlflow"],
@@ -706,14 +711,20 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
             (data, ["build-ogbench", "--env", "cube-single", "--episodes", "1", "--out", str(a_file)],
              f"error: --out {a_file} cannot be written"),
             (data, ["list"], f"(MINARI_DATASETS_PATH) {a_file} is a file: name a folder"),
-            (data, ["build-adroit", "--tasks", "door"], f"(MINARI_DATASETS_PATH) {a_file} cannot be written")):
-        monkeypatch.setenv("MINARI_DATASETS_PATH", str(a_file) if argv in (["list"], ["build-adroit", "--tasks", "door"]) else
-                           os.environ["MINARI_DATASETS_PATH"])
+            (data, ["build-adroit", "--tasks", "door"], f"(MINARI_DATASETS_PATH) {a_file} cannot be written"),
+            # a study's overrides and its preset's sweep checked before the sweep starts: no parent run is made
+            (study, ["pointmaze_o2o", "--budget", "smoke", "--out", str(tmp_path / "pages"), "algo.gamma=2"],
+             "error: algo.gamma must be in (0, 1), got 2.0"),
+            (study, ["pointmaze_o2o", "--budget", "smoke", "--out", str(tmp_path / "pages"),
+                     "hydra.sweeper.params.seed=0,x"], "seed must be an integer, got 'x' (in the sweep's job with seed=x)")):
+        monkeypatch.setenv("MINARI_DATASETS_PATH",
+                           str(a_file) if argv in (["list"], ["build-adroit", "--tasks", "door"]) else minari)
         with pytest.raises(SystemExit) as stopped:
             tool(argv)
         err = capsys.readouterr().err.strip()
         assert stopped.value.code == 2 and err.startswith("error: ") and line in err and "\n" not in err, (argv, err)
     assert a_file.read_text() == "kept"
+    assert not list(tmp_path.joinpath("pages").rglob("*.json")) and mlflow_runs() == runs_before
 
 
 def test_a_legal_value_that_is_almost_surely_a_mistake_starts_the_run_and_says_so(tmp_path):
@@ -783,3 +794,29 @@ def test_a_refused_job_removes_only_a_run_folder_it_claimed(tmp_path):
         assert not (tmp_path / "new").exists() and tmp_path.is_dir()  # the parent it made went too, nothing above
     finally:
         cli._EXISTING_RUN_FOLDERS.clear()
+
+
+def test_a_flag_after_the_overrides_and_one_job_of_a_sweeping_preset():
+    """``-m`` typed after some overrides moves before them (Hydra's parser takes one run of overrides); a single run
+    of a preset that sweeps (a study's) starts, and says that it is one job of that sweep."""
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from o2o.cli import hydra_flags_first, one_job_of_a_sweep
+
+    assert hydra_flags_first(["experiment=smoke", "-m", "algo=calql,cql"]) == ["-m", "experiment=smoke", "algo=calql,cql"]
+    assert hydra_flags_first(["--cfg", "job", "seed=1"]) == ["--cfg", "job", "seed=1"]
+    with pytest.raises(UserError, match="--info and --multirun are two of Hydra's modes"):
+        hydra_flags_first(["seed=1", "--multirun", "-i", "searchpath"])
+
+    def hydra(mode, params, preset="study/pen_o2o/cpu"):
+        return OmegaConf.create({"mode": mode, "sweeper": {"params": params},
+                                 "runtime": {"choices": {"experiment": preset}}})
+
+    (line,) = one_job_of_a_sweep(hydra(RunMode.RUN, {"algo": "calql,cql", "seed": "0,1"}))
+    assert line == ("experiment=study/pen_o2o/cpu sweeps algo=calql,cql seed=0,1 (hydra.sweeper.params); without -m "
+                    "this runs one job, with this command's values or the config's: add -m to run the sweep, or "
+                    "o2o-study pen_o2o")
+    assert one_job_of_a_sweep(hydra(RunMode.RUN, {})) == []
+    assert one_job_of_a_sweep(hydra(RunMode.MULTIRUN, {"seed": "0,1"})) == []  # the sweep itself
+    assert "o2o-study" not in one_job_of_a_sweep(hydra(RunMode.RUN, {"seed": "0,1"}, preset="smoke"))[0]

@@ -706,18 +706,27 @@ def test_a_sweep_param_override_is_passed_as_hydra_takes_it():
     import subprocess
     import sys
 
-    from o2o.study import sweep_param
+    from o2o.cli import sweep_param
 
-    assert sweep_param("hydra.sweeper.params.algo=cql,calql") == "hydra.sweeper.params.algo='cql,calql'"
-    assert sweep_param("+hydra.sweeper.params.tau=0.1,0.2") == "+hydra.sweeper.params.tau='0.1,0.2'"
-    for unchanged in ("hydra.sweeper.params.algo='cql,calql'", "hydra.sweeper.params.seed=3", "algo=cql",
-                      "env.gym_kwargs.maze_map=[1,0]"):
+    assert sweep_param("hydra.sweeper.params.algo=cql,calql") == "++hydra.sweeper.params.algo='cql,calql'"
+    assert sweep_param("+hydra.sweeper.params.tau=0.1,0.2") == "++hydra.sweeper.params.tau='0.1,0.2'"
+    assert sweep_param("hydra.sweeper.params.algo='cql,calql'") == "++hydra.sweeper.params.algo='cql,calql'"
+    assert sweep_param("hydra.sweeper.params.seed=3") == "++hydra.sweeper.params.seed=3"
+    for unchanged in ("algo=cql", "env.gym_kwargs.maze_map=[1,0]", "-m"):
         assert sweep_param(unchanged) == unchanged
     shown = subprocess.run([sys.executable, "-m", "o2o.cli", "experiment=study/door_calibration/paper",
                             sweep_param("hydra.sweeper.params.algo=cql,calql"), "--cfg", "hydra"],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert shown.returncode == 0, shown.stderr
     assert "algo: cql,calql" in shown.stdout and "seed: 0,1,2,3,4" in shown.stdout
+    # without a study preset (Hydra's params hold no key), typed as one would type it: -m after the overrides
+    swept = subprocess.run([sys.executable, "src/main.py", "experiment=smoke", "-m", "hydra.sweeper.params.seed=0,1",
+                            "algo=calql,cql", "--info", "searchpath"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert swept.returncode == 2 and swept.stderr.strip() == "error: --info and --multirun are two of Hydra's modes: " \
+        "give one of them", swept.stderr
+    shown = subprocess.run([sys.executable, "src/main.py", "experiment=smoke", "hydra.sweeper.params.seed=0,1",
+                            "--cfg", "hydra"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert shown.returncode == 0 and "params:\n      seed: 0,1\n" in shown.stdout, shown.stderr
 
 
 def test_a_study_records_its_commit_as_changed_only_where_code_changed(tmp_path, monkeypatch):

@@ -23,7 +23,8 @@ register_schema()
 warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema with the same name.*")
 
 
-def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime, summary: bool = True) -> dict[str, float]:
+def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime, summary: bool = True,
+         doubts: Sequence[str] = ()) -> dict[str, float]:
     from o2o.config_sources import per_domain_report
     from o2o.pipeline import PER_DOMAIN_TAG, run_pipeline
     from o2o.tracking import PRESET_TAG
@@ -35,7 +36,8 @@ def _run(cfg: DictConfig, run_dir: str, overrides: Sequence[str], hydra_runtime,
             PRESET_TAG: hydra_runtime.choices.get("experiment") or "none"}
     if not warn:
         log.info("%s", per_domain)
-    return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary, warnings=(per_domain,) if warn else ())
+    return run_pipeline(config, run_dir, resolved, tags=tags, summary=summary,
+                        warnings=(*((per_domain,) if warn else ()), *doubts))
 
 
 def not_a_reraised_database_error(record: logging.LogRecord) -> bool:
@@ -73,7 +75,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         # a sweep prints one summary at its end (launchers.MlflowSweepCallback), not one per job
         try:
             final = _run(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task), hydra_cfg.runtime,
-                         summary=hydra_cfg.mode != RunMode.MULTIRUN)
+                         summary=hydra_cfg.mode != RunMode.MULTIRUN, doubts=one_job_of_a_sweep(hydra_cfg))
         except Exception as err:  # the store's disk or the log's filled up mid-run: one line, as for a checkpoint
             if isinstance(err, UserError) or not disk_full(err):
                 raise
@@ -90,6 +92,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(3 if isinstance(err, Diverged) else 2)
     headline = cfg.domain.metric  # the sweep's objective: the paper's score, fine-tuned if there was fine-tuning
     return final.get(M.summary(M.ONLINE, headline), final.get(M.summary(M.OFFLINE, headline)))
+
+
+def one_job_of_a_sweep(hydra_cfg) -> list[str]:
+    """A single run of a preset that sweeps (a study's: ``hydra.sweeper.params``) is one of its jobs, almost surely
+    not what was meant: the run starts, and says so."""
+    params = hydra_cfg.sweeper.get("params") or {} if hydra_cfg.mode != RunMode.MULTIRUN else {}
+    if not params:
+        return []
+    preset = hydra_cfg.runtime.choices.get("experiment") or "the config"
+    swept = " ".join(f"{key}={value}" for key, value in params.items())
+    study = preset.split("/")[1] if preset.startswith("study/") and preset.count("/") == 2 else None
+    return [f"experiment={preset} sweeps {swept} (hydra.sweeper.params); without -m this runs one job, with this "
+            f"command's values or the config's: add -m to run the sweep" + (f", or o2o-study {study}" if study else "")]
 
 
 _EXISTING_RUN_FOLDERS: set[str] = set()  # the single job's run folder and its parents that existed before Hydra started
@@ -200,7 +215,7 @@ def main() -> None:
     from o2o.tracking import check_store, default_tracking_uri
 
     try:
-        sys.argv[1:] = with_searchpath(sys.argv[1:])  # O2O_CONFIG_PATH's folders join hydra.searchpath
+        sys.argv[1:] = with_searchpath(hydra_flags_first(map(sweep_param, sys.argv[1:])))  # O2O_CONFIG_PATH's too
         if load_plugins(sys.argv[1:]):  # the algorithms of one's own config folders, before anything composes
             register_schema()
         given = sys.argv[1:]
@@ -216,14 +231,8 @@ def main() -> None:
             preflight(for_preflight(args), run_dir_override(args))
             check_store(default_tracking_uri())  # one connection: a store that cannot work stops here, in seconds
             remember_existing_folders(run_dir_override(args))
-        elif sweep:  # a sweep: each of its values
-            check_sweep_settings([a for a in args if a not in ("-m", "--multirun")])
-            for variant, where in sweep_variants([a for a in args if a not in ("-m", "--multirun")]):
-                try:
-                    preflight(for_preflight(variant), inert=False)  # a key may be read by some of a sweep's jobs
-                except UserError as err:
-                    raise type(err)(f"{err}{where}") from None
-            check_store(default_tracking_uri())
+        elif sweep:
+            check_sweep([a for a in args if a not in ("-m", "--multirun")])
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -241,6 +250,36 @@ def main() -> None:
         print(f"error: {len(FAILED_JOBS)} of {len(LAUNCHED_JOBS)} jobs failed, the others' results are kept: "
               f"{message} (in the sweep's job with {overrides}){others}", file=sys.stderr)
         sys.exit(3 if all(isinstance(e, Diverged) for _, e in FAILED_JOBS) else 2)
+
+
+SWEEP_PARAMS = "hydra.sweeper.params."
+HYDRA_MODES = {"-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info",
+               "--info": "--info", "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+
+
+def sweep_param(override: str) -> str:
+    """``hydra.sweeper.params.seed=0,1`` as Hydra takes it on the command line: ``++`` (a preset's params may hold
+    the key or not; Hydra's own default holds none) and the value quoted (unquoted, Hydra reads the commas as a sweep
+    over a key of its own and stops: "Sweeping over Hydra's configuration is not supported"). Any other override is
+    left as it is."""
+    key, sep, value = override.partition("=")
+    if not (key.lstrip("+").startswith(SWEEP_PARAMS) and sep):
+        return override
+    if "," in value and value[:1] not in "'\"":
+        quote = "'" if "'" not in value else '"'
+        value = f"{quote}{value}{quote}"
+    return f"++{key.lstrip('+')}={value}"
+
+
+def hydra_flags_first(args: Sequence[str]) -> list[str]:
+    """``-m`` given after overrides (``python src/main.py experiment=smoke -m algo=a,b``) moves before them: Hydra's
+    parser takes one run of overrides. Two of Hydra's modes at once (``-m`` and ``--cfg``) stop with one line."""
+    args = list(args)
+    modes = sorted({HYDRA_MODES[a] for a in args if a in HYDRA_MODES})
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} are two of Hydra's modes: give one of them")
+    multirun = [a for a in args if a in ("-m", "--multirun")]
+    return [*multirun, *(a for a in args if a not in ("-m", "--multirun"))]
 
 
 def for_preflight(args: Sequence[str]) -> list[str]:
@@ -265,6 +304,36 @@ def check_override_syntax(args: Sequence[str]) -> None:
                       if line.strip() and not line.startswith(("Error parsing override", "See https://"))]
             raise ConfigError(f"override {arg!r} does not parse ({detail[0] if detail else 'a syntax error'}): see "
                               "Hydra's override grammar, e.g. key=a,b or 'key=range(0,3)'") from None
+
+
+def check_sweep(args: Sequence[str]) -> None:
+    """A sweep's jobs checked before it starts (o2o-study's too): its settings, each value of each swept key, the
+    sweep's own params included (a study preset's ``hydra.sweeper.params``), and its store."""
+    from o2o.tracking import check_store, default_tracking_uri
+
+    check_sweep_settings(args)
+    for variant, where in sweep_variants([*sweeper_param_overrides(args), *args]):
+        try:
+            preflight(for_preflight(variant), inert=False)  # a key may be read by some of a sweep's jobs
+        except UserError as err:
+            raise type(err)(f"{err}{where}") from None
+    check_store(default_tracking_uri())
+
+
+def sweeper_param_overrides(args: Sequence[str]) -> list[str]:
+    """The jobs' overrides that the sweep's own params give (``hydra.sweeper.params``: a study preset's, or the
+    command line's), but for the keys the command line gives, whose values replace them (Hydra's basic sweeper)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from o2o.report import override_key
+
+    try:
+        params = compose_config(list(args), return_hydra_config=True).hydra.sweeper.get("params") or {}
+    except (HydraException, OmegaConfBaseException, AssertionError):  # the preflight says what is wrong
+        return []
+    given = {override_key(a) for a in args if "=" in a and not override_key(a).startswith("hydra")}
+    return [f"{key}={value}" for key, value in params.items() if override_key(key) not in given]
 
 
 def check_sweep_settings(args: Sequence[str]) -> None:

@@ -103,20 +103,6 @@ def sweep_command(name: str, budget: str, launcher: str, sweep_dir: Path, overri
             f"hydra.sweep.dir={sweep_dir}", *extra, *overrides]
 
 
-SWEEP_PARAMS = "hydra.sweeper.params."
-
-
-def sweep_param(override: str) -> str:
-    """``hydra.sweeper.params.seed=0,1`` as Hydra takes it on the command line, ``hydra.sweeper.params.seed='0,1'``:
-    unquoted, Hydra reads the commas as a sweep over a key of its own and stops ("Sweeping over Hydra's
-    configuration is not supported"). Any other override is left as it is."""
-    key, sep, value = override.partition("=")
-    if key.lstrip("+").startswith(SWEEP_PARAMS) and sep and "," in value and value[:1] not in "'\"":
-        quote = "'" if "'" not in value else '"'
-        return f"{key}={quote}{value}{quote}"
-    return override
-
-
 def study_sweep_dir(folder: Path, new: bool) -> Path:
     """The study's latest sweep folder, so that the same command continues it (a study may span sessions), or a new
     timestamped one (``--new``, or none yet)."""
@@ -648,6 +634,8 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
     if args.new and not args.page_only and (records / PARENT_FILE).exists():
         raise UserError(f"--new starts another sweep, and {records} keeps the records of the study's earlier one: "
                         "give the new sweep its own records folder (--records DIR)")
+    from o2o.cli import sweep_param
+
     overrides = [*map(sweep_param, args.overrides), f"mlflow_experiment={args.experiment}"]
     from o2o.tracking import check_store, open_store, store_not_made
 
@@ -680,6 +668,9 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
                   "starts another)", flush=True)
         restore(client, args.experiment, sweep_dir, records, args.name, args.budget)
         cmd = sweep_command(args.name, args.budget, args.launcher, sweep_dir, overrides)
+        from o2o.cli import check_sweep
+
+        check_sweep(cmd[cmd.index("o2o.cli") + 2:])  # a bad override stops here, before the sweep or its parent run
         print("running:", shlex.join(cmd), flush=True)
         command = shlex.join(["o2o-study", *(argv_of(args))])
         if os.environ.get(CONFIG_PATH_ENV):  # one's own config folders: the command reruns only with them
