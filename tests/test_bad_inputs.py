@@ -676,6 +676,17 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith(f"error: --page-only bogus123: {expected}")
         open_store(store)  # made: the second round finds the store and not the run
+    from mlflow.tracking import MlflowClient
+
+    plain = MlflowClient(store).create_experiment("plain")
+    single = MlflowClient(store).create_run(plain).info.run_id
+    child = MlflowClient(store).create_run(plain, tags={"mlflow.parentRunId": single}).info.run_id
+    for run_id, what in ((single, "a single run"), (child, f"a run of sweep {single}")):
+        with pytest.raises(SystemExit):
+            study(["pointmaze_o2o", "--page-only", run_id, "--out", str(tmp_path / "pages")])
+        assert capsys.readouterr().err.strip() == (f"error: --page-only {run_id}: that is {what}, not a sweep's parent "
+                                                   "run: give the sweep's parent run id (the study printed it; "
+                                                   "tags.sweep = 'true' in MLflow)")
     for name, content in (("corrupt", b"not gzip at all"), ("bad-json", gzip.compress(b"{not json"))):
         folder = tmp_path / name
         folder.mkdir()
@@ -738,6 +749,9 @@ def test_a_legal_value_that_is_almost_surely_a_mistake_starts_the_run_and_says_s
                                                     "algo.warmup_steps=20"]
     (one,) = doubtful_settings(validate(compose_smoke(["algo=rlpd", "algo.ensemble_size=1"])))  # PointMaze: subset 1
     assert one.startswith("algo.ensemble_size=1 with algo.target_subset=1: one critic")
+    (upsampled,) = doubtful_settings(validate(compose_smoke(["retrain=ooo", "retrain.upsample_batch=100000"])))
+    assert upsampled.startswith("retrain.upsample_batch=100000 is more than the buffer.batch_size=")
+    assert doubtful_settings(validate(compose_smoke(["retrain=ooo", "retrain.upsample_batch=32"]))) == []
     (zero,) = doubtful_settings(validate(compose_smoke(["schedule.eval_interval_online=0"])))
     assert zero == ("schedule.eval_interval_online=0: the online stage is evaluated only at its end (0 does not turn "
                     "evaluation off)")

@@ -362,6 +362,17 @@ def test_a_config_folder_that_is_missing_or_an_algorithm_that_fails_to_import_st
                           text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "td3_bc.py cannot be imported: ModuleNotFoundError" in done.stderr
+    # the module imports but registers under another name (or not at all): the YAML's schema is nobody's
+    source = (own / "conf" / "algo" / "td3_bc.py").read_text()
+    assert '@register("td3_bc", TD3BCConfig)' in source
+    (broken / "algo" / "td3_bc.py").write_text(source.replace('@register("td3_bc", TD3BCConfig)',
+                                                              '@register("td3bc_mine", TD3BCConfig)'))
+    done = subprocess.run(main_py + [f"hydra.searchpath=[file://{broken}]", "algo=td3_bc"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert ("algo/td3_bc names the schema 'td3_bc' (/schema/algo@_here_: td3_bc), and no algorithm is registered as "
+            "'td3_bc': the module beside it (algo/<name>.py in your config folder) must decorate its agent with "
+            "@register('td3_bc', ItsConfig)") in done.stderr and "td3bc_mine" in done.stderr
 
 
 # --------------------------------------------------------------------------- the example algorithm on the core

@@ -591,6 +591,14 @@ def _one_line_hydra_error(err: Exception, overrides: Sequence[str]) -> str:
         close = did_you_mean(key, compose_config([o for o in overrides if not o.startswith(key + "=")]))
         return f"unknown key {key}" + (f": did you mean {close}?" if close else "")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    schema = re.search(r"(?:In '([^']+)': )?Could not find 'schema/algo/([^']+)'", lines[0]) if lines else None
+    if schema:  # an algo YAML names a schema no algorithm registered: one's own module lacks or misnames it
+        from o2o.agents.registry import ALGORITHMS
+
+        yaml, name = schema.group(1) or "an algo YAML", schema.group(2)
+        return (f"{yaml} names the schema {name!r} (/schema/algo@_here_: {name}), and no algorithm is registered as "
+                f"{name!r}: the module beside it (algo/<name>.py in your config folder) must decorate its agent with "
+                f"@register({name!r}, ItsConfig) (docs/extending.md); registered: {', '.join(sorted(ALGORITHMS))}")
     if len(lines) > 1 and lines[1].startswith("Available options"):  # a missing group option: list them
         options = []
         for line in lines[2:]:

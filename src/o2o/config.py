@@ -610,6 +610,10 @@ def doubtful_settings(cfg: "Config") -> list[str]:
     if schedule.online_steps > 0 and cfg.algo.warmup_steps >= schedule.online_steps:
         lines.append(f"algo.warmup_steps={cfg.algo.warmup_steps} is not below schedule.online_steps="
                      f"{schedule.online_steps}: fine-tuning only collects warm-up steps and never updates")
+    if cfg.retrain.steps and cfg.retrain.upsample_batch > cfg.buffer.batch_size:
+        lines.append(f"retrain.upsample_batch={cfg.retrain.upsample_batch} is more than the buffer.batch_size="
+                     f"{cfg.buffer.batch_size} it is added to: most of each retraining batch is the online buffer's "
+                     "highest-reward transitions (OOO adds 32 to 256), and each step costs that much more")
     return lines
 
 

@@ -655,6 +655,10 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         except MlflowException:
             raise UserError(f"--page-only {parent}: no such run in the store {default_tracking_uri()}: give the "
                             "sweep's parent run id (the study printed it; tags.sweep = 'true' in MLflow)") from None
+        if tags.get("sweep") != "true":
+            what = f"a run of sweep {tags['mlflow.parentRunId']}" if "mlflow.parentRunId" in tags else "a single run"
+            raise UserError(f"--page-only {parent}: that is {what}, not a sweep's parent run: give the sweep's parent "
+                            "run id (the study printed it; tags.sweep = 'true' in MLflow)")
         command = tags.get("study_command") or f"o2o-study {args.name} --budget {args.budget}  # sweep overrides: " + \
             tags.get("overrides", "?")
         commit = tags.get("study_commit") or git_commit() + " (when the page was written)"
