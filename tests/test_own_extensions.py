@@ -350,6 +350,26 @@ def test_an_env_that_reports_no_success_or_is_named_without_its_module_stops_wit
                                         "module:EnvId (env.gym_id=my_envs:MyEnv-v0)")
 
 
+def test_a_copy_of_an_algorithm_file_takes_its_name_over_and_another_class_under_it_is_refused(tmp_path):
+    """One process may load the same algorithm file from two config folders (two studies in a row); a different
+    class under a taken name is a clash."""
+    from conftest import exploding_algorithm
+    from o2o.agents.registry import ALGORITHMS, load_plugins
+
+    first = exploding_algorithm(tmp_path / "first", name="exploding")
+    second = exploding_algorithm(tmp_path / "second", name="exploding")
+    load_plugins([first])
+    load_plugins([second])
+    assert ALGORITHMS["exploding"].agent.__module__.startswith("o2o_plugin_exploding_")
+    assert ALGORITHMS["exploding"].agent.__module__ in {m for m in sys.modules if "exploding" in m} and str(second) in \
+        sys.modules[ALGORITHMS["exploding"].agent.__module__].__file__
+    other = tmp_path / "other" / "algo" / "exploding.py"
+    other.parent.mkdir(parents=True)
+    other.write_text((second / "algo" / "exploding.py").read_text() + "\n# another version\n")
+    with pytest.raises(ConfigError, match="two algorithms are registered as 'exploding'"):
+        load_plugins([other.parent.parent])
+
+
 def test_a_config_folder_that_is_missing_or_an_algorithm_that_fails_to_import_stops_with_one_line(own, tmp_path,
                                                                                                     main_py):
     done = subprocess.run(main_py + [f"hydra.searchpath=[file://{tmp_path / 'nope'}]"], capture_output=True, text=True,

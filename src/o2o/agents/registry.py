@@ -35,12 +35,24 @@ ALGORITHMS: dict[str, Algorithm] = {}
 AGENT_OF_SCHEMA = "_o2o_agent"  # the schema class's link to its agent, for processes that received it pickled
 
 
+def _source(agent: type) -> bytes | None:
+    """The bytes of the file that defines ``agent`` (None where there is no such file)."""
+    file = getattr(sys.modules.get(agent.__module__), "__file__", None)
+    try:
+        return Path(file).read_bytes() if file else None
+    except OSError:
+        return None
+
+
 def register(name: str, schema: type):
-    """Class decorator: ``agent_class`` is the agent of the algorithm family ``name``, configured by ``schema``."""
+    """Class decorator: ``agent_class`` is the agent of the algorithm family ``name``, configured by ``schema``. The
+    same class imported again, or from a copy of its file elsewhere (one process running studies of two config
+    folders that hold the same file), takes the name over; another class under a taken name is refused."""
     def decorate(agent_class: type) -> type:
         known = ALGORITHMS.get(name)
-        same = known is not None and (known.agent.__module__, known.agent.__qualname__) == (
-            agent_class.__module__, agent_class.__qualname__)  # the same file imported again
+        same = known is not None and known.agent.__qualname__ == agent_class.__qualname__ and (
+            known.agent.__module__ == agent_class.__module__
+            or (_source(known.agent) is not None and _source(known.agent) == _source(agent_class)))
         if known is not None and not same:
             raise ConfigError(f"two algorithms are registered as {name!r}: {known.agent.__module__}."
                               f"{known.agent.__qualname__} and {agent_class.__module__}.{agent_class.__qualname__}; "
