@@ -317,9 +317,25 @@ def test_the_dataset_a_study_built_travels_with_its_records_and_another_build_st
     assert (data / "main_data.hdf5").read_bytes() == b"the transitions of one machine's build" and archive.is_file()
     shutil.rmtree(data.parent)
     archive.write_bytes(b"not xz")  # a file there is used as it is: one that is no archive stops with one line
-    with pytest.raises(ConfigError, match="is not a readable archive"):
+    with pytest.raises(ConfigError, match="cannot be unpacked .*: remove it, and the study builds the dataset again"):
         restore_dataset(folder)
     assert not data.parent.exists()
+    # a copy in the history that is not the runs' data: said, left neither unpacked nor put back (no 'remove it')
+    archive.unlink()
+    (data / "main_data.hdf5").parent.mkdir(parents=True)
+    (data / "main_data.hdf5").write_bytes(b"another machine's transitions")
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(data.parent, arcname="o2o/pen/built-v0")
+    shutil.rmtree(data.parent)
+    git("add", "-f", f"records/{archive.name}")
+    git("commit", "-q", "-m", "another build committed")
+    git("rm", "-q", "--cached", f"records/{archive.name}")
+    git("commit", "-q", "-m", "and removed")
+    archive.unlink()
+    with pytest.raises(ConfigError, match=r"\(from this repository's history, commit \w+\) does not hold the data its "
+                                          r"record names \(SHA-256 .*: copy the archive from the machine that built it"):
+        restore_dataset(folder)
+    assert not data.parent.exists() and not archive.exists()
     (folder / PARENT_FILE).write_text('{"datasets": {"o2o/x/y-v0": {"file": 3}}}')
     with pytest.raises(ConfigError, match="is not a study's parent record"):
         restore_dataset(folder)

@@ -2,6 +2,7 @@
 and leaves an existing run dir and MLflow store byte for byte as they were."""
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -702,6 +703,7 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
     a_file = tmp_path / "a-file"
     a_file.write_text("kept")
     runs_before, minari = mlflow_runs(), os.environ["MINARI_DATASETS_PATH"]
+    records = shutil.copytree(ROOT / "docs" / "results" / "pen_o2o-cpu" / "records", tmp_path / "records")
 
     for tool, argv, line in (
             (report, ["--experiment", "o2o-report-filter", "--filter", "params.x ((( =", "--no-mlflow"],
@@ -727,12 +729,17 @@ def test_study_and_report_inputs_that_cannot_be_read_stop_with_one_line(tmp_path
             (study, ["pointmaze_o2o", "--budget", "smoke", "--out", str(tmp_path / "pages"), "algo.gamma=2"],
              "error: algo.gamma must be in (0, 1), got 2.0"),
             (study, ["pointmaze_o2o", "--budget", "smoke", "--out", str(tmp_path / "pages"),
-                     "hydra.sweeper.params.seed=0,x"], "seed must be an integer, got 'x' (in the sweep's job with seed=x)")):
+                     "hydra.sweeper.params.seed=0,x"], "seed must be an integer, got 'x' (in the sweep's job with seed=x)"),
+            # ... also before a continued study restores its records (15 runs and a parent) or its dataset
+            (study, ["pen_o2o", "--records", str(records), "--out", str(tmp_path / "pages"), "algo.gamma=2"],
+             "error: algo.gamma must be in (0, 1), got 2.0")):
         monkeypatch.setenv("MINARI_DATASETS_PATH",
                            str(a_file) if argv in (["list"], ["build-adroit", "--tasks", "door"]) else minari)
         with pytest.raises(SystemExit) as stopped:
             tool(argv)
-        err = capsys.readouterr().err.strip()
+        out, err = capsys.readouterr()
+        err = err.strip()
+        assert "running:" not in out and "restored" not in out, out
         assert stopped.value.code == 2 and err.startswith("error: ") and line in err and "\n" not in err, (argv, err)
     assert a_file.read_text() == "kept"
     assert not list(tmp_path.joinpath("pages").rglob("*.json")) and mlflow_runs() == runs_before
@@ -822,6 +829,19 @@ def test_a_flag_after_the_overrides_and_one_job_of_a_sweeping_preset():
     assert hydra_flags_first(["--cfg", "job", "seed=1"]) == ["--cfg", "job", "seed=1"]
     with pytest.raises(UserError, match="--info and --multirun are two of Hydra's modes"):
         hydra_flags_first(["seed=1", "--multirun", "-i", "searchpath"])
+    with pytest.raises(UserError, match="--cfg and --multirun are two of Hydra's modes"):
+        hydra_flags_first(["-m", "--cfg=job"])
+    # a sweep param given on the command line without a preset: its jobs (Hydra's params hold none by default)
+    from o2o.cli import sweep_param, sweep_variants, sweeper_param_overrides
+
+    args = ["experiment=smoke", sweep_param("hydra.sweeper.params.seed=0,1")]
+    assert sweeper_param_overrides(args) == ["seed=0,1"]
+    assert [job for job, _ in sweep_variants([*sweeper_param_overrides(args), *args])] == [
+        ["seed=0", *args], ["seed=1", *args]]
+    with pytest.raises(UserError, match=r"hydra.sweeper.params.algo.gamma: a sweep param with a dot cannot be given on "
+                                        r"the command line \(Hydra nests it\): sweep the key itself, -m "
+                                        r"algo.gamma=0.9,0.99"):
+        sweep_param("hydra.sweeper.params.algo.gamma=0.9,0.99")
 
     def hydra(mode, params, preset="study/pen_o2o/cpu"):
         return OmegaConf.create({"mode": mode, "sweeper": {"params": params},
@@ -831,6 +851,9 @@ def test_a_flag_after_the_overrides_and_one_job_of_a_sweeping_preset():
     assert line == ("experiment=study/pen_o2o/cpu sweeps algo=calql,cql seed=0,1 (hydra.sweeper.params); without -m "
                     "this runs one job, with this command's values or the config's: add -m to run the sweep, or "
                     "o2o-study pen_o2o")
+    assert one_job_of_a_sweep(hydra(RunMode.RUN, {"seed": "0,1"}, "study/door_calibration/paper"))[0].endswith(
+        "add -m to run the sweep, or o2o-study door_calibration --budget paper")
+    assert one_job_of_a_sweep(hydra(RunMode.RUN, {"seed": "0,1"}, None))[0].startswith("the config sweeps seed=0,1")
     assert one_job_of_a_sweep(hydra(RunMode.RUN, {})) == []
     assert one_job_of_a_sweep(hydra(RunMode.MULTIRUN, {"seed": "0,1"})) == []  # the sweep itself
     assert "o2o-study" not in one_job_of_a_sweep(hydra(RunMode.RUN, {"seed": "0,1"}, preset="smoke"))[0]

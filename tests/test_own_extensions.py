@@ -368,6 +368,11 @@ def test_a_copy_of_an_algorithm_file_takes_its_name_over_and_another_class_under
     other.write_text((second / "algo" / "exploding.py").read_text() + "\n# another version\n")
     with pytest.raises(ConfigError, match="two algorithms are registered as 'exploding'"):
         load_plugins([other.parent.parent])
+    builtin = tmp_path / "builtin" / "algo" / "iql.py"  # an unchanged copy of a built-in file keeps clashing
+    builtin.parent.mkdir(parents=True)
+    shutil.copy(Path(sys.modules[ALGORITHMS["iql"].agent.__module__].__file__), builtin)
+    with pytest.raises(ConfigError, match="two algorithms are registered as 'iql'"):
+        load_plugins([builtin.parent.parent])
 
 
 def test_a_config_folder_that_is_missing_or_an_algorithm_that_fails_to_import_stops_with_one_line(own, tmp_path,

@@ -698,6 +698,7 @@ def test_a_runs_overrides_tag_splits_into_the_overrides_hydra_had():
     assert computing_overrides(tag) != computing_overrides(tag.replace("dims=[256, 256]", "dims=[256, 512]"))
     assert split_overrides("(defaults)") == [] and computing_overrides("(defaults)") == frozenset()
     assert split_overrides("x=[1, 2 seed=0") == ["x=[1, 2", "seed=0"]  # an open bracket: split at every space
+    assert split_overrides("seed=0 dir=C:\\runs\\") == ["seed=0", "dir=C:\\runs\\"]  # a last backslash escapes nothing
 
 
 def test_a_sweep_param_override_is_passed_as_hydra_takes_it():

@@ -319,8 +319,13 @@ def archive_from_history(archive: Path) -> str | None:
     if blob is None or blob.returncode:
         return None
     partial = archive.with_name(archive.name + ".partial")
-    partial.write_bytes(blob.stdout)
-    partial.replace(archive)
+    try:
+        partial.write_bytes(blob.stdout)
+        partial.replace(archive)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise ConfigError(f"{archive} could not be put back from this repository's history (commit {commit[:12]}): "
+                          f"{err.strerror or err}") from None
     return commit[:12]
 
 
@@ -347,19 +352,29 @@ def restore_dataset(folder: Path, collect=None) -> list[str]:
             raise ConfigError(f"{here.parent.parent} is an incomplete dataset folder: remove it, and the study "
                               f"restores {dataset_id} from {folder / kept['file']}")
         archive = folder / kept["file"]
-        if not archive.is_file() and (commit := archive_from_history(archive)):
+        commit = None if archive.is_file() else archive_from_history(archive)
+        if commit:
             print(f"{archive.name} put back from this repository's history (it left git in commit {commit})",
                   flush=True)
         if archive.is_file():
+            origin = f"{archive} (from this repository's history, commit {commit})" if commit else str(archive)
+            advice = ("copy the archive from the machine that built it into the records folder, or start the study "
+                      "again here with --new --records DIR" if commit else
+                      "remove it, and the study builds the dataset again from its recipe")
             try:
                 with tarfile.open(archive, "r:xz") as tar:
                     tar.extractall(minari_root(), filter="data")
-            except (tarfile.TarError, EOFError, lzma.LZMAError) as error:
-                shutil.rmtree(Path(minari_root()) / dataset_id, ignore_errors=True)  # no run may train on a part
-                raise ConfigError(f"{archive} is not a readable archive ({error}): remove it, and the study builds "
-                                  "the dataset again from its recipe") from None
-            if sha256(here) != kept["sha256"]:
-                raise ConfigError(f"{archive} does not hold the data its record names (SHA-256 differs)")
+                unpacked = sha256(here) if here.is_file() else None
+            except (tarfile.TarError, EOFError, lzma.LZMAError, OSError) as error:
+                unpacked, why = None, f"cannot be unpacked ({error})"
+            else:
+                why = (f"does not hold the data its record names (SHA-256 {unpacked[:12]}..., the runs' "
+                       f"{kept['sha256'][:12]}...)" if unpacked else f"does not hold {dataset_id}")
+            if unpacked != kept["sha256"]:
+                shutil.rmtree(Path(minari_root()) / dataset_id, ignore_errors=True)  # no run may train on it
+                if commit:
+                    archive.unlink(missing_ok=True)  # the history keeps it; the next run says the same
+                raise ConfigError(f"{origin} {why}: {advice}")
         else:
             how = rebuild_dataset(dataset_id, kept.get("recipe"), collect, folder)
             built = sha256(here) if here.is_file() else "nothing"

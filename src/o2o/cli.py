@@ -100,11 +100,12 @@ def one_job_of_a_sweep(hydra_cfg) -> list[str]:
     params = hydra_cfg.sweeper.get("params") or {} if hydra_cfg.mode != RunMode.MULTIRUN else {}
     if not params:
         return []
-    preset = hydra_cfg.runtime.choices.get("experiment") or "the config"
+    preset = hydra_cfg.runtime.choices.get("experiment")
     swept = " ".join(f"{key}={value}" for key, value in params.items())
-    study = preset.split("/")[1] if preset.startswith("study/") and preset.count("/") == 2 else None
-    return [f"experiment={preset} sweeps {swept} (hydra.sweeper.params); without -m this runs one job, with this "
-            f"command's values or the config's: add -m to run the sweep" + (f", or o2o-study {study}" if study else "")]
+    _, name, budget = (preset.split("/") + ["", "", ""])[:3] if preset and preset.startswith("study/") else ("", "", "")
+    study = f", or o2o-study {name}" + (f" --budget {budget}" if budget != "cpu" else "") if name and budget else ""
+    return [f"{f'experiment={preset}' if preset else 'the config'} sweeps {swept} (hydra.sweeper.params); without -m "
+            f"this runs one job, with this command's values or the config's: add -m to run the sweep{study}"]
 
 
 _EXISTING_RUN_FOLDERS: set[str] = set()  # the single job's run folder and its parents that existed before Hydra started
@@ -253,8 +254,9 @@ def main() -> None:
 
 
 SWEEP_PARAMS = "hydra.sweeper.params."
-HYDRA_MODES = {"-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info",
-               "--info": "--info", "-sc": "--shell-completion", "--shell-completion": "--shell-completion"}
+HYDRA_MODES = {"-m": "--multirun", "--multirun": "--multirun", "-r": "--run", "--run": "--run", "-c": "--cfg",
+               "--cfg": "--cfg", "-i": "--info", "--info": "--info", "-sc": "--shell-completion",
+               "--shell-completion": "--shell-completion"}
 
 
 def sweep_param(override: str) -> str:
@@ -265,6 +267,10 @@ def sweep_param(override: str) -> str:
     key, sep, value = override.partition("=")
     if not (key.lstrip("+").startswith(SWEEP_PARAMS) and sep):
         return override
+    swept = key.lstrip("+")[len(SWEEP_PARAMS):]
+    if "." in swept:  # Hydra nests a dotted key under params, and its sweeper then cannot read it
+        raise ConfigError(f"{key.lstrip('+')}: a sweep param with a dot cannot be given on the command line (Hydra "
+                          f"nests it): sweep the key itself, -m {swept}={value.strip(chr(39) + chr(34))}")
     if "," in value and value[:1] not in "'\"":
         quote = "'" if "'" not in value else '"'
         value = f"{quote}{value}{quote}"
@@ -275,7 +281,7 @@ def hydra_flags_first(args: Sequence[str]) -> list[str]:
     """``-m`` given after overrides (``python src/main.py experiment=smoke -m algo=a,b``) moves before them: Hydra's
     parser takes one run of overrides. Two of Hydra's modes at once (``-m`` and ``--cfg``) stop with one line."""
     args = list(args)
-    modes = sorted({HYDRA_MODES[a] for a in args if a in HYDRA_MODES})
+    modes = sorted({HYDRA_MODES[a.split("=", 1)[0]] for a in args if a.split("=", 1)[0] in HYDRA_MODES})
     if len(modes) > 1:
         raise ConfigError(f"{' and '.join(modes)} are two of Hydra's modes: give one of them")
     multirun = [a for a in args if a in ("-m", "--multirun")]
@@ -304,6 +310,15 @@ def check_override_syntax(args: Sequence[str]) -> None:
                       if line.strip() and not line.startswith(("Error parsing override", "See https://"))]
             raise ConfigError(f"override {arg!r} does not parse ({detail[0] if detail else 'a syntax error'}): see "
                               "Hydra's override grammar, e.g. key=a,b or 'key=range(0,3)'") from None
+
+
+def checked_sweep(args: Sequence[str]) -> list[str]:
+    """A sweep's overrides (after ``-m``) as its jobs get them (o2o-study's before it starts the sweep, as the
+    sweep's own process does): syntax, whole numbers in scientific notation, then each job (:func:`check_sweep`)."""
+    check_override_syntax(args)
+    args = integral_scientific(args)
+    check_sweep(args)
+    return args
 
 
 def check_sweep(args: Sequence[str]) -> None:

@@ -59,7 +59,7 @@ def split_overrides(text: str) -> list[str]:
     before it (Hydra keeps spaces inside an unquoted value), and one with nothing before it is not an override. Text with
     an open quote or bracket, which Hydra would not have parsed, splits at every space."""
     pieces, current, quote, depth, escaped = [], "", "", 0, False
-    for char in text + " ":
+    for char in text:
         if escaped:
             escaped = False
         elif char == "\\":
@@ -78,6 +78,8 @@ def split_overrides(text: str) -> list[str]:
             current = ""
             continue
         current += char
+    if current:
+        pieces.append(current)
     if quote or depth:  # nothing Hydra parsed: split at every space
         pieces = text.split()
     overrides = []

@@ -670,11 +670,11 @@ def run_study(args, studies: dict[str, list[str]]) -> None:
         if sweep_dir.exists():
             print(f"continuing the sweep in {sweep_dir} (finished jobs are kept, unfinished ones resume; --new "
                   "starts another)", flush=True)
-        restore(client, args.experiment, sweep_dir, records, args.name, args.budget)
         cmd = sweep_command(args.name, args.budget, args.launcher, sweep_dir, overrides)
-        from o2o.cli import check_sweep
+        from o2o.cli import checked_sweep
 
-        check_sweep(cmd[cmd.index("o2o.cli") + 2:])  # a bad override stops here, before the sweep or its parent run
+        checked_sweep(cmd[cmd.index("o2o.cli") + 2:])  # a bad override stops here: nothing restored, no parent run
+        restore(client, args.experiment, sweep_dir, records, args.name, args.budget)
         print("running:", shlex.join(cmd), flush=True)
         command = shlex.join(["o2o-study", *(argv_of(args))])
         if os.environ.get(CONFIG_PATH_ENV):  # one's own config folders: the command reruns only with them

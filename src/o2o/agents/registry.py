@@ -32,7 +32,8 @@ class Algorithm:
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
-AGENT_OF_SCHEMA = "_o2o_agent"  # the schema class's link to its agent, for processes that received it pickled
+AGENT_OF_SCHEMA = "_o2o_agent"
+PLUGIN_PREFIX = "o2o_plugin_"  # the module name of one's own algorithm file (load_plugins)  # the schema class's link to its agent, for processes that received it pickled
 
 
 def _source(agent: type) -> bytes | None:
@@ -46,13 +47,14 @@ def _source(agent: type) -> bytes | None:
 
 def register(name: str, schema: type):
     """Class decorator: ``agent_class`` is the agent of the algorithm family ``name``, configured by ``schema``. The
-    same class imported again, or from a copy of its file elsewhere (one process running studies of two config
-    folders that hold the same file), takes the name over; another class under a taken name is refused."""
+    same class imported again, or one's own file copied into another config folder (one process running studies of
+    both), takes the name over; any other class under a taken name, a built-in one above all, is refused."""
     def decorate(agent_class: type) -> type:
         known = ALGORITHMS.get(name)
         same = known is not None and known.agent.__qualname__ == agent_class.__qualname__ and (
             known.agent.__module__ == agent_class.__module__
-            or (_source(known.agent) is not None and _source(known.agent) == _source(agent_class)))
+            or (known.agent.__module__.startswith(PLUGIN_PREFIX) and agent_class.__module__.startswith(PLUGIN_PREFIX)
+                and _source(known.agent) is not None and _source(known.agent) == _source(agent_class)))
         if known is not None and not same:
             raise ConfigError(f"two algorithms are registered as {name!r}: {known.agent.__module__}."
                               f"{known.agent.__qualname__} and {agent_class.__module__}.{agent_class.__qualname__}; "
@@ -89,7 +91,7 @@ def load_plugins(config_folders: list[Path]) -> list[str]:
     for folder in config_folders:
         for path in sorted((Path(folder) / "algo").glob("*.py")):
             path = path.resolve()
-            name = f"o2o_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+            name = f"{PLUGIN_PREFIX}{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
             names.append(name)
             if name in sys.modules:
                 continue
