@@ -97,7 +97,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def one_job_of_a_sweep(hydra_cfg) -> list[str]:
     """A single run of a preset that sweeps (a study's: ``hydra.sweeper.params``) is one of its jobs, almost surely
     not what was meant: the run starts, and says so."""
-    params = hydra_cfg.sweeper.get("params") or {} if hydra_cfg.mode != RunMode.MULTIRUN else {}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return []
+    params = hydra_cfg.sweeper.get("params") or {}
     if not params:
         return []
     preset = hydra_cfg.runtime.choices.get("experiment")

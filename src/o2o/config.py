@@ -367,7 +367,8 @@ class RetrainConfig:
     interval: int = MISSING  # env steps between retrainings during fine-tuning as well (0: only at the end)
     algorithm: str = MISSING  # cql: CQL without calibration (OOO's enable_calql=False) | run: the run's own
     clip_targets: bool = MISSING  # target Q within [min r, max r] / (1 - gamma) of the data (OOO's bound)
-    feature_normalization: bool = MISSING  # the critics' last hidden features scaled to unit length (OOO's model.py has the switch; their runs leave it off)
+    # The critics' last hidden features scaled to unit length (OOO's model.py has the switch; their runs leave it off)
+    feature_normalization: bool = MISSING
     eval_episodes: int = MISSING  # episodes per evaluation of the retrained agent
     # Transitions of the online buffer at its highest reward added to every batch, this many (OOO's
     # --upsample_batch_size); 0: none

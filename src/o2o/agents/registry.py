@@ -32,8 +32,8 @@ class Algorithm:
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
-AGENT_OF_SCHEMA = "_o2o_agent"
-PLUGIN_PREFIX = "o2o_plugin_"  # the module name of one's own algorithm file (load_plugins)  # the schema class's link to its agent, for processes that received it pickled
+AGENT_OF_SCHEMA = "_o2o_agent"  # the schema class's link to its agent, for processes that received it pickled
+PLUGIN_PREFIX = "o2o_plugin_"  # the module name of one's own algorithm file (load_plugins)
 
 
 def _source(agent: type) -> bytes | None:
@@ -45,6 +45,14 @@ def _source(agent: type) -> bytes | None:
         return None
 
 
+def _same_plugin_file(known: type, new: type) -> bool:
+    """Both are one's own algorithm files (load_plugins), with the same bytes."""
+    if not (known.__module__.startswith(PLUGIN_PREFIX) and new.__module__.startswith(PLUGIN_PREFIX)):
+        return False
+    source = _source(known)
+    return source is not None and source == _source(new)
+
+
 def register(name: str, schema: type):
     """Class decorator: ``agent_class`` is the agent of the algorithm family ``name``, configured by ``schema``. The
     same class imported again, or one's own file copied into another config folder (one process running studies of
@@ -52,9 +60,7 @@ def register(name: str, schema: type):
     def decorate(agent_class: type) -> type:
         known = ALGORITHMS.get(name)
         same = known is not None and known.agent.__qualname__ == agent_class.__qualname__ and (
-            known.agent.__module__ == agent_class.__module__
-            or (known.agent.__module__.startswith(PLUGIN_PREFIX) and agent_class.__module__.startswith(PLUGIN_PREFIX)
-                and _source(known.agent) is not None and _source(known.agent) == _source(agent_class)))
+            known.agent.__module__ == agent_class.__module__ or _same_plugin_file(known.agent, agent_class))
         if known is not None and not same:
             raise ConfigError(f"two algorithms are registered as {name!r}: {known.agent.__module__}."
                               f"{known.agent.__qualname__} and {agent_class.__module__}.{agent_class.__qualname__}; "
